@@ -1,0 +1,4 @@
+//! Repository format and protocol (see `format-spec/repository.md`).
+
+mod error;
+pub use error::RepoError;
