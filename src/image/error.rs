@@ -15,4 +15,38 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// A structure in the image is inconsistent or invalid; `what` names the structure.
+    #[error("{path}: corrupt {what} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        offset: u64,
+        reason: String,
+    },
+    /// The image uses a qcow2 feature Island does not implement; it is refused, never misread.
+    #[error("{path}: unsupported qcow2 feature: {feature}")]
+    Unsupported { path: PathBuf, feature: String },
+    /// Another process (QEMU or Island) holds a conflicting lock on the image.
+    #[error("{path}: image is locked: {reason}")]
+    Locked { path: PathBuf, reason: String },
+    /// A guest access outside the virtual disk.
+    #[error("{path}: access at offset {offset} length {len} is outside the virtual size {size}")]
+    OutOfRange {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    /// No snapshot has this id or name.
+    #[error("{path}: no snapshot with id or name {name:?}")]
+    NoSuchSnapshot { path: PathBuf, name: String },
+    /// A snapshot with this name already exists.
+    #[error("{path}: a snapshot named {name:?} already exists")]
+    SnapshotExists { path: PathBuf, name: String },
+    /// A modifying call on an image opened read-only.
+    #[error("{path}: image is opened read-only")]
+    ReadOnly { path: PathBuf },
+    /// A caller-supplied argument is invalid (size, cluster size, name...).
+    #[error("{path}: invalid argument: {reason}")]
+    InvalidArgument { path: PathBuf, reason: String },
 }

@@ -1,4 +1,114 @@
 //! qcow2 version 3 image engine (see `format-spec/image.md`).
+//!
+//! Island's local images are real qcow2 files so QEMU can boot them and `qemu-img` can
+//! inspect them. Internal snapshots live in the qcow2 snapshot table; changed-block
+//! tracking compares pointer tables ([`Image::changed_ranges`]) and never reads guest data.
 
+mod cache;
+mod changed;
+mod engine;
 mod error;
+mod file;
+mod header;
+mod lock;
+mod mapping;
+mod refcount;
+mod snapshot;
+pub mod types;
+
+pub use engine::Image;
 pub use error::ImageError;
+pub use file::ImageFile;
+
+use serde::{Deserialize, Serialize};
+
+/// Parameters of a new image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Virtual disk size in bytes (rounded up to a multiple of 512 is not done: any size works).
+    pub size: u64,
+    /// Cluster size in bytes: a power of two from 4 KiB to 2 MiB.
+    pub cluster_size: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            size: 0,
+            cluster_size: 65536,
+        }
+    }
+}
+
+/// How an image is opened, mirroring QEMU's permission model so both tools respect each
+/// other's locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Exclusive writer: refuses if QEMU or another Island holds the image.
+    ReadWrite,
+    /// Consistent reader: refuses if a writer holds the image (like `qemu-img info`).
+    ReadOnly,
+    /// Like QEMU's force-share (`-U`): reads while a VM writes; only snapshots are stable.
+    ReadOnlyShared,
+}
+
+/// One internal snapshot as listed by [`Image::snapshots`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: String,
+    pub date_sec: u32,
+    pub date_nsec: u32,
+    pub vm_clock_nsec: u64,
+    pub vm_state_size: u64,
+    /// Virtual size when the snapshot was taken (extra data), else the image size.
+    pub disk_size: u64,
+    /// blake3 hex of the snapshot's L1 table bytes as stored: identifies the snapshot's
+    /// content cheaply (same digest ⇒ same pointer tables).
+    pub l1_digest: String,
+}
+
+/// A guest range whose contents may differ between two views.
+#[derive(Serialize, Deserialize, PartialEq, Eq, Debug, Clone)]
+pub struct ChangedRange {
+    pub offset: u64,
+    pub length: u64,
+    /// The range reads as zeros in the newer view.
+    pub zero: bool,
+}
+
+/// One run of the allocation map.
+#[derive(Serialize, PartialEq, Eq, Debug, Clone)]
+pub struct Extent {
+    pub offset: u64,
+    pub length: u64,
+    pub kind: ExtentKind,
+}
+
+/// What backs a guest range.
+#[derive(Serialize, PartialEq, Eq, Debug, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtentKind {
+    /// A host cluster holds the data.
+    Data,
+    /// The qcow2 zero flag is set: reads as zeros.
+    Zero,
+    /// Nothing allocated: reads as zeros (Island images have no backing file).
+    Unallocated,
+}
+
+/// Summary of an open image, for `island image info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    pub path: String,
+    pub size: u64,
+    pub cluster_size: u32,
+    pub version: u32,
+    pub refcount_bits: u32,
+    pub snapshots: usize,
+    pub allocated_clusters: u64,
+    pub file_size: u64,
+    pub incompatible_features: u64,
+    pub compatible_features: u64,
+    pub autoclear_features: u64,
+}

@@ -1,0 +1,891 @@
+//! [`Image`]: the open qcow2 image, its metadata state and the ordered flush.
+
+use super::cache::{read_cluster, read_tolerant, Cache, Kind};
+use super::error::ImageError;
+use super::file::ImageFile;
+use super::header::{self, Header};
+use super::mapping::{Mapping, OFLAG_COPIED};
+use super::snapshot::{self, SnapshotEntry};
+use super::types::{GuestCluster, GuestOffset};
+use super::{ChangedRange, CreateOptions, Extent, ImageInfo, OpenMode, SnapshotInfo};
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Metadata cache budget (L2 tables + refcount blocks).
+const CACHE_BYTES: usize = 32 << 20;
+/// Smallest and largest cluster size Island creates.
+const MIN_CREATE_CLUSTER: u32 = 4096;
+const MAX_CREATE_CLUSTER: u32 = 2 << 20;
+
+/// All metadata of an open image. Guarded by the `Image`'s RwLock: readers share it,
+/// every metadata change holds it exclusively.
+pub struct State {
+    pub file: Arc<dyn ImageFile>,
+    pub path: PathBuf,
+    pub header: Header,
+    pub cb: u32,
+    pub cs: u64,
+    /// Active L1 table (big-endian values decoded), `header.l1_size` entries.
+    pub l1: Vec<u64>,
+    /// Dirty L1 index range [lo, hi) not yet written.
+    pub l1_dirty: Option<(usize, usize)>,
+    /// Entries that fit in the clusters allocated to the active L1 table.
+    pub l1_capacity: usize,
+    pub reftable: Vec<u64>,
+    pub reftable_dirty: bool,
+    pub snapshots: Vec<SnapshotEntry>,
+    pub cache: Mutex<Cache>,
+    /// Host clusters whose last pointer was removed; decremented only once the removal is
+    /// durable (step 4 of the flush).
+    pub pending: Vec<u64>,
+    /// Lowest host cluster that may be free.
+    pub free_hint: u64,
+    /// One past the highest host cluster in use or in the file.
+    pub host_end: u64,
+    /// Guest data was written since the last sync.
+    pub data_dirty: AtomicBool,
+}
+
+impl State {
+    pub fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn host_end_bytes(&self) -> u64 {
+        self.host_end << self.cb
+    }
+
+    pub fn corrupt(&self, what: &'static str, offset: u64, reason: String) -> ImageError {
+        ImageError::Corrupt {
+            path: self.path.clone(),
+            what,
+            offset,
+            reason,
+        }
+    }
+
+    pub fn write(&self, buf: &[u8], offset: u64, op: &'static str) -> Result<(), ImageError> {
+        self.file
+            .write_at(buf, offset)
+            .map_err(|source| ImageError::Io {
+                path: self.path.clone(),
+                op,
+                offset,
+                source,
+            })
+    }
+
+    pub fn sync(&self) -> Result<(), ImageError> {
+        self.file.sync().map_err(|source| ImageError::Io {
+            path: self.path.clone(),
+            op: "sync",
+            offset: 0,
+            source,
+        })
+    }
+
+    /// Write the header fields and sync.
+    pub fn write_header(&mut self) -> Result<(), ImageError> {
+        let bytes = self.header.to_bytes();
+        self.write(&bytes, 0, "write header")?;
+        self.sync()
+    }
+
+    /// The ordered metadata flush. Crash ordering (format-spec/image.md, "Write ordering"):
+    ///  1. refcount blocks (increments only: decrements wait in `pending`) → sync; this
+    ///     also makes guest data written so far durable. Then the refcount table if a
+    ///     new block was added → sync (the table never points at an unwritten block).
+    ///  2. dirty L2 tables → sync (they point only at clusters made durable in 1).
+    ///  3. dirty L1 entries → sync (they point only at L2 tables made durable in 2).
+    ///  4. pending decrements (clusters unlinked in 2–3) → refcount blocks → sync. Only
+    ///     now can those clusters be reused, so no durable pointer ever references a
+    ///     cluster that may be overwritten.
+    /// A crash between steps leaves only leaked clusters.
+    pub fn flush_locked(&mut self) -> Result<(), ImageError> {
+        let wrote = {
+            let mut cache = self.cache();
+            cache.write_dirty(&*self.file, &self.path, Kind::Refblock)?
+        };
+        let data = self.data_dirty.swap(false, Ordering::AcqRel);
+        if wrote || data {
+            self.sync()?;
+        }
+        if self.write_reftable_if_dirty()? {
+            self.sync()?;
+        }
+        let wrote = {
+            let mut cache = self.cache();
+            cache.write_dirty(&*self.file, &self.path, Kind::L2)?
+        };
+        if wrote {
+            self.sync()?;
+        }
+        if let Some((lo, hi)) = self.l1_dirty.take() {
+            let mut bytes = Vec::with_capacity((hi - lo) * 8);
+            for e in &self.l1[lo..hi] {
+                bytes.extend_from_slice(&e.to_be_bytes());
+            }
+            self.write(
+                &bytes,
+                self.header.l1_table_offset + lo as u64 * 8,
+                "write L1 table",
+            )?;
+            self.sync()?;
+        }
+        if !self.pending.is_empty() {
+            let mut pending = std::mem::take(&mut self.pending);
+            self.bulk_adjust(&mut pending, -1)?;
+            let mut cache = self.cache();
+            cache.write_dirty(&*self.file, &self.path, Kind::Refblock)?;
+            drop(cache);
+            self.sync()?;
+        }
+        let mut cache = self.cache();
+        if cache.over_capacity() {
+            cache.evict_clean(0);
+        }
+        Ok(())
+    }
+
+    /// Make room in the cache after a metadata change, flushing if dirty entries are what
+    /// fills it.
+    fn trim(&mut self) -> Result<(), ImageError> {
+        if self.cache().over_capacity() || self.pending.len() > 65536 {
+            self.flush_locked()?;
+        }
+        Ok(())
+    }
+
+    /// L1 entries needed to map `size` guest bytes.
+    pub fn l1_entries_for(&self, size: u64) -> u64 {
+        size.div_ceil(self.cs).div_ceil(self.cs / 8)
+    }
+
+    /// Set the active L1 to `entries` (len ≥ current) and header size; relocates the
+    /// table to new clusters when it outgrows its clusters. New L1 contents are durable
+    /// before the header points at them; the old table is released afterwards.
+    pub fn install_l1(&mut self, entries: Vec<u64>, size: u64) -> Result<(), ImageError> {
+        if entries.len() as u64 * 8 > header::MAX_L1_BYTES {
+            return Err(ImageError::InvalidArgument {
+                path: self.path.clone(),
+                reason: format!("size {size} needs an L1 table over QEMU's 32 MiB limit"),
+            });
+        }
+        self.flush_locked()?;
+        let mut bytes = Vec::with_capacity(entries.len() * 8);
+        for e in &entries {
+            bytes.extend_from_slice(&e.to_be_bytes());
+        }
+        let old_off = self.header.l1_table_offset;
+        let old_clusters = (self.l1_capacity as u64 * 8).div_ceil(self.cs);
+        if entries.len() <= self.l1_capacity {
+            if !bytes.is_empty() {
+                self.write(&bytes, old_off, "write L1 table")?;
+                self.sync()?;
+            }
+            self.l1 = entries;
+            self.header.l1_size = self.l1.len() as u32;
+            self.header.size = size;
+            return self.write_header();
+        }
+        let n = (bytes.len() as u64).div_ceil(self.cs);
+        let start = self.alloc(n)?.0 << self.cb;
+        bytes.resize((n * self.cs) as usize, 0);
+        self.write(&bytes, start, "write L1 table")?;
+        self.flush_locked()?;
+        self.l1 = entries;
+        self.l1_capacity = (n * self.cs / 8) as usize;
+        self.header.l1_table_offset = start;
+        self.header.l1_size = self.l1.len() as u32;
+        self.header.size = size;
+        self.write_header()?;
+        if old_off != 0 {
+            let first = old_off >> self.cb;
+            self.pending.extend(first..first + old_clusters);
+        }
+        self.flush_locked()
+    }
+
+    /// Replace the snapshot table: new table in new clusters (durable), then the header,
+    /// then release the old table.
+    pub fn write_snapshot_table(&mut self, entries: Vec<SnapshotEntry>) -> Result<(), ImageError> {
+        self.flush_locked()?;
+        let old_off = self.header.snapshots_offset;
+        let old_clusters =
+            (snapshot::serialize_table(&self.snapshots).len() as u64).div_ceil(self.cs);
+        let mut bytes = snapshot::serialize_table(&entries);
+        let new_off = if entries.is_empty() {
+            0
+        } else {
+            let n = (bytes.len() as u64).div_ceil(self.cs);
+            let start = self.alloc(n)?.0 << self.cb;
+            bytes.resize((n * self.cs) as usize, 0);
+            self.write(&bytes, start, "write snapshot table")?;
+            self.flush_locked()?;
+            start
+        };
+        self.header.nb_snapshots = entries.len() as u32;
+        self.header.snapshots_offset = new_off;
+        self.write_header()?;
+        self.snapshots = entries;
+        if old_off != 0 && old_clusters > 0 {
+            let first = old_off >> self.cb;
+            self.pending.extend(first..first + old_clusters);
+        }
+        self.flush_locked()
+    }
+
+    /// Read an L1 table stored at `offset`.
+    pub fn read_l1(&self, offset: u64, entries: u32) -> Result<Vec<u64>, ImageError> {
+        let mut buf = vec![0u8; entries as usize * 8];
+        if !buf.is_empty() {
+            read_cluster(&*self.file, &self.path, "read L1 table", offset, &mut buf)?;
+        }
+        Ok(buf
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+}
+
+/// An open qcow2 image. `Send + Sync`: reads run concurrently under a shared lock;
+/// metadata changes take it exclusively.
+pub struct Image {
+    state: RwLock<State>,
+    /// Recently used snapshot L1 tables, keyed by (offset, size); cleared whenever the
+    /// snapshot table changes.
+    snap_l1: Mutex<Vec<(u64, u32, Arc<Vec<u64>>)>>,
+    writable: bool,
+    path: PathBuf,
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    op: &'static str,
+    offset: u64,
+) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        op,
+        offset,
+        source,
+    }
+}
+
+fn now() -> (u32, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        d.as_secs().min(u64::from(u32::MAX)) as u32,
+        d.subsec_nanos(),
+    )
+}
+
+impl Image {
+    /// Create a new image at `path` (replacing any file there) and open it read-write.
+    pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Image, ImageError> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path, "create", 0))?;
+        super::lock::lock(&file, path, OpenMode::ReadWrite)?;
+        file.set_len(0).map_err(io_err(path, "truncate", 0))?;
+        Image::create_on(Arc::new(file), &path.to_string_lossy(), opts)
+    }
+
+    /// Open an existing image at `path`, taking QEMU-compatible locks for `mode`.
+    pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Image, ImageError> {
+        let path = path.as_ref();
+        let writable = mode == OpenMode::ReadWrite;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(io_err(path, "open", 0))?;
+        super::lock::lock(&file, path, mode)?;
+        Image::open_on(Arc::new(file), &path.to_string_lossy(), writable)
+    }
+
+    /// Create on caller-provided storage (no locking). Layout: header, refcount table,
+    /// refcount block 0 in clusters 0-2, written before the header; the L1 table is then
+    /// allocated by growing the empty image to `opts.size`.
+    pub fn create_on(
+        file: Arc<dyn ImageFile>,
+        name: &str,
+        opts: &CreateOptions,
+    ) -> Result<Image, ImageError> {
+        let path = PathBuf::from(name);
+        let cs = opts.cluster_size;
+        if !cs.is_power_of_two() || !(MIN_CREATE_CLUSTER..=MAX_CREATE_CLUSTER).contains(&cs) {
+            return Err(ImageError::InvalidArgument {
+                path,
+                reason: format!("cluster size {cs} must be a power of two from 4 KiB to 2 MiB"),
+            });
+        }
+        let cb = cs.trailing_zeros();
+        let cs = u64::from(cs);
+        let l1_bytes = opts.size.div_ceil(cs).div_ceil(cs / 8).saturating_mul(8);
+        if l1_bytes > header::MAX_L1_BYTES {
+            return Err(ImageError::InvalidArgument {
+                path,
+                reason: format!(
+                    "size {} too large for cluster size {cs} (L1 table over 32 MiB)",
+                    opts.size
+                ),
+            });
+        }
+        file.set_len(0).map_err(io_err(&path, "truncate", 0))?;
+        let mut refblock = vec![0u8; cs as usize];
+        for i in 0..3 {
+            super::refcount::set_entry(&mut refblock, i, 4, 1);
+        }
+        file.write_at(&refblock, 2 * cs)
+            .map_err(io_err(&path, "write refcount block", 2 * cs))?;
+        let mut reftable = vec![0u8; cs as usize];
+        reftable[0..8].copy_from_slice(&(2 * cs).to_be_bytes());
+        file.write_at(&reftable, cs)
+            .map_err(io_err(&path, "write refcount table", cs))?;
+        file.sync().map_err(io_err(&path, "sync", 0))?;
+        let mut h = Header::new(cb, cs);
+        let mut first = h.to_bytes();
+        first.resize(cs as usize, 0);
+        file.write_at(&first, 0)
+            .map_err(io_err(&path, "write header", 0))?;
+        file.sync().map_err(io_err(&path, "sync", 0))?;
+        let img = Image::open_on(file, name, true)?;
+        if opts.size > 0 {
+            img.grow(opts.size)?;
+        }
+        Ok(img)
+    }
+
+    /// Open on caller-provided storage (no locking); `name` is used in messages.
+    pub fn open_on(
+        file: Arc<dyn ImageFile>,
+        name: &str,
+        writable: bool,
+    ) -> Result<Image, ImageError> {
+        let path = PathBuf::from(name);
+        let len = file.len().map_err(io_err(&path, "stat", 0))?;
+        let mut probe = vec![0u8; len.min(104) as usize];
+        read_cluster(&*file, &path, "read header", 0, &mut probe)?;
+        let cb = if probe.len() >= 24 {
+            u32::from_be_bytes([probe[20], probe[21], probe[22], probe[23]])
+        } else {
+            16
+        };
+        let first_len = if (9..=21).contains(&cb) {
+            (1u64 << cb).min(len)
+        } else {
+            probe.len() as u64
+        };
+        let mut first = vec![0u8; first_len as usize];
+        read_cluster(&*file, &path, "read header", 0, &mut first)?;
+        let header = Header::parse(&path, &first, len)?;
+        if header.incompatible & (header::INCOMPAT_DIRTY | header::INCOMPAT_CORRUPT) != 0 {
+            let what = if header.incompatible & header::INCOMPAT_CORRUPT != 0 {
+                "corrupt"
+            } else {
+                "dirty"
+            };
+            if writable {
+                return Err(ImageError::Unsupported {
+                    path,
+                    feature: format!("{what} bit set; repair with `qemu-img check -r all` before opening read-write"),
+                });
+            }
+            tracing::warn!(
+                "{}: {what} bit set; reading anyway (refcounts may be inaccurate)",
+                path.display()
+            );
+        }
+        let cb = header.cluster_bits;
+        let cs = 1u64 << cb;
+        let l1_capacity = ((u64::from(header.l1_size) * 8).div_ceil(cs) * cs / 8) as usize;
+        let mut st = State {
+            file,
+            path: path.clone(),
+            cb,
+            cs,
+            l1: Vec::new(),
+            l1_dirty: None,
+            l1_capacity,
+            reftable: Vec::new(),
+            reftable_dirty: false,
+            snapshots: Vec::new(),
+            cache: Mutex::new(Cache::new(cs as usize, CACHE_BYTES)),
+            pending: Vec::new(),
+            free_hint: 1,
+            host_end: len.div_ceil(cs),
+            data_dirty: AtomicBool::new(false),
+            header,
+        };
+        st.load_reftable()?;
+        st.l1 = st.read_l1(st.header.l1_table_offset, st.header.l1_size)?;
+        for (i, &e) in st.l1.iter().enumerate() {
+            super::mapping::l1_target(
+                e,
+                cs,
+                st.host_end_bytes(),
+                &path,
+                st.header.l1_table_offset + i as u64 * 8,
+            )?;
+        }
+        st.snapshots = read_snapshot_table(&st, len)?;
+        if writable && st.header.autoclear != 0 {
+            // Island maintains no autoclear feature (e.g. persistent bitmaps): clearing
+            // the bits tells QEMU those structures are stale.
+            st.header.autoclear = 0;
+            st.write_header()?;
+        }
+        Ok(Image {
+            state: RwLock::new(st),
+            snap_l1: Mutex::new(Vec::new()),
+            writable,
+            path,
+        })
+    }
+
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>, ImageError> {
+        if !self.writable {
+            return Err(ImageError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(self.state.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Guest (virtual) size in bytes.
+    pub fn size(&self) -> u64 {
+        self.read_state().header.size
+    }
+
+    pub fn cluster_size(&self) -> u32 {
+        self.read_state().cs as u32
+    }
+
+    /// Header facts plus counts, for `island image info`.
+    pub fn info(&self) -> ImageInfo {
+        let st = self.read_state();
+        ImageInfo {
+            path: self.path.to_string_lossy().into_owned(),
+            size: st.header.size,
+            cluster_size: st.cs as u32,
+            version: st.header.version,
+            refcount_bits: 1 << st.header.refcount_order,
+            snapshots: st.snapshots.len(),
+            allocated_clusters: st.count_allocated().unwrap_or(0),
+            file_size: st.file.len().unwrap_or(0),
+            incompatible_features: st.header.incompatible,
+            compatible_features: st.header.compatible,
+            autoclear_features: st.header.autoclear,
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64, size: u64) -> Result<(), ImageError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(ImageError::OutOfRange {
+                path: self.path.clone(),
+                offset,
+                len,
+                size,
+            }),
+        }
+    }
+
+    /// Read guest bytes of the active layer.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        let st = self.read_state();
+        self.check_range(offset, buf.len() as u64, st.header.size)?;
+        let l1 = &st.l1;
+        read_view(&st, l1, st.header.l1_table_offset, buf, offset)
+    }
+
+    /// Write guest bytes. Clusters owned exclusively (COPIED) are written in place under
+    /// the shared lock; anything needing allocation or copy-on-write takes it exclusively.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
+        if !self.writable {
+            return Err(ImageError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        {
+            let st = self.read_state();
+            self.check_range(offset, buf.len() as u64, st.header.size)?;
+            let mut targets = [0u64; 4];
+            let mut n = 0;
+            let mut all = true;
+            for_each_piece(st.cb, offset, buf.len(), |gc, _, _, _| {
+                if !all {
+                    return Ok(());
+                }
+                if n == targets.len() {
+                    all = false;
+                    return Ok(());
+                }
+                match st.in_place_target(gc)? {
+                    Some(h) => targets[n] = h,
+                    None => all = false,
+                }
+                n += 1;
+                Ok(())
+            })?;
+            if all {
+                let mut k = 0;
+                for_each_piece(st.cb, offset, buf.len(), |_, in_off, at, len| {
+                    let host = targets[k] + in_off as u64;
+                    k += 1;
+                    st.write(&buf[at..at + len], host, "write data")
+                })?;
+                st.data_dirty.store(true, Ordering::Release);
+                return Ok(());
+            }
+        }
+        let mut st = self.write_state()?;
+        self.check_range(offset, buf.len() as u64, st.header.size)?;
+        let mut scratch = Vec::new();
+        let cb = st.cb;
+        let r = for_each_piece(cb, offset, buf.len(), |gc, in_off, at, len| {
+            st.write_cluster(gc, in_off, &buf[at..at + len], &mut scratch)
+        });
+        st.data_dirty.store(true, Ordering::Release);
+        r?;
+        st.trim()
+    }
+
+    /// Make a range read as zeros: whole clusters get the zero flag (their clusters are
+    /// released), partial clusters get explicit zero bytes.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), ImageError> {
+        let mut st = self.write_state()?;
+        self.check_range(offset, len, st.header.size)?;
+        let cs = st.cs;
+        let end = offset + len;
+        let mut pos = offset;
+        let zeros = vec![0u8; cs as usize];
+        let mut scratch = Vec::new();
+        while pos < end {
+            let gc = GuestOffset(pos).cluster(st.cb);
+            let in_off = GuestOffset(pos).in_cluster(st.cb);
+            let n = (cs - in_off).min(end - pos);
+            if n == cs {
+                st.zero_cluster(gc)?;
+            } else if !st.active_mapping(gc)?.reads_zero() {
+                st.write_cluster(gc, in_off as usize, &zeros[..n as usize], &mut scratch)?;
+                st.data_dirty.store(true, Ordering::Release);
+            }
+            st.trim()?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Discard: same as [`Image::write_zeroes`] (qcow2 v3 has the zero flag, so the range
+    /// reads back as zeros and its clusters are released).
+    pub fn discard(&self, offset: u64, len: u64) -> Result<(), ImageError> {
+        self.write_zeroes(offset, len)
+    }
+
+    /// Make everything written so far durable (ordered metadata flush).
+    pub fn flush(&self) -> Result<(), ImageError> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.write_state()?.flush_locked()
+    }
+
+    /// Grow the virtual disk (shrinking is refused).
+    pub fn grow(&self, new_size: u64) -> Result<(), ImageError> {
+        let mut st = self.write_state()?;
+        if new_size < st.header.size {
+            return Err(ImageError::InvalidArgument {
+                path: self.path.clone(),
+                reason: format!("cannot shrink from {} to {new_size}", st.header.size),
+            });
+        }
+        let need = st.l1_entries_for(new_size);
+        let mut l1 = st.l1.clone();
+        if need > l1.len() as u64 {
+            if need * 8 > header::MAX_L1_BYTES {
+                return Err(ImageError::InvalidArgument {
+                    path: self.path.clone(),
+                    reason: format!("size {new_size} needs an L1 table over QEMU's 32 MiB limit"),
+                });
+            }
+            l1.resize(need as usize, 0);
+        }
+        st.install_l1(l1, new_size)
+    }
+
+    /// Flush and release the locks.
+    pub fn close(self) -> Result<(), ImageError> {
+        self.flush()
+    }
+
+    /// Snapshots in table order.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        let st = self.read_state();
+        st.snapshots.iter().map(|e| snapshot_info(&st, e)).collect()
+    }
+
+    /// Take an internal snapshot of the active layer.
+    pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo, ImageError> {
+        let mut st = self.write_state()?;
+        self.clear_snap_l1();
+        let e = st.create_snapshot(name, now())?;
+        Ok(snapshot_info(&st, &e))
+    }
+
+    /// Delete a snapshot (by id, else name) and release what only it referenced.
+    pub fn delete_snapshot(&self, name_or_id: &str) -> Result<(), ImageError> {
+        let mut st = self.write_state()?;
+        self.clear_snap_l1();
+        st.delete_snapshot(name_or_id)
+    }
+
+    /// Make the active layer equal to a snapshot (QEMU's `snapshot -a`).
+    pub fn revert_snapshot(&self, name_or_id: &str) -> Result<(), ImageError> {
+        let mut st = self.write_state()?;
+        self.clear_snap_l1();
+        st.revert_snapshot(name_or_id)
+    }
+
+    fn clear_snap_l1(&self) {
+        self.snap_l1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// L1 table and virtual size of a view (None = active layer).
+    pub(crate) fn view(
+        &self,
+        st: &State,
+        name: Option<&str>,
+    ) -> Result<(Arc<Vec<u64>>, u64, u64), ImageError> {
+        let Some(name) = name else {
+            return Ok((
+                Arc::new(st.l1.clone()),
+                st.header.l1_table_offset,
+                st.header.size,
+            ));
+        };
+        let e = snapshot::find(&st.snapshots, name)
+            .map(|i| &st.snapshots[i])
+            .ok_or_else(|| ImageError::NoSuchSnapshot {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        let size = e.disk_size.unwrap_or(st.header.size);
+        let mut cache = self.snap_l1.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, l1)) = cache
+            .iter()
+            .find(|(o, s, _)| *o == e.l1_table_offset && *s == e.l1_size)
+        {
+            return Ok((l1.clone(), e.l1_table_offset, size));
+        }
+        let l1 = Arc::new(st.read_l1(e.l1_table_offset, e.l1_size)?);
+        if cache.len() >= 4 {
+            cache.remove(0);
+        }
+        cache.push((e.l1_table_offset, e.l1_size, l1.clone()));
+        Ok((l1, e.l1_table_offset, size))
+    }
+
+    /// Read guest bytes of a snapshot.
+    pub fn read_snapshot_at(
+        &self,
+        name_or_id: &str,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), ImageError> {
+        let st = self.read_state();
+        let (l1, l1_off, size) = self.view(&st, Some(name_or_id))?;
+        self.check_range(offset, buf.len() as u64, size)?;
+        read_view(&st, &l1, l1_off, buf, offset)
+    }
+
+    /// Guest ranges whose contents may differ between snapshot `from` and `to` (None =
+    /// active layer), from pointer tables only (see `changed.rs`).
+    pub fn changed_ranges(
+        &self,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<Vec<ChangedRange>, ImageError> {
+        let st = self.read_state();
+        let a = self.view(&st, Some(from))?;
+        let b = self.view(&st, to)?;
+        st.changed_ranges(&a, &b)
+    }
+
+    /// Allocation map of a view, like `qemu-img map`.
+    pub fn extents(
+        &self,
+        view: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>, ImageError> {
+        let st = self.read_state();
+        let (l1, l1_off, size) = self.view(&st, view)?;
+        self.check_range(offset, len, size)?;
+        st.extents(&l1, l1_off, offset, len)
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if self.writable {
+            let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = st.flush_locked() {
+                tracing::error!("{}: flush on drop failed: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Split a guest byte range into per-cluster pieces: (cluster, offset in cluster,
+/// offset in buffer, length).
+pub fn for_each_piece(
+    cb: u32,
+    offset: u64,
+    len: usize,
+    mut f: impl FnMut(GuestCluster, usize, usize, usize) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    let cs = 1u64 << cb;
+    let mut at = 0usize;
+    while at < len {
+        let pos = GuestOffset(offset + at as u64);
+        let in_off = pos.in_cluster(cb);
+        let n = ((cs - in_off) as usize).min(len - at);
+        f(pos.cluster(cb), in_off as usize, at, n)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Read guest bytes through an L1 table, merging pieces contiguous on the host into one
+/// read.
+fn read_view(
+    st: &State,
+    l1: &[u64],
+    l1_off: u64,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), ImageError> {
+    let mut run: Option<(usize, u64, usize)> = None; // (buf start, host start, len)
+    let flush_run =
+        |run: &mut Option<(usize, u64, usize)>, buf: &mut [u8]| -> Result<(), ImageError> {
+            if let Some((at, host, len)) = run.take() {
+                read_tolerant(
+                    &*st.file,
+                    &st.path,
+                    "read data",
+                    host,
+                    &mut buf[at..at + len],
+                )?;
+            }
+            Ok(())
+        };
+    let cb = st.cb;
+    let mut at = 0usize;
+    let len = buf.len();
+    while at < len {
+        let pos = GuestOffset(offset + at as u64);
+        let in_off = pos.in_cluster(cb);
+        let n = ((st.cs - in_off) as usize).min(len - at);
+        let gc = pos.cluster(cb);
+        let m = {
+            let mut cache = st.cache();
+            let (e, ea) = super::mapping::lookup(
+                &*st.file,
+                &st.path,
+                &mut cache,
+                l1,
+                l1_off,
+                cb,
+                st.host_end_bytes(),
+                gc,
+            )?;
+            super::mapping::classify(e, st.cs, &st.path, ea)?
+        };
+        match m {
+            Mapping::Data { host, .. } => {
+                let h = host + in_off;
+                match &mut run {
+                    Some((_, rh, rl)) if *rh + *rl as u64 == h => *rl += n,
+                    _ => {
+                        flush_run(&mut run, buf)?;
+                        run = Some((at, h, n));
+                    }
+                }
+            }
+            Mapping::Unallocated | Mapping::Zero { .. } => {
+                flush_run(&mut run, buf)?;
+                buf[at..at + n].fill(0);
+            }
+            Mapping::Compressed => return Err(st.unsupported_compressed(gc)),
+        }
+        at += n;
+    }
+    flush_run(&mut run, buf)
+}
+
+fn snapshot_info(st: &State, e: &SnapshotEntry) -> SnapshotInfo {
+    let digest = st
+        .read_l1(e.l1_table_offset, e.l1_size)
+        .map(|l1| {
+            let mut h = blake3::Hasher::new();
+            for v in l1 {
+                h.update(&v.to_be_bytes());
+            }
+            h.finalize().to_hex().to_string()
+        })
+        .unwrap_or_default();
+    SnapshotInfo {
+        id: e.id.clone(),
+        name: e.name.clone(),
+        date_sec: e.date_sec,
+        date_nsec: e.date_nsec,
+        vm_clock_nsec: e.vm_clock_nsec,
+        vm_state_size: e.vm_state_size,
+        disk_size: e.disk_size.unwrap_or(st.header.size),
+        l1_digest: digest,
+    }
+}
+
+/// Read the snapshot table, growing the read until the entries parse (bounded by QEMU's
+/// table size limit).
+fn read_snapshot_table(st: &State, file_len: u64) -> Result<Vec<SnapshotEntry>, ImageError> {
+    let n = st.header.nb_snapshots;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let off = st.header.snapshots_offset;
+    let avail = file_len.saturating_sub(off).min(snapshot::MAX_TABLE_BYTES);
+    let mut want = st.cs.min(avail);
+    loop {
+        let mut buf = vec![0u8; want as usize];
+        read_tolerant(&*st.file, &st.path, "read snapshot table", off, &mut buf)?;
+        match snapshot::parse_table(&st.path, &buf, off, n, st.cs, file_len) {
+            Ok(t) => return Ok(t),
+            Err(_) if want < avail => want = (want * 4).min(avail),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Clear the COPIED flag for writing a snapshot's copy of the L1 table.
+pub fn strip_copied(l1: &[u64]) -> Vec<u64> {
+    l1.iter().map(|e| e & !OFLAG_COPIED).collect()
+}

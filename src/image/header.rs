@@ -1,0 +1,429 @@
+//! The qcow2 header (version 3) and its extensions: parse, validate, serialize.
+//!
+//! Island keeps the header bytes it read (including fields past the ones it knows and
+//! the extension area) and patches only the fields it changes, so rewriting the header
+//! never drops information QEMU put there.
+
+use super::error::ImageError;
+use std::path::Path;
+
+pub const MAGIC: u32 = 0x5146_49fb; // "QFI\xfb"
+/// Length of the fixed v3 header Island writes (incl. compression type + padding).
+pub const HEADER_LEN_WRITTEN: u32 = 112;
+const V3_MIN_HEADER_LEN: u32 = 104;
+
+pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+
+pub const EXT_END: u32 = 0;
+pub const EXT_CRYPTO: u32 = 0x0537_be77;
+pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+
+/// Largest L1 table QEMU accepts (QCOW_MAX_L1_SIZE).
+pub const MAX_L1_BYTES: u64 = 32 << 20;
+/// Largest refcount table QEMU accepts (QCOW_MAX_REFTABLE_SIZE).
+pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// Host offsets are 56-bit in L1/L2 entries.
+pub const MAX_HOST_OFFSET: u64 = 1 << 56;
+
+/// The parsed header fields Island uses, plus the raw bytes for faithful rewriting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub size: u64,
+    pub l1_size: u32,
+    pub l1_table_offset: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub incompatible: u64,
+    pub compatible: u64,
+    pub autoclear: u64,
+    pub refcount_order: u32,
+    pub header_length: u32,
+    /// Header extensions as (type, data), in file order, the end marker excluded.
+    pub extensions: Vec<(u32, Vec<u8>)>,
+    /// The first `header_length` bytes as read (or as built on create).
+    raw: Vec<u8>,
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(a)
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+impl Header {
+    /// A fresh v3 header (16-bit refcounts, zlib, no extensions) for `create`.
+    pub fn new(cluster_bits: u32, refcount_table_offset: u64) -> Header {
+        let mut h = Header {
+            version: 3,
+            cluster_bits,
+            size: 0,
+            l1_size: 0,
+            l1_table_offset: 0,
+            refcount_table_offset,
+            refcount_table_clusters: 1,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompatible: 0,
+            compatible: 0,
+            autoclear: 0,
+            refcount_order: 4,
+            header_length: HEADER_LEN_WRITTEN,
+            extensions: Vec::new(),
+            raw: vec![0u8; HEADER_LEN_WRITTEN as usize],
+        };
+        h.sync_raw();
+        h
+    }
+
+    /// Parse and validate a header from the start of the file. `buf` holds the first
+    /// cluster (or the whole file if shorter); `file_len` bounds every offset.
+    pub fn parse(path: &Path, buf: &[u8], file_len: u64) -> Result<Header, ImageError> {
+        let corrupt = |offset: u64, reason: String| ImageError::Corrupt {
+            path: path.to_path_buf(),
+            what: "header",
+            offset,
+            reason,
+        };
+        let unsupported = |feature: String| ImageError::Unsupported {
+            path: path.to_path_buf(),
+            feature,
+        };
+        if buf.len() < 72 {
+            return Err(corrupt(
+                0,
+                format!("file too short for a qcow2 header ({} bytes)", buf.len()),
+            ));
+        }
+        let magic = be32(buf, 0);
+        if magic != MAGIC {
+            return Err(corrupt(
+                0,
+                format!("bad magic {magic:#010x}, not a qcow2 image"),
+            ));
+        }
+        let version = be32(buf, 4);
+        if version == 2 {
+            return Err(unsupported(
+                "qcow2 version 2 (convert with `qemu-img amend -f qcow2 -o compat=1.1`)".into(),
+            ));
+        }
+        if version != 3 {
+            return Err(unsupported(format!("qcow2 version {version}")));
+        }
+        if buf.len() < V3_MIN_HEADER_LEN as usize {
+            return Err(corrupt(0, "file too short for a version 3 header".into()));
+        }
+        let backing_file_offset = be64(buf, 8);
+        if backing_file_offset != 0 {
+            return Err(unsupported("backing file".into()));
+        }
+        let cluster_bits = be32(buf, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(corrupt(
+                20,
+                format!("cluster_bits {cluster_bits} outside 9..=21"),
+            ));
+        }
+        let cs = 1u64 << cluster_bits;
+        let crypt = be32(buf, 32);
+        if crypt != 0 {
+            return Err(unsupported(format!("encryption (crypt_method {crypt})")));
+        }
+        let header_length = be32(buf, 100);
+        if header_length < V3_MIN_HEADER_LEN
+            || u64::from(header_length) > cs
+            || header_length % 8 != 0
+        {
+            return Err(corrupt(
+                100,
+                format!("header_length {header_length} invalid"),
+            ));
+        }
+        if buf.len() < header_length as usize {
+            return Err(corrupt(100, "file shorter than header_length".into()));
+        }
+        let incompatible = be64(buf, 72);
+        let compatible = be64(buf, 80);
+        let autoclear = be64(buf, 88);
+        let known = INCOMPAT_DIRTY
+            | INCOMPAT_CORRUPT
+            | INCOMPAT_DATA_FILE
+            | INCOMPAT_COMPRESSION
+            | INCOMPAT_EXTL2;
+        if incompatible & !known != 0 {
+            return Err(unsupported(format!(
+                "unknown incompatible feature bits {:#x}",
+                incompatible & !known
+            )));
+        }
+        if incompatible & INCOMPAT_DATA_FILE != 0 {
+            return Err(unsupported("external data file".into()));
+        }
+        if incompatible & INCOMPAT_EXTL2 != 0 {
+            return Err(unsupported("extended L2 entries (subclusters)".into()));
+        }
+        let compression_type = if header_length > 104 { buf[104] } else { 0 };
+        if compression_type != 0 {
+            return Err(unsupported(format!(
+                "compression type {compression_type} (only zlib is known)"
+            )));
+        }
+        if incompatible & INCOMPAT_COMPRESSION != 0 {
+            return Err(corrupt(
+                72,
+                "compression-type bit set with zlib compression type".into(),
+            ));
+        }
+        let refcount_order = be32(buf, 96);
+        if refcount_order > 6 {
+            return Err(corrupt(96, format!("refcount_order {refcount_order} > 6")));
+        }
+        let size = be64(buf, 24);
+        let l1_size = be32(buf, 36);
+        let l1_table_offset = be64(buf, 40);
+        let refcount_table_offset = be64(buf, 48);
+        let refcount_table_clusters = be32(buf, 56);
+        let nb_snapshots = be32(buf, 60);
+        let snapshots_offset = be64(buf, 64);
+
+        // L1 must cover the virtual size and stay within QEMU's limit.
+        let l2_entries = cs / 8;
+        let needed_l1 = size.div_ceil(cs).div_ceil(l2_entries);
+        if u64::from(l1_size) * 8 > MAX_L1_BYTES {
+            return Err(corrupt(
+                36,
+                format!("L1 size {l1_size} exceeds the 32 MiB limit"),
+            ));
+        }
+        if u64::from(l1_size) < needed_l1 {
+            return Err(corrupt(
+                36,
+                format!("L1 size {l1_size} too small for virtual size {size}"),
+            ));
+        }
+        check_table(
+            path,
+            "L1 table",
+            l1_table_offset,
+            u64::from(l1_size) * 8,
+            cs,
+            file_len,
+        )?;
+        if refcount_table_clusters == 0 {
+            return Err(corrupt(56, "refcount table has zero clusters".into()));
+        }
+        let rt_bytes = u64::from(refcount_table_clusters) * cs;
+        if rt_bytes > MAX_REFTABLE_BYTES {
+            return Err(corrupt(
+                56,
+                format!("refcount table of {rt_bytes} bytes exceeds the 8 MiB limit"),
+            ));
+        }
+        check_table(
+            path,
+            "refcount table",
+            refcount_table_offset,
+            rt_bytes,
+            cs,
+            file_len,
+        )?;
+        if nb_snapshots > super::snapshot::MAX_SNAPSHOTS {
+            return Err(corrupt(
+                60,
+                format!("{nb_snapshots} snapshots exceed the limit"),
+            ));
+        }
+        if nb_snapshots > 0 {
+            if snapshots_offset % cs != 0 || snapshots_offset == 0 || snapshots_offset >= file_len {
+                return Err(corrupt(
+                    64,
+                    format!("snapshot table offset {snapshots_offset:#x} invalid"),
+                ));
+            }
+        }
+
+        // Header extensions.
+        let mut extensions = Vec::new();
+        let mut at = header_length as usize;
+        loop {
+            if at + 8 > buf.len() {
+                return Err(corrupt(
+                    at as u64,
+                    "header extension runs past the first cluster".into(),
+                ));
+            }
+            let ty = be32(buf, at);
+            let len = be32(buf, at + 4) as usize;
+            if ty == EXT_END {
+                break;
+            }
+            let data_end = at
+                .checked_add(8)
+                .and_then(|x| x.checked_add(len))
+                .filter(|&e| e <= buf.len())
+                .ok_or_else(|| {
+                    corrupt(
+                        at as u64,
+                        format!("header extension {ty:#x} length {len} too long"),
+                    )
+                })?;
+            match ty {
+                EXT_CRYPTO => return Err(unsupported("encryption header extension".into())),
+                EXT_DATA_FILE => return Err(unsupported("external data file extension".into())),
+                _ => {}
+            }
+            extensions.push((ty, buf[at + 8..data_end].to_vec()));
+            at = (data_end + 7) & !7;
+        }
+        Ok(Header {
+            version,
+            cluster_bits,
+            size,
+            l1_size,
+            l1_table_offset,
+            refcount_table_offset,
+            refcount_table_clusters,
+            nb_snapshots,
+            snapshots_offset,
+            incompatible,
+            compatible,
+            autoclear,
+            refcount_order,
+            header_length,
+            extensions,
+            raw: buf[..header_length as usize].to_vec(),
+        })
+    }
+
+    /// Copy the typed fields into the raw header bytes.
+    fn sync_raw(&mut self) {
+        let r = &mut self.raw;
+        r[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        r[4..8].copy_from_slice(&self.version.to_be_bytes());
+        r[20..24].copy_from_slice(&self.cluster_bits.to_be_bytes());
+        r[24..32].copy_from_slice(&self.size.to_be_bytes());
+        r[36..40].copy_from_slice(&self.l1_size.to_be_bytes());
+        r[40..48].copy_from_slice(&self.l1_table_offset.to_be_bytes());
+        r[48..56].copy_from_slice(&self.refcount_table_offset.to_be_bytes());
+        r[56..60].copy_from_slice(&self.refcount_table_clusters.to_be_bytes());
+        r[60..64].copy_from_slice(&self.nb_snapshots.to_be_bytes());
+        r[64..72].copy_from_slice(&self.snapshots_offset.to_be_bytes());
+        r[72..80].copy_from_slice(&self.incompatible.to_be_bytes());
+        r[80..88].copy_from_slice(&self.compatible.to_be_bytes());
+        r[88..96].copy_from_slice(&self.autoclear.to_be_bytes());
+        r[96..100].copy_from_slice(&self.refcount_order.to_be_bytes());
+        r[100..104].copy_from_slice(&self.header_length.to_be_bytes());
+    }
+
+    /// The fixed header bytes to write at offset 0 (extensions are left as they are on
+    /// disk: Island never changes them, and on create it writes the end marker itself).
+    pub fn to_bytes(&mut self) -> Vec<u8> {
+        self.sync_raw();
+        self.raw.clone()
+    }
+}
+
+/// A table must be cluster aligned and lie inside the file.
+pub fn check_table(
+    path: &Path,
+    what: &'static str,
+    offset: u64,
+    bytes: u64,
+    cs: u64,
+    file_len: u64,
+) -> Result<(), ImageError> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let bad = |reason: String| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+        offset,
+        reason,
+    };
+    if offset == 0 || offset % cs != 0 {
+        return Err(bad("offset not cluster aligned or zero".into()));
+    }
+    let end = offset
+        .checked_add(bytes)
+        .ok_or_else(|| bad("size overflows".into()))?;
+    if end > file_len.div_ceil(cs) * cs {
+        return Err(bad(format!(
+            "table of {bytes} bytes ends past the end of the file ({file_len})"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let mut h = Header::new(16, 65536);
+        h.size = 1 << 30;
+        h.l1_size = 2;
+        h.l1_table_offset = 3 * 65536;
+        let mut bytes = h.to_bytes();
+        bytes.resize(65536, 0); // end-of-extensions marker is zeros
+        let p = Path::new("t.qcow2");
+        let back = Header::parse(p, &bytes, 4 * 65536).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(&bytes[0..4], b"QFI\xfb");
+        assert_eq!(be32(&bytes, 100), 112);
+    }
+
+    #[test]
+    fn refuses_bad_inputs() {
+        let mut h = Header::new(16, 65536);
+        let mut bytes = h.to_bytes();
+        bytes.resize(65536, 0);
+        let p = Path::new("t.qcow2");
+        let mut v2 = bytes.clone();
+        v2[7] = 2;
+        assert!(matches!(
+            Header::parse(p, &v2, 1 << 20),
+            Err(ImageError::Unsupported { .. })
+        ));
+        let mut magic = bytes.clone();
+        magic[0] = b'X';
+        assert!(matches!(
+            Header::parse(p, &magic, 1 << 20),
+            Err(ImageError::Corrupt { .. })
+        ));
+        let mut backing = bytes.clone();
+        backing[15] = 1;
+        assert!(matches!(
+            Header::parse(p, &backing, 1 << 20),
+            Err(ImageError::Unsupported { .. })
+        ));
+        let mut unknown = bytes.clone();
+        unknown[72] = 0x80;
+        assert!(matches!(
+            Header::parse(p, &unknown, 1 << 20),
+            Err(ImageError::Unsupported { .. })
+        ));
+        let mut rt_past_eof = bytes.clone();
+        rt_past_eof[48..56].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        assert!(matches!(
+            Header::parse(p, &rt_past_eof, 1 << 20),
+            Err(ImageError::Corrupt { .. })
+        ));
+        assert!(Header::parse(p, &bytes[..50], 50).is_err());
+    }
+}
