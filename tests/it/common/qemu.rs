@@ -1,0 +1,167 @@
+//! Wrappers around qemu-img and qemu-io, the oracle for everything qcow2.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn describe(cmd: &Command) -> String {
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+}
+
+/// Runs a command and returns its output without judging the exit status.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", describe(cmd)))
+}
+
+/// Runs a command that must succeed; the failure message carries its stderr.
+#[track_caller]
+pub fn run(cmd: &mut Command) -> Output {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\nstdout: {}\nstderr: {}",
+        describe(cmd),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn qemu_img<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new("qemu-img");
+    c.args(args);
+    c
+}
+
+/// `qemu-io -f qcow2 -c CMD... PATH`; each command is one qemu-io command line.
+pub fn qemu_io(path: &Path, cmds: &[String]) -> Command {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(path);
+    c
+}
+
+/// What `qemu-img check --output=json` found. Absent fields mean zero.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Check {
+    pub corruptions: u64,
+    pub leaks: u64,
+    pub check_errors: u64,
+}
+
+#[track_caller]
+pub fn check(path: &Path) -> Check {
+    let out = output(qemu_img(["check", "--output=json", "-f", "qcow2"]).arg(path));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "qemu-img check {} gave no JSON ({e}): status {}, stdout {text}, stderr {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    Check {
+        corruptions: field("corruptions"),
+        leaks: field("leaks"),
+        check_errors: field("check-errors"),
+    }
+}
+
+/// qemu-img check's human-readable report, which names each bad cluster.
+fn check_details(path: &Path) -> String {
+    let out = output(qemu_img(["check", "-f", "qcow2"]).arg(path));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// After a clean close: no corruption, no leak, no error.
+#[track_caller]
+pub fn assert_check_clean(path: &Path) {
+    let c = check(path);
+    assert!(
+        c.corruptions == 0 && c.leaks == 0 && c.check_errors == 0,
+        "qemu-img check {} not clean:\n{}",
+        path.display(),
+        check_details(path)
+    );
+}
+
+/// After a crash: leaks are allowed, corruption is not.
+#[track_caller]
+pub fn assert_check_no_corruption(path: &Path) {
+    let c = check(path);
+    assert!(
+        c.corruptions == 0 && c.check_errors == 0,
+        "qemu-img check {} reports corruption:\n{}",
+        path.display(),
+        check_details(path)
+    );
+}
+
+/// `qemu-img info --output=json` (with `-U` when `force_share`).
+pub fn info(path: &Path, force_share: bool) -> serde_json::Value {
+    let mut c = qemu_img(["info", "--output=json"]);
+    if force_share {
+        c.arg("-U");
+    }
+    let out = run(c.arg(path));
+    serde_json::from_slice(&out.stdout).expect("qemu-img info JSON")
+}
+
+/// Snapshot names as qemu sees them, in table order.
+pub fn snapshot_names(path: &Path) -> Vec<String> {
+    let v = info(path, false);
+    v.get("snapshots")
+        .and_then(|s| s.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|s| s["name"].as_str().expect("snapshot name").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The raw guest contents qemu reads: the active layer, or snapshot `snap`.
+pub fn convert_to_raw(path: &Path, snap: Option<&str>, out: &Path) -> Vec<u8> {
+    let mut c = qemu_img(["convert", "-f", "qcow2", "-O", "raw"]);
+    if let Some(s) = snap {
+        c.arg("-l").arg(format!("snapshot.name={s}"));
+    }
+    run(c.arg(path).arg(out));
+    std::fs::read(out).expect("read converted raw")
+}
+
+/// `qemu-img compare` of a qcow2 against a raw file: true when identical.
+pub fn compare_with_raw(qcow2: &Path, raw: &Path) -> bool {
+    let out = output(
+        qemu_img(["compare", "-f", "qcow2", "-F", "raw"])
+            .arg(qcow2)
+            .arg(raw),
+    );
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "qemu-img compare failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
