@@ -109,7 +109,7 @@ impl State {
                     break;
                 }
                 let tm = self.mapping_at(&tt, j)?;
-                let changed = if g >= *fsize {
+                let changed = if g + cs > *fsize {
                     true
                 } else {
                     let fm = self.mapping_at(&ft, j)?;

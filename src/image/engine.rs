@@ -331,7 +331,8 @@ impl Image {
         }
         let cb = cs.trailing_zeros();
         let cs = u64::from(cs);
-        let l1_bytes = opts.size.div_ceil(cs).div_ceil(cs / 8).saturating_mul(8);
+        let size = round_size(&path, opts.size)?;
+        let l1_bytes = size.div_ceil(cs).div_ceil(cs / 8).saturating_mul(8);
         if l1_bytes > header::MAX_L1_BYTES {
             return Err(ImageError::InvalidArgument {
                 path,
@@ -360,8 +361,8 @@ impl Image {
             .map_err(io_err(&path, "write header", 0))?;
         file.sync().map_err(io_err(&path, "sync", 0))?;
         let img = Image::open_on(file, name, true)?;
-        if opts.size > 0 {
-            img.grow(opts.size)?;
+        if size > 0 {
+            img.grow(size)?;
         }
         Ok(img)
     }
@@ -605,8 +606,10 @@ impl Image {
         self.write_state()?.flush_locked()
     }
 
-    /// Grow the virtual disk (shrinking is refused).
+    /// Grow the virtual disk (shrinking is refused). Like create, the size is rounded up
+    /// to a multiple of 512.
     pub fn grow(&self, new_size: u64) -> Result<(), ImageError> {
+        let new_size = round_size(&self.path, new_size)?;
         let mut st = self.write_state()?;
         if new_size < st.header.size {
             return Err(ImageError::InvalidArgument {
@@ -659,6 +662,16 @@ impl Image {
         let mut st = self.write_state()?;
         self.clear_snap_l1();
         st.revert_snapshot(name_or_id)
+    }
+
+    /// Test hook: shrink the metadata cache to exercise eviction and ordered flushes.
+    #[cfg(test)]
+    pub(crate) fn set_cache_budget(&self, bytes: usize) -> Result<(), ImageError> {
+        let mut st = self.write_state()?;
+        st.flush_locked()?;
+        let cs = st.cs as usize;
+        st.cache = Mutex::new(Cache::new(cs, bytes));
+        Ok(())
     }
 
     fn clear_snap_l1(&self) {
@@ -752,6 +765,16 @@ impl Drop for Image {
             }
         }
     }
+}
+
+/// Round a virtual size up to a multiple of 512 bytes: QEMU counts whole sectors and
+/// would not see a partial last sector.
+fn round_size(path: &Path, size: u64) -> Result<u64, ImageError> {
+    size.checked_next_multiple_of(512)
+        .ok_or_else(|| ImageError::InvalidArgument {
+            path: path.to_path_buf(),
+            reason: format!("size {size} too large"),
+        })
 }
 
 /// Split a guest byte range into per-cluster pieces: (cluster, offset in cluster,

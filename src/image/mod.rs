@@ -14,6 +14,8 @@ mod lock;
 mod mapping;
 mod refcount;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 pub mod types;
 
 pub use engine::Image;
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 /// Parameters of a new image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateOptions {
-    /// Virtual disk size in bytes (rounded up to a multiple of 512 is not done: any size works).
+    /// Virtual disk size in bytes, rounded up to a multiple of 512 (QEMU counts sectors).
     pub size: u64,
     /// Cluster size in bytes: a power of two from 4 KiB to 2 MiB.
     pub cluster_size: u32,
