@@ -6,9 +6,11 @@
 //! nothing of repositories and `store` knows nothing of clusters; only the pipelines touch
 //! both sides.
 
+pub mod backup;
 pub mod error;
 pub mod image;
 pub mod repo;
+pub mod restore;
 pub mod store;
 
 pub use error::{Error, Result};

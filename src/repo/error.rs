@@ -1,10 +1,59 @@
 use thiserror::Error;
 
-/// Errors from the repository format and protocol, naming the object or snapshot involved.
+/// Errors from the repository format and protocol, naming the object, volume or snapshot
+/// involved so an operator can find what is damaged without a debugger.
 #[non_exhaustive]
 #[derive(Debug, Error)]
 pub enum RepoError {
-    /// An object failed its magic, version or checksum check.
+    /// An object failed its magic, version, bounds or checksum check.
     #[error("{key}: corrupt object: {reason}")]
     Corrupt { key: String, reason: String },
+    /// An object uses a format version or feature this build does not understand.
+    #[error("{key}: unsupported: {reason}")]
+    Unsupported { key: String, reason: String },
+    /// A blob's content does not hash to its id.
+    #[error("{key}: blob {id} fails its BLAKE3 check")]
+    HashMismatch { key: String, id: String },
+    /// A blob a snapshot needs is not in the index.
+    #[error("blob {id} (needed by {context}) is not in the repository index")]
+    MissingBlob { id: String, context: String },
+    /// `init` found an existing repository.
+    #[error("{location}: a repository already exists here")]
+    AlreadyInitialized { location: String },
+    /// `open` found no repository config.
+    #[error("{location}: no repository here (config missing)")]
+    NotInitialized { location: String },
+    /// The named snapshot does not exist (or was deleted).
+    #[error("snapshot {volume}/{id} not found")]
+    SnapshotNotFound { volume: String, id: String },
+    /// A caller-supplied argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The writer's lease expired before it could commit; nothing was committed.
+    #[error("lease {holder} expired before commit; operation aborted without committing")]
+    LeaseExpired { holder: String },
+    /// Another gc committed first; this one stopped without deleting anything.
+    #[error("another gc ({other}) is running or committed concurrently")]
+    GcConflict { other: String },
+    /// Reading the backup source or writing the restore target failed.
+    #[error("{path}: {op} at offset {offset}: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task of a pipeline failed to run to completion.
+    #[error("pipeline task failed: {0}")]
+    Task(String),
+}
+
+impl RepoError {
+    pub(crate) fn corrupt(key: &str, reason: impl Into<String>) -> Self {
+        RepoError::Corrupt {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
 }

@@ -13,6 +13,10 @@ pub enum StoreErrorKind {
     Unsupported,
     RateLimited,
     Timeout,
+    /// A ranged read asked for bytes past the end of the object (or an inverted range).
+    InvalidRange,
+    /// The key is not one Island's stores accept (empty segment, `..`, leading `/` ...).
+    InvalidKey,
     Unexpected,
 }
 
@@ -48,5 +52,22 @@ impl StoreError {
             message: message.into(),
             source: None,
         }
+    }
+
+    /// Marks the error as one a retry may cure (throttling, timeouts, transient I/O).
+    pub fn with_temporary(mut self, temporary: bool) -> Self {
+        self.temporary = temporary;
+        self
+    }
+
+    /// Attaches the underlying cause, kept for `Error::source` chains.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Whether this is a "no such object" error, the one callers most often branch on.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StoreErrorKind::NotFound
     }
 }

@@ -5,8 +5,27 @@
 //! create-if-absent ([`ObjectStore::put_if_absent`]). Nothing here knows about images,
 //! chunks or snapshots.
 
+mod counting;
 mod error;
+pub mod faults;
+mod fs;
+mod limit;
+mod memory;
+mod open;
+mod opendal_errors;
+mod retry;
+mod throttle;
+mod timeout;
+
+pub use counting::{CountingStore, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
+pub use fs::FsStore;
+pub use limit::LimitStore;
+pub use memory::MemoryStore;
+pub use open::{open_store, wrap_store, RetryOptions, StoreOptions};
+pub use retry::RetryStore;
+pub use throttle::{ThrottleStore, TokenBucket};
+pub use timeout::TimeoutStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -72,4 +91,43 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Delete many objects (missing ones succeed), in as few requests as the store allows.
     async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError>;
+    /// Request and byte counters, if a [`CountingStore`] sits in this stack. Wrappers
+    /// forward it so the repository can report `requests` / `bytes_uploaded` whatever
+    /// wraps the counting layer.
+    fn request_counts(&self) -> Option<RequestCounts> {
+        None
+    }
+}
+
+/// Checks that `key` is a relative, normalised object key: non-empty `/`-separated
+/// segments, none empty, `.` or `..`, none starting with `.` (the fs driver keeps its
+/// temporary files under such names), no NUL or backslash. Every driver applies the same
+/// rule so a repository valid on one store is valid on all of them.
+pub fn validate_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("empty key");
+    }
+    if key.len() > 1024 {
+        return Err("key longer than 1024 bytes");
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return Err("key contains NUL or backslash");
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() {
+            return Err("key has an empty segment (leading, trailing or double '/')");
+        }
+        if seg.starts_with('.') {
+            return Err("key segment starts with '.'");
+        }
+    }
+    Ok(())
+}
+
+/// Same as [`validate_key`] for a listing prefix, which may be empty or end in `/`.
+pub fn validate_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    validate_key(prefix.strip_suffix('/').unwrap_or(prefix))
 }

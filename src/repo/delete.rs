@@ -1,0 +1,151 @@
+//! Deleting a snapshot: refcount decrements that recurse only into blobs reaching zero, so
+//! the cost is proportional to what the snapshot held exclusively. The same walk, without
+//! a writer, computes `exclusive_bytes` for listings.
+//!
+//! Crash ordering: refs segment (decrements + freed flags) → tombstone (create-if-absent,
+//! the commit point). Without the tombstone the segment is ignored.
+
+use super::ids::{new_time_id, now_rfc3339};
+use super::lease::Lease;
+use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
+use super::repository::{check_names, SegmentSet};
+use super::table::{Geometry, FANOUT};
+use super::writer::Writer;
+use super::{BlobId, RepoError, Repository};
+use crate::store::PutOutcome;
+use crate::Result;
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// What a delete did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeleteReport {
+    pub volume: String,
+    pub id: String,
+    /// Blobs (chunks and tables) whose count reached zero; gc reclaims their space.
+    pub freed_blobs: u64,
+    /// Plain bytes of freed chunks.
+    pub freed_bytes: u64,
+    pub requests: u64,
+    pub bytes_uploaded: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct DeleteWalk {
+    pub freed_blobs: u64,
+    pub freed_bytes: u64,
+}
+
+/// Decrement everything `m` references, recursing into blobs that reach zero. With a
+/// writer the decrements are recorded; without one it is a dry run.
+pub(crate) async fn walk_delete(
+    repo: &Repository,
+    set: &SegmentSet,
+    m: &SnapshotManifest,
+    mut w: Option<&mut Writer>,
+) -> Result<DeleteWalk> {
+    let geo = Geometry::new(m.size, m.chunk_size);
+    let mut local: HashMap<BlobId, i64> = HashMap::new();
+    let mut out = DeleteWalk::default();
+    // (id, level of the table it is, or None for a chunk, table index)
+    let mut stack: Vec<(BlobId, Option<u8>, u64)> = Vec::new();
+    for (i, id) in m.top_ids()?.into_iter().enumerate() {
+        if !id.is_zero() {
+            stack.push((id, Some(geo.depth - 1), i as u64));
+        }
+    }
+    while let Some((id, level, index)) = stack.pop() {
+        let own = match w.as_deref() {
+            Some(w) => w.own_delta(&id).await?,
+            None => *local.get(&id).unwrap_or(&0),
+        };
+        let count = repo.refcount(set, &id).await? + own - 1;
+        let freed = count == 0;
+        match w.as_deref_mut() {
+            Some(w) => w.add_ref(id, -1, freed),
+            None => *local.entry(id).or_insert(0) -= 1,
+        }
+        if !freed {
+            continue;
+        }
+        out.freed_blobs += 1;
+        match level {
+            None => {
+                let loc = repo.locate(set, &id).await?;
+                out.freed_bytes += loc.map_or(0, |l| l.plain_len as u64);
+            }
+            Some(l) => {
+                let entries = repo
+                    .read_table(set, &id, l, geo.table_len(l, index))
+                    .await?;
+                for (j, c) in entries.into_iter().enumerate() {
+                    if !c.is_zero() {
+                        let child = if l == 0 { None } else { Some(l - 1) };
+                        stack.push((c, child, index * FANOUT + j as u64));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Repository {
+    /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
+    pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
+        check_names(volume, id)?;
+        let before = self.counts();
+        let set = self.load_segments().await?;
+        let tkey = tombstone_key(volume, id);
+        if set.markers.tombstones.contains_key(&tkey) {
+            return Err(RepoError::SnapshotNotFound {
+                volume: volume.into(),
+                id: id.into(),
+            }
+            .into());
+        }
+        let m = self.read_root(volume, id).await?;
+        let holder = new_time_id();
+        let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
+        let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
+        let result: Result<DeleteWalk> = async {
+            let walk = walk_delete(self, &set, &m, Some(&mut w)).await?;
+            w.flush().await?;
+            let lease_time = lease.check_before_commit().await?;
+            let t = Tombstone {
+                volume: volume.into(),
+                id: id.into(),
+                deleted: now_rfc3339(),
+                holder: holder.clone(),
+                lease_time_ms: lease_time,
+            };
+            match self
+                .store()
+                .put_if_absent(&tkey, Bytes::from(t.encode()))
+                .await?
+            {
+                PutOutcome::Created => Ok(walk),
+                PutOutcome::AlreadyExists => Err(RepoError::SnapshotNotFound {
+                    volume: volume.into(),
+                    id: id.into(),
+                }
+                .into()),
+            }
+        }
+        .await;
+        // On failure the lease is left to expire so gc can tell this holder is dead and
+        // reclaim its uncommitted segments.
+        let walk = result?;
+        w.finish().await;
+        let used = self.counts().since(&before);
+        Ok(DeleteReport {
+            volume: volume.into(),
+            id: id.into(),
+            freed_blobs: walk.freed_blobs,
+            freed_bytes: walk.freed_bytes,
+            requests: used.requests(),
+            bytes_uploaded: used.bytes_uploaded,
+        })
+    }
+}

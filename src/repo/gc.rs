@@ -1,0 +1,363 @@
+//! Garbage collection: reclaim blobs freed by deletes, repack packs with much dead space,
+//! compact segments, and clean up after dead writers.
+//!
+//! Safety (see format-spec "Concurrency"): a blob freed by a delete is collected only if
+//! the delete's tombstone is older (store time) than every live lease's start minus
+//! `SKEW`, and its count, re-summed now, is still zero. A running backup can only hold a
+//! reference to a blob it saw with a positive count, so the delete that freed it committed
+//! after the backup's lease began: that blob is not collected while the backup may commit.
+//!
+//! Crash ordering: new packs → new segments (index with repacked locations and the list of
+//! dead packs; compacted refs) → gc marker `gc/<seq>` (create-if-absent, the commit point;
+//! also makes concurrent gcs exclusive) → deletes of dead packs and superseded segments.
+
+use super::envelope::{self, MAGIC_GC};
+use super::ids::new_time_id;
+use super::lease::{list_leases, Lease, SKEW};
+use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
+use super::repository::{segment_writer, SegmentSet};
+use super::segment::{self, SegmentHead, INDEX_RECORD, REFS_RECORD};
+use super::writer::{intent_key, pack_name, Intent, Writer};
+use super::{BlobId, Frame, Location, RepoError, Repository};
+use crate::store::{PutOutcome, StoreErrorKind};
+use crate::Result;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A pack is repacked when at least this fraction of its bytes is dead.
+pub const REPACK_DEAD_FRACTION: f64 = 0.5;
+/// Segments of one kind above which gc merges them into one.
+pub const COMPACT_AT: usize = 32;
+
+/// Commit marker of a gc run (`gc/<seq>`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GcMarker {
+    pub holder: String,
+    pub seq: u64,
+    pub lease_time_ms: u64,
+}
+
+impl GcMarker {
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<GcMarker, RepoError> {
+        envelope::open(MAGIC_GC, key, bytes)
+    }
+}
+
+/// What a gc run did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    pub blobs_collected: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub bytes_reclaimed: u64,
+    pub bytes_rewritten: u64,
+    /// Dead bytes left in packs below the repack threshold.
+    pub dead_bytes_kept: u64,
+    pub segments_compacted: u64,
+    pub dead_writers_cleaned: u64,
+    pub requests: u64,
+}
+
+/// All records of a segment (one GET of its record area).
+pub(crate) async fn segment_records(repo: &Repository, h: &SegmentHead) -> Result<Vec<u8>> {
+    let end = h.records_at + h.count as u64 * h.record_size as u64;
+    if end == h.records_at {
+        return Ok(Vec::new());
+    }
+    let bytes = repo.store().get_range(&h.key, h.records_at..end).await?;
+    for b in 0..=255u8 {
+        let r = h.bucket_range(b);
+        let (lo, hi) = (
+            (r.start - h.records_at) as usize,
+            (r.end - h.records_at) as usize,
+        );
+        h.check_bucket(
+            b,
+            bytes
+                .get(lo..hi)
+                .ok_or_else(|| RepoError::corrupt(&h.key, "records truncated"))?,
+        )?;
+    }
+    Ok(bytes.to_vec())
+}
+
+/// A pack's footer entries.
+pub(crate) async fn pack_entries(
+    repo: &Repository,
+    name: &str,
+) -> Result<Vec<super::pack::PackEntry>> {
+    let key = pack_key(name);
+    let size = repo.store().head(&key).await?.size;
+    if size < TRAILER_SIZE as u64 {
+        return Err(RepoError::corrupt(&key, "pack shorter than its trailer").into());
+    }
+    let t = repo
+        .store()
+        .get_range(&key, size - TRAILER_SIZE as u64..size)
+        .await?;
+    let (count, off, crc) = parse_trailer(&key, &t)?;
+    if off as u64 > size - TRAILER_SIZE as u64 {
+        return Err(RepoError::corrupt(&key, "footer offset past the end").into());
+    }
+    let footer = repo
+        .store()
+        .get_range(&key, off as u64..size - TRAILER_SIZE as u64)
+        .await?;
+    Ok(parse_footer(&key, &footer, count, off, crc)?)
+}
+
+impl Repository {
+    /// Collect garbage. Safe to run alongside backups and deletes; one gc at a time
+    /// commits (a second one fails with `GcConflict` without deleting anything).
+    pub async fn gc(&self) -> Result<GcReport> {
+        let before = self.counts();
+        let holder = new_time_id();
+        let lease = Lease::acquire(self.store().clone(), &holder, "gc", None).await?;
+        let now = lease.started;
+        let leases = list_leases(self.store().as_ref()).await?;
+        let live: Vec<_> = leases
+            .iter()
+            .filter(|l| l.holder != holder && l.live_at(now))
+            .collect();
+        let earliest = live.iter().map(|l| l.started).min().unwrap_or(now).min(now);
+        let cutoff = earliest.checked_sub(SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
+        let set = self.load_segments().await?;
+        let seq = set
+            .markers
+            .gcs
+            .values()
+            .map(|g| g.seq)
+            .max()
+            .map_or(0, |s| s + 1);
+        let marker_key = format!("gc/{seq:010}");
+        let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
+        let mut report = GcReport::default();
+
+        // 1. Freed blobs of deletes old enough to process; recent frees stay protected.
+        let mut candidates: HashSet<BlobId> = HashSet::new();
+        let mut recent: HashSet<BlobId> = HashSet::new();
+        let mut processed_refs: Vec<Arc<SegmentHead>> = Vec::new();
+        for h in &set.refs {
+            let processable = match set.markers.tombstones.get(&h.meta.commit) {
+                Some((_, meta)) => meta.last_modified.is_some_and(|t| t < cutoff),
+                None => {
+                    processed_refs.push(h.clone());
+                    continue;
+                }
+            };
+            if processable {
+                processed_refs.push(h.clone());
+            }
+            let recs = segment_records(self, h).await?;
+            for r in recs.chunks_exact(REFS_RECORD) {
+                let (id, _, freed) = segment::decode_refs_record(h, r)?;
+                if freed {
+                    if processable {
+                        candidates.insert(id)
+                    } else {
+                        recent.insert(id)
+                    };
+                }
+            }
+        }
+        // 2. Garbage by pack.
+        let mut by_pack: HashMap<String, Vec<(BlobId, Location)>> = HashMap::new();
+        for id in &candidates {
+            if recent.contains(id) || self.refcount(&set, id).await? != 0 {
+                continue;
+            }
+            if let Some(loc) = self.locate(&set, id).await? {
+                by_pack
+                    .entry(loc.pack.clone())
+                    .or_default()
+                    .push((*id, loc));
+            }
+        }
+        // 3. Delete whole-dead packs, repack mostly-dead ones.
+        let mut dead_packs: Vec<String> = set.dead_packs.iter().cloned().collect();
+        for (name, garbage) in &by_pack {
+            let entries = pack_entries(self, name).await?;
+            let garbage_ids: HashSet<BlobId> = garbage.iter().map(|g| g.0).collect();
+            let (mut live, mut dead_bytes, mut total) = (Vec::new(), 0u64, 0u64);
+            for e in entries {
+                total += e.frame_len as u64;
+                let is_live = if garbage_ids.contains(&e.id) {
+                    false
+                } else {
+                    let here = self
+                        .locate(&set, &e.id)
+                        .await?
+                        .is_some_and(|l| &l.pack == name);
+                    here && (recent.contains(&e.id) || self.refcount(&set, &e.id).await? > 0)
+                };
+                if is_live {
+                    live.push(e);
+                } else {
+                    dead_bytes += e.frame_len as u64;
+                }
+            }
+            report.blobs_collected += garbage.len() as u64;
+            if live.is_empty() {
+                report.packs_deleted += 1;
+                report.bytes_reclaimed += total;
+                w.dead_packs.push(name.clone());
+            } else if dead_bytes as f64 >= REPACK_DEAD_FRACTION * total as f64 {
+                let key = pack_key(name);
+                for e in &live {
+                    let bytes = self
+                        .store()
+                        .get_range(&key, e.offset as u64..e.offset as u64 + e.frame_len as u64)
+                        .await?;
+                    let (id, kind, plain) = super::chunk::decode_frame(&key, &bytes, Some(e.id))?;
+                    w.add(&Frame {
+                        id,
+                        kind,
+                        plain_len: plain.len() as u32,
+                        bytes: bytes.to_vec(),
+                    })
+                    .await?;
+                    report.bytes_rewritten += e.frame_len as u64;
+                }
+                report.packs_repacked += 1;
+                report.bytes_reclaimed += dead_bytes;
+                w.dead_packs.push(name.clone());
+            } else {
+                report.dead_bytes_kept += dead_bytes;
+            }
+        }
+        dead_packs.extend(w.dead_packs.iter().cloned());
+        // 4. Compaction (amortised: only when segments pile up).
+        let mut superseded: Vec<String> = Vec::new();
+        if set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT {
+            let dead: HashSet<String> = dead_packs.iter().cloned().collect();
+            let mut seen: HashSet<BlobId> = HashSet::new();
+            for h in &set.index {
+                let recs = segment_records(self, h).await?;
+                for r in recs.chunks_exact(INDEX_RECORD) {
+                    let (id, loc) = segment::decode_index_record(h, r)?;
+                    if !dead.contains(&loc.pack) && seen.insert(id) {
+                        w.add_location(id, loc);
+                    }
+                }
+                superseded.push(h.key.clone());
+            }
+            for h in &processed_refs {
+                let recs = segment_records(self, h).await?;
+                for r in recs.chunks_exact(REFS_RECORD) {
+                    let (id, delta, _) = segment::decode_refs_record(h, r)?;
+                    w.add_ref(id, delta as i64, false);
+                }
+                superseded.push(h.key.clone());
+            }
+            report.segments_compacted = superseded.len() as u64;
+            w.supersedes = superseded.clone();
+            // The dead-pack list is carried by this gc's segment only while needed.
+            dead_packs.retain(|p| w.dead_packs.contains(p));
+        }
+        w.flush().await?;
+        let lease_time_ms = lease.check_before_commit().await?;
+        let marker = GcMarker {
+            holder: holder.clone(),
+            seq,
+            lease_time_ms,
+        };
+        if self
+            .store()
+            .put_if_absent(&marker_key, Bytes::from(envelope::seal(MAGIC_GC, &marker)))
+            .await?
+            == PutOutcome::AlreadyExists
+        {
+            return Err(RepoError::GcConflict { other: marker_key }.into());
+        }
+        // 5. Committed: physical deletes (idempotent; a crash here is finished next time).
+        let mut doomed: Vec<String> = dead_packs.iter().map(|p| pack_key(p)).collect();
+        for h in set.index.iter().chain(set.refs.iter()) {
+            doomed.extend(h.meta.supersedes.iter().cloned());
+        }
+        doomed.extend(superseded.iter().cloned());
+        // Deletes whose decrements now live only in the compacted segment: their roots and
+        // tombstones are no longer needed.
+        if !superseded.is_empty() {
+            for (tkey, (t, _)) in &set.markers.tombstones {
+                let all_gone = processed_refs
+                    .iter()
+                    .filter(|h| &h.meta.commit == tkey)
+                    .count()
+                    > 0
+                    && set
+                        .refs
+                        .iter()
+                        .filter(|h| &h.meta.commit == tkey)
+                        .all(|h| superseded.contains(&h.key));
+                if all_gone {
+                    doomed.push(super::manifest::root_key(&t.volume, &t.id));
+                    doomed.push(tkey.clone());
+                }
+            }
+        }
+        self.store().delete_batch(&doomed).await?;
+        // 6. Dead writers.
+        for l in leases
+            .iter()
+            .filter(|l| l.holder != holder && !l.live_at(now))
+        {
+            self.clean_dead_writer(&set, &l.holder).await?;
+            self.store().delete_batch(&l.keys).await?;
+            report.dead_writers_cleaned += 1;
+        }
+        w.finish().await;
+        report.requests = self.counts().since(&before).requests();
+        Ok(report)
+    }
+
+    /// Remove what a dead holder left uncommitted: its packs (found through its intent and
+    /// sequential names) and its segments (listed by its id prefix).
+    async fn clean_dead_writer(&self, set: &SegmentSet, holder: &str) -> Result<()> {
+        let ikey = intent_key(holder);
+        let intent = match self.get_opt(&ikey).await? {
+            Some(b) => Some(Intent::decode(&ikey, &b)?),
+            None => None,
+        };
+        let mut doomed = Vec::new();
+        for prefix in ["index/", "refs/"] {
+            for o in self.list_all(&format!("{prefix}{holder}")).await? {
+                let h = self.segment_head(&o.key).await?;
+                if segment_writer(&h.key) == holder
+                    && !set
+                        .index
+                        .iter()
+                        .chain(set.refs.iter())
+                        .any(|s| s.key == h.key)
+                {
+                    doomed.push(o.key);
+                }
+            }
+        }
+        if let Some(i) = intent.filter(|i| {
+            !set.markers.roots.contains_key(&i.commit)
+                && !set.markers.tombstones.contains_key(&i.commit)
+                && !set.markers.gcs.contains_key(&i.commit)
+        }) {
+            let mut misses = 0;
+            let mut seq = 0u64;
+            while misses < 8 {
+                let key = pack_key(&pack_name(&i.holder, seq));
+                match self.store().head(&key).await {
+                    Ok(_) => {
+                        doomed.push(key);
+                        misses = 0;
+                    }
+                    Err(e) if e.kind == StoreErrorKind::NotFound => misses += 1,
+                    Err(e) => return Err(e.into()),
+                }
+                seq += 1;
+            }
+        }
+        doomed.push(ikey);
+        self.store().delete_batch(&doomed).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Leases: `leases/<holder>/<generation>` objects created with create-if-absent. A holder
+//! renews by creating the next generation; age is judged by the store's Last-Modified of
+//! the newest generation, never by the host clock alone.
+//!
+//! Invariants used by gc (see format-spec): a writer commits only after a renewal that
+//! proves (by store time) its lease is younger than `LEASE_TTL`; gc treats a lease as live
+//! until `LEASE_TTL + SKEW` after its newest generation, so a committing writer is always
+//! seen as live by any gc that could collect what it references.
+
+use super::envelope::{self, MAGIC_LEASE};
+use super::RepoError;
+use crate::store::{ObjectStore, PutOutcome};
+use crate::Result;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a lease generation is valid after its creation (store clock).
+pub const LEASE_TTL: Duration = Duration::from_secs(30 * 60);
+/// Allowance for clock differences between store nodes and for request latency.
+pub const SKEW: Duration = Duration::from_secs(5 * 60);
+/// Renew when the newest generation is older than this (host monotonic clock).
+const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseBody {
+    pub holder: String,
+    pub op: String,
+    pub volume: Option<String>,
+    pub generation: u64,
+}
+
+#[derive(Debug)]
+struct LeaseState {
+    generation: u64,
+    /// Store time of the newest generation.
+    store_time: SystemTime,
+    local: Instant,
+}
+
+/// A held lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    store: Arc<dyn ObjectStore>,
+    pub holder: String,
+    op: String,
+    volume: Option<String>,
+    /// Store time of generation 0: when this writer started.
+    pub started: SystemTime,
+    state: Arc<Mutex<LeaseState>>,
+}
+
+pub fn lease_key(holder: &str, generation: u64) -> String {
+    format!("leases/{holder}/{generation:010}")
+}
+
+/// Store time of an object we just wrote (falls back to host time where the store
+/// reports none; documented as weaker).
+async fn stamp(store: &dyn ObjectStore, key: &str) -> Result<SystemTime> {
+    let meta = store.head(key).await?;
+    Ok(meta.last_modified.unwrap_or_else(SystemTime::now))
+}
+
+impl Lease {
+    /// Take a new lease for `holder` (a fresh time id, so generation 0 cannot exist).
+    pub async fn acquire(
+        store: Arc<dyn ObjectStore>,
+        holder: &str,
+        op: &str,
+        volume: Option<&str>,
+    ) -> Result<Lease> {
+        let body = LeaseBody {
+            holder: holder.into(),
+            op: op.into(),
+            volume: volume.map(String::from),
+            generation: 0,
+        };
+        let key = lease_key(holder, 0);
+        if store
+            .put_if_absent(&key, Bytes::from(envelope::seal(MAGIC_LEASE, &body)))
+            .await?
+            != PutOutcome::Created
+        {
+            return Err(RepoError::InvalidArgument(format!("lease {key} already exists")).into());
+        }
+        let t = stamp(store.as_ref(), &key).await?;
+        Ok(Lease {
+            store,
+            holder: holder.into(),
+            op: op.into(),
+            volume: volume.map(String::from),
+            started: t,
+            state: Arc::new(Mutex::new(LeaseState {
+                generation: 0,
+                store_time: t,
+                local: Instant::now(),
+            })),
+        })
+    }
+
+    /// Create the next generation; returns its store time.
+    pub async fn renew(&self) -> Result<SystemTime> {
+        let (gen, prev) = {
+            let s = self
+                .state
+                .lock()
+                .map_err(|_| RepoError::Task("lease state poisoned".into()))?;
+            (s.generation + 1, s.store_time)
+        };
+        let body = LeaseBody {
+            holder: self.holder.clone(),
+            op: self.op.clone(),
+            volume: self.volume.clone(),
+            generation: gen,
+        };
+        let key = lease_key(&self.holder, gen);
+        self.store
+            .put_if_absent(&key, Bytes::from(envelope::seal(MAGIC_LEASE, &body)))
+            .await?;
+        let t = stamp(self.store.as_ref(), &key).await?;
+        // The previous generation must still have been valid when this one was created,
+        // otherwise gc may already have judged this holder dead.
+        if t.duration_since(prev).unwrap_or_default() > LEASE_TTL {
+            return Err(RepoError::LeaseExpired {
+                holder: self.holder.clone(),
+            }
+            .into());
+        }
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| RepoError::Task("lease state poisoned".into()))?;
+        s.generation = gen;
+        s.store_time = t;
+        s.local = Instant::now();
+        Ok(t)
+    }
+
+    /// Renew if the newest generation is getting old (called from long pipelines).
+    pub async fn keep_alive(&self) -> Result<()> {
+        let due = {
+            let s = self
+                .state
+                .lock()
+                .map_err(|_| RepoError::Task("lease state poisoned".into()))?;
+            s.local.elapsed() > RENEW_AFTER
+        };
+        if due {
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    /// Fence check right before a commit: renew and require the chain to be unbroken.
+    /// Returns the renewal's store time (ms since the epoch), which the commit marker
+    /// records so readers can ignore a marker written more than `LEASE_TTL` later.
+    pub async fn check_before_commit(&self) -> Result<u64> {
+        let t = self.renew().await?;
+        Ok(unix_ms(t))
+    }
+
+    /// Remove every generation (best effort; gc removes leftovers of dead holders).
+    pub async fn release(&self) {
+        let gen = self.state.lock().map(|s| s.generation).unwrap_or(0);
+        let keys: Vec<String> = (0..=gen).map(|g| lease_key(&self.holder, g)).collect();
+        if let Err(e) = self.store.delete_batch(&keys).await {
+            tracing::warn!("releasing lease {}: {e}", self.holder);
+        }
+    }
+}
+
+/// A lease seen by gc.
+#[derive(Debug, Clone)]
+pub struct LeaseView {
+    pub holder: String,
+    pub started: SystemTime,
+    pub newest: SystemTime,
+    pub keys: Vec<String>,
+}
+
+impl LeaseView {
+    /// Live unless its newest generation is older than TTL + SKEW at store time `now`.
+    pub fn live_at(&self, now: SystemTime) -> bool {
+        now.duration_since(self.newest).unwrap_or_default() <= LEASE_TTL + SKEW
+    }
+}
+
+/// List every lease holder (cost ∝ live writers + dead ones not yet cleaned).
+pub async fn list_leases(store: &dyn ObjectStore) -> Result<Vec<LeaseView>> {
+    let mut out: Vec<LeaseView> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list("leases/", after.as_deref(), 1000).await?;
+        let n = page.len();
+        for m in page {
+            let mut parts = m.key.splitn(3, '/');
+            let (_, holder) = (parts.next(), parts.next().unwrap_or_default().to_string());
+            let t = m.last_modified.unwrap_or_else(SystemTime::now);
+            match out.last_mut() {
+                Some(v) if v.holder == holder => {
+                    v.started = v.started.min(t);
+                    v.newest = v.newest.max(t);
+                    v.keys.push(m.key.clone());
+                }
+                _ => out.push(LeaseView {
+                    holder,
+                    started: t,
+                    newest: t,
+                    keys: vec![m.key.clone()],
+                }),
+            }
+            after = Some(m.key);
+        }
+        if n < 1000 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Milliseconds since the epoch (0 for times before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Was a commit marker stored (`stored`, store time) more than `LEASE_TTL` after the
+/// lease check it records? Then its writer may have been judged dead: the marker is void.
+pub fn fenced(stored: Option<SystemTime>, lease_time_ms: u64) -> bool {
+    match stored {
+        Some(t) => unix_ms(t).saturating_sub(lease_time_ms) > LEASE_TTL.as_millis() as u64,
+        None => false,
+    }
+}

@@ -1,0 +1,520 @@
+//! The repository handle: config, segment view (which index/refs segments count), blob
+//! lookup and reads, snapshot listing.
+
+use super::cache::Lru;
+use super::chunk::decode_frame;
+use super::config::{check_chunk_size, Config, CONFIG_KEY, FORMAT_VERSION};
+use super::counting::{Counters, Counting, RequestCounts};
+use super::gc::GcMarker;
+use super::ids::{is_time_id, new_time_id, now_rfc3339, valid_volume};
+use super::lease::fenced;
+use super::manifest::{root_key, tombstone_key, SnapshotManifest, Tombstone};
+use super::segment::{
+    self, SegmentHead, HEAD_SIZE, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
+};
+use super::table;
+use super::{pack, BlobId, InitOptions, Location, RepoError};
+use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreErrorKind};
+use crate::Result;
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Memory for cached segment buckets and tables (bounded whatever the repository size).
+const CACHE_BUDGET: usize = 64 << 20;
+
+/// One snapshot in a listing.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub id: String,
+    pub volume: String,
+    pub parent: Option<String>,
+    /// RFC 3339.
+    pub created: String,
+    pub size: u64,
+    /// Plain bytes of chunks this snapshot added to the repository.
+    pub new_bytes: u64,
+    /// Plain bytes of chunks a delete of this snapshot would free now.
+    pub exclusive_bytes: u64,
+}
+
+/// A clonable handle on one repository.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn ObjectStore>,
+    counters: Arc<Counters>,
+    pub config: Config,
+    buckets: Mutex<Lru<(String, u8), Vec<u8>>>,
+    heads: Mutex<HashMap<String, Arc<SegmentHead>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.store.location())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Which commit markers exist, listed once per operation (cost ∝ snapshots + pending
+/// deletes + gc runs, never ∝ blobs).
+#[derive(Default, Debug)]
+pub(crate) struct Markers {
+    /// Root key → (manifest, store metadata); fenced roots are left out.
+    pub roots: HashMap<String, (Arc<SnapshotManifest>, ObjectMeta)>,
+    /// Tombstone key → (body, store metadata).
+    pub tombstones: HashMap<String, (Tombstone, ObjectMeta)>,
+    /// gc marker key → body.
+    pub gcs: HashMap<String, GcMarker>,
+}
+
+impl Markers {
+    /// Does this commit key exist, written by `writer`?
+    fn commits(&self, commit: &str, writer: &str) -> bool {
+        if let Some((m, _)) = self.roots.get(commit) {
+            return m.writer == writer;
+        }
+        if let Some((t, _)) = self.tombstones.get(commit) {
+            return t.holder == writer;
+        }
+        if let Some(g) = self.gcs.get(commit) {
+            return g.holder == writer;
+        }
+        false
+    }
+}
+
+/// The segments that count at one moment, newest first.
+#[derive(Default, Debug)]
+pub(crate) struct SegmentSet {
+    pub index: Vec<Arc<SegmentHead>>,
+    pub refs: Vec<Arc<SegmentHead>>,
+    /// Packs a committed gc deleted or emptied: locations in them are ignored.
+    pub dead_packs: HashSet<String>,
+    pub markers: Markers,
+}
+
+/// Writer id from a segment key `index/<writer>-<seq>`.
+pub(crate) fn segment_writer(key: &str) -> &str {
+    let name = key.rsplit('/').next().unwrap_or("");
+    name.get(..40).unwrap_or("")
+}
+
+impl Repository {
+    /// Create a new repository (fails if `config` already exists).
+    pub async fn init(store: Arc<dyn ObjectStore>, opts: &InitOptions) -> Result<Repository> {
+        check_chunk_size(opts.chunk_size)?;
+        let config = Config {
+            format: FORMAT_VERSION,
+            repo_id: new_time_id(),
+            chunk_size: opts.chunk_size,
+            incompatible_features: 0,
+            compatible_features: 0,
+            encryption: "none".into(),
+            created: now_rfc3339(),
+        };
+        match store
+            .put_if_absent(CONFIG_KEY, Bytes::from(config.encode()))
+            .await?
+        {
+            PutOutcome::Created => Ok(Self::with(store, config)),
+            PutOutcome::AlreadyExists => Err(RepoError::AlreadyInitialized {
+                location: store.location(),
+            }
+            .into()),
+        }
+    }
+
+    /// Open an existing repository, checking its config.
+    pub async fn open(store: Arc<dyn ObjectStore>) -> Result<Repository> {
+        let bytes = match store.get(CONFIG_KEY).await {
+            Ok(b) => b,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(RepoError::NotInitialized {
+                    location: store.location(),
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = Config::decode(&bytes)?;
+        Ok(Self::with(store, config))
+    }
+
+    fn with(store: Arc<dyn ObjectStore>, config: Config) -> Repository {
+        let counters = Arc::new(Counters::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(Counting {
+            inner: store,
+            counters: counters.clone(),
+        });
+        Repository {
+            inner: Arc::new(Inner {
+                store,
+                counters,
+                config,
+                buckets: Mutex::new(Lru::new(CACHE_BUDGET)),
+                heads: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Chunk size fixed at init.
+    pub fn chunk_size(&self) -> u32 {
+        self.inner.config.chunk_size
+    }
+
+    /// Requests and bytes this handle has cost so far (operations report differences).
+    pub fn counts(&self) -> RequestCounts {
+        self.inner.counters.snapshot()
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// Every object under `prefix`, paging through the listing.
+    pub(crate) async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .list(prefix, after.as_deref(), 1000)
+                .await?;
+            let n = page.len();
+            after = page.last().map(|m| m.key.clone());
+            out.extend(page);
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub(crate) async fn load_markers(&self) -> Result<Markers> {
+        let mut m = Markers::default();
+        for o in self.list_all("snapshots/").await? {
+            let Some(bytes) = self.get_opt(&o.key).await? else {
+                continue;
+            };
+            let root = SnapshotManifest::decode(&o.key, &bytes)?;
+            if !fenced(o.last_modified, root.lease_time_ms) {
+                m.roots.insert(o.key.clone(), (Arc::new(root), o));
+            }
+        }
+        for o in self.list_all("tombstones/").await? {
+            let Some(bytes) = self.get_opt(&o.key).await? else {
+                continue;
+            };
+            let t = Tombstone::decode(&o.key, &bytes)?;
+            if !fenced(o.last_modified, t.lease_time_ms) {
+                m.tombstones.insert(o.key.clone(), (t, o));
+            }
+        }
+        for o in self.list_all("gc/").await? {
+            let Some(bytes) = self.get_opt(&o.key).await? else {
+                continue;
+            };
+            let g = GcMarker::decode(&o.key, &bytes)?;
+            if !fenced(o.last_modified, g.lease_time_ms) {
+                m.gcs.insert(o.key.clone(), g);
+            }
+        }
+        Ok(m)
+    }
+
+    /// GET that maps NotFound (removed by a concurrent gc after a listing) to `None`.
+    pub(crate) async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.inner.store.get(key).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read (through the head cache) the head of a segment.
+    pub(crate) async fn segment_head(&self, key: &str) -> Result<Arc<SegmentHead>> {
+        if let Some(h) = self.inner.heads.lock().map_err(poisoned)?.get(key) {
+            return Ok(h.clone());
+        }
+        let magic = if key.starts_with("index/") {
+            INDEX_MAGIC
+        } else {
+            REFS_MAGIC
+        };
+        let store = &self.inner.store;
+        let head = store.get_range(key, 0..HEAD_SIZE as u64).await?;
+        let (h, meta_len, crc) = segment::parse_head(magic, key, &head)?;
+        let meta = if meta_len > 0 {
+            store
+                .get_range(key, HEAD_SIZE as u64..HEAD_SIZE as u64 + meta_len as u64)
+                .await?
+        } else {
+            Bytes::new()
+        };
+        let h = Arc::new(segment::finish_head(h, &head, &meta, crc)?);
+        self.inner
+            .heads
+            .lock()
+            .map_err(poisoned)?
+            .insert(key.to_string(), h.clone());
+        Ok(h)
+    }
+
+    /// The committed segments at this moment.
+    pub(crate) async fn load_segments(&self) -> Result<SegmentSet> {
+        let markers = self.load_markers().await?;
+        let mut set = SegmentSet {
+            markers,
+            ..Default::default()
+        };
+        let mut superseded = HashSet::new();
+        for prefix in ["index/", "refs/"] {
+            for o in self.list_all(prefix).await? {
+                let h = match self.segment_head(&o.key).await {
+                    Ok(h) => h,
+                    // Deleted by a concurrent gc after our listing: it was superseded.
+                    Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if !set.markers.commits(&h.meta.commit, segment_writer(&h.key)) {
+                    continue;
+                }
+                superseded.extend(h.meta.supersedes.iter().cloned());
+                if h.meta.commit.starts_with("gc/") {
+                    set.dead_packs.extend(h.meta.dead_packs.iter().cloned());
+                }
+                if prefix == "index/" {
+                    set.index.push(h);
+                } else {
+                    set.refs.push(h);
+                }
+            }
+        }
+        set.index.retain(|h| !superseded.contains(&h.key));
+        set.refs.retain(|h| !superseded.contains(&h.key));
+        set.index.reverse();
+        set.refs.reverse();
+        Ok(set)
+    }
+
+    /// One bucket of a segment, crc-checked, through the LRU.
+    pub(crate) async fn bucket(&self, h: &SegmentHead, b: u8) -> Result<Arc<Vec<u8>>> {
+        let k = (h.key.clone(), b);
+        if let Some(v) = self.inner.buckets.lock().map_err(poisoned)?.get(&k) {
+            return Ok(v);
+        }
+        let r = h.bucket_range(b);
+        let bytes = if r.is_empty() {
+            Bytes::new()
+        } else {
+            self.inner.store.get_range(&h.key, r).await?
+        };
+        h.check_bucket(b, &bytes)?;
+        let v = Arc::new(bytes.to_vec());
+        self.inner
+            .buckets
+            .lock()
+            .map_err(poisoned)?
+            .insert(k, v.clone(), bytes.len() + 64);
+        Ok(v)
+    }
+
+    /// Newest location of `id` among `segs` (skipping packs gc removed).
+    pub(crate) async fn locate_in(
+        &self,
+        segs: &[Arc<SegmentHead>],
+        dead: &HashSet<String>,
+        id: &BlobId,
+    ) -> Result<Option<Location>> {
+        for h in segs {
+            let bucket = self.bucket(h, id.0[0]).await?;
+            for r in segment::find_in_bucket(&bucket, INDEX_RECORD, id) {
+                let (_, loc) = segment::decode_index_record(h, r)?;
+                if !dead.contains(&loc.pack) {
+                    return Ok(Some(loc));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) async fn locate(&self, set: &SegmentSet, id: &BlobId) -> Result<Option<Location>> {
+        self.locate_in(&set.index, &set.dead_packs, id).await
+    }
+
+    /// Committed reference count of `id` (sum of deltas of counted segments).
+    pub(crate) async fn refcount(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
+        let mut sum = 0i64;
+        for h in &set.refs {
+            let bucket = self.bucket(h, id.0[0]).await?;
+            for r in segment::find_in_bucket(&bucket, REFS_RECORD, id) {
+                sum += segment::decode_refs_record(h, r)?.1 as i64;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Fetch and verify one blob.
+    pub(crate) async fn read_blob(&self, loc: &Location, id: &BlobId) -> Result<Vec<u8>> {
+        let key = pack::pack_key(&loc.pack);
+        let bytes = self
+            .inner
+            .store
+            .get_range(
+                &key,
+                loc.offset as u64..loc.offset as u64 + loc.frame_len as u64,
+            )
+            .await?;
+        let (_, kind, plain) = decode_frame(&key, &bytes, Some(*id))?;
+        if kind != loc.kind {
+            return Err(RepoError::corrupt(
+                &key,
+                format!("blob {id} has kind {kind:?}, index says {:?}", loc.kind),
+            )
+            .into());
+        }
+        Ok(plain)
+    }
+
+    /// Read a table at `level` with `count` entries.
+    pub(crate) async fn read_table(
+        &self,
+        set: &SegmentSet,
+        id: &BlobId,
+        level: u8,
+        count: usize,
+    ) -> Result<Vec<BlobId>> {
+        let loc = self
+            .locate(set, id)
+            .await?
+            .ok_or_else(|| RepoError::MissingBlob {
+                id: id.to_hex(),
+                context: format!("table level {level}"),
+            })?;
+        let plain = self.read_blob(&loc, id).await?;
+        table::decode(&pack::pack_key(&loc.pack), &plain, level, count).map_err(Into::into)
+    }
+
+    /// Read a root manifest.
+    pub(crate) async fn read_root(&self, volume: &str, id: &str) -> Result<SnapshotManifest> {
+        check_names(volume, id)?;
+        let key = root_key(volume, id);
+        let bytes = match self.inner.store.get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(RepoError::SnapshotNotFound {
+                    volume: volume.into(),
+                    id: id.into(),
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(SnapshotManifest::decode(&key, &bytes)?)
+    }
+
+    /// Live (not tombstoned) root keys, sorted by id.
+    pub(crate) fn live_roots(
+        &self,
+        markers: &Markers,
+        volume: Option<&str>,
+    ) -> Vec<Arc<SnapshotManifest>> {
+        let mut v: Vec<Arc<SnapshotManifest>> = markers
+            .roots
+            .values()
+            .filter(|(m, _)| {
+                !markers
+                    .tombstones
+                    .contains_key(&tombstone_key(&m.volume, &m.id))
+                    && volume.is_none_or(|v| m.volume == v)
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        v.sort_by(|a, b| (&a.id, &a.volume).cmp(&(&b.id, &b.volume)));
+        v
+    }
+
+    /// Snapshots (optionally of one volume), sorted by id.
+    pub async fn snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotSummary>> {
+        if let Some(v) = volume {
+            check_volume(v)?;
+        }
+        let set = self.load_segments().await?;
+        let mut out = Vec::new();
+        for m in self.live_roots(&set.markers, volume) {
+            let exclusive = super::delete::walk_delete(self, &set, &m, None)
+                .await?
+                .freed_bytes;
+            out.push(SnapshotSummary {
+                id: m.id.clone(),
+                volume: m.volume.clone(),
+                parent: m.parent.clone(),
+                created: m.created.clone(),
+                size: m.size,
+                new_bytes: m.stats.new_bytes,
+                exclusive_bytes: exclusive,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One snapshot's manifest (refused if deleted).
+    pub async fn snapshot(&self, volume: &str, id: &str) -> Result<SnapshotManifest> {
+        check_names(volume, id)?;
+        if self
+            .inner
+            .store
+            .head(&super::manifest::tombstone_key(volume, id))
+            .await
+            .is_ok()
+        {
+            return Err(RepoError::SnapshotNotFound {
+                volume: volume.into(),
+                id: id.into(),
+            }
+            .into());
+        }
+        self.read_root(volume, id).await
+    }
+
+    /// The newest live snapshot of `volume`, if any.
+    pub async fn latest(&self, volume: &str) -> Result<Option<SnapshotManifest>> {
+        check_volume(volume)?;
+        let markers = self.load_markers().await?;
+        Ok(self
+            .live_roots(&markers, Some(volume))
+            .last()
+            .map(|m| (**m).clone()))
+    }
+}
+
+pub(crate) fn poisoned<T>(_: T) -> RepoError {
+    RepoError::Task("cache lock poisoned".into())
+}
+
+pub(crate) fn check_volume(volume: &str) -> Result<(), RepoError> {
+    if !valid_volume(volume) {
+        return Err(RepoError::InvalidArgument(format!(
+            "volume name {volume:?}: use 1-128 of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_names(volume: &str, id: &str) -> Result<(), RepoError> {
+    check_volume(volume)?;
+    if !is_time_id(id) {
+        return Err(RepoError::InvalidArgument(format!(
+            "snapshot id {id:?} is malformed"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Sorted segments: immutable tables of fixed-size records keyed by blob id, shared by the
+//! index (`index/…`: blob id → pack location) and the refcount deltas (`refs/…`).
+//!
+//! A 256-bucket fanout on the id's first byte lets a lookup fetch one bucket with one
+//! ranged GET; every bucket has its own crc32c so a ranged read is still checked.
+//!
+//! ```text
+//!  0    4  magic ("ISIX" index, "ISRF" refs)
+//!  4    2  version (1)        6 2 reserved (0)
+//!  8    4  record count      12 4 record size (52 index, 40 refs)
+//! 16    4  meta length       20 4 crc32c(bytes 0..20 ‖ fanout ‖ bucket crcs ‖ meta)
+//! 24 1028  fanout: 257 × u32, fanout[b] = index of the first record whose id[0] ≥ b
+//! 1052 1024 bucket crcs: 256 × crc32c(records of bucket b)
+//! 2076  m  meta (JSON: commit marker key, superseded segments, pack names)
+//! 2076+m   records sorted by id (ties keep insertion order)
+//! ```
+
+use super::{BlobId, BlobKind, RepoError};
+use serde::{Deserialize, Serialize};
+
+pub(crate) const INDEX_MAGIC: &[u8; 4] = b"ISIX";
+pub(crate) const REFS_MAGIC: &[u8; 4] = b"ISRF";
+const SEGMENT_VERSION: u16 = 1;
+pub(crate) const HEAD_SIZE: usize = 24 + 257 * 4 + 256 * 4;
+pub(crate) const INDEX_RECORD: usize = 52;
+pub(crate) const REFS_RECORD: usize = 40;
+const MAX_META: u32 = 64 << 20;
+
+/// Segment metadata kept in JSON (small, human-inspectable).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentMeta {
+    /// Key whose existence commits this segment (a root, a tombstone or a gc marker).
+    pub commit: String,
+    /// Segments this one replaces (compaction); readers ignore them once this commits.
+    #[serde(default)]
+    pub supersedes: Vec<String>,
+    /// Pack names referenced by index records (records hold an index into this list).
+    #[serde(default)]
+    pub packs: Vec<String>,
+    /// (gc segments) packs this gc deleted or emptied by repacking.
+    #[serde(default)]
+    pub dead_packs: Vec<String>,
+}
+
+/// Where a blob is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: String,
+    pub offset: u32,
+    pub frame_len: u32,
+    pub plain_len: u32,
+    pub kind: BlobKind,
+}
+
+/// Parsed head of a segment: enough to fetch and check any bucket.
+#[derive(Clone, Debug)]
+pub struct SegmentHead {
+    pub key: String,
+    pub record_size: usize,
+    pub count: u32,
+    pub fanout: Vec<u32>,
+    pub bucket_crc: Vec<u32>,
+    pub meta: SegmentMeta,
+    pub records_at: u64,
+}
+
+impl SegmentHead {
+    /// Byte range of bucket `b` within the object.
+    pub fn bucket_range(&self, b: u8) -> std::ops::Range<u64> {
+        let lo = self.fanout[b as usize] as u64 * self.record_size as u64;
+        let hi = self.fanout[b as usize + 1] as u64 * self.record_size as u64;
+        self.records_at + lo..self.records_at + hi
+    }
+
+    /// Check a fetched bucket against its crc.
+    pub fn check_bucket(&self, b: u8, bytes: &[u8]) -> Result<(), RepoError> {
+        if crc32c::crc32c(bytes) != self.bucket_crc[b as usize] {
+            return Err(RepoError::corrupt(
+                &self.key,
+                format!("bucket {b} crc32c mismatch"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encode a segment from records (each `record_size` bytes, starting with the id).
+pub fn encode(
+    magic: &[u8; 4],
+    record_size: usize,
+    mut records: Vec<Vec<u8>>,
+    meta: &SegmentMeta,
+) -> Vec<u8> {
+    records.sort_by(|a, b| a[..32].cmp(&b[..32]));
+    let meta_json = serde_json::to_vec(meta).unwrap_or_default();
+    let mut fanout = vec![0u32; 257];
+    for r in &records {
+        fanout[r[0] as usize + 1] += 1;
+    }
+    for b in 1..257 {
+        fanout[b] += fanout[b - 1];
+    }
+    let mut bucket_crc = vec![0u32; 256];
+    for (b, crc) in bucket_crc.iter_mut().enumerate() {
+        let mut h = 0u32;
+        for r in &records[fanout[b] as usize..fanout[b + 1] as usize] {
+            h = crc32c::crc32c_append(h, r);
+        }
+        *crc = h;
+    }
+    let mut out = Vec::with_capacity(HEAD_SIZE + meta_json.len() + records.len() * record_size);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(record_size as u32).to_le_bytes());
+    out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    let mut rest = Vec::with_capacity(2052 + meta_json.len());
+    for f in &fanout {
+        rest.extend_from_slice(&f.to_le_bytes());
+    }
+    for c in &bucket_crc {
+        rest.extend_from_slice(&c.to_le_bytes());
+    }
+    rest.extend_from_slice(&meta_json);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out), &rest);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&rest);
+    for r in &records {
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// Parse the fixed head (first [`HEAD_SIZE`] bytes); returns the head without meta and the
+/// meta length still to be read.
+pub fn parse_head(
+    magic: &[u8; 4],
+    key: &str,
+    head: &[u8],
+) -> Result<(SegmentHead, u32, u32), RepoError> {
+    let bad = |r: String| RepoError::corrupt(key, r);
+    if head.len() < HEAD_SIZE {
+        return Err(bad(format!(
+            "segment head of {} bytes is too short",
+            head.len()
+        )));
+    }
+    if &head[0..4] != magic {
+        return Err(bad("segment magic mismatch".into()));
+    }
+    let rd = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+    let version = u16::from_le_bytes([head[4], head[5]]);
+    if version != SEGMENT_VERSION {
+        return Err(RepoError::Unsupported {
+            key: key.into(),
+            reason: format!("segment version {version}"),
+        });
+    }
+    let (count, record_size, meta_len, crc) = (rd(8), rd(12) as usize, rd(16), rd(20));
+    let expect_size = if magic == INDEX_MAGIC {
+        INDEX_RECORD
+    } else {
+        REFS_RECORD
+    };
+    if record_size != expect_size {
+        return Err(bad(format!(
+            "record size {record_size}, expected {expect_size}"
+        )));
+    }
+    if meta_len > MAX_META {
+        return Err(bad(format!("meta length {meta_len} too large")));
+    }
+    let fanout: Vec<u32> = (0..257).map(|i| rd(24 + 4 * i)).collect();
+    let bucket_crc: Vec<u32> = (0..256).map(|i| rd(1052 + 4 * i)).collect();
+    if fanout[0] != 0 || fanout[256] != count || fanout.windows(2).any(|w| w[0] > w[1]) {
+        return Err(bad(
+            "fanout is not monotonic or does not end at the record count".into(),
+        ));
+    }
+    let h = SegmentHead {
+        key: key.to_string(),
+        record_size,
+        count,
+        fanout,
+        bucket_crc,
+        meta: SegmentMeta::default(),
+        records_at: HEAD_SIZE as u64 + meta_len as u64,
+    };
+    Ok((h, meta_len, crc))
+}
+
+/// Finish parsing with the meta bytes; checks the head crc.
+pub fn finish_head(
+    mut h: SegmentHead,
+    head: &[u8],
+    meta: &[u8],
+    crc: u32,
+) -> Result<SegmentHead, RepoError> {
+    let got = crc32c::crc32c_append(
+        crc32c::crc32c_append(crc32c::crc32c(&head[..20]), &head[24..HEAD_SIZE]),
+        meta,
+    );
+    if got != crc {
+        return Err(RepoError::corrupt(&h.key, "segment head crc32c mismatch"));
+    }
+    h.meta = serde_json::from_slice(meta)
+        .map_err(|e| RepoError::corrupt(&h.key, format!("meta JSON: {e}")))?;
+    Ok(h)
+}
+
+/// Encode an index record; `pack_idx` indexes `SegmentMeta::packs`.
+pub fn index_record(id: &BlobId, pack_idx: u32, loc: &Location) -> Vec<u8> {
+    let mut r = Vec::with_capacity(INDEX_RECORD);
+    r.extend_from_slice(&id.0);
+    r.extend_from_slice(&pack_idx.to_le_bytes());
+    r.extend_from_slice(&loc.offset.to_le_bytes());
+    r.extend_from_slice(&loc.frame_len.to_le_bytes());
+    r.extend_from_slice(&loc.plain_len.to_le_bytes());
+    r.push(loc.kind.code());
+    r.extend_from_slice(&[0, 0, 0]);
+    r
+}
+
+/// Decode an index record of segment `head`.
+pub fn decode_index_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, Location), RepoError> {
+    let bad = |s: &str| RepoError::corrupt(&head.key, s.to_string());
+    if r.len() != INDEX_RECORD {
+        return Err(bad("index record size"));
+    }
+    let rd = |o: usize| u32::from_le_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]);
+    let id = BlobId::from_slice(&r[..32]).ok_or_else(|| bad("id"))?;
+    let pack = head
+        .meta
+        .packs
+        .get(rd(32) as usize)
+        .ok_or_else(|| bad("pack index out of range"))?;
+    let kind = BlobKind::from_code(r[48]).ok_or_else(|| bad("blob kind"))?;
+    Ok((
+        id,
+        Location {
+            pack: pack.clone(),
+            offset: rd(36),
+            frame_len: rd(40),
+            plain_len: rd(44),
+            kind,
+        },
+    ))
+}
+
+/// Encode a refcount-delta record. `freed` marks blobs a delete brought to zero.
+pub fn refs_record(id: &BlobId, delta: i32, freed: bool) -> Vec<u8> {
+    let mut r = Vec::with_capacity(REFS_RECORD);
+    r.extend_from_slice(&id.0);
+    r.extend_from_slice(&delta.to_le_bytes());
+    r.extend_from_slice(&(freed as u32).to_le_bytes());
+    r
+}
+
+/// Decode a refs record: (id, delta, freed).
+pub fn decode_refs_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, i32, bool), RepoError> {
+    if r.len() != REFS_RECORD {
+        return Err(RepoError::corrupt(&head.key, "refs record size"));
+    }
+    let id = BlobId::from_slice(&r[..32]).ok_or_else(|| RepoError::corrupt(&head.key, "id"))?;
+    let delta = i32::from_le_bytes([r[32], r[33], r[34], r[35]]);
+    let flags = u32::from_le_bytes([r[36], r[37], r[38], r[39]]);
+    if flags > 1 {
+        return Err(RepoError::Unsupported {
+            key: head.key.clone(),
+            reason: format!("refs flags {flags:#x}"),
+        });
+    }
+    Ok((id, delta, flags == 1))
+}
+
+/// Records of one bucket whose id equals `id` (binary search over fixed-size records).
+pub fn find_in_bucket<'a>(
+    bucket: &'a [u8],
+    record_size: usize,
+    id: &BlobId,
+) -> impl Iterator<Item = &'a [u8]> {
+    let n = bucket.len() / record_size;
+    let rec = move |i: usize| &bucket[i * record_size..(i + 1) * record_size];
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if rec(mid)[..32] < id.0[..] {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let id = *id;
+    (lo..n).map(rec).take_while(move |r| r[..32] == id.0[..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_roundtrip_and_lookup() {
+        let ids: Vec<BlobId> = (0..500u32).map(|i| BlobId::of(&i.to_le_bytes())).collect();
+        let recs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| refs_record(id, i as i32 - 10, i % 7 == 0))
+            .collect();
+        let meta = SegmentMeta {
+            commit: "tombstones/v/x".into(),
+            ..Default::default()
+        };
+        let bytes = encode(REFS_MAGIC, REFS_RECORD, recs, &meta);
+        assert_eq!(&bytes[0..8], b"ISRF\x01\x00\x00\x00");
+        let (h, mlen, crc) = parse_head(REFS_MAGIC, "refs/x", &bytes[..HEAD_SIZE]).unwrap();
+        let meta_bytes = &bytes[HEAD_SIZE..HEAD_SIZE + mlen as usize];
+        let h = finish_head(h, &bytes[..HEAD_SIZE], meta_bytes, crc).unwrap();
+        assert_eq!(h.meta, meta);
+        for (i, id) in ids.iter().enumerate() {
+            let r = h.bucket_range(id.0[0]);
+            let bucket = &bytes[r.start as usize..r.end as usize];
+            h.check_bucket(id.0[0], bucket).unwrap();
+            let found: Vec<_> = find_in_bucket(bucket, REFS_RECORD, id).collect();
+            assert_eq!(found.len(), 1);
+            assert_eq!(
+                decode_refs_record(&h, found[0]).unwrap(),
+                (*id, i as i32 - 10, i % 7 == 0)
+            );
+        }
+        assert_eq!(
+            find_in_bucket(
+                &bytes[h.records_at as usize..],
+                REFS_RECORD,
+                &BlobId::of(b"none")
+            )
+            .count(),
+            0
+        );
+        let mut bad = bytes.clone();
+        bad[30] ^= 1;
+        let (h2, _, crc2) = parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).unwrap();
+        assert!(finish_head(h2, &bad[..HEAD_SIZE], meta_bytes, crc2).is_err());
+    }
+}

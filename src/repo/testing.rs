@@ -1,0 +1,121 @@
+//! A minimal in-memory store for the repository's unit tests (the real drivers live in
+//! `store`; this one only has to honour the trait's contract, including create-if-absent
+//! and Last-Modified, which lease tests can move forward).
+
+use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Default)]
+pub struct MemStore {
+    pub objects: Mutex<BTreeMap<String, (Bytes, SystemTime)>>,
+    /// Added to the store clock (simulates time passing for lease expiry).
+    pub clock_offset: Mutex<Duration>,
+}
+
+impl MemStore {
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + *self.clock_offset.lock().unwrap()
+    }
+    fn err(kind: StoreErrorKind, op: &'static str, key: &str) -> StoreError {
+        StoreError::new(kind, op, "test-mem://", key, format!("{kind:?}"))
+    }
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+    pub fn advance(&self, d: Duration) {
+        *self.clock_offset.lock().unwrap() += d;
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemStore {
+    fn location(&self) -> String {
+        "test-mem://".into()
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_create: true,
+            max_batch_delete: 1000,
+        }
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let now = self.now();
+        self.objects.lock().unwrap().insert(key.into(), (data, now));
+        Ok(())
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let now = self.now();
+        let mut m = self.objects.lock().unwrap();
+        if m.contains_key(key) {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        m.insert(key.into(), (data, now));
+        Ok(PutOutcome::Created)
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|e| e.0.clone())
+            .ok_or_else(|| Self::err(StoreErrorKind::NotFound, "get", key))
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let b = self.get(key).await?;
+        if range.end > b.len() as u64 || range.start > range.end {
+            return Err(Self::err(StoreErrorKind::Unexpected, "get_range", key));
+        }
+        Ok(b.slice(range.start as usize..range.end as usize))
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let m = self.objects.lock().unwrap();
+        let e = m
+            .get(key)
+            .ok_or_else(|| Self::err(StoreErrorKind::NotFound, "head", key))?;
+        Ok(ObjectMeta {
+            key: key.into(),
+            size: e.0.len() as u64,
+            last_modified: Some(e.1),
+        })
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let m = self.objects.lock().unwrap();
+        Ok(m.range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| start_after.is_none_or(|s| k.as_str() > s))
+            .take(limit)
+            .map(|(k, e)| ObjectMeta {
+                key: k.clone(),
+                size: e.0.len() as u64,
+                last_modified: Some(e.1),
+            })
+            .collect())
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut m = self.objects.lock().unwrap();
+        for k in keys {
+            m.remove(k);
+        }
+        Ok(())
+    }
+}

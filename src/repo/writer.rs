@@ -1,0 +1,311 @@
+//! The write side shared by backup, delete and gc: packs blobs, uploads packs with bounded
+//! parallelism, and writes index and refcount-delta segments that count only once the
+//! writer's commit marker exists.
+//!
+//! Crash ordering: packs are uploaded and awaited before the index segment naming them;
+//! index and refs segments are written before the commit marker (done by the caller).
+//! A crash at any point leaves only uncommitted objects, which readers ignore and gc
+//! reclaims once the writer's lease has expired (found via `intents/<holder>`).
+
+use super::envelope::{self, MAGIC_INTENT};
+use super::pack::{pack_key, PackWriter};
+use super::segment::{
+    self, SegmentHead, SegmentMeta, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
+};
+use super::{BlobId, BlobKind, Frame, Lease, Location, RepoError, Repository};
+use crate::Result;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Packs are sealed at this size: ≥ 4 MiB keeps full backups under 1 PUT per 4 MiB, 16 MiB
+/// keeps the PUT count low without making a pack's dead space expensive to repack.
+pub(crate) const PACK_TARGET: usize = 16 << 20;
+/// Pack uploads in flight per writer (bounds memory to about PARALLEL × PACK_TARGET).
+const PARALLEL: usize = 3;
+/// Records buffered before a segment is flushed (bounds writer memory whatever the size).
+const SEGMENT_FLUSH: usize = 512 * 1024;
+
+/// What an in-flight writer may leave behind, so gc can reclaim it without a full listing:
+/// packs `<holder>-p<seq>` and segments `index|refs/<holder>-<seq>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Intent {
+    pub holder: String,
+    pub op: String,
+    /// Key whose existence means the writer committed.
+    pub commit: String,
+}
+
+pub(crate) fn intent_key(holder: &str) -> String {
+    format!("intents/{holder}")
+}
+
+pub(crate) fn pack_name(holder: &str, seq: u64) -> String {
+    format!("{holder}-p{seq:06}")
+}
+
+pub(crate) struct Writer {
+    repo: Repository,
+    pub lease: Lease,
+    commit: String,
+    op: String,
+    data_pack: PackWriter,
+    table_pack: PackWriter,
+    pack_seq: u64,
+    seg_seq: u64,
+    intent_written: bool,
+    uploads: JoinSet<Result<()>>,
+    /// Locations of blobs in sealed packs not yet in a segment.
+    index: Vec<(BlobId, Location)>,
+    /// Blobs added by this writer and not yet in one of its flushed segments.
+    pending: HashSet<BlobId>,
+    own: Vec<Arc<SegmentHead>>,
+    own_refs: Vec<Arc<SegmentHead>>,
+    refs: HashMap<BlobId, (i64, bool)>,
+    /// gc only: packs it removes, and segments it replaces.
+    pub dead_packs: Vec<String>,
+    pub supersedes: Vec<String>,
+    /// Plain bytes of chunks added.
+    pub new_chunk_bytes: u64,
+}
+
+impl Writer {
+    pub fn new(repo: &Repository, lease: Lease, commit: String, op: &str) -> Writer {
+        Writer {
+            repo: repo.clone(),
+            lease,
+            commit,
+            op: op.into(),
+            data_pack: PackWriter::new(),
+            table_pack: PackWriter::new(),
+            pack_seq: 0,
+            seg_seq: 0,
+            intent_written: false,
+            uploads: JoinSet::new(),
+            index: Vec::new(),
+            pending: HashSet::new(),
+            own: Vec::new(),
+            own_refs: Vec::new(),
+            refs: HashMap::new(),
+            dead_packs: Vec::new(),
+            supersedes: Vec::new(),
+            new_chunk_bytes: 0,
+        }
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.lease.holder
+    }
+
+    /// Did this writer already add `id` (uncommitted blobs are visible only to it)?
+    pub async fn has_own(&self, id: &BlobId) -> Result<bool> {
+        if self.pending.contains(id) {
+            return Ok(true);
+        }
+        Ok(self
+            .repo
+            .locate_in(&self.own, &HashSet::new(), id)
+            .await?
+            .is_some())
+    }
+
+    /// Add a blob frame to the current pack of its kind; seals and uploads full packs.
+    pub async fn add(&mut self, frame: &Frame) -> Result<()> {
+        self.pending.insert(frame.id);
+        if frame.kind == BlobKind::Chunk {
+            self.new_chunk_bytes += frame.plain_len as u64;
+        }
+        let pack = match frame.kind {
+            BlobKind::Chunk => &mut self.data_pack,
+            BlobKind::Table => &mut self.table_pack,
+        };
+        pack.push(frame);
+        if pack.len() >= PACK_TARGET {
+            self.seal(frame.kind).await?;
+        }
+        Ok(())
+    }
+
+    /// Carry an existing location into this writer's index segment (gc compaction).
+    pub fn add_location(&mut self, id: BlobId, loc: Location) {
+        self.index.push((id, loc));
+    }
+
+    /// Record a refcount delta (`freed`: a delete brought the blob to zero).
+    pub fn add_ref(&mut self, id: BlobId, delta: i64, freed: bool) {
+        let e = self.refs.entry(id).or_insert((0, false));
+        e.0 += delta;
+        e.1 |= freed;
+    }
+
+    /// Delta recorded so far for `id` by this writer (buffered and flushed).
+    pub async fn own_delta(&self, id: &BlobId) -> Result<i64> {
+        let mut d = self.refs.get(id).map_or(0, |e| e.0);
+        for h in &self.own_refs {
+            let bucket = self.repo.bucket(h, id.0[0]).await?;
+            for r in segment::find_in_bucket(&bucket, REFS_RECORD, id) {
+                d += segment::decode_refs_record(h, r)?.1 as i64;
+            }
+        }
+        Ok(d)
+    }
+
+    async fn seal(&mut self, kind: BlobKind) -> Result<()> {
+        let pack = match kind {
+            BlobKind::Chunk => std::mem::take(&mut self.data_pack),
+            BlobKind::Table => std::mem::take(&mut self.table_pack),
+        };
+        if pack.is_empty() {
+            return Ok(());
+        }
+        if !self.intent_written {
+            let intent = Intent {
+                holder: self.holder().into(),
+                op: self.op.clone(),
+                commit: self.commit.clone(),
+            };
+            let body = Bytes::from(envelope::seal(MAGIC_INTENT, &intent));
+            self.repo
+                .store()
+                .put(&intent_key(self.holder()), body)
+                .await?;
+            self.intent_written = true;
+        }
+        let name = pack_name(self.holder(), self.pack_seq);
+        self.pack_seq += 1;
+        let (bytes, entries) = pack.finish();
+        for e in entries {
+            let loc = Location {
+                pack: name.clone(),
+                offset: e.offset,
+                frame_len: e.frame_len,
+                plain_len: e.plain_len,
+                kind: e.kind,
+            };
+            self.index.push((e.id, loc));
+        }
+        while self.uploads.len() >= PARALLEL {
+            self.join_one().await?;
+        }
+        let store = self.repo.store().clone();
+        let key = pack_key(&name);
+        self.uploads.spawn(async move {
+            store
+                .put(&key, Bytes::from(bytes))
+                .await
+                .map_err(Into::into)
+        });
+        self.lease.keep_alive().await?;
+        if self.index.len() >= SEGMENT_FLUSH || self.refs.len() >= SEGMENT_FLUSH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        match self.uploads.join_next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(RepoError::Task(format!("pack upload: {e}")).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Seal open packs, wait for every upload, then write index and refs segments.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !self.data_pack.is_empty() {
+            Box::pin(self.seal(BlobKind::Chunk)).await?;
+        }
+        if !self.table_pack.is_empty() {
+            Box::pin(self.seal(BlobKind::Table)).await?;
+        }
+        while !self.uploads.is_empty() {
+            self.join_one().await?;
+        }
+        let store = self.repo.store().clone();
+        if !self.index.is_empty()
+            || !self.dead_packs.is_empty()
+            || self.supersedes.iter().any(|k| k.starts_with("index/"))
+        {
+            let mut packs: Vec<String> = Vec::new();
+            let mut pack_idx: HashMap<String, u32> = HashMap::new();
+            let mut records = Vec::with_capacity(self.index.len());
+            for (id, loc) in self.index.drain(..) {
+                let next = packs.len() as u32;
+                let i = *pack_idx.entry(loc.pack.clone()).or_insert_with(|| {
+                    packs.push(loc.pack.clone());
+                    next
+                });
+                records.push(segment::index_record(&id, i, &loc));
+            }
+            let meta = SegmentMeta {
+                commit: self.commit.clone(),
+                supersedes: self
+                    .supersedes
+                    .iter()
+                    .filter(|k| k.starts_with("index/"))
+                    .cloned()
+                    .collect(),
+                packs,
+                dead_packs: std::mem::take(&mut self.dead_packs),
+            };
+            let key = format!("index/{}-{:04}", self.holder(), self.seg_seq);
+            let bytes = segment::encode(INDEX_MAGIC, INDEX_RECORD, records, &meta);
+            store.put(&key, Bytes::from(bytes)).await?;
+            let head = self.repo.segment_head(&key).await?;
+            self.own.push(head);
+            self.pending.clear();
+        }
+        if !self.refs.is_empty() || self.supersedes.iter().any(|k| k.starts_with("refs/")) {
+            let mut records = Vec::with_capacity(self.refs.len());
+            for (id, (delta, freed)) in self.refs.drain() {
+                if delta == 0 && !freed {
+                    continue;
+                }
+                let d = i32::try_from(delta).map_err(|_| {
+                    RepoError::InvalidArgument(format!("refcount delta {delta} for {id}"))
+                })?;
+                records.push(segment::refs_record(&id, d, freed));
+            }
+            let meta = SegmentMeta {
+                commit: self.commit.clone(),
+                supersedes: self
+                    .supersedes
+                    .iter()
+                    .filter(|k| k.starts_with("refs/"))
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            };
+            let key = format!("refs/{}-{:04}", self.holder(), self.seg_seq);
+            store
+                .put(
+                    &key,
+                    Bytes::from(segment::encode(REFS_MAGIC, REFS_RECORD, records, &meta)),
+                )
+                .await?;
+            let head = self.repo.segment_head(&key).await?;
+            self.own_refs.push(head);
+        }
+        self.supersedes.clear();
+        self.seg_seq += 1;
+        Ok(())
+    }
+
+    /// Remove the intent after a commit (best effort: gc removes leftovers).
+    pub async fn finish(self) {
+        if self.intent_written {
+            if let Err(e) = self.repo.store().delete(&intent_key(self.holder())).await {
+                tracing::warn!("removing intent of {}: {e}", self.holder());
+            }
+        }
+        self.lease.release().await;
+    }
+}
+
+impl Intent {
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Intent, RepoError> {
+        envelope::open(MAGIC_INTENT, key, bytes)
+    }
+}
