@@ -8,9 +8,9 @@
 //! cost is O(L1 size + changed L2 tables).
 
 use super::cache::Kind;
-use super::engine::State;
 use super::error::ImageError;
 use super::mapping::{classify, l1_target, Mapping};
+use super::state::State;
 use super::{ChangedRange, Extent, ExtentKind};
 
 type View = (std::sync::Arc<Vec<u64>>, u64, u64);

@@ -5,9 +5,9 @@
 //! entry iff the cluster it points at has refcount 1, i.e. may be written in place.
 
 use super::cache::{read_tolerant, Cache, Kind};
-use super::engine::State;
 use super::error::ImageError;
 use super::file::ImageFile;
+use super::state::State;
 use super::types::{GuestCluster, HostCluster};
 use std::path::Path;
 

@@ -8,9 +8,9 @@
 //! (see `State::flush_locked`).
 
 use super::cache::{read_cluster, Kind};
-use super::engine::State;
 use super::error::ImageError;
 use super::header::MAX_REFTABLE_BYTES;
+use super::state::State;
 use super::types::HostCluster;
 
 /// Offset bits of a refcount table entry (bits 0-8 are reserved).
@@ -129,10 +129,19 @@ impl State {
                 old.checked_sub(delta.unsigned_abs())
             };
             let Some(new) = new else {
+                if delta > 0 {
+                    return Err(ImageError::Unsupported {
+                        path: self.path.clone(),
+                        feature: format!(
+                            "refcount of cluster at {host:#x} would exceed {max} ({}-bit refcounts); widen with `qemu-img amend -o refcount_bits=16`",
+                            1u32 << order
+                        ),
+                    });
+                }
                 return Err(self.corrupt(
                     "refcount",
                     host,
-                    format!("refcount {old} {delta:+} out of range"),
+                    format!("refcount {old} {delta:+} below zero"),
                 ));
             };
             set_entry(block, i, order, new);

@@ -225,7 +225,7 @@ mod tests {
     }
 }
 
-use super::engine::{strip_copied, State};
+use super::state::{strip_copied, State};
 
 impl State {
     /// Create a snapshot. Order: flush; copy the active L1 to new clusters and +1 every
@@ -253,6 +253,12 @@ impl State {
             return Err(ImageError::InvalidArgument {
                 path: self.path.clone(),
                 reason: format!("at most {MAX_SNAPSHOTS} snapshots"),
+            });
+        }
+        if self.header.refcount_order == 0 {
+            return Err(ImageError::Unsupported {
+                path: self.path.clone(),
+                feature: "snapshots with 1-bit refcounts; widen with `qemu-img amend -o refcount_bits=16`".into(),
             });
         }
         self.flush_locked()?;
