@@ -5,9 +5,10 @@
 //! Both: `qemu-img check` finds no corruption (leaks are allowed) and flushed data is intact.
 
 use crate::common::memfile::{LogFile, LogOp, MemFile};
-use crate::common::qemu::assert_check_no_corruption;
+use crate::common::qemu::assert_crash_consistent;
 use crate::common::{
-    create_image, options, random_bytes, read_active, read_snapshot, rng, seeds, tempdir,
+    assert_same, create_image, options, random_bytes, read_active, read_snapshot, rng, seeds,
+    tempdir,
 };
 use island::image::{Image, OpenMode};
 use rand::rngs::StdRng;
@@ -113,7 +114,8 @@ fn apply(step: &Step, data: &mut [u8]) -> Option<Range<usize>> {
 /// Checks the image against the model after a kill, then resolves every uncertain byte
 /// and snapshot to what the image actually holds.
 fn verify_after_kill(path: &Path, m: &mut Uncertain, in_flight: Option<&Step>, seed: u64) {
-    assert_check_no_corruption(path);
+    let snapshot_op = matches!(in_flight, Some(Step::Delete(_) | Step::Snap(_)));
+    assert_crash_consistent(path, 4096, snapshot_op, &format!("seed {seed}"));
     let img = Image::open(path, OpenMode::ReadOnly)
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after kill: {e}"));
     let got = read_active(&img);
@@ -136,10 +138,10 @@ fn verify_after_kill(path: &Path, m: &mut Uncertain, in_flight: Option<&Step>, s
             );
             continue;
         }
-        assert_eq!(
+        assert_same(
+            &format!("seed {seed}: snapshot {name}"),
             &read_snapshot(&img, name, KILL_SIZE),
             want,
-            "seed {seed}: snapshot {name}"
         );
     }
     m.snaps.retain(|(n, _)| names.contains(n));
@@ -383,8 +385,6 @@ fn power_loss(cluster: u32, seed_base: u64) {
                 .find(|c| c.pos <= last_sync + 1)
                 .expect("checkpoint 0 is durable");
             std::fs::write(&file, &disk).unwrap();
-            eprintln!("{ctx}");
-            assert_check_no_corruption(&file);
 
             let img = Image::open_on(Arc::new(MemFile::new(disk.clone())), "crashed.qcow2", false)
                 .unwrap_or_else(|e| panic!("{ctx}: open after power loss: {e}"));
@@ -392,6 +392,14 @@ fn power_loss(cluster: u32, seed_base: u64) {
                 .iter()
                 .filter(|d| d.pos >= cp.pos && d.pos < crash)
                 .collect();
+            // Unsynced writes of any snapshot operation since the checkpoint may be torn.
+            let snapshot_op = after.iter().any(|d| {
+                matches!(
+                    d.effect,
+                    Effect::Deleted(_) | Effect::Created(..) | Effect::All
+                )
+            });
+            assert_crash_consistent(&file, cluster.into(), snapshot_op, &ctx);
             let mut touched = vec![false; PL_SIZE as usize];
             let mut all = false;
             for d in &after {
@@ -418,10 +426,10 @@ fn power_loss(cluster: u32, seed_base: u64) {
                     .iter()
                     .any(|d| matches!(&d.effect, Effect::Deleted(n) if n == name));
                 if names.contains(name) {
-                    assert_eq!(
+                    assert_same(
+                        &format!("{ctx}: snapshot {name}"),
                         &read_snapshot(&img, name, PL_SIZE),
                         want,
-                        "{ctx}: snapshot {name}"
                     );
                 } else {
                     assert!(deleted, "{ctx}: flushed snapshot {name} lost ({names:?})");
@@ -437,10 +445,10 @@ fn power_loss(cluster: u32, seed_base: u64) {
                 });
                 let data = created
                     .unwrap_or_else(|| panic!("{ctx}: snapshot {name} appeared from nowhere"));
-                assert_eq!(
+                assert_same(
+                    &format!("{ctx}: snapshot {name}"),
                     &read_snapshot(&img, name, PL_SIZE),
                     data,
-                    "{ctx}: snapshot {name}"
                 );
             }
             drop(img);
@@ -452,7 +460,12 @@ fn power_loss(cluster: u32, seed_base: u64) {
                 img.write_at(&[0xEE; 10_000], 1234).unwrap();
                 img.create_snapshot("after-crash").unwrap();
                 img.close().unwrap();
-                assert_check_no_corruption(&file);
+                assert_crash_consistent(
+                    &file,
+                    cluster.into(),
+                    snapshot_op,
+                    &format!("{ctx}, after reopening"),
+                );
             }
         }
     }
