@@ -251,28 +251,10 @@ fn island_write_refuses_image_held_by_qemu() {
     run(qemu_img(["create", "-q", "-f", "qcow2"])
         .arg(&img)
         .arg("1M"));
-    let mut q = Command::new("qemu-io")
-        .args(["-f", "qcow2"])
-        .arg(&img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while crate::common::qemu::output(qemu_img(["info"]).arg(&img))
-        .status
-        .success()
-    {
-        assert!(
-            start.elapsed().as_secs() < 20,
-            "qemu-io never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let holder = crate::common::qemu::qemu_io_holding(&img, false);
     let input = dir.path().join("in.bin");
     std::fs::write(&input, [1u8; 10]).unwrap();
     let out = island(&[&"image", &"write", &img, &"0", &input]);
-    let _ = q.kill();
-    let _ = q.wait();
+    drop(holder);
     fails(&out, 1, "held.qcow2");
 }

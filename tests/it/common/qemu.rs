@@ -1,8 +1,9 @@
 //! Wrappers around qemu-img and qemu-io, the oracle for everything qcow2.
 
 use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 fn describe(cmd: &Command) -> String {
     let args: Vec<_> = cmd
@@ -267,4 +268,50 @@ pub fn compare_with_raw(qcow2: &Path, raw: &Path) -> bool {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
+}
+
+/// A child process killed when the test ends, whatever the outcome.
+pub struct Guard(pub Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An interactive qemu-io holding the image until dropped. It is ready once it has
+/// answered a read: probing with another qemu process instead would race with its open.
+pub fn qemu_io_holding(path: &Path, read_only: bool) -> Guard {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    if read_only {
+        c.arg("-r");
+    }
+    let mut child = c
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"read 0 512\n")
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("read 512/512") {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(
+            n > 0,
+            "qemu-io exited before opening {}: {seen}",
+            path.display()
+        );
+        seen.push_str(&line);
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Guard(child)
 }
