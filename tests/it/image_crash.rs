@@ -28,8 +28,16 @@ const KILL_SIZE: u64 = 16 << 20;
 /// step k is complete and flushed.
 #[derive(Clone, Debug)]
 enum Step {
-    Write { off: u64, data: Vec<u8> },
-    Zero { off: u64, len: u64 },
+    /// `len` bytes generated from `seed` (generated when used: a script holds no data).
+    Write {
+        off: u64,
+        len: u64,
+        seed: u64,
+    },
+    Zero {
+        off: u64,
+        len: u64,
+    },
     Snap(String),
     Delete(String),
 }
@@ -40,13 +48,14 @@ fn script(seed: u64) -> Vec<Step> {
     let mut r = rng(seed);
     let mut steps = Vec::new();
     let mut live = std::collections::VecDeque::new();
-    for i in 0..3000u64 {
+    for i in 0..2000u64 {
         let off = r.random_range(0..KILL_SIZE - 1);
         let len = r.random_range(1..=65536u64).min(KILL_SIZE - off);
         if r.random_bool(0.85) {
             steps.push(Step::Write {
                 off,
-                data: random_bytes(&mut r, len as usize),
+                len,
+                seed: r.random(),
             });
         } else {
             steps.push(Step::Zero { off, len });
@@ -77,7 +86,9 @@ fn crash_child() {
     let img = Image::open(&path, OpenMode::ReadWrite).expect("child: open");
     for (k, step) in script(seed.parse().unwrap()).into_iter().enumerate() {
         match step {
-            Step::Write { off, data } => img.write_at(&data, off).expect("child: write"),
+            Step::Write { off, len, seed } => img
+                .write_at(&random_bytes(&mut rng(seed), len as usize), off)
+                .expect("child: write"),
             Step::Zero { off, len } => img.write_zeroes(off, len).expect("child: zero"),
             Step::Snap(n) => drop(img.create_snapshot(&n).expect("child: snapshot")),
             Step::Delete(n) => img.delete_snapshot(&n).expect("child: delete"),
@@ -97,9 +108,10 @@ struct Uncertain {
 
 fn apply(step: &Step, data: &mut [u8]) -> Option<Range<usize>> {
     match step {
-        Step::Write { off, data: d } => {
+        Step::Write { off, len, seed } => {
+            let d = random_bytes(&mut rng(*seed), *len as usize);
             let r = *off as usize..*off as usize + d.len();
-            data[r.clone()].copy_from_slice(d);
+            data[r.clone()].copy_from_slice(&d);
             Some(r)
         }
         Step::Zero { off, len } => {
@@ -172,6 +184,8 @@ fn sigkill_during_writes_and_snapshots() {
             snaps: Vec::new(),
         };
         let mut r = rng(seed);
+        let mut total = 0;
+        let mut snapshots_taken = 0;
         for round in 0..8u64 {
             let child_seed = seed * 100 + round;
             let mut child = Command::new(&exe)
@@ -211,6 +225,11 @@ fn sigkill_during_writes_and_snapshots() {
             let steps = script(child_seed);
             let completed = done.map_or(0, |k| k + 1);
             eprintln!("round {round}: {completed} steps done before the kill");
+            total += completed;
+            snapshots_taken += steps[..completed]
+                .iter()
+                .filter(|s| matches!(s, Step::Snap(_)))
+                .count();
             for step in &steps[..completed] {
                 if let Some(range) = apply(step, &mut m.data) {
                     m.alt[range].iter_mut().for_each(|a| *a = None);
@@ -232,6 +251,12 @@ fn sigkill_during_writes_and_snapshots() {
             }
             verify_after_kill(&path, &mut m, in_flight, seed);
         }
+        // The kills must land in the middle of real work, or this test proves nothing.
+        assert!(
+            total >= 50 && snapshots_taken >= 3,
+            "seed {seed}: children did too little before being killed ({total} steps, \
+             {snapshots_taken} snapshots)"
+        );
     }
 }
 
