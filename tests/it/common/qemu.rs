@@ -253,6 +253,24 @@ pub fn convert_to_raw(path: &Path, snap: Option<&str>, out: &Path) -> Vec<u8> {
     std::fs::read(out).expect("read converted raw")
 }
 
+/// How qemu maps each guest cluster of the active layer (`qemu-img map`):
+/// `Some(true)` data, `Some(false)` zero flag, `None` unallocated.
+pub fn map_clusters(path: &Path, cluster: u64) -> Vec<Option<bool>> {
+    let out = run(qemu_img(["map", "--output=json", "-f", "qcow2"]).arg(path));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("qemu-img map JSON");
+    let mut clusters = Vec::new();
+    for e in v.as_array().expect("map is a list") {
+        let len = e["length"].as_u64().unwrap();
+        let kind = match (e["present"] == true, e["data"] == true) {
+            (_, true) => Some(true),
+            (true, false) => Some(false),
+            (false, false) => None,
+        };
+        clusters.extend(std::iter::repeat_n(kind, len.div_ceil(cluster) as usize));
+    }
+    clusters
+}
+
 /// `qemu-img compare` of a qcow2 against a raw file: true when identical.
 pub fn compare_with_raw(qcow2: &Path, raw: &Path) -> bool {
     let out = output(
