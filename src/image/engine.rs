@@ -20,13 +20,16 @@ const CACHE_BYTES: usize = 32 << 20;
 const MIN_CREATE_CLUSTER: u32 = 4096;
 const MAX_CREATE_CLUSTER: u32 = 2 << 20;
 
+/// A cached snapshot L1 table: (offset, entries, table).
+type SnapL1 = (u64, u32, Arc<Vec<u64>>);
+
 /// An open qcow2 image. `Send + Sync`: reads run concurrently under a shared lock;
 /// metadata changes take it exclusively.
 pub struct Image {
     state: RwLock<State>,
     /// Recently used snapshot L1 tables, keyed by (offset, size); cleared whenever the
     /// snapshot table changes.
-    snap_l1: Mutex<Vec<(u64, u32, Arc<Vec<u64>>)>>,
+    snap_l1: Mutex<Vec<SnapL1>>,
     writable: bool,
     path: PathBuf,
 }
@@ -125,7 +128,7 @@ impl Image {
             .map_err(io_err(&path, "write refcount table", cs))?;
         file.sync().map_err(io_err(&path, "sync", 0))?;
         let mut h = Header::new(cb, cs);
-        let mut first = h.to_bytes();
+        let mut first = h.encode();
         first.resize(cs as usize, 0);
         file.write_at(&first, 0)
             .map_err(io_err(&path, "write header", 0))?;
@@ -600,16 +603,7 @@ fn read_view(
         let gc = pos.cluster(cb);
         let m = {
             let mut cache = st.cache();
-            let (e, ea) = super::mapping::lookup(
-                &*st.file,
-                &st.path,
-                &mut cache,
-                l1,
-                l1_off,
-                cb,
-                st.host_end_bytes(),
-                gc,
-            )?;
+            let (e, ea) = super::mapping::lookup(st, &mut cache, l1, l1_off, gc)?;
             super::mapping::classify(e, st.cs, &st.path, ea)?
         };
         match m {

@@ -6,7 +6,6 @@
 
 use super::cache::{read_tolerant, Cache, Kind};
 use super::error::ImageError;
-use super::file::ImageFile;
 use super::state::State;
 use super::types::{GuestCluster, HostCluster};
 use std::path::Path;
@@ -94,15 +93,13 @@ pub fn l1_target(e: u64, cs: u64, host_end: u64, path: &Path, at: u64) -> Result
 
 /// Raw L2 entry for guest cluster `gc` through `l1` (0 if no L2 table).
 pub fn lookup(
-    file: &dyn ImageFile,
-    path: &Path,
+    st: &State,
     cache: &mut Cache,
     l1: &[u64],
     l1_offset: u64,
-    cb: u32,
-    host_end: u64,
     gc: GuestCluster,
 ) -> Result<(u64, u64), ImageError> {
+    let (file, path, cb, host_end) = (&*st.file, &st.path, st.cb, st.host_end_bytes());
     let l2_bits = cb - 3;
     let idx = (gc.0 >> l2_bits) as usize;
     let Some(&e) = l1.get(idx) else {
@@ -123,16 +120,7 @@ impl State {
     /// Mapping of guest cluster `gc` in the active layer.
     pub fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
         let mut cache = self.cache();
-        let (e, at) = lookup(
-            &*self.file,
-            &self.path,
-            &mut cache,
-            &self.l1,
-            self.header.l1_table_offset,
-            self.cb,
-            self.host_end_bytes(),
-            gc,
-        )?;
+        let (e, at) = lookup(self, &mut cache, &self.l1, self.header.l1_table_offset, gc)?;
         classify(e, self.cs, &self.path, at)
     }
 

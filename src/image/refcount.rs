@@ -164,8 +164,7 @@ impl State {
         clusters.sort_unstable();
         let per = self.rc_per_block();
         let mut last_block = u64::MAX;
-        for i in 0..clusters.len() {
-            let c = clusters[i];
+        for &c in clusters.iter() {
             if c / per != last_block {
                 last_block = c / per;
                 if self.cache().over_capacity() {

@@ -79,7 +79,7 @@ impl State {
 
     /// Write the header fields and sync.
     pub fn write_header(&mut self) -> Result<(), ImageError> {
-        let bytes = self.header.to_bytes();
+        let bytes = self.header.encode();
         self.write(&bytes, 0, "write header")?;
         self.sync()
     }
@@ -93,6 +93,7 @@ impl State {
     ///  4. pending decrements (clusters unlinked in 2–3) → refcount blocks → sync. Only
     ///     now can those clusters be reused, so no durable pointer ever references a
     ///     cluster that may be overwritten.
+    ///
     /// A crash between steps leaves only leaked clusters.
     pub fn flush_locked(&mut self) -> Result<(), ImageError> {
         let wrote = {
