@@ -61,7 +61,13 @@ impl State {
     fn mapping_at(&self, table: &L2Table, j: usize) -> Result<Mapping, ImageError> {
         match table {
             None => Ok(Mapping::Unallocated),
-            Some((l2, t)) => classify(t[j], self.cs, &self.path, l2 + j as u64 * 8),
+            Some((l2, t)) => classify(
+                t[j],
+                self.cs,
+                self.host_end_bytes(),
+                &self.path,
+                l2 + j as u64 * 8,
+            ),
         }
     }
 

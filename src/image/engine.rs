@@ -604,7 +604,7 @@ fn read_view(
         let m = {
             let mut cache = st.cache();
             let (e, ea) = super::mapping::lookup(st, &mut cache, l1, l1_off, gc)?;
-            super::mapping::classify(e, st.cs, &st.path, ea)?
+            super::mapping::classify(e, st.cs, st.host_end_bytes(), &st.path, ea)?
         };
         match m {
             Mapping::Data { host, .. } => {
