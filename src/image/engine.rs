@@ -4,7 +4,7 @@ use super::cache::{read_cluster, read_tolerant, Cache};
 use super::error::ImageError;
 use super::file::ImageFile;
 use super::header::{self, Header};
-use super::mapping::Mapping;
+use super::mapping::{Mapping, OFFSET_MASK};
 use super::snapshot::{self, SnapshotEntry};
 use super::state::State;
 use super::types::{GuestCluster, GuestOffset};
@@ -353,6 +353,13 @@ impl Image {
             let gc = GuestOffset(pos).cluster(st.cb);
             let in_off = GuestOffset(pos).in_cluster(st.cb);
             let n = (cs - in_off).min(end - pos);
+            let span = cs * (cs / 8);
+            let l1_idx = (pos / span) as usize;
+            if in_off == 0 && st.l1.get(l1_idx).is_none_or(|&e| e & OFFSET_MASK == 0) {
+                // No L2 table: the whole range it would map already reads as zeros.
+                pos = ((l1_idx as u64 + 1) * span).min(end);
+                continue;
+            }
             if n == cs {
                 st.zero_cluster(gc)?;
             } else if !st.active_mapping(gc)?.reads_zero() {
