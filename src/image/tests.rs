@@ -473,9 +473,12 @@ fn image_is_send_sync_and_reads_concurrently() {
     qemu_check(&path);
 }
 
+/// The write log: `Some((offset, bytes))` per write, `None` per sync.
+type Log = Vec<Option<(u64, Vec<u8>)>>;
+
 /// Storage that records every write and sync, for simulated power loss.
 struct Recorder {
-    data: std::sync::Mutex<(Vec<u8>, Vec<Option<(u64, Vec<u8>)>>)>,
+    data: std::sync::Mutex<(Vec<u8>, Log)>,
 }
 
 impl ImageFile for Recorder {
