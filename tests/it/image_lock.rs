@@ -2,7 +2,9 @@
 //! refuses an image Island writes, and a force-share read-only open reads stable snapshots
 //! of an image qemu-storage-daemon is writing (a snapshot taken live over QMP).
 
-use crate::common::qemu::{output, qemu_img, qemu_io, qemu_io_holding, run, Guard};
+use crate::common::qemu::{
+    output, output_unlocked, qemu_img, qemu_io, qemu_io_holding, run, Guard,
+};
 use crate::common::{create_image, read_snapshot, tempdir};
 use island::image::{Image, ImageError, OpenMode};
 use std::io::{BufRead, BufReader, Write};
@@ -24,11 +26,13 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 /// `qemu-img info` without -U succeeds only when no one holds the write permission.
 fn qemu_can_read_consistently(path: &Path) -> bool {
-    output(qemu_img(["info"]).arg(path)).status.success()
+    output_unlocked(qemu_img(["info"]).arg(path))
+        .status
+        .success()
 }
 
 fn qemu_can_write(path: &Path) -> bool {
-    output(&mut qemu_io(path, &["write -q -P 0x33 1M 4k".into()]))
+    output_unlocked(&mut qemu_io(path, &["write -q -P 0x33 1M 4k".into()]))
         .status
         .success()
 }

@@ -19,10 +19,26 @@ pub fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("spawn {}: {e}", describe(cmd)))
 }
 
+/// Runs a command that is expected to get its image lock. An image Island has just
+/// closed can still be locked for a moment: a child that another test thread is spawning
+/// shares the closed descriptor's open file description (and its OFD locks) until it
+/// execs. A lock still held after two seconds is a real leak and fails the caller.
+pub fn output_unlocked(cmd: &mut Command) -> Output {
+    for _ in 0..20 {
+        let out = output(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !(err.contains("Failed to get") && err.contains("lock")) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    output(cmd)
+}
+
 /// Runs a command that must succeed; the failure message carries its stderr.
 #[track_caller]
 pub fn run(cmd: &mut Command) -> Output {
-    let out = output(cmd);
+    let out = output_unlocked(cmd);
     assert!(
         out.status.success(),
         "{} failed ({}):\nstdout: {}\nstderr: {}",
@@ -65,7 +81,7 @@ pub struct Check {
 
 #[track_caller]
 pub fn check(path: &Path) -> Check {
-    let out = output(qemu_img(["check", "--output=json", "-f", "qcow2"]).arg(path));
+    let out = output_unlocked(qemu_img(["check", "--output=json", "-f", "qcow2"]).arg(path));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
         panic!(
@@ -85,7 +101,7 @@ pub fn check(path: &Path) -> Check {
 
 /// qemu-img check's human-readable report, which names each bad cluster.
 fn check_details(path: &Path) -> String {
-    let out = output(qemu_img(["check", "-f", "qcow2"]).arg(path));
+    let out = output_unlocked(qemu_img(["check", "-f", "qcow2"]).arg(path));
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -273,7 +289,7 @@ pub fn map_clusters(path: &Path, cluster: u64) -> Vec<Option<bool>> {
 
 /// `qemu-img compare` of a qcow2 against a raw file: true when identical.
 pub fn compare_with_raw(qcow2: &Path, raw: &Path) -> bool {
-    let out = output(
+    let out = output_unlocked(
         qemu_img(["compare", "-f", "qcow2", "-F", "raw"])
             .arg(qcow2)
             .arg(raw),
