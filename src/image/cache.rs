@@ -221,12 +221,13 @@ impl Cache {
         self.map.len() > self.capacity
     }
 
-    /// Evict least-recently-used clean entries until `room` more fit.
+    /// Evict least-recently-used clean entries until `room` more fit. Evicts at least a
+    /// sixteenth of the capacity at once so the O(entries) scan is amortized over misses.
     pub fn evict_clean(&mut self, room: usize) {
         if self.map.len() + room <= self.capacity {
             return;
         }
-        let excess = self.map.len() + room - self.capacity;
+        let excess = (self.map.len() + room - self.capacity).max(self.capacity / 16);
         let mut clean: Vec<(u64, u64)> = self
             .map
             .iter()

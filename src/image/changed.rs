@@ -8,12 +8,14 @@
 //! cost is O(L1 size + changed L2 tables).
 
 use super::cache::Kind;
-use super::engine::State;
 use super::error::ImageError;
 use super::mapping::{classify, l1_target, Mapping};
+use super::state::State;
 use super::{ChangedRange, Extent, ExtentKind};
 
 type View = (std::sync::Arc<Vec<u64>>, u64, u64);
+/// An L2 table's offset and entries, or None where the L1 entry is empty.
+type L2Table = Option<(u64, Vec<u64>)>;
 
 /// Append a range, merging with the previous one when adjacent with the same `zero`.
 fn push(out: &mut Vec<ChangedRange>, offset: u64, length: u64, zero: bool) {
@@ -32,12 +34,7 @@ fn push(out: &mut Vec<ChangedRange>, offset: u64, length: u64, zero: bool) {
 
 impl State {
     /// L2 table entries behind one L1 entry (None when there is no table).
-    fn l2_entries(
-        &self,
-        l1: &[u64],
-        l1_off: u64,
-        i: usize,
-    ) -> Result<Option<(u64, Vec<u64>)>, ImageError> {
+    fn l2_entries(&self, l1: &[u64], l1_off: u64, i: usize) -> Result<L2Table, ImageError> {
         let Some(&e) = l1.get(i) else {
             return Ok(None);
         };
@@ -61,10 +58,16 @@ impl State {
         )))
     }
 
-    fn mapping_at(&self, table: &Option<(u64, Vec<u64>)>, j: usize) -> Result<Mapping, ImageError> {
+    fn mapping_at(&self, table: &L2Table, j: usize) -> Result<Mapping, ImageError> {
         match table {
             None => Ok(Mapping::Unallocated),
-            Some((l2, t)) => classify(t[j], self.cs, &self.path, l2 + j as u64 * 8),
+            Some((l2, t)) => classify(
+                t[j],
+                self.cs,
+                self.host_end_bytes(),
+                &self.path,
+                l2 + j as u64 * 8,
+            ),
         }
     }
 
@@ -146,7 +149,7 @@ impl State {
         let end = offset + len;
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
-        let mut table: Option<(usize, Option<(u64, Vec<u64>)>)> = None;
+        let mut table: Option<(usize, L2Table)> = None;
         while pos < end {
             let gc = pos / cs;
             let i = (gc / per_l2) as usize;

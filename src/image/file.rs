@@ -7,6 +7,8 @@ use std::os::unix::fs::FileExt;
 
 /// Positional byte storage for an image. Implementations must be safe for concurrent
 /// calls at different offsets.
+// `len` is the storage size, not a collection length: an `is_empty` would mean nothing.
+#[allow(clippy::len_without_is_empty)]
 pub trait ImageFile: Send + Sync {
     /// Read exactly `buf.len()` bytes at `offset` (UnexpectedEof past the end).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;

@@ -247,13 +247,13 @@ impl Header {
                 format!("{nb_snapshots} snapshots exceed the limit"),
             ));
         }
-        if nb_snapshots > 0 {
-            if snapshots_offset % cs != 0 || snapshots_offset == 0 || snapshots_offset >= file_len {
-                return Err(corrupt(
-                    64,
-                    format!("snapshot table offset {snapshots_offset:#x} invalid"),
-                ));
-            }
+        if nb_snapshots > 0
+            && (snapshots_offset % cs != 0 || snapshots_offset == 0 || snapshots_offset >= file_len)
+        {
+            return Err(corrupt(
+                64,
+                format!("snapshot table offset {snapshots_offset:#x} invalid"),
+            ));
         }
 
         // Header extensions.
@@ -331,7 +331,7 @@ impl Header {
 
     /// The fixed header bytes to write at offset 0 (extensions are left as they are on
     /// disk: Island never changes them, and on create it writes the end marker itself).
-    pub fn to_bytes(&mut self) -> Vec<u8> {
+    pub fn encode(&mut self) -> Vec<u8> {
         self.sync_raw();
         self.raw.clone()
     }
@@ -379,7 +379,7 @@ mod tests {
         h.size = 1 << 30;
         h.l1_size = 2;
         h.l1_table_offset = 3 * 65536;
-        let mut bytes = h.to_bytes();
+        let mut bytes = h.encode();
         bytes.resize(65536, 0); // end-of-extensions marker is zeros
         let p = Path::new("t.qcow2");
         let back = Header::parse(p, &bytes, 4 * 65536).unwrap();
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn refuses_bad_inputs() {
         let mut h = Header::new(16, 65536);
-        let mut bytes = h.to_bytes();
+        let mut bytes = h.encode();
         bytes.resize(65536, 0);
         let p = Path::new("t.qcow2");
         let mut v2 = bytes.clone();

@@ -5,9 +5,8 @@
 //! entry iff the cluster it points at has refcount 1, i.e. may be written in place.
 
 use super::cache::{read_tolerant, Cache, Kind};
-use super::engine::State;
 use super::error::ImageError;
-use super::file::ImageFile;
+use super::state::State;
 use super::types::{GuestCluster, HostCluster};
 use std::path::Path;
 
@@ -46,8 +45,15 @@ impl Mapping {
     }
 }
 
-/// Decode an L2 entry, validating reserved bits and alignment.
-pub fn classify(e: u64, cs: u64, path: &Path, at: u64) -> Result<Mapping, ImageError> {
+/// Decode an L2 entry, validating reserved bits, alignment and that the cluster lies
+/// inside the image (`host_end` = end of the image in bytes).
+pub fn classify(
+    e: u64,
+    cs: u64,
+    host_end: u64,
+    path: &Path,
+    at: u64,
+) -> Result<Mapping, ImageError> {
     if e & OFLAG_COMPRESSED != 0 {
         return Ok(Mapping::Compressed);
     }
@@ -63,6 +69,11 @@ pub fn classify(e: u64, cs: u64, path: &Path, at: u64) -> Result<Mapping, ImageE
     let host = e & OFFSET_MASK;
     if host % cs != 0 {
         return Err(bad(format!("host offset {host:#x} not cluster aligned")));
+    }
+    if host >= host_end {
+        return Err(bad(format!(
+            "host offset {host:#x} past the end of the image"
+        )));
     }
     Ok(if e & OFLAG_ZERO != 0 {
         Mapping::Zero {
@@ -94,15 +105,13 @@ pub fn l1_target(e: u64, cs: u64, host_end: u64, path: &Path, at: u64) -> Result
 
 /// Raw L2 entry for guest cluster `gc` through `l1` (0 if no L2 table).
 pub fn lookup(
-    file: &dyn ImageFile,
-    path: &Path,
+    st: &State,
     cache: &mut Cache,
     l1: &[u64],
     l1_offset: u64,
-    cb: u32,
-    host_end: u64,
     gc: GuestCluster,
 ) -> Result<(u64, u64), ImageError> {
+    let (file, path, cb, host_end) = (&*st.file, &st.path, st.cb, st.host_end_bytes());
     let l2_bits = cb - 3;
     let idx = (gc.0 >> l2_bits) as usize;
     let Some(&e) = l1.get(idx) else {
@@ -123,17 +132,8 @@ impl State {
     /// Mapping of guest cluster `gc` in the active layer.
     pub fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
         let mut cache = self.cache();
-        let (e, at) = lookup(
-            &*self.file,
-            &self.path,
-            &mut cache,
-            &self.l1,
-            self.header.l1_table_offset,
-            self.cb,
-            self.host_end_bytes(),
-            gc,
-        )?;
-        classify(e, self.cs, &self.path, at)
+        let (e, at) = lookup(self, &mut cache, &self.l1, self.header.l1_table_offset, gc)?;
+        classify(e, self.cs, self.host_end_bytes(), &self.path, at)
     }
 
     /// The L2 table for L1 index `i`, made writable in place: allocated if missing,
@@ -195,7 +195,17 @@ impl State {
             a.copy_from_slice(&t[j * 8..j * 8 + 8]);
             u64::from_be_bytes(a)
         };
-        Ok((l2, j, classify(e, self.cs, &self.path, l2 + j as u64 * 8)?))
+        Ok((
+            l2,
+            j,
+            classify(
+                e,
+                self.cs,
+                self.host_end_bytes(),
+                &self.path,
+                l2 + j as u64 * 8,
+            )?,
+        ))
     }
 
     /// Whether guest cluster `gc` can be written in place right now.
@@ -306,7 +316,13 @@ impl State {
                     let v = u64::from_be_bytes([
                         ent[0], ent[1], ent[2], ent[3], ent[4], ent[5], ent[6], ent[7],
                     ]);
-                    match classify(v, self.cs, &self.path, l2 + j as u64 * 8)? {
+                    match classify(
+                        v,
+                        self.cs,
+                        self.host_end_bytes(),
+                        &self.path,
+                        l2 + j as u64 * 8,
+                    )? {
                         Mapping::Compressed => {
                             return Err(ImageError::Unsupported {
                                 path: self.path.clone(),
@@ -363,7 +379,14 @@ impl State {
             };
             let mut changes = Vec::new();
             for (j, &v) in entries.iter().enumerate() {
-                let Some(h) = classify(v, self.cs, &self.path, l2 + j as u64 * 8)?.owned() else {
+                let Some(h) = classify(
+                    v,
+                    self.cs,
+                    self.host_end_bytes(),
+                    &self.path,
+                    l2 + j as u64 * 8,
+                )?
+                .owned() else {
                     continue;
                 };
                 let copied = sole && self.refcount(HostCluster(h >> self.cb))? == 1;

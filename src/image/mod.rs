@@ -14,6 +14,7 @@ mod lock;
 mod mapping;
 mod refcount;
 mod snapshot;
+mod state;
 #[cfg(test)]
 mod tests;
 pub mod types;

@@ -8,9 +8,9 @@
 //! (see `State::flush_locked`).
 
 use super::cache::{read_cluster, Kind};
-use super::engine::State;
 use super::error::ImageError;
 use super::header::MAX_REFTABLE_BYTES;
+use super::state::State;
 use super::types::HostCluster;
 
 /// Offset bits of a refcount table entry (bits 0-8 are reserved).
@@ -129,10 +129,19 @@ impl State {
                 old.checked_sub(delta.unsigned_abs())
             };
             let Some(new) = new else {
+                if delta > 0 {
+                    return Err(ImageError::Unsupported {
+                        path: self.path.clone(),
+                        feature: format!(
+                            "refcount of cluster at {host:#x} would exceed {max} ({}-bit refcounts); widen with `qemu-img amend -o refcount_bits=16`",
+                            1u32 << order
+                        ),
+                    });
+                }
                 return Err(self.corrupt(
                     "refcount",
                     host,
-                    format!("refcount {old} {delta:+} out of range"),
+                    format!("refcount {old} {delta:+} below zero"),
                 ));
             };
             set_entry(block, i, order, new);
@@ -155,8 +164,7 @@ impl State {
         clusters.sort_unstable();
         let per = self.rc_per_block();
         let mut last_block = u64::MAX;
-        for i in 0..clusters.len() {
-            let c = clusters[i];
+        for &c in clusters.iter() {
             if c / per != last_block {
                 last_block = c / per;
                 if self.cache().over_capacity() {
@@ -178,6 +186,28 @@ impl State {
         Ok(self.refcount(HostCluster(c))? == 0)
     }
 
+    /// First cluster at or after `from` with refcount 0, scanning a whole refcount block
+    /// per cache lookup.
+    fn next_free(&self, from: u64) -> Result<u64, ImageError> {
+        let per = self.rc_per_block();
+        let order = self.header.refcount_order;
+        let mut c = from.max(1);
+        loop {
+            let Some(off) = self.block_of(HostCluster(c))? else {
+                return Ok(c);
+            };
+            let mut cache = self.cache();
+            let block = cache.get(&*self.file, &self.path, off, Kind::Refblock)?;
+            let base = c - c % per;
+            if let Some(i) =
+                ((c % per) as usize..per as usize).find(|&i| get_entry(block, i, order) == 0)
+            {
+                return Ok(base + i as u64);
+            }
+            c = base + per;
+        }
+    }
+
     /// Allocate `n` contiguous clusters (refcount 1 each), reusing freed space first.
     /// The caller must write the clusters in full before anything points at them.
     pub fn alloc(&mut self, n: u64) -> Result<HostCluster, ImageError> {
@@ -186,16 +216,15 @@ impl State {
         }
         let per = self.rc_per_block();
         'search: loop {
-            let mut start = self.free_hint.max(1);
-            let mut first_free = None;
-            let mut c = start;
+            let mut start = self.next_free(self.free_hint.max(1))?;
+            let first_free = start;
+            let mut c = start + 1;
             while c < start + n {
                 if self.is_free(c)? {
-                    first_free.get_or_insert(c);
                     c += 1;
                 } else {
-                    c += 1;
-                    start = c;
+                    start = self.next_free(c + 1)?;
+                    c = start + 1;
                 }
             }
             if (start + n) << self.cb > super::header::MAX_HOST_OFFSET {
@@ -214,9 +243,10 @@ impl State {
             for c in start..start + n {
                 self.adjust(HostCluster(c), 1)?;
             }
-            self.free_hint = match first_free {
-                Some(f) if f < start => f,
-                _ => start + n,
+            self.free_hint = if first_free < start {
+                first_free
+            } else {
+                start + n
             };
             self.host_end = self.host_end.max(start + n);
             return Ok(HostCluster(start));

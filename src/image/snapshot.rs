@@ -2,6 +2,7 @@
 //! change refcounts (create, delete, revert) live in the engine, which owns the ordering.
 
 use super::error::ImageError;
+use super::state::{strip_copied, State};
 use std::path::Path;
 
 /// QEMU's QCOW_MAX_SNAPSHOTS.
@@ -188,45 +189,6 @@ pub fn find(entries: &[SnapshotEntry], name_or_id: &str) -> Option<usize> {
         .or_else(|| entries.iter().position(|e| e.name == name_or_id))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_round_trip_and_golden_layout() {
-        let a = SnapshotEntry::new("1".into(), "first".into(), 0x30000, 2, 1 << 20, (5, 6));
-        let b = SnapshotEntry::new(
-            "2".into(),
-            "second-name".into(),
-            0x40000,
-            3,
-            2 << 20,
-            (7, 8),
-        );
-        let bytes = serialize_table(&[a.clone(), b.clone()]);
-        // 40 fixed + 24 extra + 1 id + 5 name = 70, padded to 72.
-        assert_eq!(&bytes[0..8], &0x30000u64.to_be_bytes());
-        assert_eq!(&bytes[36..40], &24u32.to_be_bytes());
-        assert_eq!(&bytes[64..70], b"1first");
-        assert_eq!(bytes.len(), 72 + 80);
-        let back = parse_table(Path::new("x"), &bytes, 0x50000, 2, 65536, 1 << 20).unwrap();
-        assert_eq!(back, vec![a, b]);
-        assert_eq!(next_id(&back), "3");
-        assert_eq!(find(&back, "second-name"), Some(1));
-        assert_eq!(find(&back, "1"), Some(0));
-    }
-
-    #[test]
-    fn truncated_table_is_an_error() {
-        let a = SnapshotEntry::new("1".into(), "first".into(), 0x30000, 2, 1 << 20, (5, 6));
-        let bytes = serialize_table(&[a]);
-        assert!(parse_table(Path::new("x"), &bytes[..60], 0, 1, 65536, 1 << 20).is_err());
-        assert!(parse_table(Path::new("x"), &bytes, 0, 2, 65536, 1 << 20).is_err());
-    }
-}
-
-use super::engine::{strip_copied, State};
-
 impl State {
     /// Create a snapshot. Order: flush; copy the active L1 to new clusters and +1 every
     /// L2 table and cluster reachable from it (refcounts durable); clear COPIED in the
@@ -253,6 +215,12 @@ impl State {
             return Err(ImageError::InvalidArgument {
                 path: self.path.clone(),
                 reason: format!("at most {MAX_SNAPSHOTS} snapshots"),
+            });
+        }
+        if self.header.refcount_order == 0 {
+            return Err(ImageError::Unsupported {
+                path: self.path.clone(),
+                feature: "snapshots with 1-bit refcounts; widen with `qemu-img amend -o refcount_bits=16`".into(),
             });
         }
         self.flush_locked()?;
@@ -347,5 +315,42 @@ impl State {
         self.flush_locked()?;
         self.fix_copied()?;
         self.flush_locked()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_round_trip_and_golden_layout() {
+        let a = SnapshotEntry::new("1".into(), "first".into(), 0x30000, 2, 1 << 20, (5, 6));
+        let b = SnapshotEntry::new(
+            "2".into(),
+            "second-name".into(),
+            0x40000,
+            3,
+            2 << 20,
+            (7, 8),
+        );
+        let bytes = serialize_table(&[a.clone(), b.clone()]);
+        // 40 fixed + 24 extra + 1 id + 5 name = 70, padded to 72.
+        assert_eq!(&bytes[0..8], &0x30000u64.to_be_bytes());
+        assert_eq!(&bytes[36..40], &24u32.to_be_bytes());
+        assert_eq!(&bytes[64..70], b"1first");
+        assert_eq!(bytes.len(), 72 + 80);
+        let back = parse_table(Path::new("x"), &bytes, 0x50000, 2, 65536, 1 << 20).unwrap();
+        assert_eq!(back, vec![a, b]);
+        assert_eq!(next_id(&back), "3");
+        assert_eq!(find(&back, "second-name"), Some(1));
+        assert_eq!(find(&back, "1"), Some(0));
+    }
+
+    #[test]
+    fn truncated_table_is_an_error() {
+        let a = SnapshotEntry::new("1".into(), "first".into(), 0x30000, 2, 1 << 20, (5, 6));
+        let bytes = serialize_table(&[a]);
+        assert!(parse_table(Path::new("x"), &bytes[..60], 0, 1, 65536, 1 << 20).is_err());
+        assert!(parse_table(Path::new("x"), &bytes, 0, 2, 65536, 1 << 20).is_err());
     }
 }

@@ -162,11 +162,6 @@ fn import_leaves_zeros_unallocated() {
     assert_check_clean(&img);
     let same = crate::common::qemu::compare_with_raw(&img, &raw);
     assert!(same, "import differs from its source");
-    let i = json(&ok(island(&[&"image", &"info", &img, &"--json"])));
-    assert_eq!(
-        i["allocated_clusters"], 4,
-        "only the 4 non-zero clusters are allocated"
-    );
     let map = run(qemu_img(["map", "--output=json", "-f", "qcow2"]).arg(&img));
     let extents = json(&String::from_utf8_lossy(&map.stdout));
     let data_bytes: u64 = extents
@@ -256,28 +251,10 @@ fn island_write_refuses_image_held_by_qemu() {
     run(qemu_img(["create", "-q", "-f", "qcow2"])
         .arg(&img)
         .arg("1M"));
-    let mut q = Command::new("qemu-io")
-        .args(["-f", "qcow2"])
-        .arg(&img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while crate::common::qemu::output(qemu_img(["info"]).arg(&img))
-        .status
-        .success()
-    {
-        assert!(
-            start.elapsed().as_secs() < 20,
-            "qemu-io never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let holder = crate::common::qemu::qemu_io_holding(&img, false);
     let input = dir.path().join("in.bin");
     std::fs::write(&input, [1u8; 10]).unwrap();
     let out = island(&[&"image", &"write", &img, &"0", &input]);
-    let _ = q.kill();
-    let _ = q.wait();
+    drop(holder);
     fails(&out, 1, "held.qcow2");
 }

@@ -2,23 +2,16 @@
 //! refuses an image Island writes, and a force-share read-only open reads stable snapshots
 //! of an image qemu-storage-daemon is writing (a snapshot taken live over QMP).
 
-use crate::common::qemu::{output, qemu_img, qemu_io, run};
+use crate::common::qemu::{
+    output, output_unlocked, qemu_img, qemu_io, qemu_io_holding, run, Guard,
+};
 use crate::common::{create_image, read_snapshot, tempdir};
 use island::image::{Image, ImageError, OpenMode};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child process killed when the test ends, whatever the outcome.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -33,37 +26,15 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 /// `qemu-img info` without -U succeeds only when no one holds the write permission.
 fn qemu_can_read_consistently(path: &Path) -> bool {
-    output(qemu_img(["info"]).arg(path)).status.success()
-}
-
-fn qemu_can_write(path: &Path) -> bool {
-    output(&mut qemu_io(path, &["write -q -P 0x33 1M 4k".into()]))
+    output_unlocked(qemu_img(["info"]).arg(path))
         .status
         .success()
 }
 
-/// An interactive qemu-io holding the image until dropped.
-fn qemu_io_holding(path: &Path, read_only: bool) -> Guard {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "qcow2"]);
-    if read_only {
-        c.arg("-r");
-    }
-    let child = c
-        .arg(path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let g = Guard(child);
-    if read_only {
-        wait_until("qemu-io -r to hold the image", || !qemu_can_write(path));
-    } else {
-        wait_until("qemu-io to hold the image", || {
-            !qemu_can_read_consistently(path)
-        });
-    }
-    g
+fn qemu_can_write(path: &Path) -> bool {
+    output_unlocked(&mut qemu_io(path, &["write -q -P 0x33 1M 4k".into()]))
+        .status
+        .success()
 }
 
 fn assert_locked(r: Result<Image, ImageError>, what: &str) {

@@ -3,12 +3,12 @@
 //! and `convert -l snapshot.name=` must all agree with the model and with Island's reads.
 
 use crate::common::qemu::{
-    assert_check_clean, compare_with_raw, convert_to_raw, info, snapshot_names,
+    assert_check_clean, compare_with_raw, convert_to_raw, info, map_clusters, snapshot_names,
 };
 use crate::common::{
     assert_same, create_image, random_bytes, read_active, read_snapshot, rng, seeds, tempdir,
 };
-use island::image::{Image, ImageError, OpenMode};
+use island::image::{ExtentKind, Image, ImageError, OpenMode};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::path::Path;
@@ -151,6 +151,7 @@ pub fn verify_with_qemu(dir: &Path, path: &Path, model: &Model) {
         &read_active(&img),
         &model.active,
     );
+    assert_extents_match_qemu(&img, path);
     let ours: Vec<String> = img.snapshots().into_iter().map(|s| s.name).collect();
     assert_eq!(ours, names, "Island's snapshot list");
     let conv = dir.join("snap.raw");
@@ -161,6 +162,32 @@ pub fn verify_with_qemu(dir: &Path, path: &Path, model: &Model) {
         assert_same(&format!("Island's read of snapshot {name}"), &island, data);
     }
     img.close().expect("close");
+}
+
+/// Island's allocation map of the active layer equals qemu-img map's, cluster by cluster.
+fn assert_extents_match_qemu(img: &Image, path: &Path) {
+    let cluster = u64::from(img.cluster_size());
+    let mut ours = Vec::new();
+    for e in img.extents(None, 0, img.size()).expect("extents") {
+        let kind = match e.kind {
+            ExtentKind::Data => Some(true),
+            ExtentKind::Zero => Some(false),
+            ExtentKind::Unallocated => None,
+        };
+        ours.extend(std::iter::repeat_n(
+            kind,
+            e.length.div_ceil(cluster) as usize,
+        ));
+    }
+    let qemu = map_clusters(path, cluster);
+    assert_eq!(ours.len(), qemu.len(), "extent map sizes");
+    if let Some(c) = ours.iter().zip(&qemu).position(|(a, b)| a != b) {
+        panic!(
+            "cluster {c}: Island maps {:?}, qemu-img map says {:?} (Some(true)=data, \
+             Some(false)=zero flag, None=unallocated)",
+            ours[c], qemu[c]
+        );
+    }
 }
 
 fn random_sequence_matches_qemu(cluster: u32, size: u64, ops: usize, seed_base: u64, count: u64) {

@@ -159,9 +159,8 @@ fn island_writes_into_qemu_images() {
                     feature.contains("refcount"),
                     "{opts}: refused for {feature}"
                 );
-                assert_eq!(
-                    std::fs::read(&path).unwrap(),
-                    before,
+                assert!(
+                    std::fs::read(&path).unwrap() == before,
                     "refused open changed the file"
                 );
                 continue;
@@ -233,9 +232,8 @@ fn assert_unsupported(path: &Path, what: &str, needle: &str) {
         msg.contains(&path.display().to_string()),
         "{what}: message names the path: {msg}"
     );
-    assert_eq!(
-        std::fs::read(path).unwrap(),
-        before,
+    assert!(
+        std::fs::read(path).unwrap() == before,
         "{what}: refusing changed the file"
     );
 }
