@@ -1,0 +1,6 @@
+//! The one integration-test binary: one module per area.
+
+mod common;
+mod store_conformance;
+mod store_drivers;
+mod store_wrappers;
