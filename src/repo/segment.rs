@@ -337,8 +337,12 @@ mod tests {
             .count(),
             0
         );
+        // A damaged fanout is refused by shape; a damaged bucket crc by the head crc.
         let mut bad = bytes.clone();
         bad[30] ^= 1;
+        assert!(parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).is_err());
+        let mut bad = bytes.clone();
+        bad[1060] ^= 1;
         let (h2, _, crc2) = parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).unwrap();
         assert!(finish_head(h2, &bad[..HEAD_SIZE], meta_bytes, crc2).is_err());
     }
