@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use island::store::faults::{FaultConfig, FaultOp, FaultStore};
 use island::store::{
-    Capabilities, CountingStore, LimitStore, MemoryStore, ObjectMeta, ObjectStore, PutOutcome,
-    RetryOptions, RetryStore, StoreError, StoreErrorKind, ThrottleStore, TimeoutStore, TokenBucket,
+    wrap_store, Capabilities, CountingStore, LimitStore, MemoryStore, ObjectMeta, ObjectStore,
+    PutOutcome, RetryOptions, RetryStore, StoreError, StoreErrorKind, StoreOptions, ThrottleStore,
+    TimeoutStore, TokenBucket,
 };
 use proptest::prelude::*;
 use std::ops::Range;
@@ -534,4 +535,63 @@ async fn fault_schedules_replay_from_their_seed() {
     }
     assert_eq!(run(42).await, run(42).await);
     assert_ne!(run(42).await, run(43).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_stack_rides_out_faults_and_counts_logical_requests() {
+    let inner = memory();
+    let faults = Arc::new(FaultStore::new(
+        inner.clone(),
+        FaultConfig {
+            seed: 3,
+            error_probability: 0.2,
+            ack_loss_probability: 0.2,
+            temporary: true,
+            latency: Some((Duration::ZERO, Duration::from_millis(2))),
+            ..FaultConfig::default()
+        },
+    ));
+    let opts = StoreOptions {
+        concurrency: 4,
+        retry: fast_retry(30),
+        ..StoreOptions::default()
+    };
+    let store = wrap_store(faults.clone(), &opts);
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let k = format!("snapshots/v/{i:03}");
+                let data = pseudo_random(i, 1000);
+                let created = s.put_if_absent(&k, data.clone()).await?;
+                let back = s.get(&k).await?;
+                Ok::<_, StoreError>((created, back == data))
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (created, same) = t.await.expect("task").expect("ops through the stack");
+        assert_eq!(created, PutOutcome::Created);
+        assert!(same);
+    }
+    assert!(
+        faults.injected() > 10,
+        "faults injected: {}",
+        faults.injected()
+    );
+    let c = store.request_counts().expect("counting layer");
+    assert_eq!(
+        (c.conditional_puts, c.gets),
+        (64, 64),
+        "logical requests, not attempts"
+    );
+    assert_eq!(c.bytes_uploaded, 64_000);
+    assert_eq!(
+        inner
+            .list("snapshots/", None, 100)
+            .await
+            .expect("list")
+            .len(),
+        64
+    );
 }
