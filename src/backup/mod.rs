@@ -401,4 +401,6 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

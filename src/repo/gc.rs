@@ -29,8 +29,9 @@ use std::time::SystemTime;
 
 /// A pack is repacked when at least this fraction of its bytes is dead.
 pub const REPACK_DEAD_FRACTION: f64 = 0.5;
-/// Segments of one kind above which gc merges them into one.
-pub const COMPACT_AT: usize = 32;
+/// Segments of one kind above which gc merges them into one (small under test so the
+/// model test exercises compaction).
+pub const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
 
 /// Commit marker of a gc run (`gc/<seq>`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
