@@ -101,7 +101,7 @@ restic_backup() {
     files0=$(files_in "$rrepo")
     warm
     t0=$(now)
-    out=$(restic backup --repo "$rrepo" --json --quiet "$img" | tail -n 1)
+    out=$(restic backup --repo "$rrepo" --json "$img" | jq -c 'select(.message_type == "summary")')
     t1=$(now)
     rb_time=$(elapsed "$t0" "$t1")
     rb_up=$(jq -r '.data_added' <<<"$out")
