@@ -182,3 +182,34 @@ async fn open_store_stack_counts_requests() {
     assert_eq!((d.puts, d.gets, d.total()), (1, 1, 2));
     assert_eq!((d.bytes_uploaded, d.bytes_downloaded), (5, 5));
 }
+
+#[tokio::test]
+async fn s3_and_swift_urls_reach_their_drivers_and_fail_fast_without_a_server() {
+    let opts = StoreOptions {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        swift_auth_url: Some("http://127.0.0.1:9/auth/v1.0".into()),
+        swift_user: Some("test:tester".into()),
+        swift_key: Some("testing".into()),
+        connect_timeout: std::time::Duration::from_secs(2),
+        request_timeout: std::time::Duration::from_secs(5),
+        ..StoreOptions::default()
+    };
+    for url in [
+        "s3://island-no-bucket/prefix",
+        "swift://island-no-container/prefix",
+    ] {
+        let start = std::time::Instant::now();
+        let err = open_store(url, &opts)
+            .await
+            .expect_err("nothing listens on port 9");
+        assert_ne!(
+            err.kind,
+            StoreErrorKind::Unsupported,
+            "{url} is wired to a driver: {err}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{url}: {err}"
+        );
+    }
+}
