@@ -53,7 +53,7 @@ impl HttpTimeouts {
 
 /// Where and how to reach an S3 bucket. `None` fields fall back to the AWS environment
 /// variables named on each field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Config {
     /// Bucket name (the host part of `s3://BUCKET/PREFIX`).
     pub bucket: String,
@@ -75,6 +75,21 @@ pub struct S3Config {
     pub path_style: Option<bool>,
     /// Network timeouts.
     pub timeouts: HttpTimeouts,
+}
+
+impl std::fmt::Debug for S3Config {
+    /// Never prints the secret key or session token (configs end up in logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("path_style", &self.path_style)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most keys one S3 `DeleteObjects` request may carry.
@@ -555,5 +570,37 @@ impl ObjectStore for S3Store {
             .delete_iter(keys.iter().map(String::as_str))
             .await
             .map_err(|e| map_error(e, "delete_batch", &self.location, first))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = S3Config {
+            bucket: "b".into(),
+            secret_access_key: Some("verysecret".into()),
+            session_token: Some("sessiontok".into()),
+            ..S3Config::default()
+        };
+        let d = format!("{c:?}");
+        assert!(d.contains("\"b\""), "{d}");
+        assert!(
+            !d.contains("verysecret") && !d.contains("sessiontok"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn upload_budget_grows_with_size_and_saturates() {
+        let t = HttpTimeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(10),
+        };
+        assert_eq!(t.upload_budget(0), Duration::from_secs(10));
+        assert_eq!(t.upload_budget(16 << 20), Duration::from_secs(26));
+        assert!(t.upload_budget(usize::MAX) >= Duration::from_secs(u64::from(u32::MAX)));
     }
 }
