@@ -360,3 +360,66 @@ async fn two_level_tree_sparse_volume() {
         .unwrap();
     assert!(c.is_clean(), "{:?}", c.issues);
 }
+
+/// A missing pack and a corrupted pack are reported with the snapshots they damage; a
+/// restore of a damaged snapshot fails with an error naming the object instead of writing
+/// wrong data.
+#[tokio::test]
+async fn check_reports_damage_with_snapshots() {
+    let (store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(4 << 20, 5));
+    let r1 = backup(&repo, src.clone(), &opts("d")).await.unwrap();
+    let data_pack = {
+        let objects = store.objects.lock().unwrap();
+        let (key, _) = objects
+            .iter()
+            .filter(|(k, _)| k.starts_with("packs/"))
+            .max_by_key(|(_, v)| v.0.len())
+            .unwrap();
+        key.clone()
+    };
+    // Flip one payload byte: the frame crc catches it on read.
+    {
+        let mut objects = store.objects.lock().unwrap();
+        let e = objects.get_mut(&data_pack).unwrap();
+        let mut b = e.0.to_vec();
+        b[100] ^= 0xff;
+        e.0 = bytes::Bytes::from(b);
+    }
+    let c = repo
+        .check(&CheckOptions {
+            read_data: true,
+            sample_pct: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.issues.len(), 1, "{:?}", c.issues);
+    assert_eq!(c.issues[0].snapshots, vec![format!("d/{}", r1.id)]);
+    assert!(
+        c.issues[0].problem.contains("crc32c"),
+        "{}",
+        c.issues[0].problem
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = restore(
+        &repo,
+        "d",
+        &r1.id,
+        &RestoreTarget::Raw(dir.path().join("x")),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&data_pack), "{err}");
+    // A missing pack is found by structure alone (no data read).
+    store.objects.lock().unwrap().remove(&data_pack);
+    let c = repo.check(&CheckOptions::default()).await.unwrap();
+    assert!(!c.is_clean());
+    assert!(
+        c.issues
+            .iter()
+            .all(|i| i.snapshots == vec![format!("d/{}", r1.id)]),
+        "{:?}",
+        c.issues
+    );
+}

@@ -59,6 +59,8 @@ impl Repository {
         let mut tables_seen: HashSet<BlobId> = HashSet::new();
         let mut chunks_seen: HashSet<BlobId> = HashSet::new();
         let mut bad: HashMap<String, (String, HashSet<String>)> = HashMap::new();
+        // Pack sizes (or the error reading them), one HEAD per pack.
+        let mut packs: HashMap<String, Result<u64, String>> = HashMap::new();
         let sample = opts.sample_pct.unwrap_or(100.0).clamp(0.0, 100.0) / 100.0;
         for m in self.live_roots(&set.markers, None) {
             report.snapshots_checked += 1;
@@ -97,6 +99,7 @@ impl Repository {
                                     &c,
                                     opts.read_data && rand::rng().random::<f64>() < sample,
                                     &mut report,
+                                    &mut packs,
                                     &mut bad,
                                     &snap,
                                 )
@@ -165,6 +168,7 @@ impl Repository {
         id: &BlobId,
         read: bool,
         report: &mut CheckReport,
+        packs: &mut HashMap<String, Result<u64, String>>,
         bad: &mut HashMap<String, (String, HashSet<String>)>,
         snap: &str,
     ) -> Result<()> {
@@ -177,11 +181,21 @@ impl Repository {
                     .err()
                     .map(|e| format!("chunk: {e}"))
             }
-            Some(loc) => match self.store().head(&super::pack::pack_key(&loc.pack)).await {
-                Ok(meta) if meta.size >= loc.offset as u64 + loc.frame_len as u64 => None,
-                Ok(_) => Some(format!("pack {} too short", loc.pack)),
-                Err(e) => Some(format!("pack {}: {e}", loc.pack)),
-            },
+            Some(loc) => {
+                if !packs.contains_key(&loc.pack) {
+                    let head = self.store().head(&super::pack::pack_key(&loc.pack)).await;
+                    packs.insert(
+                        loc.pack.clone(),
+                        head.map(|m| m.size).map_err(|e| e.to_string()),
+                    );
+                }
+                match packs.get(&loc.pack) {
+                    Some(Ok(size)) if *size >= loc.offset as u64 + loc.frame_len as u64 => None,
+                    Some(Ok(_)) => Some(format!("pack {} too short", loc.pack)),
+                    Some(Err(e)) => Some(format!("pack {}: {e}", loc.pack)),
+                    None => None,
+                }
+            }
         };
         if let Some(p) = problem {
             bad.entry(id.to_hex())
