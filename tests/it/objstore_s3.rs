@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use island::store::s3::{open_s3, HttpTimeouts, S3Config, S3Store};
-use island::store::{ObjectStore, StoreErrorKind};
+use island::store::{open_store, ObjectStore, StoreErrorKind, StoreOptions};
 
 use crate::common::conformance::run_conformance;
 use crate::objstore_common::{
@@ -188,4 +188,32 @@ async fn s3_unreachable_endpoint_fails_within_timeouts() {
         t.elapsed()
     );
     hold.abort();
+}
+
+/// The `s3://` URL through `open_store` and all its layers (retry, timeout, limits,
+/// counting), with the keys taken from the AWS variables as a user would set them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_url_with_all_layers_conforms() {
+    let test = "s3_url_layers";
+    let (Some(bucket), Some(endpoint), Some(region)) = (
+        setting(test, "ISLAND_TEST_S3_BUCKET"),
+        setting(test, "ISLAND_TEST_S3_ENDPOINT"),
+        setting(test, "ISLAND_TEST_S3_REGION"),
+    ) else {
+        return;
+    };
+    if setting(test, "AWS_ACCESS_KEY_ID").is_none()
+        || setting(test, "AWS_SECRET_ACCESS_KEY").is_none()
+    {
+        return;
+    }
+    let opts = StoreOptions {
+        endpoint: Some(endpoint),
+        region: Some(region),
+        path_style: Some(true),
+        ..StoreOptions::default()
+    };
+    let url = format!("s3://{bucket}/{}", unique_prefix(test));
+    let store = open_store(&url, &opts).await.expect("open s3 URL");
+    run_conformance(store).await;
 }

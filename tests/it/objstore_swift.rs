@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use island::store::s3::HttpTimeouts;
 use island::store::swift::{open_swift, SwiftConfig, SwiftCredentials, SwiftStore};
-use island::store::{ObjectStore, PutOutcome, StoreErrorKind};
+use island::store::{open_store, ObjectStore, PutOutcome, StoreErrorKind, StoreOptions};
 
 use crate::objstore_common::{
     basic_round_trip, check_paging, fill, payload, race_put_if_absent, setting, unique_prefix,
@@ -238,4 +238,29 @@ async fn swift_expired_token_logs_in_again() {
         PutOutcome::Created
     );
     assert_eq!(store.logins(), 3);
+}
+
+/// The `swift://` URL through `open_store` and all its layers, with tempauth settings
+/// from the options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swift_url_with_all_layers_round_trip() {
+    let test = "swift_url_layers";
+    let (Some(container), Some(auth), Some(user), Some(key)) = (
+        setting(test, "ISLAND_TEST_SWIFT_CONTAINER"),
+        setting(test, "ISLAND_TEST_SWIFT_AUTH_URL"),
+        setting(test, "ISLAND_TEST_SWIFT_USER"),
+        setting(test, "ISLAND_TEST_SWIFT_KEY"),
+    ) else {
+        return;
+    };
+    let opts = StoreOptions {
+        swift_auth_url: Some(auth),
+        swift_user: Some(user),
+        swift_key: Some(key),
+        ..StoreOptions::default()
+    };
+    let url = format!("swift://{container}/{}", unique_prefix(test));
+    let store = open_store(&url, &opts).await.expect("open swift URL");
+    assert!(!store.capabilities().atomic_create);
+    basic_round_trip(store.as_ref()).await;
 }
