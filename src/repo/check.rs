@@ -13,6 +13,9 @@ use rand::Rng;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
+/// Damaged objects → (problem, snapshots damaged).
+type Findings = HashMap<String, (String, HashSet<String>)>;
+
 /// What `check` verifies beyond structure.
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
@@ -99,8 +102,7 @@ impl Repository {
                                     &c,
                                     opts.read_data && rand::rng().random::<f64>() < sample,
                                     &mut report,
-                                    &mut packs,
-                                    &mut bad,
+                                    (&mut packs, &mut bad),
                                     &snap,
                                 )
                                 .await?;
@@ -168,8 +170,7 @@ impl Repository {
         id: &BlobId,
         read: bool,
         report: &mut CheckReport,
-        packs: &mut HashMap<String, Result<u64, String>>,
-        bad: &mut HashMap<String, (String, HashSet<String>)>,
+        (packs, bad): (&mut HashMap<String, Result<u64, String>>, &mut Findings),
         snap: &str,
     ) -> Result<()> {
         let problem = match self.locate(set, id).await? {
