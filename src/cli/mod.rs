@@ -19,7 +19,9 @@ const EXIT_PROBLEMS: u8 = 3;
 #[command(
     name = "island",
     version,
-    about = "Incremental block snapshots to object storage"
+    about = "Incremental block snapshots to object storage",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 check found problems.\n\
+                  Logs go to stderr, filtered by RUST_LOG (default: warn)."
 )]
 struct Cli {
     #[command(flatten)]
