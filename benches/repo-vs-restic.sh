@@ -57,7 +57,8 @@ export RESTIC_CACHE_DIR="$workdir/restic-cache"
 
 now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc -l; }
-ratio() { echo "scale=3; $1 / $2" | bc -l; }
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+pct() { printf '%.1f' "$(echo "100 * $1 / $2" | bc -l)"; }
 warm() { cat "$img" >/dev/null; }
 files_in() { find "$1" -type f | wc -l; }
 bytes_in() { du -sb "$1" | cut -f1; }
@@ -89,7 +90,7 @@ island_backup() {
     local t0 t1 out
     warm
     t0=$(now)
-    out=$("$island" backup --repo "$irepo" --volume bench "$img" --json)
+    out=$("$island" backup --repo "$irepo" --volume bench "$img" --json 2>>"$workdir/island-status.log")
     t1=$(now)
     ib_time=$(elapsed "$t0" "$t1")
     ib_id=$(jq -r .id <<<"$out")
@@ -101,7 +102,7 @@ restic_backup() {
     files0=$(files_in "$rrepo")
     warm
     t0=$(now)
-    out=$(restic backup --repo "$rrepo" --json --quiet "$img" | tail -n 1)
+    out=$(restic backup --repo "$rrepo" --json "$img" | jq -c 'select(.message_type == "summary")')
     t1=$(now)
     rb_time=$(elapsed "$t0" "$t1")
     rb_up=$(jq -r '.data_added' <<<"$out")
@@ -167,7 +168,7 @@ newest=$(restore_time "$last_id")
 cmp "$workdir/newest.raw" "$workdir/age.raw" || { echo "newest restore differs from the image" >&2; exit 1; }
 rm -f "$workdir/age.raw" "$workdir/newest.raw"
 
-mib() { echo "scale=1; $1 / 1048576" | bc -l; }
+mib() { printf '%.1f' "$(echo "$1 / 1048576" | bc -l)"; }
 echo
 echo "Island vs restic $(restic version | cut -d' ' -f2) vs cp+sync, ${size_gib} GiB image (half random, half zeros), local directory repositories"
 printf '%-28s %10s %10s %10s\n' "" "island s" "restic s" "cp+sync s"
@@ -178,13 +179,13 @@ echo
 echo "ratios (speed; >1 means Island is faster):"
 echo "  full backup:  vs restic $(ratio "$full_r" "$full_i")x   vs cp $(ratio "$cp_time" "$full_i")x   (targets >= 3, >= 0.5)"
 echo "  restore:      vs restic $(ratio "$res_r" "$res_i")x   vs cp $(ratio "$cp_restore" "$res_i")x   (target vs cp >= 0.7)"
-echo "  incremental:  island $(echo "scale=2; 100 * $inc_i / $full_i" | bc -l) % of its full backup; restic $(echo "scale=2; 100 * $inc_r / $full_r" | bc -l) % (target <= 3 % on 4 GiB)"
+echo "  incremental:  island $(pct "$inc_i" "$full_i") % of its full backup; restic $(pct "$inc_r" "$full_r") % (target <= 3 % on 4 GiB)"
 echo
 echo "uploads per backup:"
-echo "  island full:         $(mib "$full_i_up") MiB in $full_i_req requests ($(echo "scale=2; $full_i_req * 4 / ($full_i_up / 1048576)" | bc -l) requests per 4 MiB uploaded)"
+echo "  island full:         $(mib "$full_i_up") MiB in $full_i_req requests ($(ratio "$full_i_req * 4" "($full_i_up / 1048576)") requests per 4 MiB uploaded)"
 echo "  island incremental:  $(mib "$inc_i_up") MiB in $inc_i_req requests for $(mib "$changed") MiB changed ($(ratio "$inc_i_up" "$changed")x)"
 echo "  restic full:         $(mib "$full_r_up") MiB added, $full_r_files files created"
 echo "  restic incremental:  $(mib "$inc_r_up") MiB added, $inc_r_files files created"
 echo "  repository sizes:    island $(mib "$(bytes_in "$irepo")") MiB after 30 snapshots, restic $(mib "$(bytes_in "$rrepo")") MiB after 2"
 echo
-echo "restore by snapshot age (median of 3, +sync): oldest $oldest s, newest $newest s, newest/oldest $(ratio "$newest" "$oldest") (target 0.9..1.1)"
+printf 'restore by snapshot age (median of 3, +sync): oldest %.3f s, newest %.3f s, newest/oldest %s (target 0.9..1.1)\n' "$oldest" "$newest" "$(ratio "$newest" "$oldest")"

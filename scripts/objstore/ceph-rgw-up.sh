@@ -66,10 +66,15 @@ start_bg run/rgw.pid log/rgw.out radosgw "${C[@]}" -n client.rgw.a -f
 wait_for 120 log/rgw.out "radosgw" curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$RGW_PORT/"
 timeout 60 radosgw-admin "${C[@]}" user create --uid=test --display-name=test \
   --access-key=RGWAK --secret-key=RGWSK >/dev/null
+# The bucket the object-store tests use (each test works under its own unique prefix).
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 --aws-sigv4 "aws:amz:us-east-1:s3" \
+  --user RGWAK:RGWSK -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT "http://127.0.0.1:$RGW_PORT/island-test")
+[ "$code" = 200 ] || { echo "objstore: creating bucket island-test failed: HTTP $code" >&2; exit 1; }
 cat > "$D/s3.env" <<ENV
 export ISLAND_TEST_S3_ENDPOINT=http://127.0.0.1:$RGW_PORT
 export ISLAND_TEST_S3_ACCESS_KEY_ID=RGWAK
 export ISLAND_TEST_S3_SECRET_ACCESS_KEY=RGWSK
 export ISLAND_TEST_S3_REGION=us-east-1
+export ISLAND_TEST_S3_BUCKET=island-test
 ENV
 echo "radosgw ready: S3 http://127.0.0.1:$RGW_PORT (RGWAK/RGWSK)"

@@ -106,10 +106,16 @@ swift_ready() {
   curl -sf -o /dev/null --max-time 5 -X DELETE -H "X-Auth-Token: $tok" "$url/island-probe"
 }
 wait_for 120 log/swift-proxy.log "swift account/container servers" swift_ready
+# The container the object-store tests use (each test works under its own unique prefix).
+h=$(curl -sf -D - -o /dev/null --max-time 5 -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' "$AUTH" | tr -d '\r')
+tok=$(printf '%s\n' "$h" | awk -F': ' 'tolower($1)=="x-auth-token"{print $2}')
+url=$(printf '%s\n' "$h" | awk -F': ' 'tolower($1)=="x-storage-url"{print $2}')
+curl -sf -o /dev/null --max-time 10 -X PUT -H "X-Auth-Token: $tok" "$url/island-test"
 cat > "$D/swift.env" <<ENV
 export ISLAND_TEST_SWIFT_AUTH_URL=$AUTH
 export ISLAND_TEST_SWIFT_USER=test:tester
 export ISLAND_TEST_SWIFT_KEY=testing
+export ISLAND_TEST_SWIFT_CONTAINER=island-test
 export ISLAND_TEST_SWIFT_TOKEN_LIFE=$TOKEN_LIFE
 ENV
 echo "swift ready: ST_AUTH=$AUTH ST_USER=test:tester ST_KEY=testing (token_life=${TOKEN_LIFE}s)"

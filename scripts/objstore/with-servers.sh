@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs CMD with a real S3 server (Ceph radosgw) and a real Swift (all-in-one) on loopback:
 # installs them if needed, starts both in a fresh temporary directory, exports the
-# ISLAND_TEST_S3_* and ISLAND_TEST_SWIFT_* settings the object-store tests read, runs CMD,
+# ISLAND_TEST_S3_* and ISLAND_TEST_SWIFT_* settings the object-store tests read (and the
+# same servers as AWS_* / ST_* for the CLI), runs CMD,
 # and stops every server by PID on exit (also on failure or interrupt). Exits with CMD's code.
 # Usage: scripts/objstore/with-servers.sh CMD [ARGS...]
 #   ISLAND_OBJSTORE_KEEP=1 keeps the temporary directory (logs) after the run.
@@ -57,6 +58,12 @@ echo "objstore: install check ${t_install}s, startup ${t_start}s (port offset $I
 
 . "$DIR/s3.env"
 . "$DIR/swift.env"
+# The same servers under the variables users set, so `island` and `open_store` reach them
+# through plain s3://island-test/... and swift://island-test/... URLs.
+export AWS_ENDPOINT_URL=$ISLAND_TEST_S3_ENDPOINT AWS_REGION=$ISLAND_TEST_S3_REGION
+export AWS_ACCESS_KEY_ID=$ISLAND_TEST_S3_ACCESS_KEY_ID
+export AWS_SECRET_ACCESS_KEY=$ISLAND_TEST_S3_SECRET_ACCESS_KEY
+export ST_AUTH=$ISLAND_TEST_SWIFT_AUTH_URL ST_USER=$ISLAND_TEST_SWIFT_USER ST_KEY=$ISLAND_TEST_SWIFT_KEY
 # Test runs that need a server fail instead of skipping when this is set.
 export ISLAND_TEST_REQUIRE_SERVERS=1
 

@@ -133,6 +133,10 @@ pub async fn backup(
 ) -> Result<BackupReport> {
     crate::repo::repository::check_volume(&opts.volume)?;
     let before = repo.counts();
+    // The lease is taken before the segment view is loaded: every delete this backup does
+    // not see committed after its lease began, which is what gc's cutoff relies on.
+    let id = new_time_id();
+    let lease = Lease::acquire(repo.store().clone(), &id, "backup", Some(&opts.volume)).await?;
     let set = repo.load_segments().await?;
     let parent: Option<SnapshotManifest> = match &opts.parent {
         Some(id) => Some(repo.snapshot(&opts.volume, id).await?),
@@ -179,8 +183,6 @@ pub async fn backup(
         p.stage("backup", to_read);
     }
 
-    let id = new_time_id();
-    let lease = Lease::acquire(repo.store().clone(), &id, "backup", Some(&opts.volume)).await?;
     let root_key = crate::repo::manifest::root_key(&opts.volume, &id);
     let mut w = Writer::new(repo, lease.clone(), root_key.clone(), "backup");
     // Compress speculatively in the parallel stage when most chunks are likely new.
@@ -325,7 +327,7 @@ pub async fn backup(
 
     let top = tree.finish(repo, &set, &mut w).await?;
     for t in top.iter().filter(|t| !t.is_zero()) {
-        w.add_ref(*t, 1, false);
+        w.add_ref(*t, 1, 0);
     }
     let new_bytes = w.new_chunk_bytes;
     w.flush().await?;
@@ -400,5 +402,9 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod race_tests;
 #[cfg(test)]
 mod tests;

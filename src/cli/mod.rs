@@ -1,18 +1,32 @@
 //! The `island` command line. Subcommand names and JSON fields are a stable interface:
 //! scripts and the volume service depend on them (see README.md).
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error (bad flags; clap's own code), 3 `check`
+//! found problems.
 
 mod image;
+mod progress;
+mod repo;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+/// Exit code for an operation that failed.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code for `check` finding problems in the repository.
+const EXIT_PROBLEMS: u8 = 3;
 
 #[derive(Parser)]
 #[command(
     name = "island",
     version,
-    about = "Incremental block snapshots to object storage"
+    about = "Incremental block snapshots to object storage",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 check found problems.\n\
+                  Logs go to stderr, filtered by RUST_LOG (default: warn)."
 )]
 struct Cli {
+    #[command(flatten)]
+    store: repo::StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,18 +36,33 @@ enum Command {
     /// Local qcow2 images: create, snapshot, changed ranges, export/import.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    #[command(flatten)]
+    Repo(repo::RepoCommand),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match cli.command {
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => image::run(cmd).map(|()| 0),
+        Command::Repo(cmd) => repo::run(cmd, &cli.store),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors only), so
+/// stdout carries nothing but results.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

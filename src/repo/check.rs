@@ -13,6 +13,9 @@ use rand::Rng;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
+/// Damaged objects → (problem, snapshots damaged).
+type Findings = HashMap<String, (String, HashSet<String>)>;
+
 /// What `check` verifies beyond structure.
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
@@ -59,6 +62,8 @@ impl Repository {
         let mut tables_seen: HashSet<BlobId> = HashSet::new();
         let mut chunks_seen: HashSet<BlobId> = HashSet::new();
         let mut bad: HashMap<String, (String, HashSet<String>)> = HashMap::new();
+        // Pack sizes (or the error reading them), one HEAD per pack.
+        let mut packs: HashMap<String, Result<u64, String>> = HashMap::new();
         let sample = opts.sample_pct.unwrap_or(100.0).clamp(0.0, 100.0) / 100.0;
         for m in self.live_roots(&set.markers, None) {
             report.snapshots_checked += 1;
@@ -97,7 +102,7 @@ impl Repository {
                                     &c,
                                     opts.read_data && rand::rng().random::<f64>() < sample,
                                     &mut report,
-                                    &mut bad,
+                                    (&mut packs, &mut bad),
                                     &snap,
                                 )
                                 .await?;
@@ -165,7 +170,7 @@ impl Repository {
         id: &BlobId,
         read: bool,
         report: &mut CheckReport,
-        bad: &mut HashMap<String, (String, HashSet<String>)>,
+        (packs, bad): (&mut HashMap<String, Result<u64, String>>, &mut Findings),
         snap: &str,
     ) -> Result<()> {
         let problem = match self.locate(set, id).await? {
@@ -177,11 +182,21 @@ impl Repository {
                     .err()
                     .map(|e| format!("chunk: {e}"))
             }
-            Some(loc) => match self.store().head(&super::pack::pack_key(&loc.pack)).await {
-                Ok(meta) if meta.size >= loc.offset as u64 + loc.frame_len as u64 => None,
-                Ok(_) => Some(format!("pack {} too short", loc.pack)),
-                Err(e) => Some(format!("pack {}: {e}", loc.pack)),
-            },
+            Some(loc) => {
+                if !packs.contains_key(&loc.pack) {
+                    let head = self.store().head(&super::pack::pack_key(&loc.pack)).await;
+                    packs.insert(
+                        loc.pack.clone(),
+                        head.map(|m| m.size).map_err(|e| e.to_string()),
+                    );
+                }
+                match packs.get(&loc.pack) {
+                    Some(Ok(size)) if *size >= loc.offset as u64 + loc.frame_len as u64 => None,
+                    Some(Ok(_)) => Some(format!("pack {} too short", loc.pack)),
+                    Some(Err(e)) => Some(format!("pack {}: {e}", loc.pack)),
+                    None => None,
+                }
+            }
         };
         if let Some(p) = problem {
             bad.entry(id.to_hex())

@@ -63,7 +63,7 @@ pub(crate) async fn walk_delete(
         let count = repo.refcount(set, &id).await? + own - 1;
         let freed = count == 0;
         match w.as_deref_mut() {
-            Some(w) => w.add_ref(id, -1, freed),
+            Some(w) => w.add_ref(id, -1, if freed { super::segment::FREED } else { 0 }),
             None => *local.entry(id).or_insert(0) -= 1,
         }
         if !freed {

@@ -16,9 +16,9 @@ use super::ids::new_time_id;
 use super::lease::{list_leases, Lease, SKEW};
 use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
 use super::repository::{segment_writer, SegmentSet};
-use super::segment::{self, SegmentHead, INDEX_RECORD, REFS_RECORD};
+use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
 use super::writer::{intent_key, pack_name, Intent, Writer};
-use super::{BlobId, Frame, Location, RepoError, Repository};
+use super::{BlobId, BlobKind, Frame, Location, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
@@ -29,8 +29,9 @@ use std::time::SystemTime;
 
 /// A pack is repacked when at least this fraction of its bytes is dead.
 pub const REPACK_DEAD_FRACTION: f64 = 0.5;
-/// Segments of one kind above which gc merges them into one.
-pub const COMPACT_AT: usize = 32;
+/// Segments of one kind above which gc merges them into one (small under test so the
+/// model test exercises compaction).
+pub const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
 
 /// Commit marker of a gc run (`gc/<seq>`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct GcReport {
     pub dead_bytes_kept: u64,
     pub segments_compacted: u64,
     pub dead_writers_cleaned: u64,
+    /// Freed tables whose children were re-counted because a backup reused them.
+    pub tables_revived: u64,
     pub requests: u64,
 }
 
@@ -153,8 +156,8 @@ impl Repository {
             }
             let recs = segment_records(self, h).await?;
             for r in recs.chunks_exact(REFS_RECORD) {
-                let (id, _, freed) = segment::decode_refs_record(h, r)?;
-                if freed {
+                let (id, _, flags) = segment::decode_refs_record(h, r)?;
+                if flags & FREED != 0 {
                     if processable {
                         candidates.insert(id)
                     } else {
@@ -163,10 +166,42 @@ impl Repository {
                 }
             }
         }
+        // 1b. Revival: a freed table that a backup running during the delete reused has a
+        // positive count again, but the delete already decremented its children. Their
+        // increments are restored once (children contribution = stored + revived − freed).
+        let mut keep: HashSet<BlobId> = HashSet::new();
+        let mut revived: HashSet<BlobId> = HashSet::new();
+        let mut stack: Vec<BlobId> = candidates.iter().copied().collect();
+        while let Some(id) = stack.pop() {
+            if revived.contains(&id)
+                || self.refcount(&set, &id).await? + w.own_delta(&id).await? <= 0
+            {
+                continue;
+            }
+            let Some(loc) = self.locate(&set, &id).await? else {
+                continue;
+            };
+            if loc.kind != BlobKind::Table || self.children_contribution(&set, &id).await? > 0 {
+                continue;
+            }
+            let plain = self.read_blob(&loc, &id).await?;
+            let entries = super::table::decode_any(&pack_key(&loc.pack), &plain)?;
+            revived.insert(id);
+            w.add_ref(id, 0, REVIVED);
+            for c in entries.into_iter().filter(|c| !c.is_zero()) {
+                w.add_ref(c, 1, 0);
+                keep.insert(c);
+                stack.push(c);
+            }
+        }
+        report.tables_revived = revived.len() as u64;
         // 2. Garbage by pack.
         let mut by_pack: HashMap<String, Vec<(BlobId, Location)>> = HashMap::new();
         for id in &candidates {
-            if recent.contains(id) || self.refcount(&set, id).await? != 0 {
+            if recent.contains(id)
+                || keep.contains(id)
+                || self.refcount(&set, id).await? + w.own_delta(id).await? != 0
+            {
                 continue;
             }
             if let Some(loc) = self.locate(&set, id).await? {
@@ -191,7 +226,9 @@ impl Repository {
                         .locate(&set, &e.id)
                         .await?
                         .is_some_and(|l| &l.pack == name);
-                    here && (recent.contains(&e.id) || self.refcount(&set, &e.id).await? > 0)
+                    here && (recent.contains(&e.id)
+                        || keep.contains(&e.id)
+                        || self.refcount(&set, &e.id).await? + w.own_delta(&e.id).await? > 0)
                 };
                 if is_live {
                     live.push(e);
@@ -244,13 +281,20 @@ impl Repository {
                 }
                 superseded.push(h.key.clone());
             }
+            let mut contribution: HashMap<BlobId, i64> = HashMap::new();
             for h in &processed_refs {
                 let recs = segment_records(self, h).await?;
                 for r in recs.chunks_exact(REFS_RECORD) {
-                    let (id, delta, _) = segment::decode_refs_record(h, r)?;
-                    w.add_ref(id, delta as i64, false);
+                    let (id, delta, flags) = segment::decode_refs_record(h, r)?;
+                    w.add_ref(id, delta as i64, 0);
+                    *contribution.entry(id).or_default() += flag_contribution(flags);
                 }
                 superseded.push(h.key.clone());
+            }
+            for (id, c) in contribution {
+                if c > 0 {
+                    w.add_ref(id, 0, STORED);
+                }
             }
             report.segments_compacted = superseded.len() as u64;
             w.supersedes = superseded.clone();
@@ -360,4 +404,9 @@ impl Repository {
         self.store().delete_batch(&doomed).await?;
         Ok(())
     }
+}
+
+/// +1 for a record that stored or revived a table's children, −1 for one that freed them.
+pub(crate) fn flag_contribution(flags: u32) -> i64 {
+    i64::from(flags & STORED != 0) + i64::from(flags & REVIVED != 0) - i64::from(flags & FREED != 0)
 }

@@ -362,6 +362,19 @@ impl Repository {
         Ok(sum)
     }
 
+    /// Whether a table's children are currently counted: the sum of stored/revived (+1)
+    /// and freed (−1) flags over counted segments (1 = counted, 0 = not).
+    pub(crate) async fn children_contribution(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
+        let mut sum = 0i64;
+        for h in &set.refs {
+            let bucket = self.bucket(h, id.0[0]).await?;
+            for r in segment::find_in_bucket(&bucket, REFS_RECORD, id) {
+                sum += super::gc::flag_contribution(segment::decode_refs_record(h, r)?.2);
+            }
+        }
+        Ok(sum)
+    }
+
     /// Fetch and verify one blob.
     pub(crate) async fn read_blob(&self, loc: &Location, id: &BlobId) -> Result<Vec<u8>> {
         let key = pack::pack_key(&loc.pack);

@@ -248,30 +248,38 @@ pub fn decode_index_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, Loca
     ))
 }
 
-/// Encode a refcount-delta record. `freed` marks blobs a delete brought to zero.
-pub fn refs_record(id: &BlobId, delta: i32, freed: bool) -> Vec<u8> {
+/// Refs flag: a delete brought the blob to zero (and decremented a table's children).
+pub const FREED: u32 = 1;
+/// Refs flag: the writer stored this table and incremented its children.
+pub const STORED: u32 = 2;
+/// Refs flag: gc re-incremented the children of a freed table that a concurrent backup
+/// had reused (see format-spec "Revival").
+pub const REVIVED: u32 = 4;
+
+/// Encode a refcount-delta record.
+pub fn refs_record(id: &BlobId, delta: i32, flags: u32) -> Vec<u8> {
     let mut r = Vec::with_capacity(REFS_RECORD);
     r.extend_from_slice(&id.0);
     r.extend_from_slice(&delta.to_le_bytes());
-    r.extend_from_slice(&(freed as u32).to_le_bytes());
+    r.extend_from_slice(&flags.to_le_bytes());
     r
 }
 
-/// Decode a refs record: (id, delta, freed).
-pub fn decode_refs_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, i32, bool), RepoError> {
+/// Decode a refs record: (id, delta, flags).
+pub fn decode_refs_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, i32, u32), RepoError> {
     if r.len() != REFS_RECORD {
         return Err(RepoError::corrupt(&head.key, "refs record size"));
     }
     let id = BlobId::from_slice(&r[..32]).ok_or_else(|| RepoError::corrupt(&head.key, "id"))?;
     let delta = i32::from_le_bytes([r[32], r[33], r[34], r[35]]);
     let flags = u32::from_le_bytes([r[36], r[37], r[38], r[39]]);
-    if flags > 1 {
+    if flags & !(FREED | STORED | REVIVED) != 0 {
         return Err(RepoError::Unsupported {
             key: head.key.clone(),
             reason: format!("refs flags {flags:#x}"),
         });
     }
-    Ok((id, delta, flags == 1))
+    Ok((id, delta, flags))
 }
 
 /// Records of one bucket whose id equals `id` (binary search over fixed-size records).
@@ -305,7 +313,7 @@ mod tests {
         let recs = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| refs_record(id, i as i32 - 10, i % 7 == 0))
+            .map(|(i, id)| refs_record(id, i as i32 - 10, (i % 7 == 0) as u32))
             .collect();
         let meta = SegmentMeta {
             commit: "tombstones/v/x".into(),
@@ -325,7 +333,7 @@ mod tests {
             assert_eq!(found.len(), 1);
             assert_eq!(
                 decode_refs_record(&h, found[0]).unwrap(),
-                (*id, i as i32 - 10, i % 7 == 0)
+                (*id, i as i32 - 10, (i % 7 == 0) as u32)
             );
         }
         assert_eq!(
@@ -337,8 +345,12 @@ mod tests {
             .count(),
             0
         );
+        // A damaged fanout is refused by shape; a damaged bucket crc by the head crc.
         let mut bad = bytes.clone();
         bad[30] ^= 1;
+        assert!(parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).is_err());
+        let mut bad = bytes.clone();
+        bad[1060] ^= 1;
         let (h2, _, crc2) = parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).unwrap();
         assert!(finish_head(h2, &bad[..HEAD_SIZE], meta_bytes, crc2).is_err());
     }

@@ -59,6 +59,16 @@ pub fn decode(key: &str, plain: &[u8], level: u8, count: usize) -> Result<Vec<Bl
         .collect())
 }
 
+/// Decode a table whose position is not known (gc revival): checks everything but the
+/// geometry.
+pub fn decode_any(key: &str, plain: &[u8]) -> Result<Vec<BlobId>, RepoError> {
+    if plain.len() < 12 {
+        return Err(RepoError::corrupt(key, "table shorter than its header"));
+    }
+    let n = u32::from_le_bytes([plain[8], plain[9], plain[10], plain[11]]) as usize;
+    decode(key, plain, plain[6], n)
+}
+
 /// Shape of a snapshot's tree, derived from size and chunk size only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {

@@ -198,8 +198,9 @@ async fn store_table(
     w.add(&Frame::encode_with_id(BlobKind::Table, &plain, id))
         .await?;
     for e in entries.iter().filter(|e| !e.is_zero()) {
-        w.add_ref(*e, 1, false);
+        w.add_ref(*e, 1, 0);
     }
+    w.add_ref(id, 0, super::segment::STORED);
     Ok(id)
 }
 

@@ -63,7 +63,7 @@ pub(crate) struct Writer {
     pending: HashSet<BlobId>,
     own: Vec<Arc<SegmentHead>>,
     own_refs: Vec<Arc<SegmentHead>>,
-    refs: HashMap<BlobId, (i64, bool)>,
+    refs: HashMap<BlobId, (i64, u32)>,
     /// gc only: packs it removes, and segments it replaces.
     pub dead_packs: Vec<String>,
     pub supersedes: Vec<String>,
@@ -133,11 +133,11 @@ impl Writer {
         self.index.push((id, loc));
     }
 
-    /// Record a refcount delta (`freed`: a delete brought the blob to zero).
-    pub fn add_ref(&mut self, id: BlobId, delta: i64, freed: bool) {
-        let e = self.refs.entry(id).or_insert((0, false));
+    /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags.
+    pub fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
+        let e = self.refs.entry(id).or_insert((0, 0));
         e.0 += delta;
-        e.1 |= freed;
+        e.1 |= flags;
     }
 
     /// Delta recorded so far for `id` by this writer (buffered and flushed).
@@ -259,14 +259,14 @@ impl Writer {
         }
         if !self.refs.is_empty() || self.supersedes.iter().any(|k| k.starts_with("refs/")) {
             let mut records = Vec::with_capacity(self.refs.len());
-            for (id, (delta, freed)) in self.refs.drain() {
-                if delta == 0 && !freed {
+            for (id, (delta, flags)) in self.refs.drain() {
+                if delta == 0 && flags == 0 {
                     continue;
                 }
                 let d = i32::try_from(delta).map_err(|_| {
                     RepoError::InvalidArgument(format!("refcount delta {delta} for {id}"))
                 })?;
-                records.push(segment::refs_record(&id, d, freed));
+                records.push(segment::refs_record(&id, d, flags));
             }
             let meta = SegmentMeta {
                 commit: self.commit.clone(),

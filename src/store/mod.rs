@@ -14,6 +14,9 @@ mod memory;
 mod open;
 mod opendal_errors;
 mod retry;
+pub mod s3;
+pub mod swift;
+mod swift_auth;
 mod throttle;
 mod timeout;
 

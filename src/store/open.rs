@@ -1,5 +1,7 @@
 //! Repository URLs → a ready store: the driver wrapped in the standard layers.
 
+use super::s3::{open_s3, HttpTimeouts, S3Config};
+use super::swift::{open_swift, SwiftConfig, SwiftCredentials};
 use super::{
     CountingStore, FsStore, LimitStore, MemoryStore, ObjectStore, RetryStore, StoreError,
     StoreErrorKind, ThrottleStore, TimeoutStore,
@@ -103,13 +105,41 @@ pub async fn open_store(
             .map_err(|()| invalid("file URL is not an absolute local path".into()))?;
         Arc::new(FsStore::new(path)?)
     } else if url.starts_with("s3://") || url.starts_with("swift://") {
-        return Err(StoreError::new(
-            StoreErrorKind::Unsupported,
-            "open",
-            url,
-            "",
-            "the S3 and Swift drivers are not in this build yet",
-        ));
+        let parsed = url::Url::parse(url).map_err(|e| invalid(format!("bad URL: {e}")))?;
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let prefix = parsed.path().trim_matches('/').to_string();
+        let timeouts = HttpTimeouts {
+            connect: opts.connect_timeout,
+            request: opts.request_timeout,
+        };
+        if parsed.scheme() == "s3" {
+            let config = S3Config {
+                bucket: host,
+                prefix,
+                endpoint: opts.endpoint.clone(),
+                region: opts.region.clone(),
+                path_style: opts.path_style,
+                timeouts,
+                ..S3Config::default()
+            };
+            Arc::new(open_s3(&config).await?)
+        } else {
+            let credentials = match (&opts.swift_auth_url, &opts.swift_user, &opts.swift_key) {
+                (Some(auth_url), Some(user), Some(key)) => Some(SwiftCredentials::V1 {
+                    auth_url: auth_url.clone(),
+                    user: user.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            };
+            let config = SwiftConfig {
+                container: host,
+                prefix,
+                credentials,
+                timeouts,
+            };
+            Arc::new(open_swift(&config).await?)
+        }
     } else if let Some((scheme, _)) = url.split_once("://") {
         return Err(invalid(format!(
             "unknown store scheme {scheme:?} (expected file, memory, s3 or swift)"

@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests: seeded randomness, the qemu tools used as the
 //! qcow2 oracle, and in-memory storages for the engine.
 
+pub mod conformance;
 pub mod memfile;
 pub mod qemu;
 
+use bytes::Bytes;
 use island::image::{CreateOptions, Image};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -84,4 +86,18 @@ pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
             &want[i..end]
         );
     }
+}
+
+/// Deterministic pseudo-random bytes for `seed` (xorshift), so failures reproduce.
+pub fn pseudo_random(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
 }

@@ -1,0 +1,207 @@
+//! Backing up qcow2 images: the one place where the image engine meets the repository.
+//!
+//! Two ways in, as the Island blueprint describes:
+//! - [`backup_image`]: an image Island may write (no QEMU holds it). Island takes an
+//!   internal snapshot `island-<snapshot id>`, uploads the clusters changed since the
+//!   previous `island-*` snapshot (from pointer tables), commits, then deletes that previous
+//!   snapshot. Snapshots Island did not create are never touched.
+//! - [`backup_image_snapshot`]: an internal snapshot that already exists, e.g. one QEMU
+//!   took on a running VM with QMP `blockdev-snapshot-internal-sync`. The image is opened
+//!   shared read-only (QEMU keeps writing); a snapshot's tables and clusters are immutable
+//!   while it exists, so the read is consistent. Island writes nothing to such an image.
+//!
+//! Either way the increment is trusted only when the image still holds, unchanged, the
+//! snapshot the repository's latest backup of the volume was taken from (name, id, date,
+//! VM clock and L1 digest all equal). Anything else — a copied image, a reused name, a
+//! reverted image — falls back to a full read that still uploads only chunks the
+//! repository lacks.
+
+use super::{backup, BackupOptions, BackupReport, BaseIdentity, BlockSource, SourceRange};
+use crate::image::{ExtentKind, Image, ImageError, OpenMode, SnapshotInfo};
+use crate::repo::Repository;
+use crate::Result;
+use std::path::Path;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Prefix of the internal snapshots Island creates (and may delete).
+pub const SNAPSHOT_PREFIX: &str = "island-";
+
+/// One internal snapshot of an open image, read as a [`BlockSource`].
+pub struct ImageSnapshotSource {
+    image: Arc<Image>,
+    snapshot: SnapshotInfo,
+}
+
+impl ImageSnapshotSource {
+    /// Read snapshot `name_or_id` of `image`.
+    pub fn new(image: Arc<Image>, name_or_id: &str) -> Result<ImageSnapshotSource, ImageError> {
+        let snapshot = find_snapshot(&image, name_or_id)?;
+        Ok(ImageSnapshotSource { image, snapshot })
+    }
+
+    /// The snapshot this source reads.
+    pub fn snapshot(&self) -> &SnapshotInfo {
+        &self.snapshot
+    }
+}
+
+/// Resolve a snapshot by id first (ids are unique), then by name (must be unambiguous).
+fn find_snapshot(image: &Image, name_or_id: &str) -> Result<SnapshotInfo, ImageError> {
+    let all = image.snapshots();
+    if let Some(s) = all.iter().find(|s| s.id == name_or_id) {
+        return Ok(s.clone());
+    }
+    let mut named = all.into_iter().filter(|s| s.name == name_or_id);
+    match (named.next(), named.next()) {
+        (Some(s), None) => Ok(s),
+        (Some(_), Some(_)) => Err(ImageError::InvalidArgument {
+            path: image.info().path.into(),
+            reason: format!("snapshot name {name_or_id:?} is ambiguous: use its id"),
+        }),
+        (None, _) => Err(ImageError::NoSuchSnapshot {
+            path: image.info().path.into(),
+            name: name_or_id.to_string(),
+        }),
+    }
+}
+
+/// The identity a manifest records for an internal snapshot.
+pub fn identity_of(s: &SnapshotInfo) -> BaseIdentity {
+    let date = OffsetDateTime::from_unix_timestamp(i64::from(s.date_sec))
+        .ok()
+        .and_then(|t| t.replace_nanosecond(s.date_nsec).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{}.{:09}", s.date_sec, s.date_nsec));
+    BaseIdentity {
+        name: s.name.clone(),
+        id: s.id.clone(),
+        date,
+        vm_clock_ns: s.vm_clock_nsec,
+        l1_digest: s.l1_digest.clone(),
+    }
+}
+
+fn io_error(e: ImageError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl BlockSource for ImageSnapshotSource {
+    fn size(&self) -> u64 {
+        self.snapshot.disk_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.image
+            .read_snapshot_at(&self.snapshot.id, buf, offset)
+            .map_err(io_error)
+    }
+
+    fn changed_since(&self, base: &BaseIdentity) -> Option<Vec<SourceRange>> {
+        let old = self
+            .image
+            .snapshots()
+            .into_iter()
+            .find(|s| identity_of(s) == *base)?;
+        let ranges = self
+            .image
+            .changed_ranges(&old.id, Some(&self.snapshot.id))
+            .inspect_err(|e| tracing::warn!("changed ranges unavailable, full read: {e}"))
+            .ok()?;
+        Some(
+            ranges
+                .into_iter()
+                .map(|r| SourceRange {
+                    offset: r.offset,
+                    length: r.length,
+                    zero: r.zero,
+                })
+                .collect(),
+        )
+    }
+
+    fn identity(&self) -> Option<BaseIdentity> {
+        Some(identity_of(&self.snapshot))
+    }
+
+    fn allocated(&self) -> Option<Vec<SourceRange>> {
+        let extents = self
+            .image
+            .extents(Some(&self.snapshot.id), 0, self.snapshot.disk_size)
+            .inspect_err(|e| tracing::warn!("allocation map unavailable, full read: {e}"))
+            .ok()?;
+        Some(
+            extents
+                .into_iter()
+                .filter(|e| e.kind == ExtentKind::Data)
+                .map(|e| SourceRange {
+                    offset: e.offset,
+                    length: e.length,
+                    zero: false,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Back up an image Island may write: snapshot it as `island-<id>`, upload what changed
+/// since the previous `island-*` snapshot, commit, then drop that previous snapshot.
+///
+/// Crash ordering: the new internal snapshot is durable before any upload; the previous
+/// one is deleted only after the repository commit, so a crash at any point leaves the
+/// base of the next increment in place (an orphaned `island-*` snapshot of a failed run
+/// is removed by the next successful run).
+pub async fn backup_image(
+    repo: &Repository,
+    path: &Path,
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
+    let image = Arc::new(Image::open(path, OpenMode::ReadWrite)?);
+    let id = crate::repo::ids::new_time_id();
+    let name = format!("{SNAPSHOT_PREFIX}{id}");
+    let snap = image.create_snapshot(&name)?;
+    let source = Arc::new(ImageSnapshotSource {
+        image: image.clone(),
+        snapshot: snap.clone(),
+    });
+    let mut run = opts.clone();
+    run.id = Some(id);
+    let result = backup(repo, source, &run).await;
+    match &result {
+        Ok(_) => {
+            for old in image.snapshots() {
+                if old.name.starts_with(SNAPSHOT_PREFIX) && old.id != snap.id {
+                    image.delete_snapshot(&old.id)?;
+                }
+            }
+        }
+        Err(_) => {
+            if let Err(e) = image.delete_snapshot(&snap.id) {
+                tracing::warn!("could not drop {name} after a failed backup: {e}");
+            }
+        }
+    }
+    close_if_last(image)?;
+    result
+}
+
+/// Close the image if this was the last handle (flushes and releases its locks).
+fn close_if_last(image: Arc<Image>) -> Result<(), ImageError> {
+    match Arc::try_unwrap(image) {
+        Ok(image) => image.close(),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Back up an existing internal snapshot without writing to the image (shared read-only
+/// open, so a running VM keeps its image). The caller deletes old snapshots.
+pub async fn backup_image_snapshot(
+    repo: &Repository,
+    path: &Path,
+    snapshot: &str,
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
+    let image = Arc::new(Image::open(path, OpenMode::ReadOnlyShared)?);
+    let source = Arc::new(ImageSnapshotSource::new(image, snapshot)?);
+    backup(repo, source, opts).await
+}

@@ -1,0 +1,386 @@
+//! The store conformance suite: the behaviour the repository relies on, checked the same
+//! way on every driver (fs, memory here; S3 and Swift in the object-store tests).
+
+use super::pseudo_random;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use island::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Objects created to test paging; more than one 1000-entry page (S3's and Swift's
+/// listing page size) and more than the fs/memory/S3 `max_batch_delete`.
+const PAGING_OBJECTS: usize = 1050;
+/// Writers racing on one create-if-absent key.
+const RACERS: usize = 16;
+
+/// Runs every conformance check against `store`, under a fresh unique prefix (so it can
+/// share a bucket), and leaves that prefix empty. Panics with the failing check.
+pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
+    let base = format!("conformance-{}/", uuid::Uuid::new_v4().simple());
+    put_get_overwrite(&store, &base).await;
+    missing_objects(&store, &base).await;
+    ranged_reads(&store, &base).await;
+    head_metadata(&store, &base).await;
+    list_order_prefix_start_after(&store, &base).await;
+    paging_and_batch_delete(&store, &base).await;
+    delete_semantics(&store, &base).await;
+    put_if_absent_semantics(&store, &base).await;
+    racing_put_if_absent(&store, &base).await;
+    cleanup(&store, &base).await;
+}
+
+/// Every key under `prefix`, following pages of `page` entries.
+pub async fn list_all(store: &Arc<dyn ObjectStore>, prefix: &str, page: usize) -> Vec<ObjectMeta> {
+    let mut out: Vec<ObjectMeta> = Vec::new();
+    loop {
+        let after = out.last().map(|m| m.key.clone());
+        let batch = store
+            .list(prefix, after.as_deref(), page)
+            .await
+            .expect("list page");
+        assert!(
+            batch.len() <= page,
+            "list returned {} > limit {page}",
+            batch.len()
+        );
+        let done = batch.len() < page;
+        out.extend(batch);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn keys(v: &[ObjectMeta]) -> Vec<String> {
+    v.iter().map(|m| m.key.clone()).collect()
+}
+
+fn expect_kind<T: std::fmt::Debug>(r: Result<T, StoreError>, kind: StoreErrorKind, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected {kind:?} error, got Ok({v:?})"),
+        Err(e) => assert_eq!(e.kind, kind, "{what}: wrong error kind: {e}"),
+    }
+}
+
+async fn put_get_overwrite(store: &Arc<dyn ObjectStore>, base: &str) {
+    let k = format!("{base}basic/object");
+    let first = pseudo_random(1, 1000);
+    store.put(&k, first.clone()).await.expect("put");
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        first,
+        "get returns what put stored"
+    );
+    let second = pseudo_random(2, 300);
+    store.put(&k, second.clone()).await.expect("overwrite");
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        second,
+        "overwrite replaces whole object"
+    );
+    let empty = format!("{base}basic/empty");
+    store.put(&empty, Bytes::new()).await.expect("put empty");
+    assert!(store.get(&empty).await.expect("get empty").is_empty());
+    assert_eq!(store.head(&empty).await.expect("head empty").size, 0);
+    let big = format!("{base}basic/big");
+    let big_data = pseudo_random(3, 8 << 20);
+    store.put(&big, big_data.clone()).await.expect("put 8 MiB");
+    assert_eq!(store.get(&big).await.expect("get 8 MiB"), big_data);
+    let mid = (3 << 20) + 17..(5 << 20) + 3;
+    let r = store
+        .get_range(&big, mid.clone())
+        .await
+        .expect("range of 8 MiB");
+    assert_eq!(r, big_data.slice(mid.start as usize..mid.end as usize));
+}
+
+async fn missing_objects(store: &Arc<dyn ObjectStore>, base: &str) {
+    let k = format!("{base}missing/nothing");
+    expect_kind(store.get(&k).await, StoreErrorKind::NotFound, "get missing");
+    expect_kind(
+        store.head(&k).await,
+        StoreErrorKind::NotFound,
+        "head missing",
+    );
+    expect_kind(
+        store.get_range(&k, 0..1).await,
+        StoreErrorKind::NotFound,
+        "get_range missing",
+    );
+    let listed = store
+        .list(&format!("{base}missing/"), None, 10)
+        .await
+        .expect("list empty");
+    assert!(listed.is_empty(), "listing an empty prefix: {listed:?}");
+}
+
+async fn ranged_reads(store: &Arc<dyn ObjectStore>, base: &str) {
+    let k = format!("{base}range/obj");
+    let data = pseudo_random(4, 4096);
+    store.put(&k, data.clone()).await.expect("put");
+    for r in [
+        0..4096u64,
+        0..1,
+        1..3,
+        4095..4096,
+        100..2000,
+        0..0,
+        4096..4096,
+        17..17,
+    ] {
+        let got = store
+            .get_range(&k, r.clone())
+            .await
+            .expect("in-bounds range");
+        assert_eq!(
+            got,
+            data.slice(r.start as usize..r.end as usize),
+            "range {r:?}"
+        );
+    }
+    for r in [0..4097u64, 4000..5000, 4096..4097, 5000..6000] {
+        expect_kind(
+            store.get_range(&k, r.clone()).await,
+            StoreErrorKind::InvalidRange,
+            &format!("range {r:?} past the end of 4096 bytes"),
+        );
+    }
+}
+
+async fn head_metadata(store: &Arc<dyn ObjectStore>, base: &str) {
+    let k = format!("{base}head/obj");
+    let before = SystemTime::now();
+    store.put(&k, pseudo_random(5, 777)).await.expect("put");
+    let m = store.head(&k).await.expect("head");
+    assert_eq!(m.key, k);
+    assert_eq!(m.size, 777);
+    let lm = m.last_modified.expect("head reports Last-Modified");
+    // The store's clock may differ from ours; a generous window still catches garbage.
+    let skew = Duration::from_secs(600);
+    assert!(
+        lm + skew >= before && lm <= SystemTime::now() + skew,
+        "Last-Modified {lm:?}"
+    );
+}
+
+async fn list_order_prefix_start_after(store: &Arc<dyn ObjectStore>, base: &str) {
+    let p = format!("{base}order/");
+    // Byte order puts '-' (0x2d) < '.' (0x2e) < '/' (0x2f) < '0' (0x30): a directory-walk
+    // order (everything below "x/" right after "x-1") would get these wrong. No key is
+    // also a prefix of another key plus '/' (a file cannot also be a directory on fs).
+    let names = ["y~", "x0", "x/2/z", "x/1", "x.1", "x-1", "y"];
+    for (i, n) in names.iter().enumerate() {
+        store
+            .put(&format!("{p}{n}"), pseudo_random(i as u64, i + 1))
+            .await
+            .expect("put");
+    }
+    let mut expected: Vec<String> = names.iter().map(|n| format!("{p}{n}")).collect();
+    expected.sort();
+    let all = store.list(&p, None, 100).await.expect("list");
+    assert_eq!(keys(&all), expected, "list is in byte order of key");
+    for m in &all {
+        let i = names
+            .iter()
+            .position(|n| format!("{p}{n}") == m.key)
+            .expect("known key");
+        assert_eq!(m.size, i as u64 + 1, "listed size of {}", m.key);
+    }
+    let sub = store
+        .list(&format!("{p}x/"), None, 100)
+        .await
+        .expect("list x/");
+    assert_eq!(keys(&sub), vec![format!("{p}x/1"), format!("{p}x/2/z")]);
+    let partial = store
+        .list(&format!("{p}x"), None, 100)
+        .await
+        .expect("list partial segment");
+    assert_eq!(
+        keys(&partial),
+        expected[..5].to_vec(),
+        "prefix need not end at a '/'"
+    );
+    for (i, after) in expected.iter().enumerate() {
+        let rest = store
+            .list(&p, Some(after), 100)
+            .await
+            .expect("list start_after");
+        assert_eq!(
+            keys(&rest),
+            expected[i + 1..].to_vec(),
+            "start_after {after}"
+        );
+    }
+    let between = format!("{p}x/0");
+    let rest = store
+        .list(&p, Some(&between), 100)
+        .await
+        .expect("absent start_after");
+    assert_eq!(
+        keys(&rest),
+        expected[2..].to_vec(),
+        "start_after a key that does not exist"
+    );
+    let before_all = store
+        .list(&p, Some(base), 100)
+        .await
+        .expect("start_after before prefix");
+    assert_eq!(keys(&before_all), expected);
+    let limited = store.list(&p, None, 3).await.expect("limit 3");
+    assert_eq!(keys(&limited), expected[..3].to_vec());
+    assert_eq!(keys(&list_all(store, &p, 2).await), expected, "pages of 2");
+    assert!(store.list(&p, None, 0).await.expect("limit 0").is_empty());
+}
+
+async fn paging_and_batch_delete(store: &Arc<dyn ObjectStore>, base: &str) {
+    let p = format!("{base}paging/");
+    let mut expected: Vec<String> = (0..PAGING_OBJECTS).map(|i| format!("{p}{i:05}")).collect();
+    expected.sort();
+    stream::iter(expected.clone())
+        .map(|k| {
+            let store = store.clone();
+            async move { store.put(&k, Bytes::from(k.clone().into_bytes())).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("put paging objects");
+    let first = store.list(&p, None, 1000).await.expect("first page");
+    assert_eq!(keys(&first), expected[..1000].to_vec());
+    let second = store
+        .list(&p, Some(&expected[999]), 1000)
+        .await
+        .expect("second page");
+    assert_eq!(keys(&second), expected[1000..].to_vec());
+    assert_eq!(
+        keys(&list_all(store, &p, 333).await),
+        expected,
+        "pages of 333"
+    );
+    assert_eq!(
+        keys(&list_all(store, &p, 1000).await),
+        expected,
+        "pages of 1000"
+    );
+
+    let max = store.capabilities().max_batch_delete;
+    if PAGING_OBJECTS <= max {
+        eprintln!("note: batch delete of {PAGING_OBJECTS} keys fits in one request (max {max})");
+    }
+    let mut doomed = expected.clone();
+    doomed.push(format!("{p}never-existed"));
+    store
+        .delete_batch(&doomed)
+        .await
+        .expect("delete_batch incl. a missing key");
+    assert!(store
+        .list(&p, None, 10)
+        .await
+        .expect("list after batch delete")
+        .is_empty());
+    store.delete_batch(&[]).await.expect("empty delete_batch");
+}
+
+async fn delete_semantics(store: &Arc<dyn ObjectStore>, base: &str) {
+    let k = format!("{base}delete/obj");
+    store.put(&k, pseudo_random(6, 10)).await.expect("put");
+    store.delete(&k).await.expect("delete");
+    expect_kind(
+        store.get(&k).await,
+        StoreErrorKind::NotFound,
+        "get after delete",
+    );
+    store
+        .delete(&k)
+        .await
+        .expect("deleting a missing object succeeds");
+    assert!(store
+        .list(&format!("{base}delete/"), None, 10)
+        .await
+        .expect("list")
+        .is_empty());
+    // A deleted key can be created again, also conditionally.
+    let again = pseudo_random(7, 10);
+    assert_eq!(
+        store
+            .put_if_absent(&k, again.clone())
+            .await
+            .expect("recreate"),
+        PutOutcome::Created
+    );
+    assert_eq!(store.get(&k).await.expect("get"), again);
+}
+
+async fn put_if_absent_semantics(store: &Arc<dyn ObjectStore>, base: &str) {
+    let k = format!("{base}pia/obj");
+    let first = pseudo_random(8, 500);
+    assert_eq!(
+        store
+            .put_if_absent(&k, first.clone())
+            .await
+            .expect("create"),
+        PutOutcome::Created
+    );
+    let second = pseudo_random(9, 600);
+    assert_eq!(
+        store
+            .put_if_absent(&k, second)
+            .await
+            .expect("second create"),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        first,
+        "loser wrote nothing"
+    );
+    assert_eq!(store.head(&k).await.expect("head").size, 500);
+}
+
+async fn racing_put_if_absent(store: &Arc<dyn ObjectStore>, base: &str) {
+    for round in 0..3u64 {
+        let k = format!("{base}race/{round}");
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let store = store.clone();
+                let k = k.clone();
+                let barrier = barrier.clone();
+                let data = pseudo_random(1000 * round + i as u64, 64 * 1024 + i);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let outcome = store.put_if_absent(&k, data.clone()).await;
+                    (outcome, data)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (outcome, data) = t.await.expect("racer task");
+            match outcome.expect("racing put_if_absent") {
+                PutOutcome::Created => winners.push(data),
+                PutOutcome::AlreadyExists => {}
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one of {RACERS} racers creates {k}"
+        );
+        assert_eq!(
+            store.get(&k).await.expect("get"),
+            winners[0],
+            "object is the winner's"
+        );
+    }
+}
+
+async fn cleanup(store: &Arc<dyn ObjectStore>, base: &str) {
+    let left = keys(&list_all(store, base, 1000).await);
+    store.delete_batch(&left).await.expect("cleanup");
+    assert!(
+        list_all(store, base, 1000).await.is_empty(),
+        "prefix empty after cleanup"
+    );
+}
