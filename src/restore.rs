@@ -2,11 +2,14 @@
 //! coalesce neighbouring frames into one ranged GET, verify every chunk's BLAKE3 and write
 //! at its offset. Zero chunks are never written (the target stays sparse).
 //!
+//! `Qcow2` creates a new qcow2 image and writes through the image engine, so the result
+//! is a bootable, sparse image (zero chunks stay unallocated clusters).
+//!
 //! `Into { base }` writes into a file that already holds snapshot `base`: the two trees
 //! are walked together, equal subtrees are skipped, and only differing chunks are written
 //! (chunks that became zero are punched out).
 
-use crate::repo::repository::SegmentSet;
+use crate::image::{CreateOptions, Image};
 use crate::repo::table::Geometry;
 use crate::repo::tree::PairWalk;
 use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
@@ -33,6 +36,43 @@ pub enum RestoreTarget {
     Raw(PathBuf),
     /// An existing raw file that holds snapshot `base` of the same volume.
     Into { path: PathBuf, base: String },
+    /// A new qcow2 image (refused if `path` exists, so an image is never overwritten).
+    Qcow2 { path: PathBuf, cluster_size: u32 },
+}
+
+/// Where restored bytes go: a raw file, or a qcow2 image through the engine.
+enum Sink {
+    File(File),
+    Image(Image),
+}
+
+impl Sink {
+    fn write_at(&self, path: &Path, buf: &[u8], off: u64) -> Result<()> {
+        match self {
+            Sink::File(f) => f
+                .write_all_at(buf, off)
+                .map_err(io_err(path, "write", off))
+                .map_err(Into::into),
+            Sink::Image(img) => img.write_at(buf, off).map_err(Into::into),
+        }
+    }
+
+    fn punch(&self, path: &Path, off: u64, len: u64) -> Result<()> {
+        match self {
+            Sink::File(f) => punch(f, path, off, len),
+            Sink::Image(img) => img.write_zeroes(off, len).map_err(Into::into),
+        }
+    }
+
+    fn sync(&self, path: &Path) -> Result<()> {
+        match self {
+            Sink::File(f) => f
+                .sync_all()
+                .map_err(io_err(path, "fsync", 0))
+                .map_err(Into::into),
+            Sink::Image(img) => img.flush().map_err(Into::into),
+        }
+    }
 }
 
 /// What a restore did.
@@ -68,11 +108,11 @@ pub async fn restore(
     let set = repo.load_segments().await?;
     let geo = Geometry::new(m.size, m.chunk_size);
     let top = m.top_ids()?;
-    let (path, mut walk) = match target {
+    let (path, sink, mut walk) = match target {
         RestoreTarget::Raw(path) => {
             let f = File::create(path).map_err(io_err(path, "create", 0))?;
             f.set_len(m.size).map_err(io_err(path, "set_len", m.size))?;
-            (path.clone(), PairWalk::single(geo, &top))
+            (path.clone(), Sink::File(f), PairWalk::single(geo, &top))
         }
         RestoreTarget::Into { path, base } => {
             let b = repo.snapshot(volume, base).await?;
@@ -81,20 +121,39 @@ pub async fn restore(
                 .open(path)
                 .map_err(io_err(path, "open", 0))?;
             if b.size == m.size && b.chunk_size == m.chunk_size {
-                (path.clone(), PairWalk::new(geo, &b.top_ids()?, &top))
+                let walk = PairWalk::new(geo, &b.top_ids()?, &top);
+                (path.clone(), Sink::File(f), walk)
             } else {
                 f.set_len(0).map_err(io_err(path, "set_len", 0))?;
                 f.set_len(m.size).map_err(io_err(path, "set_len", m.size))?;
-                (path.clone(), PairWalk::single(geo, &top))
+                (path.clone(), Sink::File(f), PairWalk::single(geo, &top))
             }
         }
+        RestoreTarget::Qcow2 { path, cluster_size } => {
+            if m.size % 512 != 0 {
+                return Err(RepoError::InvalidArgument(format!(
+                    "{volume}/{id} is {} bytes, not a multiple of 512: qcow2 cannot hold it \
+                     exactly; restore it as raw",
+                    m.size
+                ))
+                .into());
+            }
+            if path.exists() {
+                return Err(RepoError::InvalidArgument(format!(
+                    "{}: already exists; a qcow2 restore never overwrites an image",
+                    path.display()
+                ))
+                .into());
+            }
+            let opts = CreateOptions {
+                size: m.size,
+                cluster_size: *cluster_size,
+            };
+            let img = Image::create(path, &opts)?;
+            (path.clone(), Sink::Image(img), PairWalk::single(geo, &top))
+        }
     };
-    let file = Arc::new(
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path, "open", 0))?,
-    );
+    let sink = Arc::new(sink);
     if let Some(p) = &progress {
         p.stage("restore", m.size);
     }
@@ -110,7 +169,10 @@ pub async fn restore(
             let off = idx * cs;
             let len = cs.min(m.size - off);
             if new.is_zero() {
-                punch(&file, &path, off, len)?;
+                let (sk, p) = (sink.clone(), path.clone());
+                tokio::task::spawn_blocking(move || sk.punch(&p, off, len))
+                    .await
+                    .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
                 report.chunks_zeroed += 1;
                 continue;
             }
@@ -123,18 +185,20 @@ pub async fn restore(
                 })?;
             wanted.push((off, *new, loc));
         }
-        let (written, verified) = fetch_and_write(repo, &set, &file, &path, wanted, m.size).await?;
+        let (written, verified) = fetch_and_write(repo, &sink, &path, wanted, m.size).await?;
         report.bytes_written += written;
         report.chunks_verified += verified;
         if let Some(p) = &progress {
             p.advance(leaf.b.len() as u64 * cs);
         }
     }
-    let f = file.clone();
-    tokio::task::spawn_blocking(move || f.sync_all())
+    let (sk, p) = (sink.clone(), path.clone());
+    tokio::task::spawn_blocking(move || sk.sync(&p))
         .await
-        .map_err(|e| RepoError::Task(format!("sync: {e}")))?
-        .map_err(io_err(&path, "fsync", 0))?;
+        .map_err(|e| RepoError::Task(format!("sync: {e}")))??;
+    if let Ok(Sink::Image(img)) = Arc::try_unwrap(sink) {
+        img.close()?;
+    }
     let used = repo.counts().since(&before);
     report.bytes_downloaded = used.bytes_downloaded;
     report.requests = used.requests();
@@ -151,8 +215,7 @@ struct Run {
 
 async fn fetch_and_write(
     repo: &Repository,
-    _set: &SegmentSet,
-    file: &Arc<File>,
+    sink: &Arc<Sink>,
     path: &Path,
     mut wanted: Vec<(u64, BlobId, Location)>,
     size: u64,
@@ -180,7 +243,7 @@ async fn fetch_and_write(
     }
     let mut results = futures::stream::iter(runs.into_iter().map(|run| {
         let repo = repo.clone();
-        let file = file.clone();
+        let sink = sink.clone();
         let path = path.to_path_buf();
         async move {
             let key = crate::repo::pack_key_of(&run.pack);
@@ -194,14 +257,10 @@ async fn fetch_and_write(
                     .ok_or_else(|| RepoError::corrupt(&key, "short ranged read"))?;
                 let (_, _, plain) = crate::repo::decode_blob(&key, frame, id)?;
                 let len = (plain.len() as u64).min(size - off) as usize;
-                let f = file.clone();
-                let p = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    f.write_all_at(&plain[..len], off)
-                        .map_err(io_err(&p, "write", off))
-                })
-                .await
-                .map_err(|e| RepoError::Task(format!("write: {e}")))??;
+                let (sk, p) = (sink.clone(), path.clone());
+                tokio::task::spawn_blocking(move || sk.write_at(&p, &plain[..len], off))
+                    .await
+                    .map_err(|e| RepoError::Task(format!("write: {e}")))??;
                 written += len as u64;
                 verified += 1;
             }

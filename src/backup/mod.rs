@@ -7,9 +7,13 @@
 //! Commit order (crash-safe): packs → index segment → refs segment → lease check → root
 //! manifest (create-if-absent). A crash before the root leaves only uncommitted objects.
 
+mod qcow2;
 mod source;
 
 pub use crate::repo::Progress;
+pub use qcow2::{
+    backup_image, backup_image_snapshot, identity_of, ImageSnapshotSource, SNAPSHOT_PREFIX,
+};
 pub use source::{BaseIdentity, BlockSource, RawSource, SourceRange};
 
 use crate::repo::ids::{new_time_id, now_rfc3339};
@@ -39,6 +43,10 @@ pub struct BackupOptions {
     pub parent: Option<String>,
     pub user_data: serde_json::Value,
     pub progress: Option<Arc<dyn Progress>>,
+    /// Snapshot id to use (from [`new_time_id`]); `None` = a fresh one. Lets a caller name
+    /// something else after the snapshot before the backup starts (the qcow2 path names
+    /// its internal snapshot `island-<id>`).
+    pub id: Option<String>,
 }
 
 /// What a backup did. Field names are a stable JSON interface.
@@ -135,7 +143,16 @@ pub async fn backup(
     let before = repo.counts();
     // The lease is taken before the segment view is loaded: every delete this backup does
     // not see committed after its lease began, which is what gc's cutoff relies on.
-    let id = new_time_id();
+    let id = match &opts.id {
+        Some(id) if crate::repo::ids::is_time_id(id) => id.clone(),
+        Some(id) => {
+            return Err(RepoError::InvalidArgument(format!(
+                "snapshot id {id:?} does not have the shape of a generated id"
+            ))
+            .into())
+        }
+        None => new_time_id(),
+    };
     let lease = Lease::acquire(repo.store().clone(), &id, "backup", Some(&opts.volume)).await?;
     let set = repo.load_segments().await?;
     let parent: Option<SnapshotManifest> = match &opts.parent {

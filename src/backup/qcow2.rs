@@ -71,7 +71,10 @@ pub fn identity_of(s: &SnapshotInfo) -> BaseIdentity {
     let date = OffsetDateTime::from_unix_timestamp(i64::from(s.date_sec))
         .ok()
         .and_then(|t| t.replace_nanosecond(s.date_nsec).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("{}.{:09}", s.date_sec, s.date_nsec));
     BaseIdentity {
         name: s.name.clone(),

@@ -6,7 +6,7 @@ use super::progress::{CliProgress, ProgressMode};
 use super::EXIT_PROBLEMS;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use island::backup::{BackupOptions, RawSource};
+use island::backup::{backup_image, backup_image_snapshot, BackupOptions, RawSource};
 use island::repo::{CheckOptions, InitOptions, Progress, Repository};
 use island::restore::RestoreTarget;
 use island::store::{open_store as open_store_url, ObjectStore, StoreOptions};
@@ -128,6 +128,9 @@ pub struct RestoreArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "raw")]
     format: RestoreFormat,
+    /// Cluster size of a qcow2 output image (4 KiB to 2 MiB, a power of two).
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    cluster_size: u32,
     /// OUT already holds snapshot `--base`: write only the blocks that differ.
     #[arg(long, requires = "base")]
     into: bool,
@@ -335,19 +338,14 @@ fn is_qcow2(path: &std::path::Path) -> anyhow::Result<bool> {
 }
 
 async fn backup(a: BackupArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
-    if a.image_snapshot.is_some() {
-        bail!("backup --image-snapshot is not yet wired: it needs the qcow2 image engine");
-    }
-    if is_qcow2(&a.image)? {
+    let qcow2 = is_qcow2(&a.image)?;
+    if a.image_snapshot.is_some() && !qcow2 {
         bail!(
-            "{}: qcow2 image backup is not yet wired (it needs the qcow2 image engine); \
-             convert to raw or back up the raw device",
+            "{}: --image-snapshot needs a qcow2 image (this is not one)",
             a.image.display()
         );
     }
     let repo = open_repo(&a.repo.repo, store_args).await?;
-    let source = RawSource::open(&a.image)
-        .with_context(|| format!("opening backup source {}", a.image.display()))?;
     let progress = Arc::new(ProgressAdapter(CliProgress::new(ProgressMode::choose(
         a.json,
     ))));
@@ -356,8 +354,17 @@ async fn backup(a: BackupArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         parent: None,
         user_data: serde_json::Value::Null,
         progress: Some(progress.clone()),
+        id: None,
     };
-    let result = island::backup::backup(&repo, Arc::new(source), &opts).await;
+    let result = match (&a.image_snapshot, qcow2) {
+        (Some(snap), _) => backup_image_snapshot(&repo, &a.image, snap, &opts).await,
+        (None, true) => backup_image(&repo, &a.image, &opts).await,
+        (None, false) => {
+            let source = RawSource::open(&a.image)
+                .with_context(|| format!("opening backup source {}", a.image.display()))?;
+            island::backup::backup(&repo, Arc::new(source), &opts).await
+        }
+    };
     progress.0.finish();
     let report = result
         .with_context(|| format!("backing up {} as volume {}", a.image.display(), a.volume))?;
@@ -416,11 +423,15 @@ async fn snapshots(a: SnapshotsArgs, store_args: &StoreArgs) -> anyhow::Result<u
 }
 
 async fn restore(a: RestoreArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
-    if a.format == RestoreFormat::Qcow2 {
-        bail!("restore --format qcow2 is not yet wired: it needs the qcow2 image engine");
-    }
-    let target = match (a.into, a.base) {
-        (true, Some(base)) => RestoreTarget::Into {
+    let target = match (a.format, a.into, a.base) {
+        (RestoreFormat::Qcow2, true, _) => {
+            bail!("restore --into writes raw files; it cannot be combined with --format qcow2")
+        }
+        (RestoreFormat::Qcow2, _, _) => RestoreTarget::Qcow2 {
+            path: a.out.clone(),
+            cluster_size: a.cluster_size,
+        },
+        (RestoreFormat::Raw, true, Some(base)) => RestoreTarget::Into {
             path: a.out.clone(),
             base,
         },
