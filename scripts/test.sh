@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# The whole test suite, as the README's second command. Installs what the tests need
-# (Debian packages for qemu, Ceph radosgw and OpenStack Swift), starts the real object
-# stores on 127.0.0.1 for the duration of the run, and stops them by PID afterwards.
+# The whole test suite: the README's second command, and what CI (.ci/run) runs.
+# Installs what the tests need (Debian packages: qemu-utils as the qcow2 oracle, Ceph
+# radosgw and OpenStack Swift as real object stores), builds every target, then starts the
+# object stores on 127.0.0.1 for the duration of `cargo test` and stops them by PID
+# afterwards, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=()
-command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if ! command -v qemu-img >/dev/null || ! command -v qemu-storage-daemon >/dev/null; then
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends qemu-utils
 fi
+scripts/objstore/install.sh
 
 export CARGO_TERM_COLOR=never
-cargo build --all-targets --locked
-exec scripts/objstore/with-servers.sh cargo test --locked --all-targets -- --test-threads=2
+t0=$SECONDS
+# Build first, so the servers are not left idle (and their token lifetimes ticking) while
+# the compiler runs.
+cargo build --locked --all-targets
+# The fuzz targets (a separate crate, run with `cargo +nightly fuzz run`) must keep compiling.
+cargo check --locked --manifest-path fuzz/Cargo.toml
+echo "test.sh: build took $((SECONDS - t0)) s"
+t1=$SECONDS
+scripts/objstore/with-servers.sh cargo test --locked --all-targets
+echo "test.sh: tests took $((SECONDS - t1)) s"
