@@ -27,7 +27,9 @@ const COALESCE_GAP: u64 = 256 << 10;
 /// Largest single ranged GET.
 const MAX_GET: u64 = 8 << 20;
 /// GETs in flight.
-const PARALLEL_GETS: usize = 4;
+const PARALLEL_GETS: usize = 8;
+/// Chunks located before their GETs are planned (a location is ~100 bytes of memory).
+const WINDOW_CHUNKS: usize = 16384;
 
 /// Where to restore.
 #[derive(Clone, Debug)]
@@ -159,8 +161,23 @@ pub async fn restore(
     }
     let cs = m.chunk_size as u64;
     let mut report = RestoreReport::default();
-    while let Some(leaf) = walk.next(repo, &set).await? {
-        let mut wanted: Vec<(u64, BlobId, Location)> = Vec::new();
+    let mut wanted: Vec<(u64, BlobId, Location)> = Vec::new();
+    let mut pending_progress = 0u64;
+    loop {
+        let leaf = walk.next(repo, &set).await?;
+        // Chunks are fetched per window of many leaves, not per leaf: a snapshot after many
+        // increments has its changed chunks spread over many small packs, and a wide window
+        // lets the frames of one pack coalesce into one GET (restore time independent of age).
+        if leaf.is_none() || wanted.len() >= WINDOW_CHUNKS {
+            let batch = std::mem::take(&mut wanted);
+            let (written, verified) = fetch_and_write(repo, &sink, &path, batch, m.size).await?;
+            report.bytes_written += written;
+            report.chunks_verified += verified;
+            if let Some(p) = &progress {
+                p.advance(std::mem::take(&mut pending_progress));
+            }
+        }
+        let Some(leaf) = leaf else { break };
         for (j, (old, new)) in leaf.a.iter().zip(leaf.b.iter()).enumerate() {
             if old == new {
                 continue;
@@ -185,12 +202,7 @@ pub async fn restore(
                 })?;
             wanted.push((off, *new, loc));
         }
-        let (written, verified) = fetch_and_write(repo, &sink, &path, wanted, m.size).await?;
-        report.bytes_written += written;
-        report.chunks_verified += verified;
-        if let Some(p) = &progress {
-            p.advance(leaf.b.len() as u64 * cs);
-        }
+        pending_progress += leaf.b.len() as u64 * cs;
     }
     let (sk, p) = (sink.clone(), path.clone());
     tokio::task::spawn_blocking(move || sk.sync(&p))
