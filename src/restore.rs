@@ -213,7 +213,7 @@ pub async fn restore(
     }
     let used = repo.counts().since(&before);
     report.bytes_downloaded = used.bytes_downloaded;
-    report.requests = used.requests();
+    report.requests = used.total();
     Ok(report)
 }
 

@@ -144,7 +144,7 @@ impl Repository {
             id: id.into(),
             freed_blobs: walk.freed_blobs,
             freed_bytes: walk.freed_bytes,
-            requests: used.requests(),
+            requests: used.total(),
             bytes_uploaded: used.bytes_uploaded,
         })
     }

@@ -353,7 +353,7 @@ impl Repository {
             report.dead_writers_cleaned += 1;
         }
         w.finish().await;
-        report.requests = self.counts().since(&before).requests();
+        report.requests = self.counts().since(&before).total();
         Ok(report)
     }
 

@@ -10,7 +10,6 @@ mod cache;
 mod check;
 mod chunk;
 mod config;
-mod counting;
 mod delete;
 mod diff;
 mod envelope;
@@ -51,7 +50,7 @@ pub(crate) fn decode_blob(
 ) -> Result<(BlobId, BlobKind, Vec<u8>), RepoError> {
     chunk::decode_frame(key, frame, Some(id))
 }
-pub use counting::RequestCounts;
+pub use crate::store::RequestCounts;
 
 /// Progress reporting for long operations (CLI progress bars, service status polling).
 pub trait Progress: Send + Sync {

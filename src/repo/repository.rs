@@ -4,7 +4,6 @@
 use super::cache::Lru;
 use super::chunk::decode_frame;
 use super::config::{check_chunk_size, Config, CONFIG_KEY, FORMAT_VERSION};
-use super::counting::{Counters, Counting, RequestCounts};
 use super::gc::GcMarker;
 use super::ids::{is_time_id, new_time_id, now_rfc3339, valid_volume};
 use super::lease::fenced;
@@ -14,7 +13,9 @@ use super::segment::{
 };
 use super::table;
 use super::{pack, BlobId, InitOptions, Location, RepoError};
-use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreErrorKind};
+use crate::store::{
+    CountingStore, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreErrorKind,
+};
 use crate::Result;
 use bytes::Bytes;
 use serde::Serialize;
@@ -47,7 +48,8 @@ pub struct Repository {
 
 pub(crate) struct Inner {
     pub store: Arc<dyn ObjectStore>,
-    counters: Arc<Counters>,
+    /// The same store as `store`: the outermost layer counts what this handle costs.
+    counting: Arc<CountingStore>,
     pub config: Config,
     buckets: Mutex<Lru<(String, u8), Vec<u8>>>,
     heads: Mutex<HashMap<String, Arc<SegmentHead>>>,
@@ -148,15 +150,11 @@ impl Repository {
     }
 
     fn with(store: Arc<dyn ObjectStore>, config: Config) -> Repository {
-        let counters = Arc::new(Counters::default());
-        let store: Arc<dyn ObjectStore> = Arc::new(Counting {
-            inner: store,
-            counters: counters.clone(),
-        });
+        let counting = Arc::new(CountingStore::new(store));
         Repository {
             inner: Arc::new(Inner {
-                store,
-                counters,
+                store: counting.clone(),
+                counting,
                 config,
                 buckets: Mutex::new(Lru::new(CACHE_BUDGET)),
                 heads: Mutex::new(HashMap::new()),
@@ -171,7 +169,7 @@ impl Repository {
 
     /// Requests and bytes this handle has cost so far (operations report differences).
     pub fn counts(&self) -> RequestCounts {
-        self.inner.counters.snapshot()
+        self.inner.counting.counts()
     }
 
     /// The underlying store.
