@@ -116,11 +116,14 @@ pub fn valid_volume(name: &str) -> bool {
         && name != ".."
 }
 
-/// Current UTC time as RFC 3339 (manifests are human-facing).
+/// Current UTC time as RFC 3339 (manifests are human-facing), always with nine
+/// fractional digits: a fixed width keeps the size of every object that records a
+/// time independent of the clock, so byte counts and golden files are reproducible.
 pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    OffsetDateTime::now_utc().format(FORMAT).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -133,6 +136,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = new_time_id();
         assert!(is_time_id(&a), "{a}");
+        let t = now_rfc3339();
+        assert_eq!(t.len(), "2026-01-01T00:00:00.000000000Z".len(), "{t}");
+        OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339");
         assert!(a < b);
         assert!(!is_time_id("../x"));
     }
