@@ -7,9 +7,7 @@
 //! write dropped during its injected latency never reaches the inner store, and one
 //! dropped later is as atomic as the inner driver's write.
 
-use super::{
-    Capabilities, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreError, StoreErrorKind,
-};
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -211,15 +209,7 @@ impl FaultStore {
 
 #[async_trait]
 impl ObjectStore for FaultStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn request_counts(&self) -> Option<RequestCounts> {
-        self.inner.request_counts()
-    }
+    super::forward_descriptive_methods!();
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let plan = self.gate(FaultOp::Put, key).await?;
         self.inner.put(key, data).await?;

@@ -1,9 +1,7 @@
 //! Concurrency limit: at most N requests in flight through this store, so a parallel
 //! upload pipeline cannot open unbounded connections or trip a server's rate limit.
 
-use super::{
-    Capabilities, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreError, StoreErrorKind,
-};
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -56,15 +54,7 @@ impl LimitStore {
 
 #[async_trait]
 impl ObjectStore for LimitStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn request_counts(&self) -> Option<RequestCounts> {
-        self.inner.request_counts()
-    }
+    super::forward_descriptive_methods!();
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let _p = self.permit("put", key).await?;
         self.inner.put(key, data).await

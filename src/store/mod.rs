@@ -20,6 +20,23 @@ mod swift_auth;
 mod throttle;
 mod timeout;
 
+/// The descriptive methods a wrapper layer passes straight through to the store it wraps
+/// (its `inner` field): a layer writes only the I/O methods whose behaviour it changes.
+macro_rules! forward_descriptive_methods {
+    () => {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn capabilities(&self) -> $crate::store::Capabilities {
+            self.inner.capabilities()
+        }
+        fn request_counts(&self) -> Option<$crate::store::RequestCounts> {
+            self.inner.request_counts()
+        }
+    };
+}
+pub(crate) use forward_descriptive_methods;
+
 pub use counting::{CountingStore, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
 pub use fs::FsStore;

@@ -8,9 +8,7 @@
 //! object back: identical bytes ⇒ `Created`. Callers make create-if-absent payloads unique
 //! to the writer (holder id, snapshot id, nonce), so identical bytes mean our write.
 
-use super::{
-    Capabilities, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, RetryOptions, StoreError,
-};
+use super::{ObjectMeta, ObjectStore, PutOutcome, RetryOptions, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
@@ -89,15 +87,7 @@ impl RetryStore {
 
 #[async_trait]
 impl ObjectStore for RetryStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn request_counts(&self) -> Option<RequestCounts> {
-        self.inner.request_counts()
-    }
+    super::forward_descriptive_methods!();
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.run(|_| self.inner.put(key, data.clone())).await
     }

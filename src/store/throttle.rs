@@ -1,7 +1,7 @@
 //! Bandwidth limits (`--limit-upload`, `--limit-download`) so a nightly job does not starve
 //! production traffic: a token bucket per direction, charged with each request's payload.
 
-use super::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreError};
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -140,15 +140,7 @@ impl ThrottleStore {
 
 #[async_trait]
 impl ObjectStore for ThrottleStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn request_counts(&self) -> Option<RequestCounts> {
-        self.inner.request_counts()
-    }
+    super::forward_descriptive_methods!();
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.upload(data.len()).await;
         self.inner.put(key, data).await

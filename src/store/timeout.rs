@@ -3,9 +3,7 @@
 //! drivers keep a dropped write atomic (all or nothing), so a late completion is harmless
 //! and a retried `put_if_absent` sees it (see the retry layer).
 
-use super::{
-    Capabilities, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreError, StoreErrorKind,
-};
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
@@ -62,15 +60,7 @@ impl TimeoutStore {
 
 #[async_trait]
 impl ObjectStore for TimeoutStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn request_counts(&self) -> Option<RequestCounts> {
-        self.inner.request_counts()
-    }
+    super::forward_descriptive_methods!();
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let n = data.len();
         self.run_sized("put", key, n, self.inner.put(key, data))
