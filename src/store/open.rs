@@ -65,6 +65,9 @@ pub struct StoreOptions {
     pub swift_user: Option<String>,
     /// Swift v1 key.
     pub swift_key: Option<String>,
+    /// Settle time of create-if-absent on Swift (`--swift-create-settle`); `None` is
+    /// [`super::swift::DEFAULT_CREATE_SETTLE`].
+    pub swift_create_settle: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -82,6 +85,7 @@ impl Default for StoreOptions {
             swift_auth_url: None,
             swift_user: None,
             swift_key: None,
+            swift_create_settle: None,
         }
     }
 }
@@ -137,6 +141,9 @@ pub async fn open_store(
                 prefix,
                 credentials,
                 timeouts,
+                create_settle: opts
+                    .swift_create_settle
+                    .unwrap_or(super::swift::DEFAULT_CREATE_SETTLE),
             };
             Arc::new(open_swift(&config).await?)
         }

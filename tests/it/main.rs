@@ -17,3 +17,4 @@ mod repo_golden;
 mod store_conformance;
 mod store_drivers;
 mod store_wrappers;
+mod objstore_conformance;
