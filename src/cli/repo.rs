@@ -61,7 +61,12 @@ pub struct StoreArgs {
     /// settles before it is read back to decide the one winner, since Swift's
     /// If-None-Match is not atomic. 0 trusts If-None-Match alone: then only one Island
     /// process may write to the repository at a time.
-    #[arg(long, global = true, value_name = "SECONDS", env = "ISLAND_SWIFT_CREATE_SETTLE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "ISLAND_SWIFT_CREATE_SETTLE"
+    )]
     pub swift_create_settle: Option<f64>,
 }
 

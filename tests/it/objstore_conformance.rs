@@ -101,17 +101,34 @@ async fn swift_create_exclusive_has_one_winner_with_default_settle() {
         }
     }
     let took = t.elapsed();
-    eprintln!("swift create_exclusive: {} winner(s), {losers} losers in {took:?}", winners.len());
+    eprintln!(
+        "swift create_exclusive: {} winner(s), {losers} losers in {took:?}",
+        winners.len()
+    );
     assert_eq!(winners.len(), 1, "exactly one of {WRITERS} writers wins");
     assert_eq!(losers, WRITERS - 1, "every other writer is told it lost");
-    assert_eq!(store.get("leases/contended").await.expect("get"), winners[0]);
-    assert!(took >= DEFAULT_CREATE_SETTLE, "the winner waited the settle time");
+    assert_eq!(
+        store.get("leases/contended").await.expect("get"),
+        winners[0]
+    );
+    assert!(
+        took >= DEFAULT_CREATE_SETTLE,
+        "the winner waited the settle time"
+    );
 
     // A writer arriving after the race loses at once, without waiting the settle time.
     let t = Instant::now();
-    let late = create_exclusive(store.as_ref(), "leases/contended", Bytes::from_static(b"late"))
-        .await
-        .expect("late create");
+    let late = create_exclusive(
+        store.as_ref(),
+        "leases/contended",
+        Bytes::from_static(b"late"),
+    )
+    .await
+    .expect("late create");
     assert_eq!(late, PutOutcome::AlreadyExists);
-    assert!(t.elapsed() < DEFAULT_CREATE_SETTLE / 2, "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < DEFAULT_CREATE_SETTLE / 2,
+        "took {:?}",
+        t.elapsed()
+    );
 }

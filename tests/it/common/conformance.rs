@@ -404,7 +404,11 @@ async fn racing_put_if_absent(store: &Arc<dyn ObjectStore>, base: &str) {
             .await
             .expect("late create");
         assert_eq!(late, PutOutcome::AlreadyExists, "create after the race");
-        assert_eq!(store.get(&k).await.expect("get"), stored, "late create wrote");
+        assert_eq!(
+            store.get(&k).await.expect("get"),
+            stored,
+            "late create wrote"
+        );
 
         let k = format!("{base}race-exclusive/{round}");
         let s = store.clone();
