@@ -10,6 +10,7 @@ mod image_qemu;
 mod image_qemu_reverse;
 mod objstore_common;
 mod objstore_conformance;
+mod objstore_faults;
 mod objstore_repo;
 mod objstore_s3;
 mod objstore_swift;

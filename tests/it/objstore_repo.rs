@@ -70,15 +70,19 @@ impl Remote {
         }
     }
 
-    /// Runs `island ARGS` plus this remote's flags.
-    pub(crate) fn island(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_island"))
-            .args(args)
+    /// `island ARGS` plus this remote's flags, ready to run (callers may add settings).
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_island"));
+        cmd.args(args)
             .args(&self.flags)
             .env_remove("ISLAND_REPO")
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the island binary runs")
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Runs `island ARGS` plus this remote's flags.
+    pub(crate) fn island(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the island binary runs")
     }
 
     /// Runs `island ARGS`, requires exit 0, returns stdout.
@@ -99,7 +103,11 @@ impl Remote {
 pub(crate) fn island_ok_json(remote: &Remote, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let text = remote.ok(&all);
+    parse_json(args, &remote.ok(&all))
+}
+
+/// Parses the `--json` stdout of `island ARGS`.
+pub(crate) fn parse_json(args: &[&str], text: &str) -> Value {
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("island {args:?}: bad JSON ({e}): {text}"))
 }
@@ -134,7 +142,7 @@ impl TestVolume {
 
     /// Rewrites the [`CHANGED`] clusters inside the volume with fresh random data; returns
     /// the bytes changed.
-    fn change(&mut self, seed: u64) -> u64 {
+    pub(crate) fn change(&mut self, seed: u64) -> u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut changed = 0;
         for c in CHANGED {
