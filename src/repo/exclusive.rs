@@ -1,16 +1,20 @@
 //! The repository's one create-if-absent policy (`format-spec/object-stores.md`, "Swift").
 //!
-//! The protocol's commit points — `config`, root manifests, tombstones, gc markers, lease
-//! generations — are created with "exactly one creator wins". Stores whose
+//! The protocol's commit points — `config`, root manifests, tombstones, gc markers — are
+//! created with "exactly one creator wins" ([`create_exclusive`]). Stores whose
 //! `put_if_absent` is atomic (fs, memory, S3 with `If-None-Match: *`) give that directly.
 //! Swift checks `If-None-Match` when a PUT *arrives*, so creators whose PUTs overlap can all
 //! get `201`; the object then holds the one with the newest timestamp. On such stores the
 //! winner is decided by reading the object back once every overlapping create has landed:
 //! the writer whose bytes are stored won, everyone else lost. That needs two things, both
 //! enforced here: every writer's bytes are unique (each caller's object embeds a writer
-//! nonce: the config's random `repo_id`, the lease holder id, the manifest's writer and
-//! random snapshot id, the tombstone's and gc marker's holder), and every create attempt
-//! ends within half the settle time, so no create can land after a reader's settle.
+//! nonce: the config's random `repo_id`, the manifest's writer and random snapshot id, the
+//! tombstone's and gc marker's holder), and every create attempt ends within half the
+//! settle time, so no create can land after a reader's settle.
+//!
+//! Lease generations (`leases/<holder>/<generation>`) are named by the holder's own random
+//! id, so no other writer can create them: [`create_own`] skips the settle time there,
+//! which would otherwise be paid twice more per backup, delete and gc.
 
 use crate::store::{ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use bytes::Bytes;
@@ -70,6 +74,17 @@ pub async fn create_exclusive(
         .with_temporary(true)),
         Err(e) => Err(e),
     }
+}
+
+/// Creates `key`, which only this writer can name because it embeds the writer's random
+/// id (lease generations): there is no race to decide on any store, so a plain
+/// `put_if_absent` is exact. `AlreadyExists` means the writer reused its own id.
+pub async fn create_own(
+    store: &dyn ObjectStore,
+    key: &str,
+    data: Bytes,
+) -> Result<PutOutcome, StoreError> {
+    store.put_if_absent(key, data).await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! seen as live by any gc that could collect what it references.
 
 use super::envelope::{self, MAGIC_LEASE};
-use super::{create_exclusive, RepoError};
+use super::{create_own, RepoError};
 use crate::store::{ObjectStore, PutOutcome};
 use crate::Result;
 use bytes::Bytes;
@@ -77,7 +77,7 @@ impl Lease {
             generation: 0,
         };
         let key = lease_key(holder, 0);
-        if create_exclusive(
+        if create_own(
             store.as_ref(),
             &key,
             Bytes::from(envelope::seal(MAGIC_LEASE, &body)),
@@ -118,7 +118,7 @@ impl Lease {
             generation: gen,
         };
         let key = lease_key(&self.holder, gen);
-        create_exclusive(
+        create_own(
             self.store.as_ref(),
             &key,
             Bytes::from(envelope::seal(MAGIC_LEASE, &body)),

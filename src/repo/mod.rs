@@ -33,7 +33,7 @@ pub use config::InitOptions;
 pub use delete::DeleteReport;
 pub use diff::DiffRange;
 pub use error::RepoError;
-pub use exclusive::create_exclusive;
+pub use exclusive::{create_exclusive, create_own};
 pub use gc::GcReport;
 pub use ids::BlobId;
 pub use manifest::{BaseIdentity, SnapshotManifest, SnapshotStats};
