@@ -108,8 +108,7 @@ pub(crate) fn island_ok_json(remote: &Remote, args: &[&str]) -> Value {
 
 /// Parses the `--json` stdout of `island ARGS`.
 pub(crate) fn parse_json(args: &[&str], text: &str) -> Value {
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("island {args:?}: bad JSON ({e}): {text}"))
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("island {args:?}: bad JSON ({e}): {text}"))
 }
 
 pub(crate) fn u64_field(v: &Value, name: &str) -> u64 {
