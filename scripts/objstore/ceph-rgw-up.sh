@@ -47,7 +47,8 @@ mon data = $S/mon-a
 [osd.0]
 osd data = $S/osd-0
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+# tcp_nodelay: without it small requests wait for delayed ACKs (Nagle), ~40 ms each.
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw data = $S/rgw
 rgw enable apis = s3, swift, swift_auth, admin
 CONF

@@ -64,6 +64,9 @@ export AWS_ENDPOINT_URL=$ISLAND_TEST_S3_ENDPOINT AWS_REGION=$ISLAND_TEST_S3_REGI
 export AWS_ACCESS_KEY_ID=$ISLAND_TEST_S3_ACCESS_KEY_ID
 export AWS_SECRET_ACCESS_KEY=$ISLAND_TEST_S3_SECRET_ACCESS_KEY
 export ST_AUTH=$ISLAND_TEST_SWIFT_AUTH_URL ST_USER=$ISLAND_TEST_SWIFT_USER ST_KEY=$ISLAND_TEST_SWIFT_KEY
+# Where the servers' state, logs and PID files are, for tests that stop and restart one
+# (scripts/objstore/rgw-outage.sh).
+export ISLAND_TEST_OBJSTORE_DIR=$DIR
 # Test runs that need a server fail instead of skipping when this is set.
 export ISLAND_TEST_REQUIRE_SERVERS=1
 

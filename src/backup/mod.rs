@@ -21,7 +21,8 @@ use crate::repo::table::Geometry;
 use crate::repo::tree::{reusable, TreeWriter};
 use crate::repo::writer::Writer;
 use crate::repo::{
-    BlobId, BlobKind, Frame, Lease, RepoError, Repository, SnapshotManifest, SnapshotStats,
+    create_exclusive, BlobId, BlobKind, Frame, Lease, RepoError, Repository, SnapshotManifest,
+    SnapshotStats,
 };
 use crate::store::PutOutcome;
 use crate::Result;
@@ -376,10 +377,7 @@ pub async fn backup(
     let so_far = repo.counts().since(&before).bytes_uploaded;
     manifest.stats.uploaded_bytes = so_far + manifest.encode().len() as u64 + 16;
     let encoded = manifest.encode();
-    if repo
-        .store()
-        .put_if_absent(&root_key, Bytes::from(encoded))
-        .await?
+    if create_exclusive(repo.store().as_ref(), &root_key, Bytes::from(encoded)).await?
         != PutOutcome::Created
     {
         return Err(RepoError::InvalidArgument(format!("{root_key} already exists")).into());

@@ -57,6 +57,17 @@ pub struct StoreArgs {
     /// Requests in flight at once against the store.
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: Option<u16>,
+    /// Swift only: seconds a create-if-absent (lease, snapshot root, tombstone, gc marker)
+    /// settles before it is read back to decide the one winner, since Swift's
+    /// If-None-Match is not atomic. 0 trusts If-None-Match alone: then only one Island
+    /// process may write to the repository at a time.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "ISLAND_SWIFT_CREATE_SETTLE"
+    )]
+    pub swift_create_settle: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +285,13 @@ async fn open_store(url: &str, args: &StoreArgs) -> anyhow::Result<Arc<dyn Objec
         concurrency: args.concurrency.map_or(defaults.concurrency, usize::from),
         limit_upload: args.limit_upload,
         limit_download: args.limit_download,
+        swift_create_settle: args
+            .swift_create_settle
+            .map(|s| {
+                std::time::Duration::try_from_secs_f64(s)
+                    .map_err(|e| anyhow!("--swift-create-settle {s}: {e}"))
+            })
+            .transpose()?,
         ..defaults
     };
     open_store_url(url, &opts)

@@ -11,7 +11,7 @@ use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
-use super::{BlobId, RepoError, Repository};
+use super::{create_exclusive, BlobId, RepoError, Repository};
 use crate::store::PutOutcome;
 use crate::Result;
 use bytes::Bytes;
@@ -120,11 +120,7 @@ impl Repository {
                 holder: holder.clone(),
                 lease_time_ms: lease_time,
             };
-            match self
-                .store()
-                .put_if_absent(&tkey, Bytes::from(t.encode()))
-                .await?
-            {
+            match create_exclusive(self.store().as_ref(), &tkey, Bytes::from(t.encode())).await? {
                 PutOutcome::Created => Ok(walk),
                 PutOutcome::AlreadyExists => Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),

@@ -18,7 +18,7 @@ use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
 use super::repository::{segment_writer, SegmentSet};
 use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
 use super::writer::{intent_key, pack_name, Intent, Writer};
-use super::{BlobId, BlobKind, Frame, Location, RepoError, Repository};
+use super::{create_exclusive, BlobId, BlobKind, Frame, Location, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
@@ -308,10 +308,12 @@ impl Repository {
             seq,
             lease_time_ms,
         };
-        if self
-            .store()
-            .put_if_absent(&marker_key, Bytes::from(envelope::seal(MAGIC_GC, &marker)))
-            .await?
+        if create_exclusive(
+            self.store().as_ref(),
+            &marker_key,
+            Bytes::from(envelope::seal(MAGIC_GC, &marker)),
+        )
+        .await?
             == PutOutcome::AlreadyExists
         {
             return Err(RepoError::GcConflict { other: marker_key }.into());

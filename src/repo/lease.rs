@@ -8,7 +8,7 @@
 //! seen as live by any gc that could collect what it references.
 
 use super::envelope::{self, MAGIC_LEASE};
-use super::RepoError;
+use super::{create_own, RepoError};
 use crate::store::{ObjectStore, PutOutcome};
 use crate::Result;
 use bytes::Bytes;
@@ -77,9 +77,12 @@ impl Lease {
             generation: 0,
         };
         let key = lease_key(holder, 0);
-        if store
-            .put_if_absent(&key, Bytes::from(envelope::seal(MAGIC_LEASE, &body)))
-            .await?
+        if create_own(
+            store.as_ref(),
+            &key,
+            Bytes::from(envelope::seal(MAGIC_LEASE, &body)),
+        )
+        .await?
             != PutOutcome::Created
         {
             return Err(RepoError::InvalidArgument(format!("lease {key} already exists")).into());
@@ -115,9 +118,12 @@ impl Lease {
             generation: gen,
         };
         let key = lease_key(&self.holder, gen);
-        self.store
-            .put_if_absent(&key, Bytes::from(envelope::seal(MAGIC_LEASE, &body)))
-            .await?;
+        create_own(
+            self.store.as_ref(),
+            &key,
+            Bytes::from(envelope::seal(MAGIC_LEASE, &body)),
+        )
+        .await?;
         let t = stamp(self.store.as_ref(), &key).await?;
         // The previous generation must still have been valid when this one was created,
         // otherwise gc may already have judged this holder dead.

@@ -12,7 +12,7 @@ use super::segment::{
     self, SegmentHead, HEAD_SIZE, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
 use super::table;
-use super::{pack, BlobId, InitOptions, Location, RepoError};
+use super::{create_exclusive, pack, BlobId, InitOptions, Location, RepoError};
 use crate::store::{
     CountingStore, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreErrorKind,
 };
@@ -121,10 +121,7 @@ impl Repository {
             encryption: "none".into(),
             created: now_rfc3339(),
         };
-        match store
-            .put_if_absent(CONFIG_KEY, Bytes::from(config.encode()))
-            .await?
-        {
+        match create_exclusive(store.as_ref(), CONFIG_KEY, Bytes::from(config.encode())).await? {
             PutOutcome::Created => Ok(Self::with(store, config)),
             PutOutcome::AlreadyExists => Err(RepoError::AlreadyInitialized {
                 location: store.location(),

@@ -47,6 +47,7 @@ impl ObjectStore for MemStore {
         Capabilities {
             atomic_create: true,
             max_batch_delete: 1000,
+            create_settle: std::time::Duration::ZERO,
         }
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {

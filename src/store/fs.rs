@@ -358,6 +358,7 @@ impl ObjectStore for FsStore {
         Capabilities {
             atomic_create: true,
             max_batch_delete: FS_BATCH_DELETE,
+            create_settle: std::time::Duration::ZERO,
         }
     }
 

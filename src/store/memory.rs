@@ -137,6 +137,7 @@ impl ObjectStore for MemoryStore {
         Capabilities {
             atomic_create: true,
             max_batch_delete: MEMORY_BATCH_DELETE,
+            create_settle: std::time::Duration::ZERO,
         }
     }
 

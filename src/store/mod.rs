@@ -80,6 +80,11 @@ pub struct Capabilities {
     pub atomic_create: bool,
     /// Largest number of keys one `delete_batch` request may carry on the wire.
     pub max_batch_delete: usize,
+    /// Where `atomic_create` is false: how long a create must be left to settle before
+    /// reading it back decides the one winner (`repo::create_exclusive`). Zero on atomic
+    /// stores, and zero on a non-atomic store means "trust `put_if_absent`" (one writer at
+    /// a time, see `format-spec/object-stores.md`).
+    pub create_settle: std::time::Duration,
 }
 
 /// The one storage trait every driver and wrapper implements.

@@ -486,6 +486,7 @@ impl ObjectStore for S3Store {
         Capabilities {
             atomic_create: true,
             max_batch_delete: S3_MAX_BATCH_DELETE,
+            create_settle: std::time::Duration::ZERO,
         }
     }
 

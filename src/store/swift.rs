@@ -19,6 +19,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,7 +44,15 @@ pub struct SwiftConfig {
     pub credentials: Option<SwiftCredentials>,
     /// Network timeouts.
     pub timeouts: HttpTimeouts,
+    /// Settle time of a create-if-absent, reported as `Capabilities::create_settle`
+    /// (Swift's `If-None-Match` is not atomic; see [`DEFAULT_CREATE_SETTLE`]).
+    pub create_settle: Duration,
 }
+
+/// Default [`SwiftConfig::create_settle`]: far longer than a small object's PUT takes on
+/// any healthy link (milliseconds), so every racing create has landed before the winner is
+/// read back, yet short next to a backup job.
+pub const DEFAULT_CREATE_SETTLE: Duration = Duration::from_secs(10);
 
 /// Names per `?bulk-delete` request. Swift accepts 10 000 by default, but the proxy deletes
 /// them one by one and checks the token for each; 1000 keeps one request short enough to
@@ -92,6 +101,7 @@ pub struct SwiftStore {
     target: Target,
     location: String,
     timeouts: HttpTimeouts,
+    create_settle: Duration,
     client: reqwest::Client,
     credentials: SwiftCredentials,
     session: RwLock<Arc<Session>>,
@@ -136,6 +146,7 @@ pub async fn open_swift(config: &SwiftConfig) -> Result<SwiftStore, StoreError> 
         target,
         location,
         timeouts: config.timeouts,
+        create_settle: config.create_settle,
         client,
         credentials,
         session: RwLock::new(Arc::new(first)),
@@ -315,6 +326,7 @@ impl ObjectStore for SwiftStore {
         Capabilities {
             atomic_create: false,
             max_batch_delete: SWIFT_MAX_BATCH_DELETE,
+            create_settle: self.create_settle,
         }
     }
 

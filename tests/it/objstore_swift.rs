@@ -31,6 +31,7 @@ fn config(test: &str) -> Option<SwiftConfig> {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(20),
         },
+        create_settle: island::store::swift::DEFAULT_CREATE_SETTLE,
     })
 }
 

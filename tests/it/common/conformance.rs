@@ -338,40 +338,94 @@ async fn put_if_absent_semantics(store: &Arc<dyn ObjectStore>, base: &str) {
     assert_eq!(store.head(&k).await.expect("head").size, 500);
 }
 
+/// `RACERS` tasks released together call `create` on `key`, each with its own bytes;
+/// returns the bytes of every racer told `Created`.
+async fn race<F, Fut>(key: &str, seed: u64, create: F) -> Vec<Bytes>
+where
+    F: Fn(String, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<PutOutcome, StoreError>> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let data = pseudo_random(seed + i as u64, 64 * 1024 + i);
+            let fut = create(key.to_string(), data.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (fut.await, data)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (outcome, data) = t.await.expect("racer task");
+        match outcome.expect("racing create") {
+            PutOutcome::Created => winners.push(data),
+            PutOutcome::AlreadyExists => {}
+        }
+    }
+    winners
+}
+
+/// Racing creators of one key. Atomic stores: exactly one `put_if_absent` wins. Stores
+/// that declare `atomic_create: false` (Swift) get the documented weaker check — at least
+/// one winner, the object is a winner's, a create after the race is refused — and
+/// `repo::create_exclusive` must still give exactly one winner there.
 async fn racing_put_if_absent(store: &Arc<dyn ObjectStore>, base: &str) {
+    let atomic = store.capabilities().atomic_create;
     for round in 0..3u64 {
         let k = format!("{base}race/{round}");
-        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
-        let tasks: Vec<_> = (0..RACERS)
-            .map(|i| {
-                let store = store.clone();
-                let k = k.clone();
-                let barrier = barrier.clone();
-                let data = pseudo_random(1000 * round + i as u64, 64 * 1024 + i);
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    let outcome = store.put_if_absent(&k, data.clone()).await;
-                    (outcome, data)
-                })
-            })
-            .collect();
-        let mut winners = Vec::new();
-        for t in tasks {
-            let (outcome, data) = t.await.expect("racer task");
-            match outcome.expect("racing put_if_absent") {
-                PutOutcome::Created => winners.push(data),
-                PutOutcome::AlreadyExists => {}
-            }
+        let s = store.clone();
+        let winners = race(&k, 1000 * round, move |k, d| {
+            let s = s.clone();
+            async move { s.put_if_absent(&k, d).await }
+        })
+        .await;
+        let stored = store.get(&k).await.expect("get");
+        if atomic {
+            assert_eq!(
+                winners.len(),
+                1,
+                "exactly one of {RACERS} racers creates {k}"
+            );
+            assert_eq!(stored, winners[0], "object is the winner's");
+        } else {
+            eprintln!(
+                "{}: {} of {RACERS} racers got Created from a non-atomic put_if_absent",
+                store.location(),
+                winners.len()
+            );
+            assert!(!winners.is_empty(), "nobody created {k}");
+            assert!(winners.contains(&stored), "object is a winner's");
         }
+        let late = store
+            .put_if_absent(&k, Bytes::from_static(b"late"))
+            .await
+            .expect("late create");
+        assert_eq!(late, PutOutcome::AlreadyExists, "create after the race");
+        assert_eq!(
+            store.get(&k).await.expect("get"),
+            stored,
+            "late create wrote"
+        );
+
+        let k = format!("{base}race-exclusive/{round}");
+        let s = store.clone();
+        let winners = race(&k, 5000 + 1000 * round, move |k, d| {
+            let s = s.clone();
+            async move { island::repo::create_exclusive(s.as_ref(), &k, d).await }
+        })
+        .await;
         assert_eq!(
             winners.len(),
             1,
-            "exactly one of {RACERS} racers creates {k}"
+            "create_exclusive: exactly one of {RACERS} racers wins {k}"
         );
         assert_eq!(
             store.get(&k).await.expect("get"),
             winners[0],
-            "object is the winner's"
+            "object is the create_exclusive winner's"
         );
     }
 }
