@@ -380,11 +380,9 @@ impl Repository {
                 }
             }
         }
-        if let Some(i) = intent.filter(|i| {
-            !set.markers.roots.contains_key(&i.commit)
-                && !set.markers.tombstones.contains_key(&i.commit)
-                && !set.markers.gcs.contains_key(&i.commit)
-        }) {
+        // The commit key may exist written by another holder (a copy re-run after a kill
+        // commits the same root): only a marker naming this holder keeps its packs.
+        if let Some(i) = intent.filter(|i| !set.markers.commits(&i.commit, holder)) {
             let mut misses = 0;
             let mut seq = 0u64;
             while misses < 8 {

@@ -9,7 +9,9 @@
 mod cache;
 mod check;
 mod chunk;
+pub(crate) mod commit;
 mod config;
+mod copy;
 mod delete;
 mod diff;
 mod envelope;
@@ -29,6 +31,7 @@ pub(crate) mod writer;
 
 pub use check::{CheckIssue, CheckOptions, CheckReport};
 pub use config::InitOptions;
+pub use copy::{copy, CopyOptions, CopyReport};
 pub use delete::DeleteReport;
 pub use diff::DiffRange;
 pub use error::RepoError;

@@ -78,7 +78,7 @@ pub(crate) struct Markers {
 
 impl Markers {
     /// Does this commit key exist, written by `writer`?
-    fn commits(&self, commit: &str, writer: &str) -> bool {
+    pub(crate) fn commits(&self, commit: &str, writer: &str) -> bool {
         if let Some((m, _)) = self.roots.get(commit) {
             return m.writer == writer;
         }
