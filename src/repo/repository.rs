@@ -220,7 +220,8 @@ impl Repository {
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let g = GcMarker::decode(&o.key, &bytes)?;
+            let mut g = GcMarker::decode(&o.key, &bytes)?;
+            g.stored = o.last_modified;
             if !fenced(o.last_modified, g.lease_time_ms) {
                 m.gcs.insert(o.key.clone(), g);
             }
