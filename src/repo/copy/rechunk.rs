@@ -141,6 +141,7 @@ pub(super) async fn rechunk(
         }
     }
     cut.close(w, report).await?;
+    let top = cut.tree.finish(to, set, w).await?;
     report.tables_new += cut.tree.tables_new;
-    cut.tree.finish(to, set, w).await
+    Ok(top)
 }
