@@ -232,3 +232,6 @@ impl Repository {
         Ok(changes)
     }
 }
+
+#[cfg(test)]
+mod tests;
