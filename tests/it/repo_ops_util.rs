@@ -196,15 +196,15 @@ pub fn open_envelope(bytes: &[u8]) -> Value {
 
 /// A refs segment (spec §3.3) committed by `commit` with records (id, delta, flags).
 pub fn refs_segment(commit: &str, mut records: Vec<([u8; 32], i32, u32)>) -> Vec<u8> {
-    records.sort_by(|a, b| a.0.cmp(&b.0));
+    records.sort_by_key(|r| r.0);
     let meta = serde_json::to_vec(&serde_json::json!({
         "commit": commit, "supersedes": [], "packs": [], "dead_packs": []
     }))
     .expect("meta JSON");
     let mut fanout = [0u32; 257];
     for r in &records {
-        for b in (r.0[0] as usize + 1)..257 {
-            fanout[b] += 1;
+        for f in fanout.iter_mut().skip(r.0[0] as usize + 1) {
+            *f += 1;
         }
     }
     let rec = |r: &([u8; 32], i32, u32)| {

@@ -88,8 +88,8 @@ mod tests {
         ];
         for (name, n, r) in rules {
             let mut newest: BTreeMap<(i32, u16), usize> = BTreeMap::new();
-            for i in 0..snaps.len() {
-                let p = periods(snaps[i].1)[r];
+            for (i, snap) in snaps.iter().enumerate() {
+                let p = periods(snap.1)[r];
                 let e = newest.entry(p).or_insert(i);
                 if key(i) > key(*e) {
                     *e = i;
