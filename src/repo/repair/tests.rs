@@ -185,3 +185,115 @@ async fn a_killed_copys_packs_are_reclaimed_although_the_rerun_committed_its_roo
         .is_clean());
     restores(&dst, &s1, &data).await;
 }
+
+/// A source whose reads pause once, half-way, until released (a backup mid-pipeline).
+struct Gated {
+    data: Vec<u8>,
+    started: std::sync::mpsc::SyncSender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    once: std::sync::atomic::AtomicBool,
+}
+
+impl BlockSource for Gated {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
+        let half = offset >= self.size() / 2;
+        if half && !self.once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.started.send(());
+            let _ = self.release.lock().unwrap().recv();
+        }
+        Ok(())
+    }
+    fn changed_since(&self, _: &BaseIdentity) -> Option<Vec<SourceRange>> {
+        None
+    }
+    fn identity(&self) -> Option<BaseIdentity> {
+        None
+    }
+    fn allocated(&self) -> Option<Vec<SourceRange>> {
+        None
+    }
+}
+
+/// A backup deduplicates against leaked chunks (counted, but no snapshot references
+/// them); repair releases them while the backup is paused; gc runs well past SKEW. The
+/// backup's lease must keep gc from collecting them, and its snapshot must restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_alongside_a_running_backup_loses_nothing() {
+    let (store, repo) = new_repo().await;
+    let data = random(4, 1 << 20);
+    let s1 = back_up(&repo, &data).await;
+    // Over-count every chunk, then delete s1: the chunks leak with count 1.
+    let holder = new_time_id();
+    let lease = Lease::acquire(store.clone(), &holder, "gc", None)
+        .await
+        .unwrap();
+    let mut w = Writer::new(&repo, lease.clone(), "gc/0000000000".into(), "gc");
+    for c in data.chunks(65536) {
+        w.add_ref(BlobId::of(c), 1, 0);
+    }
+    w.flush().await.unwrap();
+    let marker = GcMarker {
+        holder,
+        seq: 0,
+        lease_time_ms: lease.check_before_commit().await.unwrap(),
+        freed: false,
+        stored: None,
+    };
+    let body = Bytes::from(envelope::seal(MAGIC_GC, &marker));
+    store.put("gc/0000000000", body).await.unwrap();
+    w.finish().await;
+    repo.delete_snapshot("v", &s1).await.unwrap();
+
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gated = Arc::new(Gated {
+        data: data.clone(),
+        started: started_tx,
+        release: std::sync::Mutex::new(release_rx),
+        once: std::sync::atomic::AtomicBool::new(false),
+    });
+    let repo2 = repo.clone();
+    let running = tokio::spawn(async move {
+        let opts = BackupOptions {
+            volume: "v".into(),
+            ..Default::default()
+        };
+        backup(&repo2, gated, &opts).await
+    });
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+
+    let rep = repo.repair().await.unwrap();
+    assert_eq!(rep.blobs_released, 16, "{rep:?}");
+    assert!(rep.objects_of_leased_writers <= 1, "{rep:?}");
+    store.advance(SKEW * 2);
+    let g = repo.gc().await.unwrap();
+    assert_eq!(
+        g.blobs_collected, 0,
+        "the running backup's lease protects them"
+    );
+
+    release_tx.send(()).unwrap();
+    let s2 = running.await.unwrap().unwrap();
+    assert_eq!(
+        s2.chunks_new, 0,
+        "the backup deduplicated against the leaked chunks"
+    );
+    restores(&repo, &s2.id, &data).await;
+    store.advance(SKEW * 2);
+    repo.gc().await.unwrap();
+    restores(&repo, &s2.id, &data).await;
+    let c = repo
+        .check(&CheckOptions {
+            read_data: true,
+            sample_pct: None,
+        })
+        .await
+        .unwrap();
+    assert!(c.is_clean(), "{:?}", c.issues);
+}
