@@ -21,12 +21,9 @@ use crate::repo::table::Geometry;
 use crate::repo::tree::{reusable, TreeWriter};
 use crate::repo::writer::Writer;
 use crate::repo::{
-    create_exclusive, BlobId, BlobKind, Frame, Lease, RepoError, Repository, SnapshotManifest,
-    SnapshotStats,
+    BlobId, BlobKind, Frame, Lease, RepoError, Repository, SnapshotManifest, SnapshotStats,
 };
-use crate::store::PutOutcome;
 use crate::Result;
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use std::sync::Arc;
@@ -202,7 +199,7 @@ pub async fn backup(
     }
 
     let root_key = crate::repo::manifest::root_key(&opts.volume, &id);
-    let mut w = Writer::new(repo, lease.clone(), root_key.clone(), "backup");
+    let mut w = Writer::new(repo, lease.clone(), root_key, "backup");
     // Compress speculatively in the parallel stage when most chunks are likely new.
     let speculative = incremental || !has_parent_tree;
 
@@ -348,12 +345,10 @@ pub async fn backup(
         w.add_ref(*t, 1, 0);
     }
     let new_bytes = w.new_chunk_bytes;
-    w.flush().await?;
     let logical_bytes = match same_shape {
         Some(p) => (p.stats.logical_bytes as i64 + logical_delta).max(0) as u64,
         None => (logical_delta.max(0)) as u64,
     };
-    let lease_time_ms = lease.check_before_commit().await?;
     let mut manifest = SnapshotManifest {
         format: crate::repo::manifest::MANIFEST_VERSION,
         volume: opts.volume.clone(),
@@ -372,17 +367,9 @@ pub async fn backup(
         base: source.identity(),
         user_data: opts.user_data.clone(),
         writer: id.clone(),
-        lease_time_ms,
+        lease_time_ms: 0,
     };
-    let so_far = repo.counts().since(&before).bytes_uploaded;
-    manifest.stats.uploaded_bytes = so_far + manifest.encode().len() as u64 + 16;
-    let encoded = manifest.encode();
-    if create_exclusive(repo.store().as_ref(), &root_key, Bytes::from(encoded)).await?
-        != PutOutcome::Created
-    {
-        return Err(RepoError::InvalidArgument(format!("{root_key} already exists")).into());
-    }
-    w.finish().await;
+    crate::repo::commit::commit_new_root(repo, w, &lease, &mut manifest, &before).await?;
     let used = repo.counts().since(&before);
     let bytes_changed = chunks_changed * cs;
     Ok(BackupReport {

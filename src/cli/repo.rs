@@ -2,6 +2,8 @@
 //! `check`, `diff`. Their names, flags and JSON fields are what nightly scripts and the
 //! volume service call, so they are documented in README.md and change only compatibly.
 
+mod ops;
+
 use super::progress::{CliProgress, ProgressMode};
 use super::EXIT_PROBLEMS;
 use anyhow::{anyhow, bail, Context};
@@ -32,6 +34,10 @@ pub enum RepoCommand {
     Check(CheckArgs),
     /// List the byte ranges that differ between two snapshots of a volume.
     Diff(DiffArgs),
+    /// Copy a snapshot or a volume's whole history to another repository, keeping ids.
+    Copy(ops::CopyArgs),
+    /// Delete the snapshots a retention policy does not keep.
+    Forget(ops::ForgetArgs),
 }
 
 /// How to reach the repository's store; global flags, valid with every repository
@@ -272,6 +278,8 @@ async fn dispatch(cmd: RepoCommand, store_args: &StoreArgs) -> anyhow::Result<u8
         RepoCommand::Gc(a) => gc(a, store_args).await,
         RepoCommand::Check(a) => check(a, store_args).await,
         RepoCommand::Diff(a) => diff(a, store_args).await,
+        RepoCommand::Copy(a) => ops::copy_cmd(a, store_args).await,
+        RepoCommand::Forget(a) => ops::forget_cmd(a, store_args).await,
     }
 }
 
@@ -525,7 +533,7 @@ async fn gc(a: GcArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
 
 async fn check(a: CheckArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     if a.repair {
-        bail!("check --repair is not available yet (it belongs to the many-hosts issue)");
+        return ops::repair_cmd(a, store_args).await;
     }
     let repo = open_repo(&a.repo.repo, store_args).await?;
     let opts = CheckOptions {

@@ -43,10 +43,21 @@ pub(crate) async fn walk_delete(
     repo: &Repository,
     set: &SegmentSet,
     m: &SnapshotManifest,
+    w: Option<&mut Writer>,
+) -> Result<DeleteWalk> {
+    walk_delete_with(repo, set, m, w, &mut HashMap::new()).await
+}
+
+/// [`walk_delete`] whose dry-run decrements accumulate in `local`, so consecutive dry runs
+/// of several snapshots give what deleting all of them would free (forget --dry-run).
+pub(crate) async fn walk_delete_with(
+    repo: &Repository,
+    set: &SegmentSet,
+    m: &SnapshotManifest,
     mut w: Option<&mut Writer>,
+    local: &mut HashMap<BlobId, i64>,
 ) -> Result<DeleteWalk> {
     let geo = Geometry::new(m.size, m.chunk_size);
-    let mut local: HashMap<BlobId, i64> = HashMap::new();
     let mut out = DeleteWalk::default();
     // (id, level of the table it is, or None for a chunk, table index)
     let mut stack: Vec<(BlobId, Option<u8>, u64)> = Vec::new();

@@ -39,6 +39,14 @@ pub struct GcMarker {
     pub holder: String,
     pub seq: u64,
     pub lease_time_ms: u64,
+    /// Written by `check --repair`: this run's refs segments carry FREED flags for blobs it
+    /// found unreferenced; gc collects them like a delete's once the marker is older than
+    /// its cutoff. Absent (false) in markers of older builds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub freed: bool,
+    /// Store time of the marker object (filled in when markers are listed).
+    #[serde(skip)]
+    pub stored: Option<SystemTime>,
 }
 
 impl GcMarker {
@@ -144,13 +152,17 @@ impl Repository {
         let mut recent: HashSet<BlobId> = HashSet::new();
         let mut processed_refs: Vec<Arc<SegmentHead>> = Vec::new();
         for h in &set.refs {
-            let processable = match set.markers.tombstones.get(&h.meta.commit) {
-                Some((_, meta)) => meta.last_modified.is_some_and(|t| t < cutoff),
-                None => {
-                    processed_refs.push(h.clone());
-                    continue;
-                }
+            let released_at = match set.markers.tombstones.get(&h.meta.commit) {
+                Some((_, meta)) => meta.last_modified,
+                None => match set.markers.gcs.get(&h.meta.commit) {
+                    Some(g) if g.freed => g.stored,
+                    _ => {
+                        processed_refs.push(h.clone());
+                        continue;
+                    }
+                },
             };
+            let processable = released_at.is_some_and(|t| t < cutoff);
             if processable {
                 processed_refs.push(h.clone());
             }
@@ -307,6 +319,8 @@ impl Repository {
             holder: holder.clone(),
             seq,
             lease_time_ms,
+            freed: false,
+            stored: None,
         };
         if create_exclusive(
             self.store().as_ref(),
@@ -382,11 +396,9 @@ impl Repository {
                 }
             }
         }
-        if let Some(i) = intent.filter(|i| {
-            !set.markers.roots.contains_key(&i.commit)
-                && !set.markers.tombstones.contains_key(&i.commit)
-                && !set.markers.gcs.contains_key(&i.commit)
-        }) {
+        // The commit key may exist written by another holder (a copy re-run after a kill
+        // commits the same root): only a marker naming this holder keeps its packs.
+        if let Some(i) = intent.filter(|i| !set.markers.commits(&i.commit, holder)) {
             let mut misses = 0;
             let mut seq = 0u64;
             while misses < 8 {

@@ -9,17 +9,21 @@
 mod cache;
 mod check;
 mod chunk;
+pub(crate) mod commit;
 mod config;
+mod copy;
 mod delete;
 mod diff;
 mod envelope;
 mod error;
 mod exclusive;
+mod forget;
 mod gc;
 pub(crate) mod ids;
 mod lease;
 pub(crate) mod manifest;
 mod pack;
+mod repair;
 pub(crate) mod repository;
 mod segment;
 pub(crate) mod table;
@@ -30,13 +34,16 @@ pub(crate) mod writer;
 
 pub use check::{CheckIssue, CheckOptions, CheckReport};
 pub use config::InitOptions;
+pub use copy::{copy, CopyOptions, CopyReport};
 pub use delete::DeleteReport;
 pub use diff::DiffRange;
 pub use error::RepoError;
 pub use exclusive::{create_exclusive, create_own};
+pub use forget::{ForgetEntry, ForgetOptions, ForgetPolicy, ForgetReport};
 pub use gc::GcReport;
 pub use ids::BlobId;
 pub use manifest::{BaseIdentity, SnapshotManifest, SnapshotStats};
+pub use repair::RepairReport;
 pub use repository::{Repository, SnapshotSummary};
 
 pub(crate) use chunk::{BlobKind, Frame};

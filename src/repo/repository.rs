@@ -78,7 +78,7 @@ pub(crate) struct Markers {
 
 impl Markers {
     /// Does this commit key exist, written by `writer`?
-    fn commits(&self, commit: &str, writer: &str) -> bool {
+    pub(crate) fn commits(&self, commit: &str, writer: &str) -> bool {
         if let Some((m, _)) = self.roots.get(commit) {
             return m.writer == writer;
         }
@@ -217,7 +217,8 @@ impl Repository {
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let g = GcMarker::decode(&o.key, &bytes)?;
+            let mut g = GcMarker::decode(&o.key, &bytes)?;
+            g.stored = o.last_modified;
             if !fenced(o.last_modified, g.lease_time_ms) {
                 m.gcs.insert(o.key.clone(), g);
             }

@@ -149,7 +149,7 @@ impl TreeWriter {
 
     /// Store every dirty table and return the root's top-level list.
     pub async fn finish(
-        mut self,
+        &mut self,
         repo: &Repository,
         set: &SegmentSet,
         w: &mut Writer,
@@ -157,7 +157,7 @@ impl TreeWriter {
         for l in 0..self.geo.depth {
             self.flush_level(w, repo, set, l).await?;
         }
-        Ok(self.top)
+        Ok(std::mem::take(&mut self.top))
     }
 }
 

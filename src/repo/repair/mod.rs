@@ -1,0 +1,242 @@
+//! `check --repair`: rebuild reference counts from the committed snapshots and reclaim
+//! leaked objects, safely alongside running backups.
+//!
+//! * Counts: every live snapshot's tree is walked (as `check` does) to get the expected
+//!   count of each blob; the stored sums of the counted refs segments are compared, and a
+//!   correcting delta is written for each difference. A live table whose children
+//!   contribution is ≤ 0 gets REVIVED (its children are counted again by the deltas).
+//!   Blobs no live snapshot references that are still stored and were never freed get a
+//!   FREED flag. Nothing is overwritten: the corrections are a new refs segment committed
+//!   by a `gc/<seq>` marker created with create-if-absent (so repair and gc exclude each
+//!   other), marked `freed` so gc treats its FREED flags like a delete's.
+//! * Collection of those released blobs is gc's job, under gc's cutoff: a backup that
+//!   started before the repair may still reference one of them, exactly as with a delete.
+//!   A corrected count only matters relative to the view: deltas committed concurrently
+//!   by others add on top of the corrected sum.
+//! * Stray objects ([`sweep`]): packs no counted index segment names, and segments no
+//!   marker counts, whose writer holds no lease, are deleted right away (nobody can
+//!   locate them, and no writer is still producing them).
+
+mod sweep;
+
+use super::envelope::{self, MAGIC_GC};
+use super::gc::{flag_contribution, segment_records, GcMarker};
+use super::ids::new_time_id;
+use super::lease::Lease;
+use super::repository::SegmentSet;
+use super::segment::{self, FREED, REFS_RECORD, REVIVED, STORED};
+use super::table::{Geometry, FANOUT};
+use super::writer::Writer;
+use super::{
+    create_exclusive, BlobId, BlobKind, CheckIssue, CheckOptions, CheckReport, RepoError,
+    Repository,
+};
+use crate::store::PutOutcome;
+use crate::Result;
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// What `check --repair` found and fixed. Field names are a stable JSON interface.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RepairReport {
+    /// The check run before repairing (its refcount issues are what was fixed).
+    pub check: CheckReport,
+    /// Blobs whose stored count was corrected.
+    pub refcounts_fixed: u64,
+    /// Live tables whose children were counted again (REVIVED).
+    pub tables_revived: u64,
+    /// Unreferenced stored blobs handed to gc (FREED); gc reclaims their space.
+    pub blobs_released: u64,
+    pub stray_packs_deleted: u64,
+    pub stray_segments_deleted: u64,
+    pub stray_intents_deleted: u64,
+    pub stray_bytes_deleted: u64,
+    /// Uncommitted objects left alone because their writer holds a lease (running, or
+    /// dead and left to gc's expiry).
+    pub objects_of_leased_writers: u64,
+    /// Commit marker of the corrections (`gc/<seq>`), if anything needed correcting.
+    pub commit: Option<String>,
+    /// Problems that damage snapshots (missing or corrupt objects): repair cannot restore
+    /// data, it reports which snapshots are affected.
+    pub damaged: Vec<CheckIssue>,
+    pub requests: u64,
+}
+
+/// Expected counts from the live snapshots.
+#[derive(Default)]
+struct Expected {
+    counts: HashMap<BlobId, i64>,
+    tables: HashSet<BlobId>,
+}
+
+impl Repository {
+    /// Repair the repository (see module docs).
+    pub async fn repair(&self) -> Result<RepairReport> {
+        let before = self.counts();
+        let check = self.check(&CheckOptions::default()).await?;
+        let holder = new_time_id();
+        let lease = Lease::acquire(self.store().clone(), &holder, "repair", None).await?;
+        // Listing order matters for the sweep: objects, then leases, then the view.
+        let listed = sweep::list_candidates(self).await?;
+        let leased = sweep::leased_holders(self, &holder).await?;
+        let set = self.load_segments().await?;
+        let mut report = RepairReport {
+            damaged: check
+                .issues
+                .iter()
+                .filter(|i| !i.snapshots.is_empty())
+                .cloned()
+                .collect(),
+            check,
+            ..Default::default()
+        };
+        let seq = set
+            .markers
+            .gcs
+            .values()
+            .map(|g| g.seq)
+            .max()
+            .map_or(0, |s| s + 1);
+        let marker_key = format!("gc/{seq:010}");
+        let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "repair");
+        let changes = self.correct_counts(&set, &mut w, &mut report).await?;
+        if changes > 0 {
+            w.flush().await?;
+            let lease_time_ms = lease.check_before_commit().await?;
+            let marker = GcMarker {
+                holder: holder.clone(),
+                seq,
+                lease_time_ms,
+                freed: true,
+                stored: None,
+            };
+            if create_exclusive(
+                self.store().as_ref(),
+                &marker_key,
+                Bytes::from(envelope::seal(MAGIC_GC, &marker)),
+            )
+            .await?
+                == PutOutcome::AlreadyExists
+            {
+                return Err(RepoError::GcConflict { other: marker_key }.into());
+            }
+            report.commit = Some(marker_key);
+        }
+        sweep::delete_strays(self, &set, listed, &leased, &mut report).await?;
+        w.finish().await;
+        report.requests = self.counts().since(&before).total();
+        Ok(report)
+    }
+
+    /// Walk the live snapshots' trees (each table once).
+    async fn expected_counts(&self, set: &SegmentSet) -> Result<Expected> {
+        let mut e = Expected::default();
+        for m in self.live_roots(&set.markers, None) {
+            let geo = Geometry::new(m.size, m.chunk_size);
+            let mut stack = Vec::new();
+            for (i, id) in m.top_ids()?.into_iter().enumerate() {
+                if !id.is_zero() {
+                    *e.counts.entry(id).or_default() += 1;
+                    stack.push((id, geo.depth - 1, i as u64));
+                }
+            }
+            while let Some((id, level, index)) = stack.pop() {
+                if !e.tables.insert(id) {
+                    continue;
+                }
+                // Unreadable tables are reported by the check as damage; their children
+                // cannot be counted (nor collected: they are not located either).
+                let Ok(entries) = self
+                    .read_table(set, &id, level, geo.table_len(level, index))
+                    .await
+                else {
+                    continue;
+                };
+                for (j, c) in entries.into_iter().enumerate() {
+                    if c.is_zero() {
+                        continue;
+                    }
+                    *e.counts.entry(c).or_default() += 1;
+                    if level > 0 {
+                        stack.push((c, level - 1, index * FANOUT + j as u64));
+                    }
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    /// Record in `w` the deltas and flags that make the stored counts match the live
+    /// snapshots; returns how many records were added.
+    async fn correct_counts(
+        &self,
+        set: &SegmentSet,
+        w: &mut Writer,
+        report: &mut RepairReport,
+    ) -> Result<u64> {
+        let expected = self.expected_counts(set).await?;
+        // Stored sums, children contributions, and which blobs a FREED flag already covers.
+        let mut stored: HashMap<BlobId, (i64, i64, bool)> = HashMap::new();
+        for h in &set.refs {
+            let recs = segment_records(self, h).await?;
+            for r in recs.chunks_exact(REFS_RECORD) {
+                let (id, d, flags) = segment::decode_refs_record(h, r)?;
+                let e = stored.entry(id).or_default();
+                e.0 += d as i64;
+                e.1 += flag_contribution(flags);
+                e.2 |= flags & FREED != 0;
+            }
+        }
+        let mut changes = 0u64;
+        for (id, want) in &expected.counts {
+            let (have, contribution, _) = stored.get(id).copied().unwrap_or_default();
+            let mut flags = 0;
+            if expected.tables.contains(id) && contribution <= 0 {
+                flags = if contribution == 0 {
+                    REVIVED
+                } else {
+                    REVIVED | STORED
+                };
+                report.tables_revived += 1;
+            }
+            if have != *want {
+                report.refcounts_fixed += 1;
+            }
+            if have != *want || flags != 0 {
+                w.add_ref(*id, want - have, flags);
+                changes += 1;
+            }
+        }
+        for (id, (have, contribution, freed)) in &stored {
+            if expected.counts.contains_key(id) {
+                continue;
+            }
+            let mut flags = 0;
+            // Still stored, never freed: a leak gc would never find on its own.
+            if !freed {
+                if let Some(loc) = self.locate(set, id).await? {
+                    flags = match loc.kind {
+                        BlobKind::Chunk => FREED,
+                        // FREED releases a table's children, which the deltas below
+                        // already do when they were counted; otherwise keep it neutral.
+                        BlobKind::Table if *contribution > 0 => FREED,
+                        BlobKind::Table => FREED | STORED,
+                    };
+                    report.blobs_released += 1;
+                }
+            }
+            if *have != 0 {
+                report.refcounts_fixed += 1;
+            }
+            if *have != 0 || flags != 0 {
+                w.add_ref(*id, -have, flags);
+                changes += 1;
+            }
+        }
+        Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests;
