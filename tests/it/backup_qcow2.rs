@@ -192,7 +192,6 @@ pub(crate) fn allocated_bytes(img: &Path, cluster: u64) -> u64 {
         * cluster
 }
 
-
 /// `count` distinct cluster-aligned offsets below `limit`, spread over the volume.
 pub(crate) fn scattered(seed: u64, count: usize, limit: u64) -> Vec<u64> {
     use rand::seq::SliceRandom;
@@ -368,7 +367,11 @@ fn other_cluster_sizes_back_up_and_restore_exactly() {
         let r2 = w.backup("vm");
         assert_eq!(r2["incremental"], true, "cluster {cluster}: {r2}");
         assert_eq!(nonzero_in_touched(&w.model, cluster, &writes), expect);
-        assert_eq!(u64_field(&r2, "bytes_read"), expect, "cluster {cluster}: {r2}");
+        assert_eq!(
+            u64_field(&r2, "bytes_read"),
+            expect,
+            "cluster {cluster}: {r2}"
+        );
         assert_eq!(u64_field(&r2, "chunks_new"), 2, "cluster {cluster}: {r2}");
         let (id1, id2) = (str_field(&r1, "id"), str_field(&r2, "id"));
         assert_same(

@@ -110,7 +110,8 @@ pub const NODE: &str = "disk0";
 /// taking QMP commands; killed on drop.
 pub struct StorageDaemon {
     child: Option<Child>,
-    pub qmp: Qmp,
+    /// The monitor's one connection (QMP serves a single client at a time).
+    qmp: Option<Qmp>,
     nbd: PathBuf,
     qmp_path: PathBuf,
 }
@@ -170,7 +171,7 @@ impl StorageDaemon {
         };
         StorageDaemon {
             child: Some(child),
-            qmp,
+            qmp: Some(qmp),
             nbd,
             qmp_path,
         }
@@ -181,9 +182,19 @@ impl StorageDaemon {
         format!("nbd+unix:///{NODE}?socket={}", self.nbd.display())
     }
 
-    /// A second QMP connection (e.g. for a thread racing the main one).
-    pub fn connect_qmp(&self) -> Qmp {
-        Qmp::connect(&self.qmp_path).expect("second QMP connection")
+    /// The QMP connection.
+    pub fn qmp(&mut self) -> &mut Qmp {
+        if self.qmp.is_none() {
+            self.qmp = Some(Qmp::connect(&self.qmp_path).expect("reconnect to QMP"));
+        }
+        self.qmp.as_mut().expect("connected")
+    }
+
+    /// Hand the QMP connection to someone else (e.g. a thread racing the test); the
+    /// daemon connects again when it needs one after that one is dropped.
+    pub fn take_qmp(&mut self) -> Qmp {
+        self.qmp();
+        self.qmp.take().expect("connected")
     }
 
     /// Guest writes through NBD, each `(pattern, offset, length)`, in one qemu-io run.
@@ -220,8 +231,9 @@ impl StorageDaemon {
     }
 
     /// Quit through QMP (flushes and closes the image cleanly) and wait for the exit.
+    /// A connection handed out by [`StorageDaemon::take_qmp`] must be dropped first.
     pub fn stop(mut self) {
-        let _ = self.qmp.execute("quit", json!({}));
+        let _ = self.qmp().execute("quit", json!({}));
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(20);
             while child.try_wait().expect("poll daemon").is_none() {

@@ -1,0 +1,169 @@
+//! Races with a running QEMU: a snapshot deleted (and its clusters reused) while Island
+//! reads it, and shared opens while QEMU rewrites the active metadata.
+
+use super::Vm;
+use crate::backup_qcow2::{CLUSTER, MIB};
+use crate::common::qemu::live::{Qmp, StorageDaemon};
+use island::backup::{
+    backup, BackupOptions, BaseIdentity, BlockSource, ImageSnapshotSource, SourceRange,
+};
+use island::image::{Image, OpenMode};
+use island::repo::Repository;
+use island::store::FsStore;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Reads snapshot S1 through Island, but before the first read has QEMU delete S1 and
+/// write new data that reuses the clusters S1 owned alone: every read after that may
+/// return another snapshot's bytes. Counts reads that differ from S1's real contents.
+struct DeletedMidRead {
+    inner: ImageSnapshotSource,
+    qmp: Mutex<Qmp>,
+    daemon_writes: Box<dyn Fn() + Send + Sync>,
+    fired: AtomicBool,
+    s1: Vec<u8>,
+    wrong_reads: AtomicU64,
+}
+
+impl BlockSource for DeletedMidRead {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            let mut qmp = self.qmp.lock().expect("qmp lock");
+            qmp.delete_snapshot("S1").expect("QMP deletes S1");
+            (self.daemon_writes)();
+        }
+        self.inner.read_at(buf, offset)?;
+        let want = &self.s1[offset as usize..offset as usize + buf.len()];
+        if buf != want {
+            self.wrong_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn changed_since(&self, base: &BaseIdentity) -> Option<Vec<SourceRange>> {
+        self.inner.changed_since(base)
+    }
+
+    fn identity(&self) -> Option<BaseIdentity> {
+        self.inner.identity()
+    }
+
+    fn allocated(&self) -> Option<Vec<SourceRange>> {
+        self.inner.allocated()
+    }
+
+    fn verify_unchanged(&self) -> island::Result<()> {
+        self.inner.verify_unchanged()
+    }
+}
+
+/// The snapshot is deleted over QMP after Island opened it and before it read it, and
+/// QEMU reuses its clusters: Island really reads wrong data (counted), and the backup
+/// must fail with the re-verification error and commit nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_deleted_during_the_read_is_not_committed() {
+    let mut vm = Vm::new(64 * MIB, CLUSTER);
+    let mut d = StorageDaemon::start(&vm.img, vm.dir.path());
+    vm.write(&d, &[(0x11, 0, 8 * MIB)]);
+    let mut qmp = d.take_qmp();
+    qmp.snapshot("S1");
+    let s1 = vm.model.clone();
+    // Copy-on-write: the active layer gets new clusters, S1 alone owns the old ones.
+    vm.write(&d, &[(0x22, 0, 8 * MIB)]);
+
+    let image = Arc::new(Image::open(&vm.img, OpenMode::ReadOnlyShared).expect("shared open"));
+    let inner = ImageSnapshotSource::new(image, "S1").expect("S1 exists");
+    let uri = d.uri();
+    let source = Arc::new(DeletedMidRead {
+        inner,
+        qmp: Mutex::new(qmp),
+        daemon_writes: Box::new(move || {
+            let out = crate::common::qemu::run(
+                std::process::Command::new("qemu-io")
+                    .args(["-f", "raw", "-c", "write -P 0x33 32M 8M"])
+                    .arg(&uri),
+            );
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("failed"));
+        }),
+        fired: AtomicBool::new(false),
+        s1,
+        wrong_reads: AtomicU64::new(0),
+    });
+    let store = Arc::new(FsStore::new(&vm.repo).expect("open the repository store"));
+    let repo = Repository::open(store).await.expect("open the repository");
+    let opts = BackupOptions {
+        volume: "vm".into(),
+        ..BackupOptions::default()
+    };
+    let err = backup(&repo, source.clone(), &opts)
+        .await
+        .expect_err("a backup of a snapshot deleted mid-read must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"S1\"")
+            && msg.contains("deleted or replaced")
+            && msg.contains("nothing was committed"),
+        "{msg}"
+    );
+    assert!(
+        source.wrong_reads.load(Ordering::SeqCst) > 0,
+        "the race did not happen: every read still returned S1's data"
+    );
+    assert!(repo.snapshots(Some("vm")).await.expect("list").is_empty());
+    drop(source);
+    d.stop();
+    crate::common::qemu::assert_check_clean(&vm.img);
+}
+
+/// The engine bug: a shared open of an image QEMU is allocating L2 tables in could fail
+/// with "corrupt L1 entry … invalid L2 table pointer" (an L1 entry written after the
+/// file length was taken). With 4 KiB clusters every 2 MiB stride allocates a new L2
+/// table and L1 entry; opens in a loop meanwhile must all succeed and read the snapshot
+/// exactly, every time.
+#[test]
+fn shared_opens_survive_qemu_allocating_metadata() {
+    let cluster = 4096u64;
+    let size = 2048 * MIB;
+    let mut vm = Vm::new(size, cluster);
+    let mut d = StorageDaemon::start(&vm.img, vm.dir.path());
+    vm.write(&d, &[(0x61, 0, 256 << 10)]);
+    d.qmp().snapshot("S0");
+    let want = vm.model[..256 << 10].to_vec();
+    let mut writer = d.writer();
+    for k in 1..1024u64 {
+        writer.write(0x70, k * 2 * MIB + 8192, 4096);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let finisher = std::thread::spawn(move || {
+        writer.finish();
+        flag.store(true, Ordering::SeqCst);
+    });
+    let (mut opens, mut failures) = (0u64, Vec::new());
+    while !done.load(Ordering::SeqCst) || opens < 50 {
+        match Image::open(&vm.img, OpenMode::ReadOnlyShared) {
+            Ok(img) => {
+                let mut buf = vec![0u8; want.len()];
+                img.read_snapshot_at("S0", &mut buf, 0)
+                    .unwrap_or_else(|e| panic!("open {opens}: reading S0 failed: {e}"));
+                assert!(buf == want, "open {opens}: S0 read back wrong data");
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+        opens += 1;
+    }
+    finisher.join().expect("writer thread");
+    eprintln!("{opens} shared opens while qemu allocated 1023 L2 tables");
+    assert!(
+        failures.is_empty(),
+        "{} of {opens} shared opens failed, first: {}",
+        failures.len(),
+        failures[0]
+    );
+    d.stop();
+    crate::common::qemu::assert_check_clean(&vm.img);
+}
