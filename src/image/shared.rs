@@ -68,6 +68,13 @@ fn read_header(file: &dyn ImageFile, path: &std::path::Path) -> Result<Header, I
 }
 
 impl Image {
+    /// A shared read-only open on caller-provided storage (no locking): what
+    /// `Image::open(path, OpenMode::ReadOnlyShared)` does after taking its locks. Lets a
+    /// test put a writer between the steps of the open.
+    pub fn open_shared_on(file: Arc<dyn ImageFile>, name: &str) -> Result<Image, ImageError> {
+        Image::open_shared(file, name)
+    }
+
     /// Open read-only without trusting the active layer, retrying while the writer
     /// changes the metadata under the read (see the module comment). Errors other than
     /// a structure failing validation (I/O, unsupported features) are returned at once.

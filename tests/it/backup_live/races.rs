@@ -167,3 +167,74 @@ fn shared_opens_survive_qemu_allocating_metadata() {
     d.stop();
     crate::common::qemu::assert_check_clean(&vm.img);
 }
+
+/// The image file, with a writer that runs once right after the open's first `stat`:
+/// QEMU acting between the moment Island takes the file length and the moment it reads
+/// the L1 table, deterministically.
+struct WriterAfterStat {
+    file: std::fs::File,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl island::image::ImageFile for WriterAfterStat {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    fn write_at(&self, _buf: &[u8], offset: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other(format!(
+            "unexpected write at {offset}"
+        )))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        let len = self.file.metadata()?.len();
+        if let Some(hook) = self.hook.lock().expect("hook lock").take() {
+            hook();
+        }
+        Ok(len)
+    }
+    fn set_len(&self, _len: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("unexpected truncate"))
+    }
+}
+
+/// The reported failure, reproduced deterministically: after the open took the file
+/// length, qemu-io allocates a new L2 table (a write 1 GiB in: new L1 entry pointing past
+/// that length). A shared open used to fail with "corrupt L1 entry … invalid L2 table
+/// pointer"; it must succeed, read the snapshot exactly, and read the new data too.
+#[test]
+fn shared_open_tolerates_an_l1_entry_written_after_the_stat() {
+    let mut vm = Vm::new(4096 * MIB, CLUSTER);
+    let img = vm.img.clone();
+    crate::common::qemu::run(&mut crate::common::qemu::qemu_io(
+        &img,
+        &["write -q -P 0x51 0 1M".to_string()],
+    ));
+    vm.model[..MIB as usize].fill(0x51);
+    crate::common::qemu::run(crate::common::qemu::qemu_img(["snapshot", "-c", "S0"]).arg(&img));
+    let hook_img = img.clone();
+    let file = WriterAfterStat {
+        file: std::fs::File::open(&img).expect("open the image"),
+        hook: Mutex::new(Some(Box::new(move || {
+            crate::common::qemu::run(&mut crate::common::qemu::qemu_io(
+                &hook_img,
+                &["write -q -P 0x52 1G 64k".to_string()],
+            ));
+        }))),
+    };
+    let image = Image::open_shared_on(Arc::new(file), "vm.qcow2")
+        .expect("a shared open while qemu allocated an L2 table");
+    let mut buf = vec![0u8; MIB as usize];
+    image.read_snapshot_at("S0", &mut buf, 0).expect("read S0");
+    assert!(buf == vm.model[..MIB as usize], "S0 read back wrong data");
+    let mut new = vec![0u8; CLUSTER as usize];
+    image
+        .read_at(&mut new, 1 << 30)
+        .expect("read the new cluster");
+    assert!(
+        new.iter().all(|b| *b == 0x52),
+        "the new data is not visible"
+    );
+}
