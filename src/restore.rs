@@ -45,7 +45,7 @@ pub enum RestoreTarget {
 /// Where restored bytes go: a raw file, or a qcow2 image through the engine.
 enum Sink {
     File(File),
-    Image(Image),
+    Image(Box<Image>),
 }
 
 impl Sink {
@@ -248,7 +248,7 @@ async fn restore_to(
                 cluster_size: *cluster_size,
             };
             let img = Image::create(path, &opts)?;
-            (path.clone(), Sink::Image(img), PairWalk::single(geo, &top))
+            (path.clone(), Sink::Image(Box::new(img)), PairWalk::single(geo, &top))
         }
     };
     let sink = Arc::new(sink);
