@@ -248,7 +248,11 @@ async fn restore_to(
                 cluster_size: *cluster_size,
             };
             let img = Image::create(path, &opts)?;
-            (path.clone(), Sink::Image(Box::new(img)), PairWalk::single(geo, &top))
+            (
+                path.clone(),
+                Sink::Image(Box::new(img)),
+                PairWalk::single(geo, &top),
+            )
         }
     };
     let sink = Arc::new(sink);

@@ -238,3 +238,59 @@ fn shared_open_tolerates_an_l1_entry_written_after_the_stat() {
         "the new data is not visible"
     );
 }
+
+/// Through the CLI, timing-based: QEMU deletes the snapshot at some point during
+/// `island backup --image-snapshot` and reuses its clusters. Whatever the timing, a
+/// backup that succeeds restores exactly the snapshot's contents, and one that fails
+/// commits nothing.
+#[test]
+fn cli_backup_racing_a_qmp_delete_never_commits_wrong_data() {
+    let mut vm = Vm::new(256 * MIB, CLUSTER);
+    let mut d = StorageDaemon::start(&vm.img, vm.dir.path());
+    let img_s = vm.img.display().to_string();
+    let (mut committed, mut refused) = (0, 0);
+    for (round, delay_ms) in [0u64, 150, 400, 900].into_iter().enumerate() {
+        let p = 0x40 + round as u8;
+        vm.write(&d, &[(p, 0, 96 * MIB)]);
+        let snap = format!("R{round}");
+        d.qmp().snapshot(&snap);
+        let at_snap = vm.model.clone();
+        // Copy-on-write so the snapshot alone owns its clusters, then back it up.
+        vm.write(&d, &[(p + 0x10, 0, 96 * MIB)]);
+        let before = vm.snapshot_count();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_island"))
+            .args(["backup", "--repo", &vm.repo, "--volume", "vm", &img_s])
+            .args(["--image-snapshot", &snap, "--json"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn island backup");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        d.qmp().delete_snapshot(&snap).expect("QMP delete");
+        vm.write(&d, &[(p + 0x20, 128 * MIB, 96 * MIB)]);
+        let out = child.wait_with_output().expect("wait for island backup");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            committed += 1;
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("backup JSON");
+            let id = crate::backup_qcow2::str_field(&r, "id");
+            crate::common::assert_same(&format!("round {round}"), &vm.restore(&id), &at_snap);
+            assert_eq!(vm.snapshot_count(), before + 1);
+        } else {
+            refused += 1;
+            let last = stderr.lines().last().unwrap_or_default();
+            eprintln!("round {round} ({delay_ms} ms): refused: {last}");
+            assert_eq!(out.status.code(), Some(1), "round {round}: {stderr}");
+            assert!(
+                stderr.contains("deleted or replaced") || stderr.contains(&format!("{snap:?}")),
+                "round {round}: unexpected failure: {stderr}"
+            );
+            assert_eq!(vm.snapshot_count(), before, "round {round}: {stderr}");
+        }
+    }
+    eprintln!("{committed} backups finished before the delete, {refused} refused");
+    assert!(refused > 0, "no round raced the delete");
+    d.stop();
+    crate::common::qemu::assert_check_clean(&vm.img);
+}
