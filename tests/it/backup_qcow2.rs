@@ -268,6 +268,7 @@ fn incremental_backup_costs_what_changed_and_every_snapshot_restores() {
         let writes: Vec<(u64, u64)> = offsets.iter().map(|&o| (o, CLUSTER)).collect();
         w.write(&writes);
         let r = w.backup("vm");
+        eprintln!("round {round}, {n} clusters written: {r}");
         let changed = n as u64 * CLUSTER;
         assert_eq!(r["incremental"], true, "round {round}: {r}");
         assert_eq!(
