@@ -132,7 +132,7 @@ async fn restore_qcow2(
         ))
         .into());
     }
-    let (tmp, _file) = exclusive_temp(path)?;
+    let tmp = exclusive_temp(path)?;
     let target = RestoreTarget::Qcow2 {
         path: tmp.clone(),
         cluster_size,
@@ -158,7 +158,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 }
 
 /// Create a new, empty file next to `path` under a name no one else uses (`O_EXCL`).
-fn exclusive_temp(path: &Path) -> Result<(PathBuf, File)> {
+fn exclusive_temp(path: &Path) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| RepoError::InvalidArgument(format!("{}: not a file name", path.display())))?
@@ -176,7 +176,7 @@ fn exclusive_temp(path: &Path) -> Result<(PathBuf, File)> {
             std::process::id()
         ));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
+            Ok(_) => return Ok(tmp),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
                 attempt += 1;
             }

@@ -89,8 +89,17 @@ impl Image {
                         let st = img.read_state();
                         (read_header(&*st.file, &st.path)?, layout(&st.header))
                     };
-                    if layout(&now) == then || last {
+                    if layout(&now) == then {
                         return Ok(img);
+                    }
+                    if last {
+                        return Err(ImageError::Locked {
+                            path: name.into(),
+                            reason: format!(
+                                "its metadata kept moving during {SHARED_OPEN_ATTEMPTS} shared \
+                                 opens (snapshots being created or deleted?); try again"
+                            ),
+                        });
                     }
                 }
                 Err(e @ ImageError::Corrupt { .. }) if !last => {
