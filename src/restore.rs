@@ -45,7 +45,7 @@ pub enum RestoreTarget {
 /// Where restored bytes go: a raw file, or a qcow2 image through the engine.
 enum Sink {
     File(File),
-    Image(Image),
+    Image(Box<Image>),
 }
 
 impl Sink {
@@ -105,6 +105,109 @@ pub async fn restore(
     target: &RestoreTarget,
     progress: Option<Arc<dyn Progress>>,
 ) -> Result<RestoreReport> {
+    match target {
+        RestoreTarget::Qcow2 { path, cluster_size } => {
+            restore_qcow2(repo, volume, id, path, *cluster_size, progress).await
+        }
+        _ => restore_to(repo, volume, id, target, progress).await,
+    }
+}
+
+/// A qcow2 restore appears whole or not at all: the image is written under an exclusive
+/// temporary name in the target's directory, made durable, then hard-linked to `path`
+/// (which fails, never overwrites, if `path` appeared meanwhile) and the directory synced.
+/// On any failure the temporary file is removed, so no partial image is left behind.
+async fn restore_qcow2(
+    repo: &Repository,
+    volume: &str,
+    id: &str,
+    path: &Path,
+    cluster_size: u32,
+    progress: Option<Arc<dyn Progress>>,
+) -> Result<RestoreReport> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(RepoError::InvalidArgument(format!(
+            "{}: already exists (or is a symlink); a qcow2 restore never overwrites",
+            path.display()
+        ))
+        .into());
+    }
+    let tmp = exclusive_temp(path)?;
+    let target = RestoreTarget::Qcow2 {
+        path: tmp.clone(),
+        cluster_size,
+    };
+    let result = match restore_to(repo, volume, id, &target, progress).await {
+        Ok(report) => publish(&tmp, path).map(|()| report),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("could not remove {}: {e}", tmp.display());
+        }
+    }
+    result
+}
+
+/// The directory holding `path` ("." for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Create a new, empty file next to `path` under a name no one else uses (`O_EXCL`).
+fn exclusive_temp(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| RepoError::InvalidArgument(format!("{}: not a file name", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = parent_dir(path);
+    let mut attempt = 0u32;
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!(
+            ".{name}.{}-{nanos}-{attempt}.island-tmp",
+            std::process::id()
+        ));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(_) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(io_err(&tmp, "create", 0)(e).into()),
+        }
+    }
+}
+
+/// Make the finished temporary image durable and give it its final name without ever
+/// replacing an existing file, then make the new name durable.
+fn publish(tmp: &Path, path: &Path) -> Result<()> {
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(tmp, "fsync", 0))?;
+    std::fs::hard_link(tmp, path).map_err(io_err(path, "link", 0))?;
+    std::fs::remove_file(tmp).map_err(io_err(tmp, "remove", 0))?;
+    let dir = parent_dir(path);
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&dir, "fsync directory", 0))?;
+    Ok(())
+}
+
+/// Restore into `target`; a `Qcow2` target here is an empty file the caller created.
+async fn restore_to(
+    repo: &Repository,
+    volume: &str,
+    id: &str,
+    target: &RestoreTarget,
+    progress: Option<Arc<dyn Progress>>,
+) -> Result<RestoreReport> {
     let before = repo.counts();
     let m = repo.snapshot(volume, id).await?;
     let set = repo.load_segments().await?;
@@ -140,19 +243,16 @@ pub async fn restore(
                 ))
                 .into());
             }
-            if path.exists() {
-                return Err(RepoError::InvalidArgument(format!(
-                    "{}: already exists; a qcow2 restore never overwrites an image",
-                    path.display()
-                ))
-                .into());
-            }
             let opts = CreateOptions {
                 size: m.size,
                 cluster_size: *cluster_size,
             };
             let img = Image::create(path, &opts)?;
-            (path.clone(), Sink::Image(img), PairWalk::single(geo, &top))
+            (
+                path.clone(),
+                Sink::Image(Box::new(img)),
+                PairWalk::single(geo, &top),
+            )
         }
     };
     let sink = Arc::new(sink);

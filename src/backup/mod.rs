@@ -349,6 +349,10 @@ pub async fn backup(
         Some(p) => (p.stats.logical_bytes as i64 + logical_delta).max(0) as u64,
         None => (logical_delta.max(0)) as u64,
     };
+    let verify_src = source.clone();
+    tokio::task::spawn_blocking(move || verify_src.verify_unchanged())
+        .await
+        .map_err(|e| RepoError::Task(format!("verify source: {e}")))??;
     let mut manifest = SnapshotManifest {
         format: crate::repo::manifest::MANIFEST_VERSION,
         volume: opts.volume.clone(),

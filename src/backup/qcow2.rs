@@ -127,6 +127,26 @@ impl BlockSource for ImageSnapshotSource {
         Some(identity_of(&self.snapshot))
     }
 
+    /// The snapshot must still be in the table on disk with the same identity (id, name,
+    /// date, VM clock, L1 digest): a snapshot deleted while it was read may have had its
+    /// clusters reused by the writer, and a deletion cannot be undone, so finding it
+    /// unchanged now proves it existed throughout the read. Identity, not id alone: QEMU
+    /// gives a new snapshot the highest free id, which may be a deleted one's.
+    fn verify_unchanged(&self) -> crate::Result<()> {
+        let want = identity_of(&self.snapshot);
+        let changed = |reason: &str| ImageError::SnapshotChanged {
+            path: self.image.info().path.into(),
+            name: self.snapshot.name.clone(),
+            reason: reason.to_string(),
+        };
+        let now = self.image.snapshots_on_disk()?;
+        match now.iter().find(|s| s.id == self.snapshot.id) {
+            Some(s) if identity_of(s) == want => Ok(()),
+            Some(_) => Err(changed("its id now names a different snapshot").into()),
+            None => Err(changed("it is no longer in the snapshot table").into()),
+        }
+    }
+
     fn allocated(&self) -> Option<Vec<SourceRange>> {
         let extents = self
             .image

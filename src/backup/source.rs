@@ -30,6 +30,13 @@ pub trait BlockSource: Send + Sync {
     fn identity(&self) -> Option<BaseIdentity>;
     /// Sparse map if cheaply known (ranges not listed read as zeros), else `None`.
     fn allocated(&self) -> Option<Vec<SourceRange>>;
+    /// Called after the last read and before the commit: an error aborts the backup
+    /// without committing. A source whose data can vanish under the reader (an internal
+    /// snapshot another process may delete, its clusters then reused) proves here that
+    /// what it read was still valid at the end of the read.
+    fn verify_unchanged(&self) -> crate::Result<()> {
+        Ok(())
+    }
 }
 
 /// A raw image file or block device, sparse-aware through `SEEK_DATA`/`SEEK_HOLE`.

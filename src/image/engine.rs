@@ -83,7 +83,11 @@ impl Image {
             .open(path)
             .map_err(io_err(path, "open", 0))?;
         super::lock::lock(&file, path, mode)?;
-        Image::open_on(Arc::new(file), &path.to_string_lossy(), writable)
+        let name = path.to_string_lossy();
+        if mode == OpenMode::ReadOnlyShared {
+            return Image::open_shared(Arc::new(file), &name);
+        }
+        Image::open_inner(Arc::new(file), &name, writable, true)
     }
 
     /// Create on caller-provided storage (no locking). Layout: header, refcount table,
@@ -146,6 +150,21 @@ impl Image {
         name: &str,
         writable: bool,
     ) -> Result<Image, ImageError> {
+        Image::open_inner(file, name, writable, true)
+    }
+
+    /// Open with every metadata structure validated, or — `trust_active` false, for a
+    /// shared open of an image another process writes — without validating the active L1
+    /// table up front: its entries may point at L2 tables written after the file length
+    /// was taken, so they are checked only when the active layer is read. The host end
+    /// is taken again after all metadata is read, so a snapshot's tables (immutable while
+    /// it exists) always validate.
+    pub(super) fn open_inner(
+        file: Arc<dyn ImageFile>,
+        name: &str,
+        writable: bool,
+        trust_active: bool,
+    ) -> Result<Image, ImageError> {
         let path = PathBuf::from(name);
         let len = file.len().map_err(io_err(&path, "stat", 0))?;
         let mut probe = vec![0u8; len.min(104) as usize];
@@ -203,7 +222,7 @@ impl Image {
         };
         st.load_reftable()?;
         st.l1 = st.read_l1(st.header.l1_table_offset, st.header.l1_size)?;
-        for (i, &e) in st.l1.iter().enumerate() {
+        for (i, &e) in st.l1.iter().enumerate().filter(|_| trust_active) {
             super::mapping::l1_target(
                 e,
                 cs,
@@ -212,7 +231,11 @@ impl Image {
                 st.header.l1_table_offset + i as u64 * 8,
             )?;
         }
-        st.snapshots = read_snapshot_table(&st, len)?;
+        st.snapshots = read_snapshot_table(&*st.file, &st.path, &st.header, len)?;
+        if !trust_active {
+            let now = st.file.len().map_err(io_err(&path, "stat", 0))?;
+            st.host_end = st.host_end.max(now.div_ceil(cs));
+        }
         if writable && st.header.autoclear != 0 {
             // Island maintains no autoclear feature (e.g. persistent bitmaps): clearing
             // the bits tells QEMU those structures are stale.
@@ -419,7 +442,10 @@ impl Image {
     /// Snapshots in table order.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
         let st = self.read_state();
-        st.snapshots.iter().map(|e| snapshot_info(&st, e)).collect()
+        st.snapshots
+            .iter()
+            .map(|e| snapshot_info(&st, e, st.header.size))
+            .collect()
     }
 
     /// Take an internal snapshot of the active layer.
@@ -427,7 +453,7 @@ impl Image {
         let mut st = self.write_state()?;
         self.clear_snap_l1();
         let e = st.create_snapshot(name, now())?;
-        Ok(snapshot_info(&st, &e))
+        Ok(snapshot_info(&st, &e, st.header.size))
     }
 
     /// Delete a snapshot (by id, else name) and release what only it referenced.
@@ -635,7 +661,9 @@ fn read_view(
     flush_run(&mut run, buf)
 }
 
-fn snapshot_info(st: &State, e: &SnapshotEntry) -> SnapshotInfo {
+/// A snapshot's listing; `image_size` is the virtual size of a snapshot that does not
+/// record its own.
+pub(super) fn snapshot_info(st: &State, e: &SnapshotEntry, image_size: u64) -> SnapshotInfo {
     let digest = st
         .read_l1(e.l1_table_offset, e.l1_size)
         .map(|l1| {
@@ -653,25 +681,31 @@ fn snapshot_info(st: &State, e: &SnapshotEntry) -> SnapshotInfo {
         date_nsec: e.date_nsec,
         vm_clock_nsec: e.vm_clock_nsec,
         vm_state_size: e.vm_state_size,
-        disk_size: e.disk_size.unwrap_or(st.header.size),
+        disk_size: e.disk_size.unwrap_or(image_size),
         l1_digest: digest,
     }
 }
 
-/// Read the snapshot table, growing the read until the entries parse (bounded by QEMU's
-/// table size limit).
-fn read_snapshot_table(st: &State, file_len: u64) -> Result<Vec<SnapshotEntry>, ImageError> {
-    let n = st.header.nb_snapshots;
+/// Read the snapshot table `h` locates, growing the read until the entries parse
+/// (bounded by QEMU's table size limit).
+pub(super) fn read_snapshot_table(
+    file: &dyn ImageFile,
+    path: &Path,
+    h: &Header,
+    file_len: u64,
+) -> Result<Vec<SnapshotEntry>, ImageError> {
+    let n = h.nb_snapshots;
     if n == 0 {
         return Ok(Vec::new());
     }
-    let off = st.header.snapshots_offset;
+    let cs = 1u64 << h.cluster_bits;
+    let off = h.snapshots_offset;
     let avail = file_len.saturating_sub(off).min(snapshot::MAX_TABLE_BYTES);
-    let mut want = st.cs.min(avail);
+    let mut want = cs.min(avail);
     loop {
         let mut buf = vec![0u8; want as usize];
-        read_tolerant(&*st.file, &st.path, "read snapshot table", off, &mut buf)?;
-        match snapshot::parse_table(&st.path, &buf, off, n, st.cs, file_len) {
+        read_tolerant(file, path, "read snapshot table", off, &mut buf)?;
+        match snapshot::parse_table(path, &buf, off, n, cs, file_len) {
             Ok(t) => return Ok(t),
             Err(_) if want < avail => want = (want * 4).min(avail),
             Err(e) => return Err(e),

@@ -40,6 +40,14 @@ pub enum ImageError {
     /// No snapshot has this id or name.
     #[error("{path}: no snapshot with id or name {name:?}")]
     NoSuchSnapshot { path: PathBuf, name: String },
+    /// A snapshot being backed up was deleted or replaced before the backup committed:
+    /// its clusters may have been reused, so what was read cannot be trusted.
+    #[error("{path}: snapshot {name:?} was deleted or replaced while it was read ({reason}); nothing was committed")]
+    SnapshotChanged {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
     /// A snapshot with this name already exists.
     #[error("{path}: a snapshot named {name:?} already exists")]
     SnapshotExists { path: PathBuf, name: String },

@@ -13,6 +13,7 @@ mod header;
 mod lock;
 mod mapping;
 mod refcount;
+mod shared;
 mod snapshot;
 mod state;
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Island's one integration-test binary; one module per area.
 
+mod backup_live;
+mod backup_qcow2;
 mod common;
 mod image_cli;
 mod image_corrupt;

@@ -349,3 +349,4 @@ pub fn qemu_io_holding(path: &Path, read_only: bool) -> Guard {
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Guard(child)
 }
+pub mod live;
