@@ -9,7 +9,7 @@
 # Usage: benches/objstore-bench.sh [--size-mib N] [--swift-settle SECONDS]
 #   --size-mib      image size (default 512; half random, half zeros)
 #   --swift-settle  --swift-create-settle for the Swift runs (default 10, the product
-#                   default); a backup waits it twice (lease, snapshot root)
+#                   default); a backup waits it once (the snapshot root)
 #   PROFILE=test    reuse the test build instead of building a release binary
 # Starts the servers itself through scripts/objstore/with-servers.sh unless
 # ISLAND_TEST_S3_BUCKET and ISLAND_TEST_SWIFT_CONTAINER are already set. Needs jq, bc.
@@ -99,4 +99,4 @@ for store in dir s3 swift; do
         "$(fmt "$tr")" "$(fmt "$size_mib / $tr" 0)" "$(fmt "$tr / ${t_restore[dir]}")" \
         "$(fmt "${rq_restore[$store]} * $gib / ${down[$store]}" 0)"
 done
-echo "(ratio = time / directory time; a Swift backup includes 2 × ${settle}s create settle)"
+echo "(ratio = time / directory time; a Swift backup includes one ${settle}s create settle)"
