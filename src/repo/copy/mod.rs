@@ -104,7 +104,7 @@ pub async fn copy(from: &Repository, to: &Repository, opts: &CopyOptions) -> Res
         .collect();
     let mut report = CopyReport {
         volume: opts.volume.clone(),
-        rechunked: from.chunk_size() != to.chunk_size(),
+        rechunked: snaps.iter().any(|m| m.chunk_size != to.chunk_size()),
         source_chunk_size: from.chunk_size(),
         target_chunk_size: to.chunk_size(),
         ..Default::default()
@@ -155,7 +155,7 @@ async fn copy_one(
     let set = to.load_segments().await?;
     let mut w = Writer::new(to, lease.clone(), m.key(), "copy");
     let mut root = m.clone();
-    if report.rechunked {
+    if m.chunk_size != to.chunk_size() {
         let top = rechunk::rechunk(from, src_set, to, &set, &mut w, m, report).await?;
         let geo = Geometry::new(m.size, to.chunk_size());
         root.chunk_size = to.chunk_size();
