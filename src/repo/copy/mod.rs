@@ -42,6 +42,7 @@ pub struct CopyOptions {
     pub volume: String,
     /// One snapshot; `None` = every live snapshot of the volume, oldest first.
     pub snapshot: Option<String>,
+    /// Stage `copy`, counted in logical bytes of the snapshots handled (copied or skipped).
     pub progress: Option<Arc<dyn Progress>>,
 }
 
@@ -110,7 +111,7 @@ pub async fn copy(from: &Repository, to: &Repository, opts: &CopyOptions) -> Res
         ..Default::default()
     };
     if let Some(p) = &opts.progress {
-        p.stage("copy", snaps.len() as u64);
+        p.stage("copy", snaps.iter().map(|m| m.size).sum());
     }
     for m in snaps {
         let done = if present.contains(&m.key()) {
@@ -124,7 +125,7 @@ pub async fn copy(from: &Repository, to: &Repository, opts: &CopyOptions) -> Res
             report.skipped.push(m.id.clone());
         }
         if let Some(p) = &opts.progress {
-            p.advance(1);
+            p.advance(m.size);
         }
     }
     report.snapshots_copied = report.copied.len() as u64;
