@@ -135,10 +135,12 @@ fn repair_fixes_counts_and_reclaims_strays_but_not_leased_objects() {
     assert_restores(r, "vm", &snaps[2].0, &snaps[2].1, dir.path());
 
     // A missing pack is reported with the snapshot it damages.
+    // p000000 is its data pack (flush seals the data pack before the table pack).
+    let name = format!("{}-p000000", snaps[0].0);
     let first_pack = files_under(&repo, "packs")
         .into_iter()
-        .find(|p| p.to_string_lossy().contains(snaps[0].0.as_str()))
-        .expect("the first backup's pack");
+        .find(|p| p.to_string_lossy().ends_with(&name))
+        .expect("the first backup's data pack");
     std::fs::remove_file(&first_pack).expect("remove a pack");
     let damaged = json_with_code(&["check", "--repo", r, "--repair", "--json"], 3);
     let list = damaged["damaged"].as_array().expect("damaged list");

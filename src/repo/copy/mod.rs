@@ -42,6 +42,7 @@ pub struct CopyOptions {
     pub volume: String,
     /// One snapshot; `None` = every live snapshot of the volume, oldest first.
     pub snapshot: Option<String>,
+    /// Stage `copy`, counted in logical bytes of the snapshots handled (copied or skipped).
     pub progress: Option<Arc<dyn Progress>>,
 }
 
@@ -104,13 +105,13 @@ pub async fn copy(from: &Repository, to: &Repository, opts: &CopyOptions) -> Res
         .collect();
     let mut report = CopyReport {
         volume: opts.volume.clone(),
-        rechunked: from.chunk_size() != to.chunk_size(),
+        rechunked: snaps.iter().any(|m| m.chunk_size != to.chunk_size()),
         source_chunk_size: from.chunk_size(),
         target_chunk_size: to.chunk_size(),
         ..Default::default()
     };
     if let Some(p) = &opts.progress {
-        p.stage("copy", snaps.len() as u64);
+        p.stage("copy", snaps.iter().map(|m| m.size).sum());
     }
     for m in snaps {
         let done = if present.contains(&m.key()) {
@@ -124,7 +125,7 @@ pub async fn copy(from: &Repository, to: &Repository, opts: &CopyOptions) -> Res
             report.skipped.push(m.id.clone());
         }
         if let Some(p) = &opts.progress {
-            p.advance(1);
+            p.advance(m.size);
         }
     }
     report.snapshots_copied = report.copied.len() as u64;
@@ -155,7 +156,7 @@ async fn copy_one(
     let set = to.load_segments().await?;
     let mut w = Writer::new(to, lease.clone(), m.key(), "copy");
     let mut root = m.clone();
-    if report.rechunked {
+    if m.chunk_size != to.chunk_size() {
         let top = rechunk::rechunk(from, src_set, to, &set, &mut w, m, report).await?;
         let geo = Geometry::new(m.size, to.chunk_size());
         root.chunk_size = to.chunk_size();
