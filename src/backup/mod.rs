@@ -188,9 +188,12 @@ pub async fn backup(
             ),
         },
     };
+    // Known-zero runs are sent through the pipeline (and advance the progress) when a
+    // parent tree may hold data there to clear; the total counts what will advance.
+    let skip_zero = !has_parent_tree;
     let to_read: u64 = runs
         .iter()
-        .filter(|r| !r.2)
+        .filter(|r| !r.2 || !skip_zero)
         .map(|r| (r.1 - r.0) * cs)
         .sum::<u64>()
         .min(size);
@@ -208,7 +211,6 @@ pub async fn backup(
         tokio::sync::mpsc::channel::<std::result::Result<(u64, Option<Vec<u8>>), RepoError>>(QUEUE);
     let reader_src = source.clone();
     let reader_runs = runs.clone();
-    let skip_zero = !has_parent_tree;
     let reader = tokio::task::spawn_blocking(move || {
         for (a, b, zero) in reader_runs {
             if zero && skip_zero {

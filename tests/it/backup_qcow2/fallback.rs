@@ -4,7 +4,7 @@
 //! and the restore is still exact. Each test checks all three, plus the one case that is
 //! rightly incremental (a revert inside the image: the base is still there).
 
-use super::{allocated_bytes, str_field, u64_field, World, CLUSTER, MIB};
+use super::{allocated_bytes, island, str_field, u64_field, World, CLUSTER, MIB};
 use crate::common::assert_same;
 use crate::common::qemu;
 
@@ -51,8 +51,28 @@ fn deleted_island_snapshot_falls_back_to_full_read() {
     let base = format!("island-{}", str_field(&r1, "id"));
     w.write(&[(MIB, CLUSTER), (20 * MIB, 2 * CLUSTER)]);
     qemu::run(qemu::qemu_img(["snapshot", "-d", &base]).arg(&w.img));
-    let r2 = w.backup("vm");
+    let img = w.img.display().to_string();
+    let out = island(&[
+        "backup", "--repo", &w.repo, "--volume", "vm", &img, "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r2: serde_json::Value = serde_json::from_slice(&out.stdout).expect("backup JSON");
     assert_full_read(&w, &w.img.clone(), &r2, 3, &w.model);
+    // The progress a full read over a parent reports never passes its total.
+    let status: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["type"] == "status")
+        .collect();
+    let last = status.last().expect("status lines on stderr");
+    assert_eq!(last["done"], last["total"], "{last}");
+    for s in &status {
+        assert!(u64_field(s, "done") <= u64_field(s, "total"), "{s}");
+    }
 }
 
 /// A copy of the image, taken before the original advanced, is backed up to the same

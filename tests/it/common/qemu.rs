@@ -349,4 +349,6 @@ pub fn qemu_io_holding(path: &Path, read_only: bool) -> Guard {
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Guard(child)
 }
+
+/// qemu-storage-daemon with QMP and NBD: a running VM for live-backup tests.
 pub mod live;
