@@ -4,8 +4,8 @@
 //! library API: init, full and incremental backup (upload bounded by what changed),
 //! bit-exact restore of every snapshot, delete, gc, `check --read-data`.
 //!
-//! The `copy` S3 → Swift → S3 test belongs to the copy work: add it as
-//! `tests/it/objstore_copy.rs`, reusing [`Remote`], [`island_ok_json`] and [`TestVolume`].
+//! `copy` between the two servers (fs → S3 → Swift → S3 and → fs) is tested in
+//! `repo_copy::copy_fs_to_s3_to_swift_and_back`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -258,7 +258,7 @@ fn copy_killed_with_sigkill_resumes_per_snapshot() {
 /// fs → S3 → Swift → fs through the real servers; the incremental hop to S3 sends only
 /// the new snapshot's data.
 #[test]
-fn copy_fs_to_s3_to_swift_to_fs() {
+fn copy_fs_to_s3_to_swift_and_back() {
     let test = "copy_fs_s3_swift_fs";
     let (Some(bucket), Some(endpoint), Some(region), Some(container)) = (
         setting(test, "ISLAND_TEST_S3_BUCKET"),
@@ -331,7 +331,17 @@ fn copy_fs_to_s3_to_swift_to_fs() {
         u64_field(&first, "bytes_uploaded")
     );
     assert_eq!(u64_field(&hop(&s3, &swift), "snapshots_copied"), 2);
-    assert_eq!(u64_field(&hop(&swift, s(&d)), "snapshots_copied"), 2);
+    // And back from Swift to another S3 repository (cross-cloud both ways), then to a
+    // directory; every hop keeps the snapshot ids.
+    let s3_back = format!("s3://{bucket}/{}", unique_prefix(test));
+    ok(&with(&["init", &s3_back])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let back = hop(&swift, &s3_back);
+    assert_eq!(u64_field(&back, "snapshots_copied"), 2, "{back}");
+    assert_eq!(u64_field(&hop(&swift, &s3_back), "bytes_uploaded"), 0);
+    assert_eq!(u64_field(&hop(&s3_back, s(&d)), "snapshots_copied"), 2);
     std::fs::remove_dir_all(&a).expect("remove the source");
     for (id, want) in &snaps {
         assert_restores(s(&d), "vm", id, want, dir.path());
