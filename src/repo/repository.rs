@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 
 /// Memory for cached segment buckets and tables (bounded whatever the repository size).
 const CACHE_BUDGET: usize = 64 << 20;
+/// Segments whose records are at most this size are read whole (one GET) on first use; a
+/// bound far below [`CACHE_BUDGET`] so a whole segment never evicts most of the cache.
+const WHOLE_SEGMENT_FETCH: u64 = 2 << 20;
 
 /// One snapshot in a listing.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -302,10 +305,20 @@ impl Repository {
     }
 
     /// One bucket of a segment, crc-checked, through the LRU.
+    ///
+    /// A segment whose records fit in [`WHOLE_SEGMENT_FETCH`] is fetched whole on the first
+    /// miss and all its buckets cached: an incremental backup's dedup checks and a restore's
+    /// lookups then cost one GET per segment instead of one per bucket touched (measured on
+    /// a 1 GiB volume: 170 requests for a 1 % incremental backup before, see the README).
+    /// Larger segments (multi-TiB volumes) keep the per-bucket reads, so memory stays bounded.
     pub(crate) async fn bucket(&self, h: &SegmentHead, b: u8) -> Result<Arc<Vec<u8>>> {
         let k = (h.key.clone(), b);
         if let Some(v) = self.inner.buckets.lock().map_err(poisoned)?.get(&k) {
             return Ok(v);
+        }
+        let all = h.bucket_range(0).start..h.bucket_range(255).end;
+        if all.end - all.start <= WHOLE_SEGMENT_FETCH {
+            return self.whole_segment(h, all, b).await;
         }
         let r = h.bucket_range(b);
         let bytes = if r.is_empty() {
@@ -321,6 +334,45 @@ impl Repository {
             .map_err(poisoned)?
             .insert(k, v.clone(), bytes.len() + 64);
         Ok(v)
+    }
+
+    /// Fetch every bucket of a small segment in one ranged GET, check and cache each, and
+    /// return bucket `want`.
+    async fn whole_segment(
+        &self,
+        h: &SegmentHead,
+        all: std::ops::Range<u64>,
+        want: u8,
+    ) -> Result<Arc<Vec<u8>>> {
+        let bytes = if all.is_empty() {
+            Bytes::new()
+        } else {
+            self.inner.store.get_range(&h.key, all.clone()).await?
+        };
+        if bytes.len() as u64 != all.end - all.start {
+            return Err(RepoError::corrupt(
+                &h.key,
+                format!(
+                    "short read of the records: {} of {} bytes",
+                    bytes.len(),
+                    all.end - all.start
+                ),
+            )
+            .into());
+        }
+        let mut wanted = None;
+        let mut cache = self.inner.buckets.lock().map_err(poisoned)?;
+        for b in 0..=255u8 {
+            let r = h.bucket_range(b);
+            let piece = &bytes[(r.start - all.start) as usize..(r.end - all.start) as usize];
+            h.check_bucket(b, piece)?;
+            let v = Arc::new(piece.to_vec());
+            cache.insert((h.key.clone(), b), v.clone(), piece.len() + 64);
+            if b == want {
+                wanted = Some(v);
+            }
+        }
+        Ok(wanted.unwrap_or_default())
     }
 
     /// Newest location of `id` among `segs` (skipping packs gc removed).

@@ -2,8 +2,9 @@
 //! settings from the `ISLAND_TEST_*` variables that `scripts/objstore/with-servers.sh`
 //! exports, and checks that behave the same on every driver.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,9 @@ use island::store::{ObjectStore, PutOutcome, StoreErrorKind};
 /// The value of `name`, or `None` after printing why the test is skipped. Under
 /// `with-servers.sh` (which sets `ISLAND_TEST_REQUIRE_SERVERS=1`) a missing setting fails.
 pub fn setting(test: &str, name: &str) -> Option<String> {
+    if name.starts_with("ISLAND_TEST_S3") || name.starts_with("AWS_") {
+        hold_s3(false);
+    }
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
@@ -25,6 +29,45 @@ pub fn setting(test: &str, name: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// The S3 server is shared by every test of the run, and one test stops and restarts it
+/// (`objstore_faults::s3_server_restart_mid_backup`). Every test that reads an S3 setting
+/// holds this lock shared and the outage test holds it exclusively, so no other test sees
+/// the outage. The guard lives in the thread's thread-local and is released when libtest's
+/// per-test thread (or a runtime worker the test started) exits.
+static S3_SERVER: RwLock<()> = RwLock::new(());
+
+enum S3Hold {
+    Shared {
+        _guard: RwLockReadGuard<'static, ()>,
+    },
+    Exclusive {
+        _guard: RwLockWriteGuard<'static, ()>,
+    },
+}
+
+thread_local! {
+    static S3_HELD: RefCell<Option<S3Hold>> = const { RefCell::new(None) };
+}
+
+/// Take the S3 server lock for the rest of this test thread (no-op if already held).
+pub fn hold_s3(exclusive: bool) {
+    S3_HELD.with(|held| {
+        if held.borrow().is_some() {
+            return;
+        }
+        let hold = if exclusive {
+            S3Hold::Exclusive {
+                _guard: S3_SERVER.write().unwrap_or_else(|e| e.into_inner()),
+            }
+        } else {
+            S3Hold::Shared {
+                _guard: S3_SERVER.read().unwrap_or_else(|e| e.into_inner()),
+            }
+        };
+        *held.borrow_mut() = Some(hold);
+    });
 }
 
 /// A prefix no other test run uses, so tests share one bucket/container safely.

@@ -159,6 +159,8 @@ fn restore_all(remote: &Remote, dir: &Path, ids: &[(String, Vec<u8>)]) {
 /// every snapshot restores bit-exact and `check --read-data` is clean.
 #[test]
 fn s3_server_restart_mid_backup() {
+    // Before any S3 setting is read: no other test may use the server during the outage.
+    crate::objstore_common::hold_s3(true);
     let Some(remote) = Remote::s3("s3_outage") else {
         return;
     };
