@@ -11,6 +11,7 @@ pub mod error;
 pub mod image;
 pub mod repo;
 pub mod restore;
+pub mod service;
 pub mod store;
 
 pub use error::{Error, Result};

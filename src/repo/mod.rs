@@ -12,7 +12,7 @@ mod chunk;
 mod config;
 mod delete;
 mod diff;
-mod envelope;
+pub(crate) mod envelope;
 mod error;
 mod gc;
 pub(crate) mod ids;
