@@ -6,6 +6,7 @@
 //! nothing of repositories and `store` knows nothing of clusters; only the pipelines touch
 //! both sides.
 
+pub mod api;
 pub mod backup;
 pub mod error;
 pub mod image;

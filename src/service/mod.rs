@@ -110,6 +110,10 @@ impl Service {
         }
         let images = cfg.data_dir.join("volumes");
         std::fs::create_dir_all(&images).map_err(error::io_err(&images, "create_dir_all"))?;
+        // Attachment records carry absolute image paths, whatever the caller's cwd.
+        let mut cfg = cfg;
+        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
+            .map_err(error::io_err(&cfg.data_dir, "canonicalize"))?;
         let ops = Operations::open(cfg.data_dir.join("operations"))?;
         Ok(Service {
             repo,
