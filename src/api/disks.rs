@@ -5,6 +5,7 @@ use super::input::{self, Fields};
 use super::{user_of, ApiState};
 use crate::service::{CreateVolume, Visibility, Volume};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -74,10 +75,10 @@ pub async fn remove(
     Path(uuid): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let user = user_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), &body)?;
+    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let force = f.boolean("force").unwrap_or(false);
     f.only(&["force"]);
     f.finish()?;
@@ -93,10 +94,10 @@ pub async fn create(
     State(s): State<Arc<ApiState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let user = user_of(&s, &headers)?;
-    let mut f: Fields = input::parse(&headers, query.as_deref(), &body)?;
+    let mut f: Fields = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let size = f.integer("size", true);
     if let Some(gib) = size {
         if !(1..=s.max_size_gib).contains(&gib) {

@@ -3,6 +3,7 @@
 //! typed strictly — a wrong type is a 422, never a panic or a 500.
 
 use super::error::ApiError;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap};
 use serde_json::{Map, Value};
 
@@ -16,7 +17,13 @@ pub struct Fields {
 
 /// Read `body` as JSON (`application/json`) or as a form (`application/x-www-form-urlencoded`,
 /// or no content type), then add the query string's fields.
-pub fn parse(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Result<Fields, ApiError> {
+pub fn parse(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Result<&[u8], &BytesRejection>,
+) -> Result<Fields, ApiError> {
+    // An unreadable or oversized body (413) keeps its status but gets the JSON format.
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let mut map = Map::new();
     if !body.iter().all(u8::is_ascii_whitespace) {
         let ct = headers
@@ -172,21 +179,21 @@ mod tests {
 
     #[test]
     fn json_form_and_types() {
-        let mut f = parse(&json_headers(), None, br#"{"size": 2, "tag": 5}"#).unwrap();
+        let mut f = parse(&json_headers(), None, Ok(br#"{"size": 2, "tag": 5}"#)).unwrap();
         assert_eq!(f.integer("size", true), Some(2));
         assert_eq!(f.string("tag", true), None);
         assert_eq!(f.string("visibility", true), None);
         assert_eq!(f.problems.len(), 2, "{:?}", f.problems);
-        let mut f = parse(&HeaderMap::new(), Some("force=1"), b"size=3&tag=a+b").unwrap();
+        let mut f = parse(&HeaderMap::new(), Some("force=1"), Ok(b"size=3&tag=a+b")).unwrap();
         assert_eq!(f.integer("size", true), Some(3));
         assert_eq!(f.string("tag", true).as_deref(), Some("a b"));
         assert_eq!(f.boolean("force"), Some(true));
         f.only(&["size", "tag"]);
         assert_eq!(f.problems.len(), 1);
-        assert!(parse(&json_headers(), None, b"[1]").is_err());
-        assert!(parse(&json_headers(), None, b"{").is_err());
-        assert!(parse(&HeaderMap::new(), None, b"a=1&a=2").is_err());
-        let mut f = parse(&json_headers(), None, br#"{"size": -1}"#).unwrap();
+        assert!(parse(&json_headers(), None, Ok(b"[1]")).is_err());
+        assert!(parse(&json_headers(), None, Ok(b"{")).is_err());
+        assert!(parse(&HeaderMap::new(), None, Ok(b"a=1&a=2")).is_err());
+        let mut f = parse(&json_headers(), None, Ok(br#"{"size": -1}"#)).unwrap();
         assert_eq!(f.integer("size", true), None);
     }
 }

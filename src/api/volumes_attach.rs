@@ -6,6 +6,7 @@ use super::input;
 use super::{user_of, ApiState};
 use crate::service::{OpHandle, OpSpec, Service, ServiceError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,11 @@ struct VmArgs {
     wait: bool,
 }
 
-fn vm_args(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Result<VmArgs, ApiError> {
+fn vm_args(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Result<&[u8], &BytesRejection>,
+) -> Result<VmArgs, ApiError> {
     let mut f = input::parse(headers, query, body)?;
     let node = f.string("node", true);
     let vm_id = f.string("vm_id", true);
@@ -78,11 +83,11 @@ async fn attach_common(
     uuid: String,
     headers: HeaderMap,
     query: Option<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
     hot: bool,
 ) -> Result<Response, ApiError> {
     let user = user_of(&s, &headers)?;
-    let a = vm_args(&headers, query.as_deref(), &body)?;
+    let a = vm_args(&headers, query.as_deref(), body.as_deref())?;
     // Refuse an unknown or invisible volume before recording an operation.
     s.service.get_volume(&user, &uuid).await?;
     let spec = OpSpec {
@@ -120,7 +125,7 @@ pub async fn attach(
     Path(uuid): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     attach_common(s, uuid, headers, query, body, false).await
 }
@@ -131,7 +136,7 @@ pub async fn hot_attach(
     Path(uuid): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     attach_common(s, uuid, headers, query, body, true).await
 }
@@ -142,10 +147,10 @@ pub async fn hot_detach(
     Path(uuid): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let user = user_of(&s, &headers)?;
-    let a = vm_args(&headers, query.as_deref(), &body)?;
+    let a = vm_args(&headers, query.as_deref(), body.as_deref())?;
     s.service.get_volume(&user, &uuid).await?;
     let spec = OpSpec {
         kind: "hotdetach".into(),
@@ -170,10 +175,10 @@ pub async fn detach(
     State(s): State<Arc<ApiState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let user = user_of(&s, &headers)?;
-    let a = vm_args(&headers, query.as_deref(), &body)?;
+    let a = vm_args(&headers, query.as_deref(), body.as_deref())?;
     let spec = OpSpec {
         kind: "detach".into(),
         user: user.clone(),
@@ -195,10 +200,10 @@ pub async fn snapshot(
     Path(uuid): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let user = user_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), &body)?;
+    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let wait = f.boolean("wait").unwrap_or(true);
     f.only(&["wait"]);
     f.finish()?;
