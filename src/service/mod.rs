@@ -241,6 +241,7 @@ impl Service {
                 v.owner
             )));
         }
+        refuse_attached(&v)?;
         let has_snapshots = self.repo.latest(uuid).await?.is_some();
         if has_snapshots && !force {
             return Err(ServiceError::Conflict(format!(
@@ -250,14 +251,7 @@ impl Service {
         // The deleted generation is committed first: from then on no attach (which needs
         // a live generation) can race the snapshot deletes below.
         catalog::update(self.store(), uuid, |v| {
-            if let Some(a) = v.attachments.first() {
-                return Err(ServiceError::Conflict(format!(
-                    "volume {uuid} is attached to vm {} on node {} ({} attachment(s)); detach first",
-                    a.node,
-                    a.vm_id,
-                    v.attachments.len()
-                )));
-            }
+            refuse_attached(v)?;
             v.deleted = true;
             Ok(())
         })
@@ -273,5 +267,19 @@ impl Service {
             uuid: uuid.to_string(),
             snapshots_deleted,
         })
+    }
+}
+
+/// Refuse to delete an attached volume, naming one of its attachments.
+fn refuse_attached(v: &Volume) -> Result<(), ServiceError> {
+    match v.attachments.first() {
+        Some(a) => Err(ServiceError::Conflict(format!(
+            "volume {} is attached to vm {} on node {} ({} attachment(s)); detach first",
+            v.uuid,
+            a.vm_id,
+            a.node,
+            v.attachments.len()
+        ))),
+        None => Ok(()),
     }
 }
