@@ -283,3 +283,6 @@ fn refuse_attached(v: &Volume) -> Result<(), ServiceError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

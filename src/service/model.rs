@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn size_bounds() {
-        assert_eq!(MAX_VOLUME_SIZE, 17_592_185_044_992);
+        assert_eq!(MAX_VOLUME_SIZE, 17_592_184_995_840);
         assert_eq!(MIN_VOLUME_SIZE, 1_073_741_824);
     }
 }
