@@ -251,11 +251,11 @@ impl Progress for OpHandle {
     fn advance(&self, n: u64) {
         self.edit(false, |op| {
             op.done = op.done.saturating_add(n).min(op.total);
-            op.percent = if op.total == 0 {
-                100
-            } else {
-                u8::try_from(op.done.saturating_mul(100) / op.total).unwrap_or(100)
-            };
+            op.percent = op
+                .done
+                .saturating_mul(100)
+                .checked_div(op.total)
+                .map_or(100, |p| u8::try_from(p).unwrap_or(100));
         });
     }
 }

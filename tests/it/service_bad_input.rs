@@ -7,6 +7,9 @@ use super::service_common::{Body, Site, ALICE};
 use reqwest::Method;
 use serde_json::json;
 
+/// One bad request: method, path, token, body, expected status, a word the messages name.
+type Case<'a> = (Method, String, Option<&'a str>, Body<'a>, u16, &'a str);
+
 const NIL: &str = "00000000-0000-4000-8000-000000000000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,8 +34,7 @@ async fn every_endpoint_answers_bad_input_with_4xx_messages() {
     let hot = format!("/api/hotdetach/{uuid}");
     let snaps = format!("/api/disks/{uuid}/snapshots");
     let del = format!("/api/disks/{uuid}?force=maybe");
-    // (method, path, token, body, status, a word the messages must contain)
-    let cases: Vec<(Method, String, Option<&str>, Body, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             "/api/disks".into(),
