@@ -10,18 +10,29 @@ use std::process::{Child, Command, Stdio};
 pub const ALICE: &str = "alice-token-0001";
 pub const BOB: &str = "bob-token-000002";
 
-/// A repository directory and a users file, shared by the servers of one test.
+/// A repository (a local directory, or an `s3://` URL) and a users file, shared by the
+/// servers of one test.
 pub struct Site {
     pub dir: tempfile::TempDir,
+    /// Repository location as given to `--repo`.
+    pub repo_url: String,
+    /// Global store flags for every `island` command (e.g. `--s3-path-style`).
+    pub flags: Vec<String>,
 }
 
 impl Site {
-    /// A fresh repository (initialised through the CLI) and users alice and bob.
+    /// A fresh local directory repository.
     pub fn new() -> Site {
         let dir = crate::common::tempdir();
-        let repo = dir.path().join("repo");
+        let repo = dir.path().join("repo").display().to_string();
+        Site::init(dir, repo, Vec::new())
+    }
+
+    /// A fresh repository at `repo_url` (initialised through the CLI), users alice and bob.
+    pub fn init(dir: tempfile::TempDir, repo_url: String, flags: Vec<String>) -> Site {
         let out = Command::new(env!("CARGO_BIN_EXE_island"))
-            .args(["init", repo.to_str().expect("utf-8 path")])
+            .args(&flags)
+            .args(["init", &repo_url])
             .output()
             .expect("island init runs");
         assert!(out.status.success(), "init: {out:?}");
@@ -30,20 +41,24 @@ impl Site {
             format!("[tokens]\n\"{ALICE}\" = \"alice\"\n\"{BOB}\" = \"bob\"\n"),
         )
         .expect("users file");
-        Site { dir }
+        Site {
+            dir,
+            repo_url,
+            flags,
+        }
     }
 
-    pub fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
+    /// The local repository directory, if the repository is local.
+    pub fn local_repo(&self) -> Option<PathBuf> {
+        (!self.repo_url.contains("://")).then(|| PathBuf::from(&self.repo_url))
     }
 
     /// Start `island serve` as server `id` with its own data dir.
     pub fn serve(&self, id: &str, extra: &[&str]) -> Server {
         let data = self.dir.path().join(format!("data-{id}"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_island"))
-            .arg("serve")
-            .arg("--repo")
-            .arg(self.repo())
+            .args(&self.flags)
+            .args(["serve", "--repo", &self.repo_url])
             .args(["--listen", "127.0.0.1:0", "--server-id", id])
             .arg("--users")
             .arg(self.dir.path().join("users.toml"))
