@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::input::{self, Fields};
 use super::{user_of, ApiState};
-use crate::service::{CreateVolume, Visibility, Volume};
+use crate::service::{CreateVolume, SnapshotRef, Visibility, Volume};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -98,7 +98,17 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let user = user_of(&s, &headers)?;
     let mut f: Fields = input::parse(&headers, query.as_deref(), body.as_deref())?;
-    let size = f.integer("size", true);
+    let source = f.string("source", false);
+    let snapshot = f.string("snapshot", false);
+    let from = match (source, snapshot) {
+        (Some(volume), Some(snapshot)) => Some(SnapshotRef { volume, snapshot }),
+        (None, None) => None,
+        _ => {
+            f.problem("source and snapshot go together (create from a snapshot)".into());
+            None
+        }
+    };
+    let size = f.integer("size", from.is_none());
     if let Some(gib) = size {
         if !(1..=s.max_size_gib).contains(&gib) {
             f.problem(format!(
@@ -122,17 +132,25 @@ pub async fn create(
         }
         None => None,
     };
-    f.only(&["size", "tag", "visibility", "user_limit"]);
+    f.only(&[
+        "size",
+        "tag",
+        "visibility",
+        "user_limit",
+        "source",
+        "snapshot",
+    ]);
     let problems = std::mem::take(&mut f.problems);
-    let (Some(gib), Some(tag), Some(visibility), true) = (size, tag, vis, problems.is_empty())
-    else {
+    let (Some(tag), Some(visibility), true) = (tag, vis, problems.is_empty()) else {
         return Err(ApiError::unprocessable(problems));
     };
     let req = CreateVolume {
-        size: gib * GIB,
+        // 0 = the source snapshot's size (size is required without a source).
+        size: size.unwrap_or(0) * GIB,
         tag,
         visibility,
         user_limit,
+        source: from,
     };
     let v = s.service.create_volume(&user, &req).await?;
     Ok((StatusCode::CREATED, Json(json!({"uuid": v.uuid}))).into_response())

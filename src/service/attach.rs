@@ -147,15 +147,22 @@ impl Service {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&path, "remove stale image")(e)),
         }
-        match self.repo.latest(&v.uuid).await? {
-            Some(m) => {
+        let from = match self.repo.latest(&v.uuid).await? {
+            Some(m) => Some((v.uuid.clone(), m.id)),
+            None => v
+                .source
+                .as_ref()
+                .map(|s| (s.volume.clone(), s.snapshot.clone())),
+        };
+        match from {
+            Some((volume, id)) => {
                 let target = RestoreTarget::Qcow2 {
                     path: path.clone(),
                     cluster_size: CLUSTER_SIZE,
                 };
                 let progress: Arc<dyn crate::repo::Progress> = Arc::new(op.clone());
-                restore(&self.repo, &v.uuid, &m.id, &target, Some(progress)).await?;
-                Ok(Some(m.id))
+                restore(&self.repo, &volume, &id, &target, Some(progress)).await?;
+                Ok(Some(id))
             }
             None => {
                 let opts = CreateOptions {

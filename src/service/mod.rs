@@ -18,6 +18,7 @@
 //!         tag: "scratch".into(),
 //!         visibility: Visibility::Private,
 //!         user_limit: None,
+//!         source: None,
 //!     })
 //!     .await?;
 //! assert_eq!(svc.get_volume("alice", &v.uuid).await?.tag, "scratch");
@@ -31,7 +32,9 @@ pub mod model;
 pub mod ops;
 
 pub use error::ServiceError;
-pub use model::{AccessMode, Attachment, Visibility, Volume, MAX_VOLUME_SIZE, MIN_VOLUME_SIZE};
+pub use model::{
+    AccessMode, Attachment, SnapshotRef, Visibility, Volume, MAX_VOLUME_SIZE, MIN_VOLUME_SIZE,
+};
 pub use ops::{OpHandle, OpSpec, OpState, Operation, Operations};
 
 use crate::repo::ids::now_rfc3339;
@@ -78,6 +81,9 @@ pub struct CreateVolume {
     pub visibility: Visibility,
     /// `None` = the service's default.
     pub user_limit: Option<u32>,
+    /// Start as this snapshot of a volume the creator can see (`size` must then be 0,
+    /// meaning the snapshot's size, or equal to it).
+    pub source: Option<SnapshotRef>,
 }
 
 /// What deleting a volume removed.
@@ -157,10 +163,21 @@ impl Service {
         req: &CreateVolume,
     ) -> Result<Volume, ServiceError> {
         let mut problems = Vec::new();
-        if !(MIN_VOLUME_SIZE..=MAX_VOLUME_SIZE).contains(&req.size) {
+        let mut size = req.size;
+        if let Some(src) = &req.source {
+            let from = self.source_size(user, src).await?;
+            if size == 0 {
+                size = from;
+            } else if size != from {
+                problems.push(format!(
+                    "size {size} differs from the {from} bytes of snapshot {}/{}",
+                    src.volume, src.snapshot
+                ));
+            }
+        }
+        if !(MIN_VOLUME_SIZE..=MAX_VOLUME_SIZE).contains(&size) {
             problems.push(format!(
-                "size {} is outside {MIN_VOLUME_SIZE}..={MAX_VOLUME_SIZE} bytes (1 GiB to 16 TiB - 1 MiB)",
-                req.size
+                "size {size} is outside {MIN_VOLUME_SIZE}..={MAX_VOLUME_SIZE} bytes (1 GiB to 16 TiB - 1 MiB)"
             ));
         }
         if req.tag.len() > 256 || req.tag.chars().any(char::is_control) {
@@ -181,11 +198,12 @@ impl Service {
             owner: user.to_string(),
             tag: req.tag.clone(),
             visibility: req.visibility,
-            size: req.size,
+            size,
             created: now_rfc3339(),
             user_limit,
             attachments: Vec::new(),
             deleted: false,
+            source: req.source.clone(),
         };
         if !catalog::commit(self.store(), &v).await? {
             return Err(ServiceError::Conflict(format!(
@@ -194,6 +212,24 @@ impl Service {
             )));
         }
         Ok(v)
+    }
+
+    /// Size of snapshot `src`, which must belong to a volume `user` can see.
+    async fn source_size(&self, user: &str, src: &SnapshotRef) -> Result<u64, ServiceError> {
+        let v = self.get_volume(user, &src.volume).await?;
+        if !crate::repo::ids::is_time_id(&src.snapshot) {
+            return Err(ServiceError::Invalid(vec![format!(
+                "snapshot id {:?} is malformed",
+                src.snapshot
+            )]));
+        }
+        match self.repo.snapshot(&v.uuid, &src.snapshot).await {
+            Ok(m) => Ok(m.size),
+            Err(crate::Error::Repo(crate::repo::RepoError::SnapshotNotFound { .. })) => Err(
+                ServiceError::NotFound(format!("snapshot {}/{}", src.volume, src.snapshot)),
+            ),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Volume `uuid` if `user` may see it (a private volume of someone else is "not

@@ -87,6 +87,19 @@ pub struct Volume {
     pub attachments: Vec<Attachment>,
     /// A deleted volume's last generation; it stays so the uuid is never reused.
     pub deleted: bool,
+    /// The snapshot a volume created from a snapshot starts as (used by its first
+    /// attach, while it has no snapshot of its own).
+    #[serde(default)]
+    pub source: Option<SnapshotRef>,
+}
+
+/// One snapshot of one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    /// The volume's uuid (its name in the repository).
+    pub volume: String,
+    /// The snapshot id.
+    pub snapshot: String,
 }
 
 impl Volume {

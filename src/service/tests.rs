@@ -39,6 +39,7 @@ async fn racing_attaches_respect_the_user_limit_and_one_writer() {
                 tag: "race".into(),
                 visibility: Visibility::Private,
                 user_limit: Some(3),
+                source: None,
             },
         )
         .await
@@ -91,6 +92,7 @@ async fn concurrent_updates_lose_nothing_and_corruption_is_an_error() {
                 tag: String::new(),
                 visibility: Visibility::Public,
                 user_limit: None,
+                source: None,
             },
         )
         .await
@@ -135,6 +137,7 @@ async fn concurrent_updates_lose_nothing_and_corruption_is_an_error() {
                 tag: String::new(),
                 visibility: Visibility::Public,
                 user_limit: None,
+                source: None,
             },
         )
         .await

@@ -3,7 +3,7 @@
 //! in the repository (host B sees what host A created), visibility and owner rules, the
 //! user limit and single read-write claim across hosts, that detach uploads what was
 //! written into the attached local image, and that re-attaching on the other host
-//! restores it bit-exact.
+//! restores it bit-exact; a volume created from a snapshot starts as that snapshot.
 
 use super::common::{pseudo_random, tempdir};
 use super::objstore_common::{setting, unique_prefix};
@@ -307,6 +307,61 @@ async fn scenario(site: &Site) {
         .await
         .expect(200);
     assert_eq!(hd["uuid"], json!([]));
+
+    // A new volume from the first snapshot (not someone else's private one): its first
+    // attach restores that snapshot, without the writes made after it.
+    let from_first =
+        json!({"tag": "copy", "visibility": "private", "source": private, "snapshot": first});
+    a.post("/api/create", BOB, from_first.clone())
+        .await
+        .expect(404);
+    let copy = a.post("/api/create", ALICE, from_first).await.expect(201)["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_string();
+    assert_eq!(
+        a.get(&format!("/api/disks/{copy}"), ALICE)
+            .await
+            .expect(200)["size"],
+        "1"
+    );
+    let att = a
+        .post(
+            &format!("/api/attach/{copy}"),
+            ALICE,
+            json!({"node": "n1", "vm_id": "5"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(att["from_snapshot"], first.as_str());
+    let p = att["path"].as_str().expect("path").to_string();
+    assert!(
+        read_image(&p, 0, head.len()) == head[..],
+        "copy head differs"
+    );
+    assert!(
+        read_image(&p, GIB - (1 << 20), tail.len()) == tail[..],
+        "copy tail differs"
+    );
+    assert!(read_image(&p, 512 << 20, later.len())
+        .iter()
+        .all(|&x| x == 0));
+    a.post("/api/detach", ALICE, json!({"node": "n1", "vm_id": "5"}))
+        .await
+        .expect(200);
+    let copy_snaps = a
+        .get(&format!("/api/disks/{copy}/snapshots"), ALICE)
+        .await
+        .expect(200);
+    assert_eq!(copy_snaps.as_array().expect("array").len(), 1);
+    a.call(
+        Method::DELETE,
+        &format!("/api/disks/{copy}?force=1"),
+        Some(ALICE),
+        Body::None,
+    )
+    .await
+    .expect(200);
     let r = a
         .call(
             Method::DELETE,
