@@ -167,6 +167,19 @@ pub async fn snapshots(
     Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
 }
 
+/// `DELETE /api/disks/{uuid}/snapshots/{id}`: owner only.
+pub async fn delete_snapshot(
+    State(s): State<Arc<ApiState>>,
+    Path((uuid, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let report = s.service.delete_snapshot(&user, &uuid, &id).await?;
+    Ok(Json(
+        json!({"uuid": uuid, "snapshot": id, "report": report}),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

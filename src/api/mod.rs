@@ -92,6 +92,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/disks/{uuid}/snapshots",
             get(disks::snapshots).post(volumes_attach::snapshot),
         )
+        .route(
+            "/api/disks/{uuid}/snapshots/{id}",
+            delete(disks::delete_snapshot),
+        )
         .route("/api/attach/{uuid}", post(volumes_attach::attach))
         .route("/api/hotattach/{uuid}", post(volumes_attach::hot_attach))
         .route("/api/hotdetach/{uuid}", post(volumes_attach::hot_detach))

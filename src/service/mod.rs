@@ -262,6 +262,33 @@ impl Service {
         Ok(self.repo.snapshots(Some(&v.uuid)).await?)
     }
 
+    /// Delete snapshot `id` of volume `uuid` (owner only); its data is freed by the next
+    /// gc. An attached image's next upload then reads against the newest remaining one.
+    pub async fn delete_snapshot(
+        &self,
+        user: &str,
+        uuid: &str,
+        id: &str,
+    ) -> Result<crate::repo::DeleteReport, ServiceError> {
+        let v = self.get_volume(user, uuid).await?;
+        if v.owner != user {
+            return Err(ServiceError::Forbidden(format!(
+                "volume {uuid} belongs to {}; only its owner deletes snapshots",
+                v.owner
+            )));
+        }
+        if !crate::repo::ids::is_time_id(id) {
+            return Err(ServiceError::NotFound(format!("snapshot {uuid}/{id}")));
+        }
+        match self.repo.delete_snapshot(uuid, id).await {
+            Ok(r) => Ok(r),
+            Err(crate::Error::Repo(crate::repo::RepoError::SnapshotNotFound { .. })) => {
+                Err(ServiceError::NotFound(format!("snapshot {uuid}/{id}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Delete a volume: only its owner, never while attached, and while it has snapshots
     /// only when `force` (which deletes them too; gc frees their data).
     pub async fn delete_volume(

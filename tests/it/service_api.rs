@@ -354,9 +354,28 @@ async fn scenario(site: &Site) {
         .await
         .expect(200);
     assert_eq!(copy_snaps.as_array().expect("array").len(), 1);
+    let only = format!(
+        "/api/disks/{copy}/snapshots/{}",
+        copy_snaps[0]["id"].as_str().expect("id")
+    );
+    a.call(Method::DELETE, &only, Some(BOB), Body::None)
+        .await
+        .expect(404);
+    a.call(Method::DELETE, &only, Some(ALICE), Body::None)
+        .await
+        .expect(200);
+    a.call(Method::DELETE, &only, Some(ALICE), Body::None)
+        .await
+        .expect(404);
+    let none = a
+        .get(&format!("/api/disks/{copy}/snapshots"), ALICE)
+        .await
+        .expect(200);
+    assert_eq!(none, json!([]));
+    // Without snapshots, a detached volume is deleted without force.
     a.call(
         Method::DELETE,
-        &format!("/api/disks/{copy}?force=1"),
+        &format!("/api/disks/{copy}"),
         Some(ALICE),
         Body::None,
     )
