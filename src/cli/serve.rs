@@ -61,8 +61,13 @@ pub fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         cfg.default_user_limit = a.user_limit;
         let service = Service::new(repo, cfg)
             .with_context(|| format!("starting the service in {}", a.data_dir.display()))?;
+        let service = Arc::new(service);
+        let resumed = service.resume_interrupted();
+        if resumed > 0 {
+            eprintln!("resuming {resumed} interrupted operation(s)");
+        }
         let state = Arc::new(ApiState {
-            service: Arc::new(service),
+            service,
             users,
             max_size_gib: a.max_size_gib,
         });

@@ -30,6 +30,7 @@ pub mod catalog;
 mod error;
 pub mod model;
 pub mod ops;
+mod resume;
 
 pub use error::ServiceError;
 pub use model::{

@@ -2,9 +2,9 @@
 //! `<data dir>/operations/<id>.json` before it runs, and again at each stage and at its
 //! end, so a client can poll it by id and an operator can see what a crash interrupted.
 //!
-//! Each record holds what a resume needs (kind, volume, node, vm, stage reached); resuming
-//! is not implemented yet: on start, [`Operations::open`] marks unfinished records failed
-//! with an explicit "interrupted" error instead of leaving them "running" forever.
+//! Each record holds what a resume needs (kind, user, volume, node, vm, stage reached). On
+//! start, [`Operations::open`] collects unfinished records; the service re-runs them under
+//! the same id (see `Service::resume_interrupted`), since every step is idempotent.
 
 use super::error::{io_err, ServiceError};
 use crate::repo::ids::now_rfc3339;
@@ -58,6 +58,8 @@ pub struct Operation {
 pub struct Operations {
     dir: PathBuf,
     live: Mutex<HashMap<String, Arc<Mutex<Operation>>>>,
+    /// Records a previous process left queued or running, oldest first.
+    interrupted: Mutex<Vec<Operation>>,
 }
 
 /// A running operation: updates its record and implements [`Progress`] for the engine.
@@ -87,11 +89,11 @@ fn write_record(dir: &Path, op: &Operation) -> Result<(), ServiceError> {
 }
 
 impl Operations {
-    /// Open (creating) `dir`; unfinished records left by a previous process are marked
-    /// failed as interrupted.
+    /// Open (creating) `dir`, collecting the unfinished records a previous process left.
     pub fn open(dir: PathBuf) -> Result<Operations, ServiceError> {
         std::fs::create_dir_all(&dir).map_err(io_err(&dir, "create_dir_all"))?;
         let entries = std::fs::read_dir(&dir).map_err(io_err(&dir, "read_dir"))?;
+        let mut interrupted = Vec::new();
         for entry in entries {
             let path = entry.map_err(io_err(&dir, "read_dir"))?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -100,24 +102,51 @@ impl Operations {
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            let Ok(mut op) = serde_json::from_slice::<Operation>(&bytes) else {
+            let Ok(op) = serde_json::from_slice::<Operation>(&bytes) else {
                 tracing::warn!("{}: unreadable operation record, ignored", path.display());
                 continue;
             };
             if matches!(op.state, OpState::Queued | OpState::Running) {
-                op.state = OpState::Failed;
-                op.error = Some(format!(
-                    "interrupted by a server restart at stage {}/{} ({}); resume is not implemented",
-                    op.stage_index, op.stage_count, op.stage
-                ));
-                op.updated = now_rfc3339();
-                write_record(&dir, &op)?;
+                interrupted.push(op);
             }
         }
+        interrupted.sort_by(|a, b| a.created.cmp(&b.created));
         Ok(Operations {
             dir,
             live: Mutex::new(HashMap::new()),
+            interrupted: Mutex::new(interrupted),
         })
+    }
+
+    /// Take the interrupted records (once) to resume them.
+    pub fn take_interrupted(&self) -> Vec<Operation> {
+        match self.interrupted.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+
+    /// Continue an interrupted record under its id: it is running again, noting where
+    /// it was interrupted.
+    pub fn adopt(&self, mut op: Operation) -> OpHandle {
+        op.state = OpState::Running;
+        op.error = Some(format!(
+            "interrupted by a server restart at stage {}/{} ({}); resumed",
+            op.stage_index, op.stage_count, op.stage
+        ));
+        op.updated = now_rfc3339();
+        if let Err(e) = write_record(&self.dir, &op) {
+            tracing::warn!("operation {}: {e}", op.id);
+        }
+        let id = op.id.clone();
+        let op = Arc::new(Mutex::new(op));
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(id, op.clone());
+        }
+        OpHandle {
+            dir: self.dir.clone(),
+            op,
+        }
     }
 
     /// Record a new queued operation (persisted before this returns).
@@ -230,6 +259,7 @@ impl OpHandle {
                 op.state = OpState::Done;
                 op.percent = 100;
                 op.result = Some(v);
+                op.error = None;
             }
             Err(e) => {
                 op.state = OpState::Failed;
@@ -265,7 +295,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn persisted_before_running_and_interrupted_on_restart() {
+    fn persisted_before_running_and_collected_on_restart() {
         let dir = tempfile::tempdir().unwrap();
         let ops = Operations::open(dir.path().to_path_buf()).unwrap();
         let h = ops
@@ -291,9 +321,23 @@ mod tests {
         );
         drop(ops);
         let reopened = Operations::open(dir.path().to_path_buf()).unwrap();
+        let pending = reopened.take_interrupted();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (pending[0].id.as_str(), pending[0].stage_index),
+            (id.as_str(), 1)
+        );
+        assert!(reopened.take_interrupted().is_empty(), "taken once");
+        let h = reopened.adopt(pending[0].clone());
+        assert!(reopened
+            .get(&id)
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("interrupted"));
+        h.finish(Ok(serde_json::json!({})));
         let op = reopened.get(&id).unwrap();
-        assert_eq!(op.state, OpState::Failed);
-        assert!(op.error.unwrap().contains("interrupted"), "names the cause");
+        assert_eq!((op.state, op.error), (OpState::Done, None));
         assert!(matches!(
             reopened.get("../x"),
             Err(ServiceError::NotFound(_))
