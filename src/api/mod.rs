@@ -25,6 +25,9 @@ use std::sync::Arc;
 
 /// Largest request body accepted (the API's inputs are a few short fields).
 pub const MAX_BODY: usize = 64 << 10;
+/// The API's OpenAPI 3.0 document, kept in the repository and served at
+/// `/api/openapi.json`; the integration tests check every response against it.
+pub const OPENAPI: &str = include_str!("../../format-spec/openapi.json");
 /// Default upper bound of `size` (GiB) in `POST /api/create`, as in the original API.
 pub const DEFAULT_MAX_SIZE_GIB: u64 = 1024;
 
@@ -101,6 +104,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/hotdetach/{uuid}", post(volumes_attach::hot_detach))
         .route("/api/detach", post(volumes_attach::detach))
         .route("/api/operations/{id}", get(volumes_attach::operation))
+        .route(
+            "/api/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

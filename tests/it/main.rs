@@ -17,6 +17,7 @@ mod repo_golden;
 mod service_api;
 mod service_bad_input;
 mod service_common;
+mod service_openapi;
 mod service_resume;
 mod store_conformance;
 mod store_drivers;

@@ -151,6 +151,7 @@ impl Server {
         token: Option<&str>,
         body: Body<'_>,
     ) -> Reply {
+        let method_name = method.as_str().to_string();
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
@@ -184,6 +185,7 @@ impl Server {
                 )
             })
         };
+        crate::service_openapi::check(&method_name, path, status.as_u16(), &body);
         Reply {
             status,
             limit,
