@@ -121,6 +121,13 @@ impl Service {
         let mut cfg = cfg;
         cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
             .map_err(error::io_err(&cfg.data_dir, "canonicalize"))?;
+        if !repo.store().capabilities().atomic_create {
+            tracing::warn!(
+                "{}: this store's create-if-absent is not atomic; two servers sharing the \
+                 repository could both win a catalog generation (run one server per repository)",
+                repo.store().location()
+            );
+        }
         let ops = Operations::open(cfg.data_dir.join("operations"))?;
         Ok(Service {
             repo,

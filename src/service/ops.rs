@@ -106,6 +106,16 @@ impl Operations {
                 tracing::warn!("{}: unreadable operation record, ignored", path.display());
                 continue;
             };
+            // The id names the record's file: never trust one that could point elsewhere.
+            let named = path.file_stem().and_then(|s| s.to_str()) == Some(op.id.as_str());
+            if !named || !super::model::valid_uuid(&op.id) {
+                tracing::warn!(
+                    "{}: record id {:?} does not match, ignored",
+                    path.display(),
+                    op.id
+                );
+                continue;
+            }
             if matches!(op.state, OpState::Queued | OpState::Running) {
                 interrupted.push(op);
             }

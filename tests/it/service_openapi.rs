@@ -13,7 +13,7 @@ fn spec() -> &'static Value {
     })
 }
 
-fn resolve<'a>(schema: &'a Value) -> &'a Value {
+fn resolve(schema: &Value) -> &Value {
     match schema["$ref"].as_str() {
         Some(r) => {
             let name = r.rsplit('/').next().expect("ref name");
