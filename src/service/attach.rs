@@ -36,6 +36,25 @@ fn check_vm(node: &str, vm_id: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// Refuse early when the data dir's filesystem cannot hold a file of `size` bytes (ext4
+/// stops just under 16 TiB with 4 KiB blocks, less with smaller ones): a sparse probe file
+/// is grown to that length and removed. Without this a large volume would fail deep
+/// inside a restore or, worse, on a guest write long after the attach.
+pub(crate) fn check_file_size_limit(dir: &std::path::Path, size: u64) -> Result<(), ServiceError> {
+    let probe = dir.join(format!("size-probe-{}", uuid::Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&probe).map_err(io_err(&probe, "create probe"))?;
+    let grown = file.set_len(size);
+    drop(file);
+    let removed = std::fs::remove_file(&probe);
+    if let Err(e) = grown {
+        return Err(ServiceError::Conflict(format!(
+            "the filesystem of {} cannot hold a {size}-byte image ({e}); use a data dir on a filesystem with a larger file size limit",
+            dir.display()
+        )));
+    }
+    removed.map_err(io_err(&probe, "remove probe"))
+}
+
 fn same_vm(a: &Attachment, node: &str, vm_id: &str) -> bool {
     a.node == node && a.vm_id == vm_id
 }
@@ -140,6 +159,7 @@ impl Service {
         op: &OpHandle,
     ) -> Result<Option<String>, ServiceError> {
         let path = PathBuf::from(&a.path);
+        check_file_size_limit(&self.data_dir().join("volumes"), v.size)?;
         // Only our fresh claim names this path: a file there is what a crash between a
         // detach's release and its drop left behind, and its data is in the repository.
         match std::fs::remove_file(&path) {

@@ -144,3 +144,16 @@ async fn concurrent_updates_lose_nothing_and_corruption_is_an_error() {
         .unwrap_err();
     assert!(matches!(err, ServiceError::Invalid(_)), "{err}");
 }
+
+#[test]
+fn file_size_probe_accepts_the_volume_range_and_refuses_beyond_the_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    attach::check_file_size_limit(dir.path(), MIN_VOLUME_SIZE).unwrap();
+    // No Linux filesystem holds a 2^62-byte file: refused with the reason, probe removed.
+    let err = attach::check_file_size_limit(dir.path(), 1 << 62).unwrap_err();
+    assert!(
+        matches!(err, ServiceError::Conflict(ref m) if m.contains("cannot hold")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
