@@ -6,11 +6,13 @@
 //! nothing of repositories and `store` knows nothing of clusters; only the pipelines touch
 //! both sides.
 
+pub mod api;
 pub mod backup;
 pub mod error;
 pub mod image;
 pub mod repo;
 pub mod restore;
+pub mod service;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@
 mod image;
 mod progress;
 mod repo;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Image(image::ImageCmd),
     #[command(flatten)]
     Repo(repo::RepoCommand),
+    /// Run the volume service's HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Repo(cmd) => repo::run(cmd, &cli.store),
+        Command::Serve(a) => serve::run(a, &cli.store),
     };
     match result {
         Ok(code) => ExitCode::from(code),

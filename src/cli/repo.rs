@@ -307,7 +307,7 @@ async fn open_store(url: &str, args: &StoreArgs) -> anyhow::Result<Arc<dyn Objec
         .with_context(|| format!("opening repository store {url}"))
 }
 
-async fn open_repo(url: &str, args: &StoreArgs) -> anyhow::Result<Repository> {
+pub(super) async fn open_repo(url: &str, args: &StoreArgs) -> anyhow::Result<Repository> {
     let store = open_store(url, args).await?;
     Repository::open(store)
         .await

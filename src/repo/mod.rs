@@ -14,7 +14,7 @@ mod config;
 mod copy;
 mod delete;
 mod diff;
-mod envelope;
+pub(crate) mod envelope;
 mod error;
 mod exclusive;
 mod forget;

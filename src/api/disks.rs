@@ -1,0 +1,192 @@
+//! Volume endpoints: list, get, create, delete, list snapshots.
+
+use super::error::ApiError;
+use super::input::{self, Fields};
+use super::{user_of, ApiState};
+use crate::service::{CreateVolume, SnapshotRef, Visibility, Volume};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const GIB: u64 = 1 << 30;
+
+/// `created` in the original API's `yyyy/mm/dd hh:mm:ss` (UTC) form.
+fn api_time(rfc3339: &str) -> String {
+    rfc3339
+        .get(..19)
+        .map(|s| s.replace('-', "/").replace('T', " "))
+        .unwrap_or_default()
+}
+
+/// A volume in the original API's shape (every value a string, size in GiB).
+pub(crate) fn disk_json(v: &Volume) -> Value {
+    json!({
+        "users": v.attachments.len().to_string(),
+        "created": api_time(&v.created),
+        "visibility": v.visibility.as_str(),
+        "tag": v.tag,
+        "owner": v.owner,
+        "uuid": v.uuid,
+        "size": (v.size / GIB).to_string(),
+    })
+}
+
+/// `GET /api/disks`: the volumes the caller may see.
+pub async fn list(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let all = s.service.list_volumes(&user).await?;
+    Ok(Json(Value::Array(all.iter().map(disk_json).collect())))
+}
+
+/// `GET /api/disks/{uuid}`: one volume, with its user limit and remaining slots in the
+/// `X-DiskUser-Limit` / `X-DiskUser-Remaining` headers and its attachments.
+pub async fn get_one(
+    State(s): State<Arc<ApiState>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let v = s.service.get_volume(&user, &uuid).await?;
+    let mut body = disk_json(&v);
+    body["attachments"] = serde_json::to_value(&v.attachments).unwrap_or(Value::Null);
+    let limit = HeaderValue::from(v.user_limit);
+    let remaining = HeaderValue::from(v.remaining());
+    Ok((
+        [
+            (HeaderName::from_static("x-diskuser-limit"), limit),
+            (HeaderName::from_static("x-diskuser-remaining"), remaining),
+        ],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/disks/{uuid}[?force=true]`.
+pub async fn remove(
+    State(s): State<Arc<ApiState>>,
+    Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
+    let force = f.boolean("force").unwrap_or(false);
+    f.only(&["force"]);
+    f.finish()?;
+    let d = s.service.delete_volume(&user, &uuid, force).await?;
+    Ok(Json(
+        json!({"uuid": d.uuid, "snapshots_deleted": d.snapshots_deleted}),
+    ))
+}
+
+/// `POST /api/create`: size (GiB), tag and visibility are required; `user_limit` is
+/// optional.
+pub async fn create(
+    State(s): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let mut f: Fields = input::parse(&headers, query.as_deref(), body.as_deref())?;
+    let source = f.string("source", false);
+    let snapshot = f.string("snapshot", false);
+    let from = match (source, snapshot) {
+        (Some(volume), Some(snapshot)) => Some(SnapshotRef { volume, snapshot }),
+        (None, None) => None,
+        _ => {
+            f.problem("source and snapshot go together (create from a snapshot)".into());
+            None
+        }
+    };
+    let size = f.integer("size", from.is_none());
+    if let Some(gib) = size {
+        if !(1..=s.max_size_gib).contains(&gib) {
+            f.problem(format!(
+                "size {gib} GiB is outside 1..={} GiB",
+                s.max_size_gib
+            ));
+        }
+    }
+    let tag = f.string("tag", true);
+    let visibility = f.string("visibility", true);
+    let vis = visibility.as_deref().and_then(Visibility::parse);
+    if visibility.is_some() && vis.is_none() {
+        f.problem("visibility must be private or public".into());
+    }
+    let limit = f.integer("user_limit", false);
+    let user_limit = match limit.map(u32::try_from) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            f.problem("user_limit is too large".into());
+            None
+        }
+        None => None,
+    };
+    f.only(&[
+        "size",
+        "tag",
+        "visibility",
+        "user_limit",
+        "source",
+        "snapshot",
+    ]);
+    let problems = std::mem::take(&mut f.problems);
+    let (Some(tag), Some(visibility), true) = (tag, vis, problems.is_empty()) else {
+        return Err(ApiError::unprocessable(problems));
+    };
+    let req = CreateVolume {
+        // 0 = the source snapshot's size (size is required without a source).
+        size: size.unwrap_or(0) * GIB,
+        tag,
+        visibility,
+        user_limit,
+        source: from,
+    };
+    let v = s.service.create_volume(&user, &req).await?;
+    Ok((StatusCode::CREATED, Json(json!({"uuid": v.uuid}))).into_response())
+}
+
+/// `GET /api/disks/{uuid}/snapshots`: the volume's snapshots in the repository.
+pub async fn snapshots(
+    State(s): State<Arc<ApiState>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let list = s.service.snapshots(&user, &uuid).await?;
+    Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
+}
+
+/// `DELETE /api/disks/{uuid}/snapshots/{id}`: owner only.
+pub async fn delete_snapshot(
+    State(s): State<Arc<ApiState>>,
+    Path((uuid, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let report = s.service.delete_snapshot(&user, &uuid, &id).await?;
+    Ok(Json(
+        json!({"uuid": uuid, "snapshot": id, "report": report}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_time_shape() {
+        assert_eq!(
+            super::api_time("2011-07-28T15:01:40.000000000Z"),
+            "2011/07/28 15:01:40"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! The volume catalog, kept in the repository's own object store under `service/` so every
+//! `island serve` sharing the repository sees the same volumes (see
+//! `format-spec/service.md`).
+//!
+//! Nothing is overwritten: each change of a volume is a new numbered generation
+//! `service/volumes/<uuid>/<gen:020>` holding the whole record, created with
+//! create-if-absent. Two servers changing one volume at once both try generation n+1;
+//! exactly one wins, the other re-reads and re-applies its change to the new state (or
+//! refuses, e.g. when the winner took the last attachment slot). That makes every
+//! read-modify-write of a volume — the read-write claim, the user limit — atomic across
+//! hosts without a lock server.
+
+use super::error::ServiceError;
+use super::model::Volume;
+use crate::repo::envelope;
+use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Envelope magic of a volume record generation.
+pub(crate) const MAGIC_VOLUME: &[u8; 4] = b"ISVO";
+/// Root of the service's objects in the repository store.
+pub const PREFIX: &str = "service/";
+/// Where volume generations live.
+const VOLUMES: &str = "service/volumes/";
+/// Listing page size.
+const PAGE: usize = 1000;
+/// Attempts at committing one change before giving up under contention.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Key of generation `gen` of volume `uuid`.
+pub fn generation_key(uuid: &str, gen: u64) -> String {
+    format!("{VOLUMES}{uuid}/{gen:020}")
+}
+
+/// The one conditional create of the service: every catalog mutation goes through the
+/// repository's create-if-absent policy (exactly one winner, also on Swift, where it waits
+/// a settle time and reads back; `format-spec/object-stores.md`). Concurrent changes that
+/// differ give different bytes (attachments carry server and time); two writers of the very
+/// same record describe the same state, so both being told `Created` is harmless.
+pub(crate) async fn create_exclusive(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    data: Bytes,
+) -> Result<PutOutcome, StoreError> {
+    crate::repo::create_exclusive(store.as_ref(), key, data).await
+}
+
+/// Every object under `prefix`, following pagination.
+async fn list_all(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> Result<Vec<ObjectMeta>, StoreError> {
+    let mut out: Vec<ObjectMeta> = Vec::new();
+    loop {
+        let after = out.last().map(|m| m.key.clone());
+        let page = store.list(prefix, after.as_deref(), PAGE).await?;
+        let n = page.len();
+        out.extend(page);
+        if n < PAGE {
+            return Ok(out);
+        }
+    }
+}
+
+/// Parse the generation number and uuid out of a volume generation key.
+fn parse_key(key: &str) -> Option<(&str, u64)> {
+    let rest = key.strip_prefix(VOLUMES)?;
+    let (uuid, gen) = rest.split_once('/')?;
+    if gen.len() != 20 || !gen.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((uuid, gen.parse().ok()?))
+}
+
+/// Read and check one generation object.
+async fn read_generation(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Volume, ServiceError> {
+    let bytes = store.get(key).await?;
+    let v: Volume = envelope::open(MAGIC_VOLUME, key, &bytes)?;
+    match parse_key(key) {
+        Some((uuid, gen)) if uuid == v.uuid && gen == v.generation => Ok(v),
+        _ => Err(crate::repo::RepoError::Corrupt {
+            key: key.to_string(),
+            reason: format!(
+                "record names volume {} generation {}, not its key",
+                v.uuid, v.generation
+            ),
+        }
+        .into()),
+    }
+}
+
+/// The newest generation of volume `uuid` (deleted volumes included), if it ever existed.
+pub async fn latest(
+    store: &Arc<dyn ObjectStore>,
+    uuid: &str,
+) -> Result<Option<Volume>, ServiceError> {
+    let keys = list_all(store, &format!("{VOLUMES}{uuid}/")).await?;
+    match keys.iter().rev().find(|m| parse_key(&m.key).is_some()) {
+        Some(m) => Ok(Some(read_generation(store, &m.key).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The newest generation of every volume ever created, in uuid order.
+pub async fn all(store: &Arc<dyn ObjectStore>) -> Result<Vec<Volume>, ServiceError> {
+    let keys = list_all(store, VOLUMES).await?;
+    let mut newest: Vec<&str> = Vec::new();
+    let mut last_uuid: Option<&str> = None;
+    for m in &keys {
+        let Some((uuid, _)) = parse_key(&m.key) else {
+            continue;
+        };
+        // Keys sort by uuid, then by zero-padded generation: the last of a run is newest.
+        if last_uuid == Some(uuid) {
+            newest.pop();
+        }
+        newest.push(&m.key);
+        last_uuid = Some(uuid);
+    }
+    let mut out = Vec::with_capacity(newest.len());
+    for key in newest {
+        out.push(read_generation(store, key).await?);
+    }
+    Ok(out)
+}
+
+/// Write `v` as its generation; `false` when another writer created it first.
+pub async fn commit(store: &Arc<dyn ObjectStore>, v: &Volume) -> Result<bool, ServiceError> {
+    let key = generation_key(&v.uuid, v.generation);
+    let data = Bytes::from(envelope::seal(MAGIC_VOLUME, v));
+    Ok(create_exclusive(store, &key, data).await? == PutOutcome::Created)
+}
+
+/// Apply `change` to the newest live generation of `uuid` and commit it as the next
+/// generation, re-reading and re-applying when another server commits first. `change`
+/// sees the current record and may refuse; it must be repeatable.
+pub async fn update<F>(
+    store: &Arc<dyn ObjectStore>,
+    uuid: &str,
+    mut change: F,
+) -> Result<Volume, ServiceError>
+where
+    F: FnMut(&mut Volume) -> Result<(), ServiceError>,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let mut v = match latest(store, uuid).await? {
+            Some(v) if !v.deleted => v,
+            _ => return Err(ServiceError::NotFound(format!("volume {uuid}"))),
+        };
+        change(&mut v)?;
+        v.generation += 1;
+        if commit(store, &v).await? {
+            return Ok(v);
+        }
+        tracing::debug!(
+            "volume {uuid}: lost the race for generation {}",
+            v.generation
+        );
+    }
+    Err(ServiceError::Conflict(format!(
+        "volume {uuid}: {MAX_ATTEMPTS} concurrent changes in a row won the race; try again"
+    )))
+}

@@ -1,0 +1,162 @@
+//! The catalog's records. Field names are part of the catalog format
+//! (`format-spec/service.md`): they change only compatibly.
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest volume: 1 GiB.
+pub const MIN_VOLUME_SIZE: u64 = 1 << 30;
+/// Largest volume: 16 TiB − 1 MiB, just under ext4's file size limit, so a local image
+/// of any volume fits on the usual data-dir filesystem.
+pub const MAX_VOLUME_SIZE: u64 = (16 << 40) - (1 << 20);
+
+/// Who may see and use a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Only the owner sees, reads, writes and deletes it.
+    Private,
+    /// Everyone sees, reads and writes it; only the owner deletes it.
+    Public,
+}
+
+impl Visibility {
+    /// Parse the API spelling.
+    pub fn parse(s: &str) -> Option<Visibility> {
+        match s {
+            "private" => Some(Visibility::Private),
+            "public" => Some(Visibility::Public),
+            _ => None,
+        }
+    }
+
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Public => "public",
+        }
+    }
+}
+
+/// How an attachment uses the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessMode {
+    /// Owns the local image and its uploads; at most one per volume.
+    ReadWrite,
+    /// A local copy of the last snapshot; uploads nothing.
+    ReadOnly,
+}
+
+/// One VM using a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Node the VM runs on (as the client names it).
+    pub node: String,
+    /// The VM's identifier on that node.
+    pub vm_id: String,
+    /// The `island serve` instance holding the local image (`--server-id`).
+    pub server: String,
+    pub mode: AccessMode,
+    /// Hot-plugged (may be hot-detached) rather than registered at VM start.
+    pub hot: bool,
+    /// Local image path on `server`.
+    pub path: String,
+    /// Snapshot the local image was materialised from; `None` = a new empty image.
+    pub from_snapshot: Option<String>,
+    /// When the attachment was recorded (RFC 3339).
+    pub since: String,
+}
+
+/// The whole state of one volume at one generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// UUID; also the volume's name in the repository.
+    pub uuid: String,
+    /// Generation number, equal to the one in the object's key.
+    pub generation: u64,
+    pub owner: String,
+    pub tag: String,
+    pub visibility: Visibility,
+    /// Size in bytes.
+    pub size: u64,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Most simultaneous attachments.
+    pub user_limit: u32,
+    pub attachments: Vec<Attachment>,
+    /// A deleted volume's last generation; it stays so the uuid is never reused.
+    pub deleted: bool,
+    /// The snapshot a volume created from a snapshot starts as (used by its first
+    /// attach, while it has no snapshot of its own).
+    #[serde(default)]
+    pub source: Option<SnapshotRef>,
+}
+
+/// One snapshot of one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    /// The volume's uuid (its name in the repository).
+    pub volume: String,
+    /// The snapshot id.
+    pub snapshot: String,
+}
+
+impl Volume {
+    /// May `user` see (and read, write, attach) this volume?
+    pub fn visible_to(&self, user: &str) -> bool {
+        !self.deleted && (self.visibility == Visibility::Public || self.owner == user)
+    }
+
+    /// The read-write attachment, if any.
+    pub fn writer(&self) -> Option<&Attachment> {
+        self.attachments
+            .iter()
+            .find(|a| a.mode == AccessMode::ReadWrite)
+    }
+
+    /// Attachment slots left under the user limit.
+    pub fn remaining(&self) -> u32 {
+        self.user_limit
+            .saturating_sub(u32::try_from(self.attachments.len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// Names that become parts of file names and object keys (node, vm id, server id):
+/// 1-128 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A volume id must be a canonical (lower-case, hyphenated) UUID.
+pub fn valid_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_uuids() {
+        assert!(valid_name("onehost-2.lal.in2p3.fr"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(""));
+        assert!(valid_uuid("eb198dec-3560-4a9a-b3b4-5f043410a3dd"));
+        assert!(!valid_uuid("EB198DEC-3560-4A9A-B3B4-5F043410A3DD"));
+        assert!(!valid_uuid("eb198dec35604a9ab3b45f043410a3dd"));
+        assert!(!valid_uuid("../config"));
+    }
+
+    #[test]
+    fn size_bounds() {
+        assert_eq!(MAX_VOLUME_SIZE, 17_592_184_995_840);
+        assert_eq!(MIN_VOLUME_SIZE, 1_073_741_824);
+    }
+}

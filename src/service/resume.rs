@@ -1,0 +1,92 @@
+//! Resuming the operations a crash or restart interrupted. Every operation is a sequence
+//! of idempotent steps against the catalog and the local image, so resuming = running it
+//! again under the same id:
+//! - detach/hotdetach: if the attachment is still recorded, back up again (a fresh
+//!   internal snapshot; the interrupted run's orphan is dropped after the commit), release,
+//!   drop the image; if it was released already, nothing is left to do.
+//! - snapshot: back up again.
+//! - attach/hotattach: release this server's claim (its image may be partial) and attach
+//!   again.
+
+use super::{catalog, OpHandle, Operation, Service, ServiceError};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+impl Service {
+    /// Re-run, in the background, the operations the previous process left unfinished.
+    /// Returns how many were resumed.
+    pub fn resume_interrupted(self: &Arc<Self>) -> usize {
+        let pending = self.operations().take_interrupted();
+        let n = pending.len();
+        for op in pending {
+            tracing::warn!(
+                "resuming operation {} ({}) interrupted at stage {}/{}",
+                op.id,
+                op.kind,
+                op.stage_index,
+                op.stage_count
+            );
+            let handle = self.operations().adopt(op.clone());
+            let svc = self.clone();
+            tokio::spawn(async move {
+                let r = svc.redo(&op, &handle).await;
+                handle.finish(r.map_err(|e| format!("resumed after a restart, then: {e}")));
+            });
+        }
+        n
+    }
+
+    async fn redo(&self, op: &Operation, h: &OpHandle) -> Result<Value, ServiceError> {
+        let missing =
+            |what: &str| ServiceError::Conflict(format!("operation {} records no {what}", op.id));
+        let node = op.node.as_deref().ok_or_else(|| missing("node"));
+        let vm_id = op.vm_id.as_deref().ok_or_else(|| missing("vm_id"));
+        let uuid = op.volume.as_deref().ok_or_else(|| missing("volume"));
+        let user = op.user.as_str();
+        match op.kind.as_str() {
+            "detach" => {
+                let (node, vm_id) = (node?, vm_id?);
+                let done = self.detach_vm(user, node, vm_id, h).await?;
+                Ok(json!({"node": node, "vm_id": vm_id, "uuid": done, "resumed": true}))
+            }
+            "hotdetach" => {
+                let (uuid, node, vm_id) = (uuid?, node?, vm_id?);
+                let v = self.get_volume(user, uuid).await?;
+                let attached = v
+                    .attachments
+                    .iter()
+                    .any(|a| a.node == node && a.vm_id == vm_id);
+                let backup = if attached {
+                    self.hot_detach(user, uuid, node, vm_id, h).await?
+                } else {
+                    None
+                };
+                Ok(json!({"node": node, "vm_id": vm_id, "backup": backup, "resumed": true}))
+            }
+            "snapshot" => {
+                let uuid = uuid?;
+                let report = self.snapshot(user, uuid, h).await?;
+                Ok(json!({"uuid": uuid, "snapshot": report.id, "backup": report, "resumed": true}))
+            }
+            "attach" | "hotattach" => {
+                let (uuid, node, vm_id) = (uuid?, node?, vm_id?);
+                let server = self.server_id().to_string();
+                catalog::update(self.store(), uuid, |v| {
+                    v.attachments
+                        .retain(|a| !(a.node == node && a.vm_id == vm_id && a.server == server));
+                    Ok(())
+                })
+                .await?;
+                let hot = op.kind == "hotattach";
+                let a = self.attach(user, uuid, node, vm_id, hot, h).await?;
+                Ok(json!({
+                    "node": node, "vm_id": vm_id, "uuid": [uuid], "mode": a.mode,
+                    "path": a.path, "from_snapshot": a.from_snapshot, "resumed": true,
+                }))
+            }
+            other => Err(ServiceError::Conflict(format!(
+                "operation kind {other:?} cannot be resumed"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! `island serve` end to end over real HTTP on loopback: two server processes ("hosts",
+//! each with its own data dir) share one local repository. Proves that the catalog lives
+//! in the repository (host B sees what host A created), visibility and owner rules, the
+//! user limit and single read-write claim across hosts, that detach uploads what was
+//! written into the attached local image, and that re-attaching on the other host
+//! restores it bit-exact; a volume created from a snapshot starts as that snapshot.
+
+use super::common::{pseudo_random, tempdir};
+use super::objstore_common::{setting, unique_prefix};
+use super::service_common::{files_under, Body, Site, ALICE, BOB};
+use island::image::{Image, OpenMode};
+use reqwest::Method;
+use serde_json::json;
+
+const GIB: u64 = 1 << 30;
+
+/// Write `data` at `offset` into the local image at `path` (as a VM would).
+fn write_image(path: &str, offset: u64, data: &[u8]) {
+    let img = Image::open(path, OpenMode::ReadWrite).expect("open attached image");
+    img.write_at(data, offset).expect("write");
+    img.close().expect("close");
+}
+
+fn read_image(path: &str, offset: u64, len: usize) -> Vec<u8> {
+    let img = Image::open(path, OpenMode::ReadOnly).expect("open attached image");
+    let mut buf = vec![0u8; len];
+    img.read_at(&mut buf, offset).expect("read");
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_volumes_attach_detach_and_restore_bit_exact() {
+    scenario(&Site::new()).await;
+}
+
+/// The same on a real S3 (Ceph radosgw): the catalog's create-if-absent generations and
+/// the repository live in one bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_on_s3() {
+    let test = "service_api_s3";
+    let (Some(bucket), Some(_), Some(_)) = (
+        setting(test, "ISLAND_TEST_S3_BUCKET"),
+        setting(test, "AWS_ENDPOINT_URL"),
+        setting(test, "AWS_ACCESS_KEY_ID"),
+    ) else {
+        return;
+    };
+    let url = format!("s3://{bucket}/{}", unique_prefix(test));
+    let site = Site::init(tempdir(), url, vec!["--s3-path-style".into()]);
+    scenario(&site).await;
+}
+
+async fn scenario(site: &Site) {
+    let a = site.serve("host-a", &[]);
+    let b = site.serve("host-b", &[]);
+
+    // Create: JSON on host A, form on host B.
+    let private = a
+        .post(
+            "/api/create",
+            ALICE,
+            json!({"size": 1, "tag": "alice's disk", "visibility": "private"}),
+        )
+        .await
+        .expect(201)["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_string();
+    let public = b
+        .call(
+            Method::POST,
+            "/api/create",
+            Some(ALICE),
+            Body::Form("size=2&tag=shared+disk&visibility=public"),
+        )
+        .await
+        .expect(201)["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_string();
+
+    // The catalog is in the repository: both hosts list both volumes for the owner.
+    if let Some(repo) = site.local_repo() {
+        let keys = files_under(&repo.join("service/volumes"));
+        assert!(keys.contains(&format!("{private}/{:020}", 0)), "{keys:?}");
+    }
+    for host in [&a, &b] {
+        let list = host.get("/api/disks", ALICE).await.expect(200);
+        let mut uuids: Vec<&str> = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|d| d["uuid"].as_str().expect("uuid"))
+            .collect();
+        uuids.sort();
+        let mut want = vec![private.as_str(), public.as_str()];
+        want.sort();
+        assert_eq!(uuids, want);
+    }
+    // Another user sees only the public one; the private one is "not found" to him.
+    let bob_list = a.get("/api/disks", BOB).await.expect(200);
+    assert_eq!(bob_list.as_array().expect("array").len(), 1);
+    assert_eq!(bob_list[0]["uuid"], public.as_str());
+    assert_eq!(bob_list[0]["size"], "2");
+    assert_eq!(bob_list[0]["visibility"], "public");
+    assert_eq!(bob_list[0]["owner"], "alice");
+    a.get(&format!("/api/disks/{private}"), BOB)
+        .await
+        .expect(404);
+    let attach_bob = a
+        .post(
+            &format!("/api/attach/{private}"),
+            BOB,
+            json!({"node": "n1", "vm_id": "9"}),
+        )
+        .await;
+    assert_eq!(attach_bob.status.as_u16(), 404, "{}", attach_bob.body);
+
+    let got = a.get(&format!("/api/disks/{private}"), ALICE).await;
+    assert_eq!(got.limit.as_deref(), Some("2"));
+    assert_eq!(got.remaining.as_deref(), Some("2"));
+    assert_eq!(got.body["users"], "0");
+    assert_eq!(got.body["tag"], "alice's disk");
+
+    // Attach up to the limit (2) across both hosts; the first claim is the writer.
+    let rw = a
+        .post(
+            &format!("/api/attach/{private}"),
+            ALICE,
+            json!({"node": "n1", "vm_id": "1"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(rw["mode"], "read-write");
+    assert_eq!(rw["uuid"], json!([private]));
+    let rw_path = rw["path"].as_str().expect("path").to_string();
+    assert!(
+        rw_path.starts_with(a.data.to_str().expect("utf-8")),
+        "{rw_path}"
+    );
+    let ro = b
+        .post(
+            &format!("/api/attach/{private}"),
+            ALICE,
+            json!({"node": "n2", "vm_id": "2"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(ro["mode"], "read-only");
+    let full = b.get(&format!("/api/disks/{private}"), ALICE).await;
+    assert_eq!(full.remaining.as_deref(), Some("0"));
+    assert_eq!(full.body["users"], "2");
+    let refused = a
+        .post(
+            &format!("/api/attach/{private}"),
+            ALICE,
+            json!({"node": "n1", "vm_id": "3"}),
+        )
+        .await;
+    assert_eq!(refused.status.as_u16(), 409);
+    assert!(
+        refused.messages().contains("user limit of 2"),
+        "{}",
+        refused.messages()
+    );
+
+    // A VM writes into the attached local image: the start, and the volume's last MiB.
+    let head = pseudo_random(61, 3 << 20);
+    let tail = pseudo_random(62, 1 << 20);
+    write_image(&rw_path, 0, &head);
+    write_image(&rw_path, GIB - (1 << 20), &tail);
+
+    // Snapshot asynchronously on the host holding the writer; poll the operation.
+    let snap = a
+        .post(
+            &format!("/api/disks/{private}/snapshots"),
+            ALICE,
+            json!({"wait": false}),
+        )
+        .await
+        .expect(202);
+    let op = a
+        .wait_op(snap["operation"].as_str().expect("operation id"), ALICE)
+        .await;
+    assert_eq!(op["state"], "done", "{op}");
+    assert_eq!(
+        (op["stage_index"].as_u64(), op["stage_count"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(op["percent"], 100);
+    let first = op["result"]["snapshot"]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    assert!(
+        op["result"]["backup"]["bytes_uploaded"]
+            .as_u64()
+            .expect("bytes")
+            > 4 << 20
+    );
+    // Bob may not poll alice's operation; the other host cannot snapshot A's writer.
+    b.get(
+        &format!(
+            "/api/operations/{}",
+            snap["operation"].as_str().expect("id")
+        ),
+        BOB,
+    )
+    .await
+    .expect(404);
+    let elsewhere = b
+        .post(&format!("/api/disks/{private}/snapshots"), ALICE, json!({}))
+        .await;
+    assert_eq!(elsewhere.status.as_u16(), 409);
+    assert!(
+        elsewhere.messages().contains("host-a"),
+        "{}",
+        elsewhere.messages()
+    );
+
+    // More writes after the snapshot, then detach on host A: the increment is uploaded.
+    let later = pseudo_random(63, 64 << 10);
+    write_image(&rw_path, 512 << 20, &later);
+    b.post("/api/detach", ALICE, json!({"node": "n2", "vm_id": "2"}))
+        .await
+        .expect(200);
+    let detached = a
+        .post("/api/detach", ALICE, json!({"node": "n1", "vm_id": "1"}))
+        .await
+        .expect(200);
+    assert_eq!(detached["uuid"], json!([private]));
+    assert!(
+        !std::path::Path::new(&rw_path).exists(),
+        "local image dropped"
+    );
+    let op = a
+        .wait_op(detached["operation"].as_str().expect("id"), ALICE)
+        .await;
+    assert_eq!(op["state"], "done");
+    assert_eq!(op["stage_count"], 3);
+    let snaps = b
+        .get(&format!("/api/disks/{private}/snapshots"), ALICE)
+        .await
+        .expect(200);
+    let snaps = snaps.as_array().expect("array");
+    assert_eq!(snaps.len(), 2, "snapshot + detach");
+    assert_eq!(snaps[0]["id"], first.as_str());
+    assert!(
+        snaps[1]["new_bytes"].as_u64().expect("new bytes") < 1 << 20,
+        "detach uploaded an increment, not the volume: {}",
+        snaps[1]
+    );
+
+    // Attach on host B: restored from the last snapshot, bit-exact.
+    let again = b
+        .post(
+            &format!("/api/hotattach/{private}"),
+            ALICE,
+            json!({"node": "n2", "vm_id": "4"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(again["mode"], "read-write");
+    assert_eq!(again["from_snapshot"], snaps[1]["id"]);
+    let path_b = again["path"].as_str().expect("path").to_string();
+    assert!(path_b.starts_with(b.data.to_str().expect("utf-8")));
+    assert!(
+        read_image(&path_b, 0, head.len()) == head[..],
+        "head differs"
+    );
+    assert!(
+        read_image(&path_b, GIB - (1 << 20), tail.len()) == tail[..],
+        "tail differs"
+    );
+    assert!(
+        read_image(&path_b, 512 << 20, later.len()) == later[..],
+        "increment differs"
+    );
+    assert!(read_image(&path_b, 256 << 20, 4096).iter().all(|&x| x == 0));
+
+    // Delete rules: attached → refused; not the owner → refused; snapshots → needs force.
+    let r = a
+        .call(
+            Method::DELETE,
+            &format!("/api/disks/{private}"),
+            Some(ALICE),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409);
+    assert!(r.messages().contains("attached"), "{}", r.messages());
+    let r = a
+        .call(
+            Method::DELETE,
+            &format!("/api/disks/{public}"),
+            Some(BOB),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 403, "{}", r.body);
+    let hd = b
+        .post(
+            &format!("/api/hotdetach/{private}"),
+            ALICE,
+            json!({"node": "n2", "vm_id": "4"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(hd["uuid"], json!([]));
+
+    // A new volume from the first snapshot (not someone else's private one): its first
+    // attach restores that snapshot, without the writes made after it.
+    let from_first =
+        json!({"tag": "copy", "visibility": "private", "source": private, "snapshot": first});
+    a.post("/api/create", BOB, from_first.clone())
+        .await
+        .expect(404);
+    let copy = a.post("/api/create", ALICE, from_first).await.expect(201)["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_string();
+    assert_eq!(
+        a.get(&format!("/api/disks/{copy}"), ALICE)
+            .await
+            .expect(200)["size"],
+        "1"
+    );
+    let att = a
+        .post(
+            &format!("/api/attach/{copy}"),
+            ALICE,
+            json!({"node": "n1", "vm_id": "5"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(att["from_snapshot"], first.as_str());
+    let p = att["path"].as_str().expect("path").to_string();
+    assert!(
+        read_image(&p, 0, head.len()) == head[..],
+        "copy head differs"
+    );
+    assert!(
+        read_image(&p, GIB - (1 << 20), tail.len()) == tail[..],
+        "copy tail differs"
+    );
+    assert!(read_image(&p, 512 << 20, later.len())
+        .iter()
+        .all(|&x| x == 0));
+    a.post("/api/detach", ALICE, json!({"node": "n1", "vm_id": "5"}))
+        .await
+        .expect(200);
+    let copy_snaps = a
+        .get(&format!("/api/disks/{copy}/snapshots"), ALICE)
+        .await
+        .expect(200);
+    assert_eq!(copy_snaps.as_array().expect("array").len(), 1);
+    let only = format!(
+        "/api/disks/{copy}/snapshots/{}",
+        copy_snaps[0]["id"].as_str().expect("id")
+    );
+    a.call(Method::DELETE, &only, Some(BOB), Body::None)
+        .await
+        .expect(404);
+    a.call(Method::DELETE, &only, Some(ALICE), Body::None)
+        .await
+        .expect(200);
+    a.call(Method::DELETE, &only, Some(ALICE), Body::None)
+        .await
+        .expect(404);
+    let none = a
+        .get(&format!("/api/disks/{copy}/snapshots"), ALICE)
+        .await
+        .expect(200);
+    assert_eq!(none, json!([]));
+    // Without snapshots, a detached volume is deleted without force.
+    a.call(
+        Method::DELETE,
+        &format!("/api/disks/{copy}"),
+        Some(ALICE),
+        Body::None,
+    )
+    .await
+    .expect(200);
+    let r = a
+        .call(
+            Method::DELETE,
+            &format!("/api/disks/{private}"),
+            Some(ALICE),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409);
+    assert!(r.messages().contains("has snapshots"), "{}", r.messages());
+    let gone = a
+        .call(
+            Method::DELETE,
+            &format!("/api/disks/{private}?force=true"),
+            Some(ALICE),
+            Body::None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(gone["uuid"], private.as_str());
+    assert_eq!(
+        gone["snapshots_deleted"].as_array().expect("array").len(),
+        3
+    );
+    b.get(&format!("/api/disks/{private}"), ALICE)
+        .await
+        .expect(404);
+    let left = b.get("/api/disks", ALICE).await.expect(200);
+    assert_eq!(left.as_array().expect("array").len(), 1);
+    a.call(
+        Method::DELETE,
+        &format!("/api/disks/{public}"),
+        Some(ALICE),
+        Body::None,
+    )
+    .await
+    .expect(200);
+}

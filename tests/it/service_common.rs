@@ -1,0 +1,238 @@
+//! Shared by the `island serve` tests: spawn real server processes on loopback sharing one
+//! local repository, and talk to them with a real HTTP client.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const ALICE: &str = "alice-token-0001";
+pub const BOB: &str = "bob-token-000002";
+
+/// A repository (a local directory, or an `s3://` URL) and a users file, shared by the
+/// servers of one test.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    /// Repository location as given to `--repo`.
+    pub repo_url: String,
+    /// Global store flags for every `island` command (e.g. `--s3-path-style`).
+    pub flags: Vec<String>,
+}
+
+impl Site {
+    /// A fresh local directory repository.
+    pub fn new() -> Site {
+        let dir = crate::common::tempdir();
+        let repo = dir.path().join("repo").display().to_string();
+        Site::init(dir, repo, Vec::new())
+    }
+
+    /// A fresh repository at `repo_url` (initialised through the CLI), users alice and bob.
+    pub fn init(dir: tempfile::TempDir, repo_url: String, flags: Vec<String>) -> Site {
+        let out = Command::new(env!("CARGO_BIN_EXE_island"))
+            .args(&flags)
+            .args(["init", &repo_url])
+            .output()
+            .expect("island init runs");
+        assert!(out.status.success(), "init: {out:?}");
+        std::fs::write(
+            dir.path().join("users.toml"),
+            format!("[tokens]\n\"{ALICE}\" = \"alice\"\n\"{BOB}\" = \"bob\"\n"),
+        )
+        .expect("users file");
+        Site {
+            dir,
+            repo_url,
+            flags,
+        }
+    }
+
+    /// The local repository directory, if the repository is local.
+    pub fn local_repo(&self) -> Option<PathBuf> {
+        (!self.repo_url.contains("://")).then(|| PathBuf::from(&self.repo_url))
+    }
+
+    /// Start `island serve` as server `id` with its own data dir.
+    pub fn serve(&self, id: &str, extra: &[&str]) -> Server {
+        let data = self.dir.path().join(format!("data-{id}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_island"))
+            .args(&self.flags)
+            .args(["serve", "--repo", &self.repo_url])
+            .args(["--listen", "127.0.0.1:0", "--server-id", id])
+            .arg("--users")
+            .arg(self.dir.path().join("users.toml"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env_remove("ISLAND_REPO")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("island serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reads the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            data,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+}
+
+/// One running `island serve`; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response: status, the X-DiskUser-* headers, and the JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub limit: Option<String>,
+    pub remaining: Option<String>,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `{"message": [...]}` texts of an error reply, joined.
+    pub fn messages(&self) -> String {
+        let list = self.body["message"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no message array in {}", self.body));
+        assert!(!list.is_empty(), "empty message array");
+        list.iter()
+            .map(|m| m.as_str().expect("message is a string"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// Assert `status` and return the body.
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        self.body
+    }
+}
+
+/// A request body: JSON, form, or raw with a content type.
+pub enum Body<'a> {
+    None,
+    Json(Value),
+    Form(&'a str),
+    Raw(&'a str, Vec<u8>),
+}
+
+impl Server {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Body<'_>,
+    ) -> Reply {
+        let method_name = method.as_str().to_string();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(v) => req
+                .header("Content-Type", "application/json")
+                .body(v.to_string()),
+            Body::Form(f) => req
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(f.to_string()),
+            Body::Raw(ct, bytes) => req.header("Content-Type", ct).body(bytes),
+        };
+        let resp = req.send().await.expect("request reaches the server");
+        let status = resp.status();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().expect("ASCII header").to_string())
+        };
+        let (limit, remaining) = (header("x-diskuser-limit"), header("x-diskuser-remaining"));
+        let bytes = resp.bytes().await.expect("response body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{status}: body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        crate::service_openapi::check(&method_name, path, status.as_u16(), &body);
+        Reply {
+            status,
+            limit,
+            remaining,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), Body::None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Body::Json(body))
+            .await
+    }
+
+    /// Poll operation `id` until it is done or failed (30 s at most).
+    pub async fn wait_op(&self, id: &str, token: &str) -> Value {
+        for _ in 0..600 {
+            let op = self
+                .get(&format!("/api/operations/{id}"), token)
+                .await
+                .expect(200);
+            if op["state"] == "done" || op["state"] == "failed" {
+                return op;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("operation {id} did not finish");
+    }
+}
+
+/// Files under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
