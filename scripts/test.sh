@@ -17,9 +17,9 @@ scripts/objstore/install.sh
 
 export CARGO_TERM_COLOR=never
 t0=$SECONDS
-# Build first, so the servers are not left idle (and their token lifetimes ticking) while
-# the compiler runs.
-cargo build --locked --all-targets
+# Build first (the test profile `cargo test` runs, every target), so the servers are not
+# left idle (and their token lifetimes ticking) while the compiler runs.
+cargo test --locked --all-targets --no-run
 # The fuzz targets (a separate crate, run with `cargo +nightly fuzz run`) must keep compiling.
 cargo check --locked --manifest-path fuzz/Cargo.toml
 echo "test.sh: build took $((SECONDS - t0)) s"
