@@ -6,46 +6,14 @@
 mod fallback;
 mod restore_qcow2;
 
+pub(crate) use crate::common::cli::{island, ok, ok_json};
 use crate::common::qemu::{self, convert_to_raw, snapshot_names};
 use crate::common::{assert_same, pseudo_random};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 pub(crate) const MIB: u64 = 1 << 20;
 pub(crate) const CLUSTER: u64 = 64 << 10;
-
-/// Runs `island ARGS`.
-pub(crate) fn island(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_island"))
-        .args(args)
-        .env_remove("ISLAND_REPO")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the island binary runs")
-}
-
-/// Runs `island ARGS`, requires exit 0 and returns stdout.
-#[track_caller]
-pub(crate) fn ok(args: &[&str]) -> String {
-    let out = island(args);
-    assert!(
-        out.status.success(),
-        "island {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-/// Runs `island ARGS` expecting JSON on stdout.
-#[track_caller]
-pub(crate) fn ok_json(args: &[&str]) -> Value {
-    let text = ok(args);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("island {args:?}: bad JSON ({e}): {text}"))
-}
 
 /// Runs `island ARGS`, requires a failure exit code and returns stderr.
 #[track_caller]

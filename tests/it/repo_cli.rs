@@ -2,44 +2,15 @@
 //! commands, flags, JSON fields and exit codes scripts depend on (README.md), with real
 //! files compared byte for byte.
 
+use crate::common::cli::{island, ok, ok_json};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const MIB: u64 = 1 << 20;
 const CLUSTER: u64 = 64 << 10;
 /// 64 MiB volume: the first half random, the second half zeros (written, not sparse).
 const VOLUME_SIZE: u64 = 64 * MIB;
-
-fn island(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_island"))
-        .args(args)
-        .env_remove("ISLAND_REPO")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the island binary runs")
-}
-
-/// Runs `island ARGS`, requires exit 0 and returns stdout.
-fn ok(args: &[&str]) -> String {
-    let out = island(args);
-    assert!(
-        out.status.success(),
-        "island {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-/// Runs `island ARGS` expecting JSON on stdout.
-fn ok_json(args: &[&str]) -> Value {
-    let text = ok(args);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("island {args:?}: bad JSON ({e}): {text}"))
-}
 
 /// Runs `island ARGS`, requires exit code `code`, returns (stdout, stderr).
 fn fails(args: &[&str], code: i32) -> (String, String) {

@@ -2,51 +2,12 @@
 //! volumes, and hand-written repository objects built from `format-spec/repository.md`
 //! (envelopes and refs segments), which double as a check that the spec is exact.
 
+pub use crate::common::cli::{island, island_cmd, ok, ok_json};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 pub const CLUSTER: u64 = 64 << 10;
-
-pub fn island(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_island"))
-        .args(args)
-        .env_remove("ISLAND_REPO")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the island binary runs")
-}
-
-/// A command line for `island ARGS`, for tests that spawn and kill it.
-pub fn island_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_island"));
-    c.args(args)
-        .env_remove("ISLAND_REPO")
-        .env("RUST_LOG", "warn");
-    c
-}
-
-/// Runs `island ARGS`, requires exit 0 and returns stdout.
-#[track_caller]
-pub fn ok(args: &[&str]) -> String {
-    let out = island(args);
-    assert!(
-        out.status.success(),
-        "island {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-#[track_caller]
-pub fn ok_json(args: &[&str]) -> Value {
-    let text = ok(args);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("island {args:?}: bad JSON ({e}): {text}"))
-}
 
 /// Runs `island ARGS --json`, requires exit `code`, returns the JSON on stdout.
 #[track_caller]

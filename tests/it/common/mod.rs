@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: seeded randomness, the qemu tools used as the
 //! qcow2 oracle, and in-memory storages for the engine.
 
+pub mod cli;
 pub mod conformance;
 pub mod memfile;
 pub mod qemu;
