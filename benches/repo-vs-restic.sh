@@ -8,7 +8,8 @@
 # repositories it measures:
 #   full backup, 1 % incremental backup (160 scattered 64 KiB writes per GiB), restore,
 # for Island and restic, and `cp` of the raw image followed by `sync` as the floor. Every
-# step runs with the image in the page cache (a warm-up read precedes it). Restores are
+# step runs with the image in the page cache (a warm-up read precedes it) and starts after a
+# `sync`, so no step pays for the previous one's writeback. Restores are
 # timed including a final `sync` for every tool, like the `cp` baseline. Then Island takes
 # 28 more incremental backups (30 snapshots in all) and restores the oldest and the newest
 # snapshot three times each: restore time must not depend on a snapshot's age.
@@ -96,7 +97,7 @@ restic init --repo "$rrepo" --quiet >/dev/null
 island_backup() {
     local t0 t1 out
     warm
-    t0=$(now)
+    sync; t0=$(now)
     out=$("$island" backup --repo "$irepo" --volume bench "$qimg" --json 2>>"$workdir/island-status.log")
     t1=$(now)
     ib_time=$(elapsed "$t0" "$t1")
@@ -108,7 +109,7 @@ restic_backup() {
     local t0 t1 files0 out
     files0=$(files_in "$rrepo")
     warm
-    t0=$(now)
+    sync; t0=$(now)
     out=$(restic backup --repo "$rrepo" --json "$img" | jq -c 'select(.message_type == "summary")')
     t1=$(now)
     rb_time=$(elapsed "$t0" "$t1")
@@ -118,7 +119,7 @@ restic_backup() {
 
 echo "== full backups" >&2
 warm
-t0=$(now); cp "$img" "$workdir/cp-copy.raw"; sync; t1=$(now)
+sync; t0=$(now); cp "$img" "$workdir/cp-copy.raw"; sync; t1=$(now)
 cp_time=$(elapsed "$t0" "$t1")
 rm -f "$workdir/cp-copy.raw"
 island_backup; full_i=$ib_time; full_i_up=$ib_up; full_i_req=$ib_req; first_id=$ib_id
@@ -132,20 +133,20 @@ restic_backup; inc_r=$rb_time; inc_r_up=$rb_up; inc_r_files=$rb_files
 
 echo "== restores" >&2
 rm -f "$workdir/restore-island.raw"
-t0=$(now)
+sync; t0=$(now)
 "$island" restore --repo "$irepo" --volume bench --snapshot "$second_id" "$workdir/restore-island.raw" >/dev/null
 sync; t1=$(now)
 res_i=$(elapsed "$t0" "$t1")
 cmp "$img" "$workdir/restore-island.raw" || { echo "island restore differs from the image" >&2; exit 1; }
 rm -f "$workdir/restore-island.raw"
 rm -rf "$workdir/restore-restic"
-t0=$(now)
+sync; t0=$(now)
 restic restore latest --repo "$rrepo" --target "$workdir/restore-restic" --quiet >/dev/null
 sync; t1=$(now)
 res_r=$(elapsed "$t0" "$t1")
 cmp "$img" "$workdir/restore-restic$img" || { echo "restic restore differs from the image" >&2; exit 1; }
 rm -rf "$workdir/restore-restic"
-t0=$(now); cp "$img" "$workdir/cp-copy.raw"; sync; t1=$(now)
+sync; t0=$(now); cp "$img" "$workdir/cp-copy.raw"; sync; t1=$(now)
 cp_restore=$(elapsed "$t0" "$t1")
 rm -f "$workdir/cp-copy.raw"
 
@@ -163,7 +164,7 @@ restore_time() {
     local id="$1" t0 t1 times=()
     for _ in 1 2 3; do
         rm -f "$workdir/age.raw"
-        t0=$(now)
+        sync; t0=$(now)
         "$island" restore --repo "$irepo" --volume bench --snapshot "$id" "$workdir/age.raw" --json \
             | jq -r .bytes_written >"$workdir/age.bytes"
         sync; t1=$(now)
