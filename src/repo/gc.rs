@@ -49,6 +49,51 @@ pub struct GcMarker {
     pub stored: Option<SystemTime>,
 }
 
+/// The sequence number and key (`gc/<seq>`) of the next gc marker: one past the newest
+/// counted marker. gc and `check --repair` both commit under such a marker.
+pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
+    let seq = set
+        .markers
+        .gcs
+        .values()
+        .map(|g| g.seq)
+        .max()
+        .map_or(0, |s| s + 1);
+    (seq, format!("gc/{seq:010}"))
+}
+
+/// Commit a gc-kind run (gc, or repair's corrections when `freed`): flush its segments,
+/// renew the lease (fence check), then create its marker with create-if-absent. Another
+/// run that created the same marker first is a [`RepoError::GcConflict`].
+pub(crate) async fn commit_gc_marker(
+    repo: &Repository,
+    w: &mut Writer,
+    lease: &Lease,
+    seq: u64,
+    marker_key: &str,
+    freed: bool,
+) -> Result<()> {
+    w.flush().await?;
+    let lease_time_ms = lease.check_before_commit().await?;
+    let marker = GcMarker {
+        holder: lease.holder.clone(),
+        seq,
+        lease_time_ms,
+        freed,
+        stored: None,
+    };
+    let sealed = Bytes::from(envelope::seal(MAGIC_GC, &marker));
+    if create_exclusive(repo.store().as_ref(), marker_key, sealed).await?
+        == PutOutcome::AlreadyExists
+    {
+        return Err(RepoError::GcConflict {
+            other: marker_key.to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 impl GcMarker {
     pub fn decode(key: &str, bytes: &[u8]) -> Result<GcMarker, RepoError> {
         envelope::open(MAGIC_GC, key, bytes)
@@ -136,14 +181,7 @@ impl Repository {
         let earliest = live.iter().map(|l| l.started).min().unwrap_or(now).min(now);
         let cutoff = earliest.checked_sub(SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
         let set = self.load_segments().await?;
-        let seq = set
-            .markers
-            .gcs
-            .values()
-            .map(|g| g.seq)
-            .max()
-            .map_or(0, |s| s + 1);
-        let marker_key = format!("gc/{seq:010}");
+        let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
         let mut report = GcReport::default();
 
@@ -313,25 +351,7 @@ impl Repository {
             // The dead-pack list is carried by this gc's segment only while needed.
             dead_packs.retain(|p| w.dead_packs.contains(p));
         }
-        w.flush().await?;
-        let lease_time_ms = lease.check_before_commit().await?;
-        let marker = GcMarker {
-            holder: holder.clone(),
-            seq,
-            lease_time_ms,
-            freed: false,
-            stored: None,
-        };
-        if create_exclusive(
-            self.store().as_ref(),
-            &marker_key,
-            Bytes::from(envelope::seal(MAGIC_GC, &marker)),
-        )
-        .await?
-            == PutOutcome::AlreadyExists
-        {
-            return Err(RepoError::GcConflict { other: marker_key }.into());
-        }
+        commit_gc_marker(self, &mut w, &lease, seq, &marker_key, false).await?;
         // 5. Committed: physical deletes (idempotent; a crash here is finished next time).
         let mut doomed: Vec<String> = dead_packs.iter().map(|p| pack_key(p)).collect();
         for h in set.index.iter().chain(set.refs.iter()) {

@@ -19,21 +19,15 @@
 
 mod sweep;
 
-use super::envelope::{self, MAGIC_GC};
-use super::gc::{flag_contribution, segment_records, GcMarker};
+use super::gc::{commit_gc_marker, flag_contribution, next_gc_marker, segment_records};
 use super::ids::new_time_id;
 use super::lease::Lease;
 use super::repository::SegmentSet;
 use super::segment::{self, FREED, REFS_RECORD, REVIVED, STORED};
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
-use super::{
-    create_exclusive, BlobId, BlobKind, CheckIssue, CheckOptions, CheckReport, RepoError,
-    Repository,
-};
-use crate::store::PutOutcome;
+use super::{BlobId, BlobKind, CheckIssue, CheckOptions, CheckReport, Repository};
 use crate::Result;
-use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -91,36 +85,11 @@ impl Repository {
             check,
             ..Default::default()
         };
-        let seq = set
-            .markers
-            .gcs
-            .values()
-            .map(|g| g.seq)
-            .max()
-            .map_or(0, |s| s + 1);
-        let marker_key = format!("gc/{seq:010}");
+        let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "repair");
         let changes = self.correct_counts(&set, &mut w, &mut report).await?;
         if changes > 0 {
-            w.flush().await?;
-            let lease_time_ms = lease.check_before_commit().await?;
-            let marker = GcMarker {
-                holder: holder.clone(),
-                seq,
-                lease_time_ms,
-                freed: true,
-                stored: None,
-            };
-            if create_exclusive(
-                self.store().as_ref(),
-                &marker_key,
-                Bytes::from(envelope::seal(MAGIC_GC, &marker)),
-            )
-            .await?
-                == PutOutcome::AlreadyExists
-            {
-                return Err(RepoError::GcConflict { other: marker_key }.into());
-            }
+            commit_gc_marker(self, &mut w, &lease, seq, &marker_key, true).await?;
             report.commit = Some(marker_key);
         }
         sweep::delete_strays(self, &set, listed, &leased, &mut report).await?;
