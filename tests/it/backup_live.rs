@@ -4,7 +4,9 @@
 
 mod races;
 
-use crate::backup_qcow2::{fails, file_hash, ok, ok_json, str_field, u64_field, CLUSTER, MIB};
+use crate::backup_qcow2::{
+    fails, file_hash, ok, ok_json, str_field, u64_field, World, CLUSTER, MIB,
+};
 use crate::common::assert_same;
 use crate::common::qemu::live::StorageDaemon;
 use crate::common::qemu::{self, convert_to_raw, snapshot_names};
@@ -21,21 +23,20 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
+    /// The same start as the offline tests' [`World`]: a qemu-img image and a repository.
     pub fn new(size: u64, cluster: u64) -> Vm {
-        let dir = crate::common::tempdir();
-        let img = dir.path().join("vm.qcow2");
-        qemu::run(qemu::qemu_img(["create", "-q", "-f", "qcow2", "-o"]).args([
-            format!("cluster_size={cluster}"),
-            img.display().to_string(),
-            size.to_string(),
-        ]));
-        let repo = dir.path().join("repo").display().to_string();
-        ok(&["init", &repo]);
+        let World {
+            dir,
+            img,
+            repo,
+            model,
+            ..
+        } = World::new(size, cluster);
         Vm {
             dir,
             img,
             repo,
-            model: vec![0; size as usize],
+            model,
         }
     }
 
@@ -218,7 +219,7 @@ fn read_write_backup_of_a_running_image_is_refused() {
     let img = vm.img.display().to_string();
     let err = fails(&["backup", "--repo", &vm.repo, "--volume", "vm", &img]);
     assert!(err.contains("lock") || err.contains("permission"), "{err}");
-    assert!(err.contains("vm.qcow2"), "the error names the image: {err}");
+    assert!(err.contains(&img), "the error names the image: {err}");
     assert_eq!(
         file_hash(&vm.img),
         hash,
