@@ -540,7 +540,10 @@ async fn check(a: CheckArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         read_data: a.read_data,
         sample_pct: a.sample,
     };
-    let report = repo.check(&opts).await.context("checking the repository")?;
+    let progress = ProgressAdapter(CliProgress::new(ProgressMode::choose(a.json)));
+    let report = repo.check_with_progress(&opts, Some(&progress)).await;
+    progress.0.finish();
+    let report = report.context("checking the repository")?;
     if a.json {
         print_json(&report)?;
     } else {

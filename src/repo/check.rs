@@ -1,20 +1,32 @@
 //! `check`: structure of every live snapshot, refcounts recomputed from the snapshots
 //! against the stored sums, and optionally re-hashing data. Problems are reported with the
-//! snapshots they damage. Cost is ∝ the repository (it is the full sweep), memory ∝ the
-//! number of distinct blobs (counts are held in a map).
+//! snapshots they damage.
+//!
+//! Cost: every distinct table is read once (a subtree already walked for an earlier
+//! snapshot is not walked again), and chunk verifications go out in concurrent batches, so
+//! a clean check costs ∝ the distinct data, not ∝ snapshots × volume size. Only when
+//! something is damaged does a second walk visit every snapshot to name all it damages.
+//! Memory ∝ the number of distinct blobs (counts are held in a map).
 
 use super::gc::segment_records;
 use super::repository::SegmentSet;
-use super::segment::{self, REFS_RECORD};
-use super::table::{Geometry, FANOUT};
-use super::{BlobId, Repository};
+use super::segment::{self, Location, REFS_RECORD};
+use super::table::{span, Geometry, FANOUT};
+use super::{BlobId, Progress, Repository, SnapshotManifest};
 use crate::Result;
+use futures::stream::{self, StreamExt};
 use rand::Rng;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Damaged objects → (problem, snapshots damaged).
 type Findings = HashMap<String, (String, HashSet<String>)>;
+
+/// Chunk verifications gathered before they are sent as one concurrent batch.
+const VERIFY_BATCH: usize = 256;
+/// Requests in flight while verifying a batch.
+const VERIFY_CONCURRENCY: usize = 8;
 
 /// What `check` verifies beyond structure.
 #[derive(Clone, Debug, Default)]
@@ -53,73 +65,255 @@ impl CheckReport {
     }
 }
 
-impl Repository {
-    /// Verify the repository (see module docs).
-    pub async fn check(&self, opts: &CheckOptions) -> Result<CheckReport> {
-        let set = self.load_segments().await?;
-        let mut report = CheckReport::default();
-        let mut expected: HashMap<BlobId, i64> = HashMap::new();
-        let mut tables_seen: HashSet<BlobId> = HashSet::new();
-        let mut chunks_seen: HashSet<BlobId> = HashSet::new();
-        let mut bad: HashMap<String, (String, HashSet<String>)> = HashMap::new();
-        // Pack sizes (or the error reading them), one HEAD per pack.
-        let mut packs: HashMap<String, Result<u64, String>> = HashMap::new();
-        let sample = opts.sample_pct.unwrap_or(100.0).clamp(0.0, 100.0) / 100.0;
-        for m in self.live_roots(&set.markers, None) {
-            report.snapshots_checked += 1;
+/// Chunks of the volume covered by table `index` at `level` (the last tables are shorter).
+fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
+    let per = span(level + 1);
+    let first = index.saturating_mul(per);
+    geo.chunks.saturating_sub(first).min(per)
+}
+
+/// State of one check run.
+struct Walk<'a> {
+    repo: &'a Repository,
+    set: &'a SegmentSet,
+    read_data: bool,
+    sample: f64,
+    progress: Option<&'a dyn Progress>,
+    /// Chunk size of the snapshot being walked (progress is counted in volume bytes).
+    chunk_bytes: u64,
+    report: CheckReport,
+    /// Times the live snapshots reference each blob (tables and chunks).
+    expected: HashMap<BlobId, i64>,
+    tables_seen: HashSet<BlobId>,
+    bad: Findings,
+    /// Pack sizes (or the error reading them), one HEAD per pack.
+    packs: HashMap<String, Result<u64, String>>,
+    /// Chunks waiting for verification: (id, re-read it, first snapshot naming it).
+    pending: Vec<(BlobId, bool, String)>,
+}
+
+impl Walk<'_> {
+    fn advance(&self, chunks: u64) {
+        if let Some(p) = self.progress {
+            p.advance(chunks.saturating_mul(self.chunk_bytes));
+        }
+    }
+
+    fn damaged(&mut self, object: String, problem: String, snap: &str) {
+        self.bad
+            .entry(object)
+            .or_insert_with(|| (problem, HashSet::new()))
+            .1
+            .insert(snap.to_string());
+    }
+
+    /// Walk one snapshot, descending only into tables no earlier snapshot had.
+    async fn snapshot(&mut self, m: &SnapshotManifest) -> Result<()> {
+        self.report.snapshots_checked += 1;
+        let snap = format!("{}/{}", m.volume, m.id);
+        let geo = Geometry::new(m.size, m.chunk_size);
+        self.chunk_bytes = m.chunk_size as u64;
+        let mut stack = Vec::new();
+        for (i, id) in m.top_ids()?.into_iter().enumerate() {
+            if id.is_zero() {
+                self.advance(coverage(&geo, geo.depth - 1, i as u64));
+            } else {
+                *self.expected.entry(id).or_default() += 1;
+                stack.push((id, geo.depth - 1, i as u64));
+            }
+        }
+        while let Some((id, level, index)) = stack.pop() {
+            if !self.tables_seen.insert(id) {
+                self.advance(coverage(&geo, level, index));
+                continue;
+            }
+            let count = geo.table_len(level, index);
+            let entries = match self.repo.read_table(self.set, &id, level, count).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.damaged(id.to_hex(), format!("table: {e}"), &snap);
+                    self.advance(coverage(&geo, level, index));
+                    continue;
+                }
+            };
+            self.report.tables_checked += 1;
+            for (j, c) in entries.into_iter().enumerate() {
+                let child = index * FANOUT + j as u64;
+                if c.is_zero() {
+                    if level > 0 {
+                        self.advance(coverage(&geo, level - 1, child));
+                    }
+                    continue;
+                }
+                let n = self.expected.entry(c).or_default();
+                *n += 1;
+                if level > 0 {
+                    stack.push((c, level - 1, child));
+                } else if *n == 1 {
+                    self.report.chunks_referenced += 1;
+                    let read = self.read_data && rand::rng().random::<f64>() < self.sample;
+                    self.pending.push((c, read, snap.clone()));
+                    if self.pending.len() >= VERIFY_BATCH {
+                        self.verify_pending().await?;
+                    }
+                }
+            }
+            if level == 0 {
+                self.advance(count as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verify the pending chunks: locate each, re-hash those chosen for reading, and check
+    /// that the others' packs exist and are long enough (one HEAD per pack).
+    async fn verify_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let (repo, set) = (self.repo, self.set);
+        let located: Vec<(BlobId, bool, String, Result<Option<Location>>)> = stream::iter(pending)
+            .map(|(id, read, snap)| async move {
+                let loc = repo.locate(set, &id).await;
+                (id, read, snap, loc)
+            })
+            .buffered(VERIFY_CONCURRENCY)
+            .collect()
+            .await;
+        let mut reads = Vec::new();
+        let mut heads = Vec::new();
+        for (id, read, snap, loc) in located {
+            match loc? {
+                None => self.damaged(id.to_hex(), "chunk missing from the index".into(), &snap),
+                Some(loc) if read => reads.push((id, snap, loc)),
+                Some(loc) => heads.push((id, snap, loc)),
+            }
+        }
+        self.report.chunks_read += reads.len() as u64;
+        let read_errors: Vec<(BlobId, String, String)> = stream::iter(reads)
+            .map(|(id, snap, loc)| async move {
+                let r = repo.read_blob(&loc, &id).await;
+                r.err().map(|e| (id, snap, format!("chunk: {e}")))
+            })
+            .buffer_unordered(VERIFY_CONCURRENCY)
+            .filter_map(|e| async move { e })
+            .collect()
+            .await;
+        for (id, snap, problem) in read_errors {
+            self.damaged(id.to_hex(), problem, &snap);
+        }
+        let unseen: HashSet<String> = heads
+            .iter()
+            .filter(|(_, _, loc)| !self.packs.contains_key(&loc.pack))
+            .map(|(_, _, loc)| loc.pack.clone())
+            .collect();
+        let sizes: Vec<(String, Result<u64, String>)> = stream::iter(unseen)
+            .map(|pack| async move {
+                let head = repo.store().head(&super::pack::pack_key(&pack)).await;
+                (pack, head.map(|m| m.size).map_err(|e| e.to_string()))
+            })
+            .buffer_unordered(VERIFY_CONCURRENCY)
+            .collect()
+            .await;
+        self.packs.extend(sizes);
+        for (id, snap, loc) in heads {
+            let problem = match self.packs.get(&loc.pack) {
+                Some(Ok(size)) if *size >= loc.offset as u64 + loc.frame_len as u64 => None,
+                Some(Ok(_)) => Some(format!("pack {} too short", loc.pack)),
+                Some(Err(e)) => Some(format!("pack {}: {e}", loc.pack)),
+                None => None,
+            };
+            if let Some(p) = problem {
+                self.damaged(id.to_hex(), p, &snap);
+            }
+        }
+        Ok(())
+    }
+
+    /// Name every snapshot that references a damaged object (the first walk named only
+    /// the first one). Walks all snapshots in full, so it runs only when there is damage.
+    async fn attribute(&mut self, roots: &[Arc<SnapshotManifest>]) -> Result<()> {
+        for m in roots {
             let snap = format!("{}/{}", m.volume, m.id);
             let geo = Geometry::new(m.size, m.chunk_size);
-            let mut stack = Vec::new();
+            let mut stack: Vec<(BlobId, u8, u64)> = Vec::new();
             for (i, id) in m.top_ids()?.into_iter().enumerate() {
                 if !id.is_zero() {
-                    *expected.entry(id).or_default() += 1;
                     stack.push((id, geo.depth - 1, i as u64));
                 }
             }
             while let Some((id, level, index)) = stack.pop() {
-                let first = tables_seen.insert(id);
-                match self
-                    .read_table(&set, &id, level, geo.table_len(level, index))
-                    .await
-                {
-                    Ok(entries) => {
-                        if first {
-                            report.tables_checked += 1;
-                        }
-                        for (j, c) in entries.into_iter().enumerate() {
-                            if c.is_zero() {
-                                continue;
-                            }
-                            if first {
-                                *expected.entry(c).or_default() += 1;
-                            }
-                            if level > 0 {
-                                stack.push((c, level - 1, index * FANOUT + j as u64));
-                            } else if chunks_seen.insert(c) {
-                                report.chunks_referenced += 1;
-                                self.check_chunk(
-                                    &set,
-                                    &c,
-                                    opts.read_data && rand::rng().random::<f64>() < sample,
-                                    &mut report,
-                                    (&mut packs, &mut bad),
-                                    &snap,
-                                )
-                                .await?;
-                            } else if let Some(e) = bad.get_mut(&c.to_hex()) {
-                                e.1.insert(snap.clone());
-                            }
-                        }
+                if let Some(e) = self.bad.get_mut(&id.to_hex()) {
+                    e.1.insert(snap.clone());
+                    continue;
+                }
+                let count = geo.table_len(level, index);
+                let Ok(entries) = self.repo.read_table(self.set, &id, level, count).await else {
+                    continue;
+                };
+                for (j, c) in entries.into_iter().enumerate() {
+                    if c.is_zero() {
+                        continue;
                     }
-                    Err(e) => {
-                        bad.entry(id.to_hex())
-                            .or_insert_with(|| (format!("table: {e}"), HashSet::new()))
-                            .1
-                            .insert(snap.clone());
+                    if level > 0 {
+                        stack.push((c, level - 1, index * FANOUT + j as u64));
+                    } else if let Some(e) = self.bad.get_mut(&c.to_hex()) {
+                        e.1.insert(snap.clone());
                     }
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl Repository {
+    /// Verify the repository (see module docs).
+    pub async fn check(&self, opts: &CheckOptions) -> Result<CheckReport> {
+        self.check_with_progress(opts, None).await
+    }
+
+    /// `check`, reporting one stage ("check", in logical bytes of the live snapshots'
+    /// volumes, whole chunks) so a caller can show how far a long `--read-data` run has come.
+    pub async fn check_with_progress(
+        &self,
+        opts: &CheckOptions,
+        progress: Option<&dyn Progress>,
+    ) -> Result<CheckReport> {
+        let set = self.load_segments().await?;
+        let roots = self.live_roots(&set.markers, None);
+        if let Some(p) = progress {
+            let total = roots
+                .iter()
+                .map(|m| Geometry::new(m.size, m.chunk_size).chunks * m.chunk_size as u64)
+                .sum();
+            p.stage("check", total);
+        }
+        let mut walk = Walk {
+            repo: self,
+            set: &set,
+            read_data: opts.read_data,
+            sample: opts.sample_pct.unwrap_or(100.0).clamp(0.0, 100.0) / 100.0,
+            progress,
+            chunk_bytes: 0,
+            report: CheckReport::default(),
+            expected: HashMap::new(),
+            tables_seen: HashSet::new(),
+            bad: HashMap::new(),
+            packs: HashMap::new(),
+            pending: Vec::new(),
+        };
+        for m in &roots {
+            walk.snapshot(m).await?;
+        }
+        walk.verify_pending().await?;
+        if !walk.bad.is_empty() {
+            walk.attribute(&roots).await?;
+        }
+        let Walk {
+            mut report,
+            expected,
+            bad,
+            ..
+        } = walk;
         // Stored sums, streamed segment by segment.
         let mut stored: HashMap<BlobId, i64> = HashMap::new();
         for h in &set.refs {
@@ -162,48 +356,5 @@ impl Repository {
             });
         }
         Ok(report)
-    }
-
-    async fn check_chunk(
-        &self,
-        set: &SegmentSet,
-        id: &BlobId,
-        read: bool,
-        report: &mut CheckReport,
-        (packs, bad): (&mut HashMap<String, Result<u64, String>>, &mut Findings),
-        snap: &str,
-    ) -> Result<()> {
-        let problem = match self.locate(set, id).await? {
-            None => Some("chunk missing from the index".to_string()),
-            Some(loc) if read => {
-                report.chunks_read += 1;
-                self.read_blob(&loc, id)
-                    .await
-                    .err()
-                    .map(|e| format!("chunk: {e}"))
-            }
-            Some(loc) => {
-                if !packs.contains_key(&loc.pack) {
-                    let head = self.store().head(&super::pack::pack_key(&loc.pack)).await;
-                    packs.insert(
-                        loc.pack.clone(),
-                        head.map(|m| m.size).map_err(|e| e.to_string()),
-                    );
-                }
-                match packs.get(&loc.pack) {
-                    Some(Ok(size)) if *size >= loc.offset as u64 + loc.frame_len as u64 => None,
-                    Some(Ok(_)) => Some(format!("pack {} too short", loc.pack)),
-                    Some(Err(e)) => Some(format!("pack {}: {e}", loc.pack)),
-                    None => None,
-                }
-            }
-        };
-        if let Some(p) = problem {
-            bad.entry(id.to_hex())
-                .or_insert_with(|| (p, HashSet::new()))
-                .1
-                .insert(snap.to_string());
-        }
-        Ok(())
     }
 }

@@ -16,6 +16,7 @@ mod objstore_faults;
 mod objstore_repo;
 mod objstore_s3;
 mod objstore_swift;
+mod repo_check;
 mod repo_cli;
 mod repo_copy;
 mod repo_faults;
