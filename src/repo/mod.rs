@@ -17,6 +17,8 @@ mod diff;
 pub(crate) mod envelope;
 mod error;
 mod exclusive;
+#[cfg(test)]
+mod fetch_tests;
 mod forget;
 mod gc;
 pub(crate) mod ids;

@@ -56,6 +56,9 @@ pub(crate) struct Inner {
     pub config: Config,
     buckets: Mutex<Lru<(String, u8), Vec<u8>>>,
     heads: Mutex<HashMap<String, Arc<SegmentHead>>>,
+    /// One gate per small segment being fetched whole, so concurrent misses (a restore's
+    /// parallel lookups) wait for one GET instead of each sending their own.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -158,6 +161,7 @@ impl Repository {
                 config,
                 buckets: Mutex::new(Lru::new(CACHE_BUDGET)),
                 heads: Mutex::new(HashMap::new()),
+                fetching: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -318,7 +322,23 @@ impl Repository {
         }
         let all = h.bucket_range(0).start..h.bucket_range(255).end;
         if all.end - all.start <= WHOLE_SEGMENT_FETCH {
-            return self.whole_segment(h, all, b).await;
+            let gate = (self.inner.fetching.lock().map_err(poisoned)?)
+                .entry(h.key.clone())
+                .or_default()
+                .clone();
+            let held = gate.lock().await;
+            let cached = self.inner.buckets.lock().map_err(poisoned)?.get(&k);
+            let r = match cached {
+                Some(v) => Ok(v),
+                None => self.whole_segment(h, all, b).await,
+            };
+            drop(held);
+            let mut fetching = self.inner.fetching.lock().map_err(poisoned)?;
+            // Ours and the map's: nobody else waits, and new waiters need this lock.
+            if Arc::strong_count(&gate) == 2 {
+                fetching.remove(&h.key);
+            }
+            return r;
         }
         let r = h.bucket_range(b);
         let bytes = if r.is_empty() {
