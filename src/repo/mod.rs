@@ -25,6 +25,7 @@ pub(crate) mod manifest;
 mod pack;
 mod repair;
 pub(crate) mod repository;
+mod revert;
 mod segment;
 pub(crate) mod table;
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! snapshot, never a released claim whose data is only local.
 
 use super::error::io_err;
-use super::model::valid_name;
+use super::model::{valid_device, valid_name};
 use super::{catalog, AccessMode, Attachment, OpHandle, Service, ServiceError, Volume};
 use crate::backup::{backup_image, BackupOptions, BackupReport};
 use crate::image::{CreateOptions, Image};
@@ -71,7 +71,9 @@ impl Service {
 
     /// Attach volume `uuid` to vm `vm_id` on `node`, with its local image on this host:
     /// read-write if no attachment writes it yet, else a read-only copy of its last
-    /// snapshot. Refused past the volume's user limit.
+    /// snapshot. Refused past the volume's user limit. `device` is the device name the
+    /// frontend reports for a hot-plugged volume (StratusLab's `target`), recorded on
+    /// the attachment.
     pub async fn attach(
         &self,
         user: &str,
@@ -79,9 +81,15 @@ impl Service {
         node: &str,
         vm_id: &str,
         hot: bool,
+        device: Option<&str>,
         op: &OpHandle,
     ) -> Result<Attachment, ServiceError> {
         check_vm(node, vm_id)?;
+        if let Some(d) = device.filter(|d| !valid_device(d)) {
+            return Err(ServiceError::Invalid(vec![format!(
+                "target {d:?}: a device name is 1-32 of [a-z0-9]"
+            )]));
+        }
         let v = self.get_volume(user, uuid).await?;
         let lock = self.local_lock(uuid);
         let _guard = lock.lock().await;
@@ -116,6 +124,7 @@ impl Service {
                     .to_string(),
                 from_snapshot: None,
                 since: now_rfc3339(),
+                target: device.map(str::to_string),
             };
             v.attachments.push(a.clone());
             claimed = Some(a);

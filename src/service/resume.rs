@@ -78,7 +78,8 @@ impl Service {
                 })
                 .await?;
                 let hot = op.kind == "hotattach";
-                let a = self.attach(user, uuid, node, vm_id, hot, h).await?;
+                let device = op.device.as_deref();
+                let a = self.attach(user, uuid, node, vm_id, hot, device, h).await?;
                 Ok(json!({
                     "node": node, "vm_id": vm_id, "uuid": [uuid], "mode": a.mode,
                     "path": a.path, "from_snapshot": a.from_snapshot, "resumed": true,
