@@ -10,6 +10,7 @@
 mod disks;
 mod error;
 mod input;
+mod maintenance;
 mod volumes_attach;
 
 pub use error::ApiError;
@@ -36,6 +37,9 @@ pub const DEFAULT_MAX_SIZE_GIB: u64 = 1024;
 #[serde(deny_unknown_fields)]
 pub struct Users {
     pub tokens: HashMap<String, String>,
+    /// Users who may check and fix the repository (`GET /api/check`, `POST /api/fix`).
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 impl Users {
@@ -105,6 +109,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/hotdetach/{uuid}", post(volumes_attach::hot_detach))
         .route("/api/detach", post(volumes_attach::detach))
         .route("/api/operations/{id}", get(volumes_attach::operation))
+        .route("/api/revert/{uuid}", post(maintenance::revert))
+        .route("/api/copy/{uuid}", post(maintenance::copy))
+        .route("/api/check", get(maintenance::check))
+        .route("/api/fix", post(maintenance::fix))
         .route(
             "/api/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -133,6 +141,9 @@ mod tests {
     fn users_file() {
         let u = Users::parse("[tokens]\n\"secret-alice\" = \"alice\"\n").unwrap();
         assert_eq!(u.tokens["secret-alice"], "alice");
+        assert!(u.admins.is_empty());
+        let u = Users::parse("admins = [\"alice\"]\n[tokens]\n\"secret-alice\" = \"alice\"\n");
+        assert_eq!(u.unwrap().admins, ["alice"]);
         assert!(Users::parse("[tokens]\nshort = \"bob\"\n").is_err());
         assert!(Users::parse("[tokenz]\n").is_err());
         assert!(Users::parse("not toml [").is_err());

@@ -84,17 +84,23 @@ impl Service {
     }
 
     /// Check the repository and list fixes (see module docs); kept as the last check.
+    /// `read_data` also re-reads and re-hashes every chunk (finds corrupt data, at the
+    /// cost of reading the whole repository).
     ///
     /// ```no_run
     /// # async fn demo(svc: &island::service::Service, op: &island::service::OpHandle)
     /// # -> Result<(), island::service::ServiceError> {
-    /// let found = svc.check().await?;
+    /// let found = svc.check(false).await?;
     /// let ids: Vec<String> = found.fixes.iter().map(|f| f.id.clone()).collect();
     /// svc.fix(&ids, op).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn check(&self) -> Result<CheckResult, ServiceError> {
-        let report: CheckReport = self.repo.check(&CheckOptions::default()).await?;
+    pub async fn check(&self, read_data: bool) -> Result<CheckResult, ServiceError> {
+        let opts = CheckOptions {
+            read_data,
+            sample_pct: None,
+        };
+        let report: CheckReport = self.repo.check(&opts).await?;
         let mut fixes = Vec::new();
         let mut damaged: Vec<String> = Vec::new();
         for issue in &report.issues {
