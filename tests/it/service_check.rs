@@ -86,16 +86,19 @@ async fn check_proposes_fixes_and_fix_mends_a_broken_volume() {
         .expect(200);
     assert_eq!(disk["status"], "optimized");
 
-    // Flip bytes in the chunk data of s2's pack (chunks precede the tables in a pack).
-    for p in &new_packs {
-        let path = repo.join("packs").join(p);
-        let mut bytes = std::fs::read(&path).expect("pack");
-        let at = bytes.len() / 4;
-        for b in &mut bytes[at..at + 64] {
-            *b ^= 0xff;
-        }
-        std::fs::write(&path, bytes).expect("corrupt pack");
+    // Flip bytes in the middle of s2's largest new pack: its chunk data (the tables a
+    // backup changes are a small fraction, written after the chunks below them).
+    let largest = new_packs
+        .iter()
+        .map(|p| repo.join("packs").join(p))
+        .max_by_key(|p| std::fs::metadata(p).expect("pack").len())
+        .expect("a new pack");
+    let mut bytes = std::fs::read(&largest).expect("pack");
+    let at = bytes.len() / 2;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0xff;
     }
+    std::fs::write(&largest, bytes).expect("corrupt pack");
     let found = a.get("/api/check?read_data=true", ALICE).await.expect(200);
     let damaged = format!("{uuid}/{s2}");
     assert_eq!(found["damaged"], json!([damaged]), "{found}");

@@ -199,6 +199,7 @@ async fn revert_then_copy_to_another_region_and_restore_there() {
     assert_eq!(diff["snapshot"], newest.as_str());
     assert_eq!(diff["record_created"], false);
     let diff_bytes = diff["copy"]["bytes_uploaded"].as_u64().expect("bytes");
+    eprintln!("copy of 2 MiB: {full_bytes} B uploaded; newest against base: {diff_bytes} B");
     assert!(
         diff_bytes < full_bytes * 3 / 4 && diff_bytes > MIB / 2,
         "diff {diff_bytes} vs full {full_bytes}: {}",
