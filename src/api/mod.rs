@@ -1,11 +1,12 @@
 //! The HTTP API of `island serve`: the StratusLab persistent-disk endpoints (same paths
-//! and JSON shapes) plus snapshot and operation-status endpoints in the same style, on top
-//! of [`crate::service`]. See README.md ("island serve").
+//! and JSON shapes) plus snapshot, revert, copy, check/fix and operation-status endpoints
+//! in the same style, on top of [`crate::service`]. See README.md ("island serve").
 //!
 //! Every request carries `Authorization: Bearer TOKEN`; tokens map to user names in the
-//! `[tokens]` table of the users file. Long requests (attach, detach, snapshot) run as
-//! persisted operations: by default the response waits for the result; with `wait=false`
-//! it is a 202 carrying the operation id to poll at `/api/operations/{id}`.
+//! `[tokens]` table of the users file; its `admins` list names who may check and fix the
+//! repository. Long requests (attach, detach, snapshot, copy, fix) run as persisted
+//! operations: by default the response waits for the result; with `wait=false` it is a
+//! 202 carrying the operation id to poll at `/api/operations/{id}`.
 
 mod disks;
 mod error;

@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::input;
 use super::{user_of, ApiState};
+use crate::service::model::valid_device;
 use crate::service::{OpHandle, OpSpec, Service, ServiceError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -36,7 +37,11 @@ fn vm_args(
     let wait = f.boolean("wait").unwrap_or(true);
     let device = if with_target {
         f.only(&["node", "vm_id", "wait", "target"]);
-        f.string("target", false)
+        let device = f.string("target", false);
+        if let Some(d) = device.as_deref().filter(|d| !valid_device(d)) {
+            f.problem(format!("target {d:?}: a device name is 1-32 of [a-z0-9]"));
+        }
+        device
     } else {
         f.only(&["node", "vm_id", "wait"]);
         None
