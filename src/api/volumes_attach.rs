@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::input;
 use super::{user_of, ApiState};
 use crate::service::model::valid_device;
-use crate::service::{OpHandle, OpSpec, Service, ServiceError};
+use crate::service::{OpHandle, OpSpec, Plug, Service, ServiceError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -116,8 +116,14 @@ async fn vm_op(
         match what {
             VmOp::Attach | VmOp::HotAttach => {
                 let hot = what == VmOp::HotAttach;
-                let dev = a.device.as_deref();
-                let att = svc.attach(&user, &uuid, node, vm, hot, dev, &op).await?;
+                let plug = if hot {
+                    Plug::Hot {
+                        device: a.device.as_deref(),
+                    }
+                } else {
+                    Plug::AtStart
+                };
+                let att = svc.attach(&user, &uuid, node, vm, plug, &op).await?;
                 out["mode"] = json!(att.mode);
                 out["path"] = json!(att.path);
                 out["from_snapshot"] = json!(att.from_snapshot);

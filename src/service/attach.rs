@@ -55,6 +55,16 @@ pub(crate) fn check_file_size_limit(dir: &std::path::Path, size: u64) -> Result<
     removed.map_err(io_err(&probe, "remove probe"))
 }
 
+/// How an attachment is plugged into its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plug<'a> {
+    /// Registered at VM start; it detaches with the VM.
+    AtStart,
+    /// Hot-plugged into a running VM (may be hot-detached), with the device name the
+    /// frontend reported, if any.
+    Hot { device: Option<&'a str> },
+}
+
 fn same_vm(a: &Attachment, node: &str, vm_id: &str) -> bool {
     a.node == node && a.vm_id == vm_id
 }
@@ -71,20 +81,22 @@ impl Service {
 
     /// Attach volume `uuid` to vm `vm_id` on `node`, with its local image on this host:
     /// read-write if no attachment writes it yet, else a read-only copy of its last
-    /// snapshot. Refused past the volume's user limit. `device` is the device name the
-    /// frontend reports for a hot-plugged volume (StratusLab's `target`), recorded on
-    /// the attachment.
+    /// snapshot. Refused past the volume's user limit. A hot plug records the device name
+    /// the frontend reported (StratusLab's `target`) on the attachment.
     pub async fn attach(
         &self,
         user: &str,
         uuid: &str,
         node: &str,
         vm_id: &str,
-        hot: bool,
-        device: Option<&str>,
+        plug: Plug<'_>,
         op: &OpHandle,
     ) -> Result<Attachment, ServiceError> {
         check_vm(node, vm_id)?;
+        let (hot, device) = match plug {
+            Plug::AtStart => (false, None),
+            Plug::Hot { device } => (true, device),
+        };
         if let Some(d) = device.filter(|d| !valid_device(d)) {
             return Err(ServiceError::Invalid(vec![format!(
                 "target {d:?}: a device name is 1-32 of [a-z0-9]"

@@ -35,6 +35,7 @@ pub mod ops;
 mod resume;
 mod revert;
 
+pub use attach::Plug;
 pub use check::{CheckResult, Fix, FixKind, ImageStatus};
 pub use copy::{CopyDone, CopyRequest};
 pub use error::ServiceError;

@@ -12,7 +12,7 @@
 //! - fix: apply the fixes again (deleting a deleted snapshot is "already gone"; repair,
 //!   gc and compaction are safe to repeat).
 
-use super::{catalog, OpHandle, Operation, Service, ServiceError};
+use super::{catalog, OpHandle, Operation, Plug, Service, ServiceError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -81,9 +81,13 @@ impl Service {
                     Ok(())
                 })
                 .await?;
-                let hot = op.kind == "hotattach";
-                let device = op.device.as_deref();
-                let a = self.attach(user, uuid, node, vm_id, hot, device, h).await?;
+                let plug = match op.kind.as_str() {
+                    "hotattach" => Plug::Hot {
+                        device: op.device.as_deref(),
+                    },
+                    _ => Plug::AtStart,
+                };
+                let a = self.attach(user, uuid, node, vm_id, plug, h).await?;
                 Ok(json!({
                     "node": node, "vm_id": vm_id, "uuid": [uuid], "mode": a.mode,
                     "path": a.path, "from_snapshot": a.from_snapshot, "resumed": true,

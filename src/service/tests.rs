@@ -50,7 +50,7 @@ async fn racing_attaches_respect_the_user_limit_and_one_writer() {
         let uuid = v.uuid.clone();
         tasks.push(tokio::spawn(async move {
             let h = op(&s);
-            s.attach("alice", &uuid, "node", &format!("vm{i}"), false, None, &h)
+            s.attach("alice", &uuid, "node", &format!("vm{i}"), Plug::AtStart, &h)
                 .await
         }));
     }
