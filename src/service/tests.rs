@@ -227,3 +227,82 @@ async fn catalog_compaction_races_a_writer_and_a_reader() {
     assert_eq!(keys.len(), 1);
     assert_eq!(a.get_volume("bob", &v.uuid).await.unwrap(), last);
 }
+
+/// A copy interrupted by a restart (its record left running) resumes under its id on the
+/// next start and completes: the snapshot and the volume's record reach the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_copy_resumes_after_a_restart() {
+    let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new_unique().unwrap());
+    let repo = Repository::init(store, &InitOptions::default())
+        .await
+        .unwrap();
+    let other: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new_unique().unwrap());
+    let target = Repository::init(other.clone(), &InitOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut s = Service::new(repo.clone(), ServiceConfig::new(dir.path(), "host-a")).unwrap();
+        s.add_copy_target("mem://dr", target.clone());
+        Arc::new(s)
+    };
+    let a = start();
+    let req = CreateVolume {
+        size: MIN_VOLUME_SIZE,
+        tag: String::new(),
+        visibility: Visibility::Private,
+        user_limit: None,
+        source: None,
+    };
+    let v = a.create_volume("alice", &req).await.unwrap();
+    // Finished operations are not resumed; only the copy below is left running.
+    let h = op(&a);
+    let att = a
+        .attach("alice", &v.uuid, "n", "vm", Plug::AtStart, &h)
+        .await
+        .unwrap();
+    h.finish(Ok(serde_json::Value::Null));
+    let img = crate::image::Image::open(&att.path, crate::image::OpenMode::ReadWrite).unwrap();
+    img.write_at(&[7u8; 65536], 1 << 20).unwrap();
+    img.close().unwrap();
+    let h = op(&a);
+    a.detach_vm("alice", "n", "vm", &h).await.unwrap();
+    h.finish(Ok(serde_json::Value::Null));
+    let snap = a.snapshots("alice", &v.uuid).await.unwrap().remove(0).id;
+    let copy = CopyRequest {
+        target: "mem://dr".into(),
+        snapshot: None,
+        base: None,
+    };
+    let h = a
+        .operations()
+        .begin(OpSpec {
+            kind: "copy".into(),
+            user: "alice".into(),
+            volume: Some(v.uuid.clone()),
+            args: Some(serde_json::json!(copy)),
+            stage_count: 2,
+            ..OpSpec::default()
+        })
+        .unwrap();
+    h.enter(1, "copy");
+    let id = h.id();
+    drop(a);
+    let a = start();
+    assert_eq!(a.resume_interrupted(), 1);
+    let mut done = a.operations().get(&id).unwrap();
+    for _ in 0..200 {
+        if matches!(done.state, OpState::Done | OpState::Failed) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        done = a.operations().get(&id).unwrap();
+    }
+    assert_eq!(done.state, OpState::Done, "{done:?}");
+    let result = done.result.unwrap();
+    assert_eq!(result["resumed"], true);
+    assert_eq!(result["copy"]["copied"], serde_json::json!([snap]));
+    assert!(target.snapshot(&v.uuid, &snap).await.is_ok());
+    let record = catalog::latest(&other, &v.uuid).await.unwrap().unwrap();
+    assert_eq!((record.owner.as_str(), record.generation), ("alice", 0));
+}
