@@ -132,8 +132,15 @@ async fn vm_op(
                 }
             }
             VmOp::HotDetach => {
+                // The device the attachment registered, as StratusLab answers it.
+                let v = svc.get_volume(&user, &uuid).await?;
+                let device = v
+                    .attachments
+                    .iter()
+                    .find(|x| x.node == node && x.vm_id == vm)
+                    .and_then(|x| x.target.clone());
                 let report = svc.hot_detach(&user, &uuid, node, vm, &op).await?;
-                out["target"] = json!("");
+                out["target"] = json!(device.unwrap_or_default());
                 out["backup"] = json!(report);
             }
             VmOp::Detach => {

@@ -10,7 +10,8 @@
 //! volume in the target; it documents (and checks) what the diff is against.
 //!
 //! After the data, the volume's record is created in the target's catalog if it has none
-//! (generation 0: same uuid, owner, tag, visibility, size; no attachments). A server on
+//! (generation 0: same uuid, owner, tag, visibility, size, user limit; no attachments,
+//! no source). A server on
 //! the target repository then lists the volume and can create new volumes from its
 //! copied snapshots — the cross-region restore — or attach it.
 
@@ -142,6 +143,7 @@ impl Service {
             generation: 0,
             attachments: Vec::new(),
             last_revert: None,
+            source: None,
             ..v
         };
         let record_created = catalog::commit(target.store(), &record).await?;

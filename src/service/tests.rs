@@ -1,6 +1,7 @@
 //! The catalog's claim protocol under contention: two services ("hosts") sharing one
 //! store race to attach one volume; the create-if-absent generations must let exactly
-//! `user_limit` of them win, exactly one of them read-write, and lose no update.
+//! `user_limit` of them win, exactly one of them read-write, and lose no update. Also:
+//! catalog compaction racing a writer and a reader, and a copy resumed after a restart.
 
 use super::*;
 use crate::repo::InitOptions;

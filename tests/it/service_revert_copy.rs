@@ -1,5 +1,6 @@
 //! Revert and copy over real HTTP on loopback, two regions = two repositories:
-//! - a hot attach registers the frontend's device name, listed on the disk;
+//! - a hot attach registers the frontend's device name, listed on the disk and answered
+//!   by the hot detach;
 //! - revert is refused while attached read-write, commits a snapshot that uploads
 //!   nothing, and the next attach materialises the old content bit-exact;
 //! - copy to a repository outside the allow-list is refused; a copy runs as an operation
@@ -68,7 +69,11 @@ async fn revert_then_copy_to_another_region_and_restore_there() {
     assert_eq!(disk["status"], "optimized");
     let first = pseudo_random(71, 2 << 20);
     write_image(hot["path"].as_str().expect("path"), 0, &first);
-    a.vm("hotdetach", &uuid, ALICE, "n1", "1").await.expect(200);
+    let unplugged = a.vm("hotdetach", &uuid, ALICE, "n1", "1").await.expect(200);
+    assert_eq!(
+        unplugged["target"], "vdb",
+        "the device is answered on hot detach"
+    );
     let s1 = snapshot_ids(&a, &uuid).await.pop().expect("s1");
 
     // Overwrite and detach: s2 holds the second content.
