@@ -9,8 +9,11 @@
 //! - the cross-region restore: a server on the target repository lists the volume and
 //!   creates a new volume from the copied snapshot, whose attach reads back what was
 //!   written in the first region.
+//!
+//! Run on local directories, and with region A on a real S3 and region B on a real Swift.
 
-use super::common::pseudo_random;
+use super::common::{pseudo_random, tempdir};
+use super::objstore_common::{setting, unique_prefix};
 use super::service_common::{read_image, write_image, Server, Site, ALICE, BOB};
 use serde_json::{json, Value};
 
@@ -41,8 +44,30 @@ async fn snapshot_ids(s: &Server, uuid: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revert_then_copy_to_another_region_and_restore_there() {
-    let region_a = Site::new();
-    let region_b = Site::new();
+    scenario(&Site::new(), &Site::new()).await;
+}
+
+/// The same with region A on a real S3 (Ceph radosgw) and region B on a real Swift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_then_copy_from_s3_to_swift() {
+    let test = "service_revert_copy_s3_swift";
+    let (Some(bucket), Some(container), Some(_), Some(_), Some(_)) = (
+        setting(test, "ISLAND_TEST_S3_BUCKET"),
+        setting(test, "ISLAND_TEST_SWIFT_CONTAINER"),
+        setting(test, "AWS_ENDPOINT_URL"),
+        setting(test, "AWS_ACCESS_KEY_ID"),
+        setting(test, "ST_AUTH"),
+    ) else {
+        return;
+    };
+    let s3 = format!("s3://{bucket}/{}", unique_prefix(test));
+    let swift = format!("swift://{container}/{}", unique_prefix(test));
+    let region_a = Site::init(tempdir(), s3, vec!["--s3-path-style".into()]);
+    let region_b = Site::init(tempdir(), swift, Vec::new());
+    scenario(&region_a, &region_b).await;
+}
+
+async fn scenario(region_a: &Site, region_b: &Site) {
     let a = region_a.serve("host-a", &["--copy-target", &region_b.repo_url]);
     let uuid = a
         .create(
