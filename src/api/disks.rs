@@ -47,7 +47,8 @@ pub async fn list(
 }
 
 /// `GET /api/disks/{uuid}`: one volume, with its user limit and remaining slots in the
-/// `X-DiskUser-Limit` / `X-DiskUser-Remaining` headers and its attachments.
+/// `X-DiskUser-Limit` / `X-DiskUser-Remaining` headers, its attachments (with the device
+/// a hot attach registered), its image status by the last check and its last revert.
 pub async fn get_one(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
@@ -57,6 +58,8 @@ pub async fn get_one(
     let v = s.service.get_volume(&user, &uuid).await?;
     let mut body = disk_json(&v);
     body["attachments"] = serde_json::to_value(&v.attachments).unwrap_or(Value::Null);
+    body["status"] = s.service.image_status(&v.uuid).await?.as_str().into();
+    body["last_revert"] = serde_json::to_value(&v.last_revert).unwrap_or(Value::Null);
     let limit = HeaderValue::from(v.user_limit);
     let remaining = HeaderValue::from(v.remaining());
     Ok((

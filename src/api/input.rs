@@ -104,6 +104,34 @@ impl Fields {
         }
     }
 
+    /// A list of 1-100 strings: a JSON array, or (forms, query strings) one
+    /// comma-separated string.
+    pub fn strings(&mut self, name: &str, required: bool) -> Option<Vec<String>> {
+        let list: Option<Vec<String>> = match self.map.get(name) {
+            None | Some(Value::Null) => {
+                self.missing(name, required);
+                return None;
+            }
+            Some(Value::String(s)) => Some(s.split(',').map(|x| x.trim().to_string()).collect()),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(_) => None,
+        };
+        match list {
+            Some(l)
+                if (1..=100).contains(&l.len())
+                    && l.iter().all(|x| (1..=1024).contains(&x.len())) =>
+            {
+                Some(l)
+            }
+            _ => {
+                self.problem(format!(
+                    "{name} must be a list of 1-100 non-empty strings (JSON array or comma-separated)"
+                ));
+                None
+            }
+        }
+    }
+
     /// A non-negative integer field, as a JSON number or a decimal string.
     pub fn integer(&mut self, name: &str, required: bool) -> Option<u64> {
         let parsed = match self.map.get(name) {

@@ -1,15 +1,17 @@
 //! The HTTP API of `island serve`: the StratusLab persistent-disk endpoints (same paths
-//! and JSON shapes) plus snapshot and operation-status endpoints in the same style, on top
-//! of [`crate::service`]. See README.md ("island serve").
+//! and JSON shapes) plus snapshot, revert, copy, check/fix and operation-status endpoints
+//! in the same style, on top of [`crate::service`]. See README.md ("island serve").
 //!
 //! Every request carries `Authorization: Bearer TOKEN`; tokens map to user names in the
-//! `[tokens]` table of the users file. Long requests (attach, detach, snapshot) run as
-//! persisted operations: by default the response waits for the result; with `wait=false`
-//! it is a 202 carrying the operation id to poll at `/api/operations/{id}`.
+//! `[tokens]` table of the users file; its `admins` list names who may check and fix the
+//! repository. Long requests (attach, detach, snapshot, copy, fix) run as persisted
+//! operations: by default the response waits for the result; with `wait=false` it is a
+//! 202 carrying the operation id to poll at `/api/operations/{id}`.
 
 mod disks;
 mod error;
 mod input;
+mod maintenance;
 mod volumes_attach;
 
 pub use error::ApiError;
@@ -36,6 +38,9 @@ pub const DEFAULT_MAX_SIZE_GIB: u64 = 1024;
 #[serde(deny_unknown_fields)]
 pub struct Users {
     pub tokens: HashMap<String, String>,
+    /// Users who may check and fix the repository (`GET /api/check`, `POST /api/fix`).
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 impl Users {
@@ -105,6 +110,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/hotdetach/{uuid}", post(volumes_attach::hot_detach))
         .route("/api/detach", post(volumes_attach::detach))
         .route("/api/operations/{id}", get(volumes_attach::operation))
+        .route("/api/revert/{uuid}", post(maintenance::revert))
+        .route("/api/copy/{uuid}", post(maintenance::copy))
+        .route("/api/check", get(maintenance::check))
+        .route("/api/fix", post(maintenance::fix))
         .route(
             "/api/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -133,6 +142,9 @@ mod tests {
     fn users_file() {
         let u = Users::parse("[tokens]\n\"secret-alice\" = \"alice\"\n").unwrap();
         assert_eq!(u.tokens["secret-alice"], "alice");
+        assert!(u.admins.is_empty());
+        let u = Users::parse("admins = [\"alice\"]\n[tokens]\n\"secret-alice\" = \"alice\"\n");
+        assert_eq!(u.unwrap().admins, ["alice"]);
         assert!(Users::parse("[tokens]\nshort = \"bob\"\n").is_err());
         assert!(Users::parse("[tokenz]\n").is_err());
         assert!(Users::parse("not toml [").is_err());

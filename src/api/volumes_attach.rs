@@ -4,7 +4,8 @@
 use super::error::ApiError;
 use super::input;
 use super::{user_of, ApiState};
-use crate::service::{OpHandle, OpSpec, Service, ServiceError};
+use crate::service::model::valid_device;
+use crate::service::{OpHandle, OpSpec, Plug, Service, ServiceError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -15,33 +16,147 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
 
-/// `node` and `vm_id` (required) and `wait` (optional, default true) of a request.
+/// `node` and `vm_id` (required), `wait` (optional, default true) and, on a hot attach,
+/// `target` (optional: the device name the frontend reports) of a request.
 struct VmArgs {
     node: String,
     vm_id: String,
     wait: bool,
+    device: Option<String>,
 }
 
 fn vm_args(
     headers: &HeaderMap,
     query: Option<&str>,
     body: Result<&[u8], &BytesRejection>,
+    with_target: bool,
 ) -> Result<VmArgs, ApiError> {
     let mut f = input::parse(headers, query, body)?;
     let node = f.string("node", true);
     let vm_id = f.string("vm_id", true);
     let wait = f.boolean("wait").unwrap_or(true);
-    f.only(&["node", "vm_id", "wait"]);
+    let device = if with_target {
+        f.only(&["node", "vm_id", "wait", "target"]);
+        let device = f.string("target", false);
+        if let Some(d) = device.as_deref().filter(|d| !valid_device(d)) {
+            f.problem(format!("target {d:?}: a device name is 1-32 of [a-z0-9]"));
+        }
+        device
+    } else {
+        f.only(&["node", "vm_id", "wait"]);
+        None
+    };
     let problems = std::mem::take(&mut f.problems);
     match (node, vm_id, problems.is_empty()) {
-        (Some(node), Some(vm_id), true) => Ok(VmArgs { node, vm_id, wait }),
+        (Some(node), Some(vm_id), true) => Ok(VmArgs {
+            node,
+            vm_id,
+            wait,
+            device,
+        }),
         _ => Err(ApiError::unprocessable(problems)),
     }
 }
 
+/// The four requests naming a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VmOp {
+    Attach,
+    HotAttach,
+    HotDetach,
+    Detach,
+}
+
+impl VmOp {
+    /// The operation kind recorded (and resumed).
+    fn kind(self) -> &'static str {
+        match self {
+            VmOp::Attach => "attach",
+            VmOp::HotAttach => "hotattach",
+            VmOp::HotDetach => "hotdetach",
+            VmOp::Detach => "detach",
+        }
+    }
+}
+
+/// Parse, authorise and run one VM request as a persisted operation (3 stages).
+async fn vm_op(
+    s: Arc<ApiState>,
+    uuid: Option<String>,
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+    what: VmOp,
+) -> Result<Response, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let a = vm_args(
+        &headers,
+        query.as_deref(),
+        body.as_deref(),
+        what == VmOp::HotAttach,
+    )?;
+    // Refuse an unknown or invisible volume before recording an operation.
+    if let Some(uuid) = &uuid {
+        s.service.get_volume(&user, uuid).await?;
+    }
+    let spec = OpSpec {
+        kind: what.kind().into(),
+        user: user.clone(),
+        volume: uuid.clone(),
+        node: Some(a.node.clone()),
+        vm_id: Some(a.vm_id.clone()),
+        device: a.device.clone(),
+        args: None,
+        stage_count: 3,
+    };
+    let uuid = uuid.unwrap_or_default();
+    run_op(&s, spec, a.wait, move |svc, op| async move {
+        let (node, vm) = (a.node.as_str(), a.vm_id.as_str());
+        let mut out = json!({"node": node, "vm_id": vm});
+        match what {
+            VmOp::Attach | VmOp::HotAttach => {
+                let hot = what == VmOp::HotAttach;
+                let plug = if hot {
+                    Plug::Hot {
+                        device: a.device.as_deref(),
+                    }
+                } else {
+                    Plug::AtStart
+                };
+                let att = svc.attach(&user, &uuid, node, vm, plug, &op).await?;
+                out["mode"] = json!(att.mode);
+                out["path"] = json!(att.path);
+                out["from_snapshot"] = json!(att.from_snapshot);
+                if hot {
+                    out["target"] = json!(att.target.unwrap_or_default());
+                }
+            }
+            VmOp::HotDetach => {
+                // The device the attachment registered, as StratusLab answers it.
+                let v = svc.get_volume(&user, &uuid).await?;
+                let device = v
+                    .attachments
+                    .iter()
+                    .find(|x| x.node == node && x.vm_id == vm)
+                    .and_then(|x| x.target.clone());
+                let report = svc.hot_detach(&user, &uuid, node, vm, &op).await?;
+                out["target"] = json!(device.unwrap_or_default());
+                out["backup"] = json!(report);
+            }
+            VmOp::Detach => {
+                out["uuid"] = json!(svc.detach_vm(&user, node, vm, &op).await?);
+                return Ok(out);
+            }
+        }
+        out["uuid"] = json!(svc.vm_volumes(&user, node, vm).await?);
+        Ok(out)
+    })
+    .await
+}
+
 /// Record operation `spec`, run `work` on its own task (it survives a dropped client) and
 /// either wait for its result (200) or answer 202 with the operation id at once.
-async fn run_op<F, Fut>(
+pub(super) async fn run_op<F, Fut>(
     s: &ApiState,
     spec: OpSpec,
     wait: bool,
@@ -78,47 +193,6 @@ where
     }
 }
 
-async fn attach_common(
-    s: Arc<ApiState>,
-    uuid: String,
-    headers: HeaderMap,
-    query: Option<String>,
-    body: Result<Bytes, BytesRejection>,
-    hot: bool,
-) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let a = vm_args(&headers, query.as_deref(), body.as_deref())?;
-    // Refuse an unknown or invisible volume before recording an operation.
-    s.service.get_volume(&user, &uuid).await?;
-    let spec = OpSpec {
-        kind: if hot { "hotattach" } else { "attach" }.into(),
-        user: user.clone(),
-        volume: Some(uuid.clone()),
-        node: Some(a.node.clone()),
-        vm_id: Some(a.vm_id.clone()),
-        stage_count: 3,
-    };
-    run_op(&s, spec, a.wait, move |svc, op| async move {
-        let att = svc
-            .attach(&user, &uuid, &a.node, &a.vm_id, hot, &op)
-            .await?;
-        let all = svc.vm_volumes(&user, &a.node, &a.vm_id).await?;
-        let mut out = json!({
-            "node": a.node,
-            "vm_id": a.vm_id,
-            "uuid": all,
-            "mode": att.mode,
-            "path": att.path,
-            "from_snapshot": att.from_snapshot,
-        });
-        if hot {
-            out["target"] = Value::String(String::new());
-        }
-        Ok(out)
-    })
-    .await
-}
-
 /// `POST /api/attach/{uuid}` (node, vm_id): attach at VM start.
 pub async fn attach(
     State(s): State<Arc<ApiState>>,
@@ -127,10 +201,11 @@ pub async fn attach(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    attach_common(s, uuid, headers, query, body, false).await
+    vm_op(s, Some(uuid), headers, query, body, VmOp::Attach).await
 }
 
-/// `POST /api/hotattach/{uuid}` (node, vm_id): attach to a running VM.
+/// `POST /api/hotattach/{uuid}` (node, vm_id, optional target device): attach to a
+/// running VM.
 pub async fn hot_attach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
@@ -138,7 +213,7 @@ pub async fn hot_attach(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    attach_common(s, uuid, headers, query, body, true).await
+    vm_op(s, Some(uuid), headers, query, body, VmOp::HotAttach).await
 }
 
 /// `POST /api/hotdetach/{uuid}` (node, vm_id): detach a hot-plugged volume (uploads).
@@ -149,25 +224,7 @@ pub async fn hot_detach(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let a = vm_args(&headers, query.as_deref(), body.as_deref())?;
-    s.service.get_volume(&user, &uuid).await?;
-    let spec = OpSpec {
-        kind: "hotdetach".into(),
-        user: user.clone(),
-        volume: Some(uuid.clone()),
-        node: Some(a.node.clone()),
-        vm_id: Some(a.vm_id.clone()),
-        stage_count: 3,
-    };
-    run_op(&s, spec, a.wait, move |svc, op| async move {
-        let report = svc.hot_detach(&user, &uuid, &a.node, &a.vm_id, &op).await?;
-        let all = svc.vm_volumes(&user, &a.node, &a.vm_id).await?;
-        Ok(json!({
-            "node": a.node, "vm_id": a.vm_id, "target": "", "uuid": all, "backup": report,
-        }))
-    })
-    .await
+    vm_op(s, Some(uuid), headers, query, body, VmOp::HotDetach).await
 }
 
 /// `POST /api/detach` (node, vm_id): the VM is gone; detach (and upload) all its volumes.
@@ -177,21 +234,7 @@ pub async fn detach(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let a = vm_args(&headers, query.as_deref(), body.as_deref())?;
-    let spec = OpSpec {
-        kind: "detach".into(),
-        user: user.clone(),
-        volume: None,
-        node: Some(a.node.clone()),
-        vm_id: Some(a.vm_id.clone()),
-        stage_count: 3,
-    };
-    run_op(&s, spec, a.wait, move |svc, op| async move {
-        let done = svc.detach_vm(&user, &a.node, &a.vm_id, &op).await?;
-        Ok(json!({"node": a.node, "vm_id": a.vm_id, "uuid": done}))
-    })
-    .await
+    vm_op(s, None, headers, query, body, VmOp::Detach).await
 }
 
 /// `POST /api/disks/{uuid}/snapshots`: snapshot the read-write local image (uploads).

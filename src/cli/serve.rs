@@ -4,7 +4,9 @@ use super::repo::{open_repo, StoreArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use island::api::{ApiState, Users, DEFAULT_MAX_SIZE_GIB};
-use island::service::{Service, ServiceConfig, DEFAULT_USER_LIMIT, MAX_VOLUME_SIZE};
+use island::service::{
+    Service, ServiceConfig, DEFAULT_CATALOG_GRACE, DEFAULT_USER_LIMIT, MAX_VOLUME_SIZE,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,6 +35,15 @@ pub struct ServeArgs {
     /// User limit (simultaneous attachments) of volumes created without one.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_USER_LIMIT)]
     user_limit: u32,
+    /// A repository `POST /api/copy` may copy to (repeatable; the allow-list). Opened at
+    /// start, with the same store flags as --repo.
+    #[arg(long, value_name = "URL")]
+    copy_target: Vec<String>,
+    /// Seconds a superseded catalog generation's successor must exist before the
+    /// `clean:catalog` fix deletes it; more than any server's list-then-write plus clock
+    /// skew.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CATALOG_GRACE.as_secs())]
+    catalog_grace_secs: u64,
 }
 
 /// The host name, as the default server id.
@@ -59,8 +70,15 @@ pub fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         let repo = open_repo(&a.repo, store_args).await?;
         let mut cfg = ServiceConfig::new(&a.data_dir, a.server_id.unwrap_or_else(host_name));
         cfg.default_user_limit = a.user_limit;
-        let service = Service::new(repo, cfg)
+        cfg.catalog_grace = std::time::Duration::from_secs(a.catalog_grace_secs);
+        let mut service = Service::new(repo, cfg)
             .with_context(|| format!("starting the service in {}", a.data_dir.display()))?;
+        for url in &a.copy_target {
+            let target = open_repo(url, store_args)
+                .await
+                .with_context(|| format!("opening copy target {url}"))?;
+            service.add_copy_target(url.clone(), target);
+        }
         let service = Arc::new(service);
         let resumed = service.resume_interrupted();
         if resumed > 0 {

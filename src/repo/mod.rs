@@ -27,6 +27,7 @@ pub(crate) mod manifest;
 mod pack;
 mod repair;
 pub(crate) mod repository;
+mod revert;
 mod segment;
 pub(crate) mod table;
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! snapshot, never a released claim whose data is only local.
 
 use super::error::io_err;
-use super::model::valid_name;
+use super::model::{valid_device, valid_name};
 use super::{catalog, AccessMode, Attachment, OpHandle, Service, ServiceError, Volume};
 use crate::backup::{backup_image, BackupOptions, BackupReport};
 use crate::image::{CreateOptions, Image};
@@ -55,6 +55,16 @@ pub(crate) fn check_file_size_limit(dir: &std::path::Path, size: u64) -> Result<
     removed.map_err(io_err(&probe, "remove probe"))
 }
 
+/// How an attachment is plugged into its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plug<'a> {
+    /// Registered at VM start; it detaches with the VM.
+    AtStart,
+    /// Hot-plugged into a running VM (may be hot-detached), with the device name the
+    /// frontend reported, if any.
+    Hot { device: Option<&'a str> },
+}
+
 fn same_vm(a: &Attachment, node: &str, vm_id: &str) -> bool {
     a.node == node && a.vm_id == vm_id
 }
@@ -71,17 +81,27 @@ impl Service {
 
     /// Attach volume `uuid` to vm `vm_id` on `node`, with its local image on this host:
     /// read-write if no attachment writes it yet, else a read-only copy of its last
-    /// snapshot. Refused past the volume's user limit.
+    /// snapshot. Refused past the volume's user limit. A hot plug records the device name
+    /// the frontend reported (StratusLab's `target`) on the attachment.
     pub async fn attach(
         &self,
         user: &str,
         uuid: &str,
         node: &str,
         vm_id: &str,
-        hot: bool,
+        plug: Plug<'_>,
         op: &OpHandle,
     ) -> Result<Attachment, ServiceError> {
         check_vm(node, vm_id)?;
+        let (hot, device) = match plug {
+            Plug::AtStart => (false, None),
+            Plug::Hot { device } => (true, device),
+        };
+        if let Some(d) = device.filter(|d| !valid_device(d)) {
+            return Err(ServiceError::Invalid(vec![format!(
+                "target {d:?}: a device name is 1-32 of [a-z0-9]"
+            )]));
+        }
         let v = self.get_volume(user, uuid).await?;
         let lock = self.local_lock(uuid);
         let _guard = lock.lock().await;
@@ -116,6 +136,7 @@ impl Service {
                     .to_string(),
                 from_snapshot: None,
                 since: now_rfc3339(),
+                target: device.map(str::to_string),
             };
             v.attachments.push(a.clone());
             claimed = Some(a);

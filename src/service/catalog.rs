@@ -95,11 +95,22 @@ pub async fn latest(
     store: &Arc<dyn ObjectStore>,
     uuid: &str,
 ) -> Result<Option<Volume>, ServiceError> {
-    let keys = list_all(store, &format!("{VOLUMES}{uuid}/")).await?;
-    match keys.iter().rev().find(|m| parse_key(&m.key).is_some()) {
-        Some(m) => Ok(Some(read_generation(store, &m.key).await?)),
-        None => Ok(None),
+    // A compaction may delete a generation between the listing and the read (only once
+    // a newer one exists): list again then.
+    for attempt in 0..3 {
+        let keys = list_all(store, &format!("{VOLUMES}{uuid}/")).await?;
+        let Some(m) = keys.iter().rev().find(|m| parse_key(&m.key).is_some()) else {
+            return Ok(None);
+        };
+        match read_generation(store, &m.key).await {
+            Err(ServiceError::Engine(crate::Error::Store(e)))
+                if e.kind == crate::store::StoreErrorKind::NotFound && attempt < 2 => {}
+            r => return r.map(Some),
+        }
     }
+    Err(ServiceError::Conflict(format!(
+        "volume {uuid}: its newest generation kept vanishing; try again"
+    )))
 }
 
 /// The newest generation of every volume ever created, in uuid order.
@@ -161,4 +172,63 @@ where
     Err(ServiceError::Conflict(format!(
         "volume {uuid}: {MAX_ATTEMPTS} concurrent changes in a row won the race; try again"
     )))
+}
+
+/// What a catalog compaction removed (or, dry, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompactReport {
+    /// Superseded generations deleted (or deletable).
+    pub generations: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Volumes that had some.
+    pub volumes: u64,
+}
+
+/// Delete superseded volume generations whose successor is older than `grace` (by the
+/// store's Last-Modified against this host's clock), never a volume's newest one. With
+/// `dry_run` only count them.
+///
+/// Safe against concurrent readers and writers as long as `grace` exceeds the longest
+/// list-then-read (readers) or list-then-create (claim protocol) of any server plus the
+/// clock skew between hosts and store: a reader only ever reads the newest generation it
+/// listed, and a generation is deleted only once a newer one has existed for `grace`, so
+/// nobody still acting on the older one can be left. Deleted volumes keep their last
+/// generation, so a uuid is never reused.
+pub async fn compact(
+    store: &Arc<dyn ObjectStore>,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> Result<CompactReport, ServiceError> {
+    let keys = list_all(store, VOLUMES).await?;
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut report = CompactReport::default();
+    let mut last_volume: Option<&str> = None;
+    for pair in keys.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let (Some((u_old, _)), Some((u_new, _))) = (parse_key(&old.key), parse_key(&new.key))
+        else {
+            continue;
+        };
+        let old_enough = new.last_modified.is_some_and(|t| t <= cutoff);
+        if u_old != u_new || !old_enough {
+            continue;
+        }
+        if !dry_run {
+            match store.delete(&old.key).await {
+                Ok(()) => {}
+                Err(e) if e.kind == crate::store::StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        report.generations += 1;
+        report.bytes += old.size;
+        if last_volume != Some(u_old) {
+            report.volumes += 1;
+            last_volume = Some(u_old);
+        }
+    }
+    Ok(report)
 }

@@ -27,14 +27,21 @@
 
 mod attach;
 pub mod catalog;
+mod check;
+mod copy;
 mod error;
 pub mod model;
 pub mod ops;
 mod resume;
+mod revert;
 
+pub use attach::Plug;
+pub use check::{CheckResult, Fix, FixKind, ImageStatus};
+pub use copy::{CopyDone, CopyRequest};
 pub use error::ServiceError;
 pub use model::{
-    AccessMode, Attachment, SnapshotRef, Visibility, Volume, MAX_VOLUME_SIZE, MIN_VOLUME_SIZE,
+    AccessMode, Attachment, Revert, SnapshotRef, Visibility, Volume, MAX_VOLUME_SIZE,
+    MIN_VOLUME_SIZE,
 };
 pub use ops::{OpHandle, OpSpec, OpState, Operation, Operations};
 
@@ -47,6 +54,8 @@ use std::sync::{Arc, Mutex};
 
 /// Attachments per volume when the creator sets no limit.
 pub const DEFAULT_USER_LIMIT: u32 = 2;
+/// Default [`ServiceConfig::catalog_grace`]: one hour.
+pub const DEFAULT_CATALOG_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest user limit a volume may have.
 pub const MAX_USER_LIMIT: u32 = 64;
 
@@ -60,6 +69,10 @@ pub struct ServiceConfig {
     pub server_id: String,
     /// User limit of volumes created without one.
     pub default_user_limit: u32,
+    /// How long a superseded catalog generation's successor must exist before the
+    /// catalog compaction deletes it (see [`catalog::compact`]): longer than any
+    /// server's list-then-write plus clock skew.
+    pub catalog_grace: std::time::Duration,
 }
 
 impl ServiceConfig {
@@ -69,6 +82,7 @@ impl ServiceConfig {
             data_dir: data_dir.into(),
             server_id: server_id.into(),
             default_user_limit: DEFAULT_USER_LIMIT,
+            catalog_grace: DEFAULT_CATALOG_GRACE,
         }
     }
 }
@@ -101,6 +115,8 @@ pub struct Service {
     repo: Repository,
     cfg: ServiceConfig,
     ops: Operations,
+    /// Repositories copies may go to, by URL (the allow-list).
+    targets: HashMap<String, Repository>,
     /// Serialises this host's work on one volume's local image (attach, snapshot,
     /// detach); other hosts are kept out by the catalog's attachment records.
     local: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -126,6 +142,7 @@ impl Service {
             repo,
             cfg,
             ops,
+            targets: HashMap::new(),
             local: Mutex::new(HashMap::new()),
         })
     }
@@ -205,6 +222,7 @@ impl Service {
             attachments: Vec::new(),
             deleted: false,
             source: req.source.clone(),
+            last_revert: None,
         };
         if !catalog::commit(self.store(), &v).await? {
             return Err(ServiceError::Conflict(format!(

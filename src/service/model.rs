@@ -66,6 +66,10 @@ pub struct Attachment {
     pub from_snapshot: Option<String>,
     /// When the attachment was recorded (RFC 3339).
     pub since: String,
+    /// Device name the frontend reported for a hot-plugged volume (`vda`, ...), as in
+    /// the StratusLab API's `target`; `None` until reported.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// The whole state of one volume at one generation.
@@ -91,6 +95,21 @@ pub struct Volume {
     /// attach, while it has no snapshot of its own).
     #[serde(default)]
     pub source: Option<SnapshotRef>,
+    /// The last revert: which snapshot the volume was reverted to, and the snapshot that
+    /// revert committed (now or once its newest).
+    #[serde(default)]
+    pub last_revert: Option<Revert>,
+}
+
+/// A revert of a volume to one of its snapshots (see `Service::revert`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revert {
+    /// The snapshot reverted to.
+    pub to: String,
+    /// The snapshot the revert committed (same tree as `to`).
+    pub snapshot: String,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// One snapshot of one volume.
@@ -130,6 +149,13 @@ pub fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A device name reported by a frontend (`vda`, `sdb`, `xvdc1`): 1-32 of `[a-z0-9]`.
+pub fn valid_device(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 /// A volume id must be a canonical (lower-case, hyphenated) UUID.

@@ -29,12 +29,18 @@ pub enum OpState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
     pub id: String,
-    /// attach, hotattach, detach, hotdetach, snapshot, delete.
+    /// attach, hotattach, detach, hotdetach, snapshot, copy, fix.
     pub kind: String,
     pub user: String,
     pub volume: Option<String>,
     pub node: Option<String>,
     pub vm_id: Option<String>,
+    /// Device name a hot attach registers (resumed with it).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Further arguments a resume needs (copy: target, snapshot, base; fix: fix ids).
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
     pub state: OpState,
     /// Current stage name.
     pub stage: String,
@@ -77,6 +83,8 @@ pub struct OpSpec {
     pub volume: Option<String>,
     pub node: Option<String>,
     pub vm_id: Option<String>,
+    pub device: Option<String>,
+    pub args: Option<serde_json::Value>,
     pub stage_count: u32,
 }
 
@@ -169,6 +177,8 @@ impl Operations {
             volume: spec.volume,
             node: spec.node,
             vm_id: spec.vm_id,
+            device: spec.device,
+            args: spec.args,
             state: OpState::Queued,
             stage: "queued".into(),
             stage_index: 0,

@@ -7,8 +7,12 @@
 //! - snapshot: back up again.
 //! - attach/hotattach: release this server's claim (its image may be partial) and attach
 //!   again.
+//! - copy: copy again (snapshots the target already has are skipped, tables it counts
+//!   are not sent again).
+//! - fix: apply the fixes again (deleting a deleted snapshot is "already gone"; repair,
+//!   gc and compaction are safe to repeat).
 
-use super::{catalog, OpHandle, Operation, Service, ServiceError};
+use super::{catalog, OpHandle, Operation, Plug, Service, ServiceError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -77,12 +81,36 @@ impl Service {
                     Ok(())
                 })
                 .await?;
-                let hot = op.kind == "hotattach";
-                let a = self.attach(user, uuid, node, vm_id, hot, h).await?;
+                let plug = match op.kind.as_str() {
+                    "hotattach" => Plug::Hot {
+                        device: op.device.as_deref(),
+                    },
+                    _ => Plug::AtStart,
+                };
+                let a = self.attach(user, uuid, node, vm_id, plug, h).await?;
                 Ok(json!({
                     "node": node, "vm_id": vm_id, "uuid": [uuid], "mode": a.mode,
                     "path": a.path, "from_snapshot": a.from_snapshot, "resumed": true,
                 }))
+            }
+            "copy" => {
+                let uuid = uuid?;
+                let req: super::CopyRequest = op
+                    .args
+                    .clone()
+                    .and_then(|a| serde_json::from_value(a).ok())
+                    .ok_or_else(|| missing("copy request"))?;
+                let mut done = json!(self.copy(user, uuid, &req, h).await?);
+                done["resumed"] = json!(true);
+                Ok(done)
+            }
+            "fix" => {
+                let ids: Vec<String> = op
+                    .args
+                    .as_ref()
+                    .and_then(|a| serde_json::from_value(a["fixes"].clone()).ok())
+                    .ok_or_else(|| missing("fix list"))?;
+                Ok(json!({"fixes": self.fix(&ids, h).await?, "resumed": true}))
             }
             other => Err(ServiceError::Conflict(format!(
                 "operation kind {other:?} cannot be resumed"

@@ -7,26 +7,11 @@
 
 use super::common::{pseudo_random, tempdir};
 use super::objstore_common::{setting, unique_prefix};
-use super::service_common::{files_under, Body, Site, ALICE, BOB};
-use island::image::{Image, OpenMode};
+use super::service_common::{files_under, read_image, write_image, Body, Site, ALICE, BOB};
 use reqwest::Method;
 use serde_json::json;
 
 const GIB: u64 = 1 << 30;
-
-/// Write `data` at `offset` into the local image at `path` (as a VM would).
-fn write_image(path: &str, offset: u64, data: &[u8]) {
-    let img = Image::open(path, OpenMode::ReadWrite).expect("open attached image");
-    img.write_at(data, offset).expect("write");
-    img.close().expect("close");
-}
-
-fn read_image(path: &str, offset: u64, len: usize) -> Vec<u8> {
-    let img = Image::open(path, OpenMode::ReadOnly).expect("open attached image");
-    let mut buf = vec![0u8; len];
-    img.read_at(&mut buf, offset).expect("read");
-    buf
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_volumes_attach_detach_and_restore_bit_exact() {
@@ -56,16 +41,11 @@ async fn scenario(site: &Site) {
 
     // Create: JSON on host A, form on host B.
     let private = a
-        .post(
-            "/api/create",
+        .create(
             ALICE,
             json!({"size": 1, "tag": "alice's disk", "visibility": "private"}),
         )
-        .await
-        .expect(201)["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_string();
+        .await;
     let public = b
         .call(
             Method::POST,
@@ -107,14 +87,9 @@ async fn scenario(site: &Site) {
     a.get(&format!("/api/disks/{private}"), BOB)
         .await
         .expect(404);
-    let attach_bob = a
-        .post(
-            &format!("/api/attach/{private}"),
-            BOB,
-            json!({"node": "n1", "vm_id": "9"}),
-        )
-        .await;
-    assert_eq!(attach_bob.status.as_u16(), 404, "{}", attach_bob.body);
+    a.vm("attach", &private, BOB, "n1", "9")
+        .await
+        .refused(404, "not found");
 
     let got = a.get(&format!("/api/disks/{private}"), ALICE).await;
     assert_eq!(got.limit.as_deref(), Some("2"));
@@ -123,14 +98,7 @@ async fn scenario(site: &Site) {
     assert_eq!(got.body["tag"], "alice's disk");
 
     // Attach up to the limit (2) across both hosts; the first claim is the writer.
-    let rw = a
-        .post(
-            &format!("/api/attach/{private}"),
-            ALICE,
-            json!({"node": "n1", "vm_id": "1"}),
-        )
-        .await
-        .expect(200);
+    let rw = a.vm("attach", &private, ALICE, "n1", "1").await.expect(200);
     assert_eq!(rw["mode"], "read-write");
     assert_eq!(rw["uuid"], json!([private]));
     let rw_path = rw["path"].as_str().expect("path").to_string();
@@ -138,31 +106,14 @@ async fn scenario(site: &Site) {
         rw_path.starts_with(a.data.to_str().expect("utf-8")),
         "{rw_path}"
     );
-    let ro = b
-        .post(
-            &format!("/api/attach/{private}"),
-            ALICE,
-            json!({"node": "n2", "vm_id": "2"}),
-        )
-        .await
-        .expect(200);
+    let ro = b.vm("attach", &private, ALICE, "n2", "2").await.expect(200);
     assert_eq!(ro["mode"], "read-only");
     let full = b.get(&format!("/api/disks/{private}"), ALICE).await;
     assert_eq!(full.remaining.as_deref(), Some("0"));
     assert_eq!(full.body["users"], "2");
-    let refused = a
-        .post(
-            &format!("/api/attach/{private}"),
-            ALICE,
-            json!({"node": "n1", "vm_id": "3"}),
-        )
-        .await;
-    assert_eq!(refused.status.as_u16(), 409);
-    assert!(
-        refused.messages().contains("user limit of 2"),
-        "{}",
-        refused.messages()
-    );
+    a.vm("attach", &private, ALICE, "n1", "3")
+        .await
+        .refused(409, "user limit of 2");
 
     // A VM writes into the attached local image: the start, and the volume's last MiB.
     let head = pseudo_random(61, 3 << 20);
@@ -208,15 +159,9 @@ async fn scenario(site: &Site) {
     )
     .await
     .expect(404);
-    let elsewhere = b
-        .post(&format!("/api/disks/{private}/snapshots"), ALICE, json!({}))
-        .await;
-    assert_eq!(elsewhere.status.as_u16(), 409);
-    assert!(
-        elsewhere.messages().contains("host-a"),
-        "{}",
-        elsewhere.messages()
-    );
+    b.post(&format!("/api/disks/{private}/snapshots"), ALICE, json!({}))
+        .await
+        .refused(409, "host-a");
 
     // More writes after the snapshot, then detach on host A: the increment is uploaded.
     let later = pseudo_random(63, 64 << 10);
@@ -253,11 +198,7 @@ async fn scenario(site: &Site) {
 
     // Attach on host B: restored from the last snapshot, bit-exact.
     let again = b
-        .post(
-            &format!("/api/hotattach/{private}"),
-            ALICE,
-            json!({"node": "n2", "vm_id": "4"}),
-        )
+        .vm("hotattach", &private, ALICE, "n2", "4")
         .await
         .expect(200);
     assert_eq!(again["mode"], "read-write");
@@ -279,31 +220,14 @@ async fn scenario(site: &Site) {
     assert!(read_image(&path_b, 256 << 20, 4096).iter().all(|&x| x == 0));
 
     // Delete rules: attached → refused; not the owner → refused; snapshots → needs force.
-    let r = a
-        .call(
-            Method::DELETE,
-            &format!("/api/disks/{private}"),
-            Some(ALICE),
-            Body::None,
-        )
-        .await;
-    assert_eq!(r.status.as_u16(), 409);
-    assert!(r.messages().contains("attached"), "{}", r.messages());
-    let r = a
-        .call(
-            Method::DELETE,
-            &format!("/api/disks/{public}"),
-            Some(BOB),
-            Body::None,
-        )
-        .await;
-    assert_eq!(r.status.as_u16(), 403, "{}", r.body);
+    a.delete(&format!("/api/disks/{private}"), ALICE)
+        .await
+        .refused(409, "attached");
+    a.delete(&format!("/api/disks/{public}"), BOB)
+        .await
+        .refused(403, "only its owner");
     let hd = b
-        .post(
-            &format!("/api/hotdetach/{private}"),
-            ALICE,
-            json!({"node": "n2", "vm_id": "4"}),
-        )
+        .vm("hotdetach", &private, ALICE, "n2", "4")
         .await
         .expect(200);
     assert_eq!(hd["uuid"], json!([]));
@@ -315,24 +239,14 @@ async fn scenario(site: &Site) {
     a.post("/api/create", BOB, from_first.clone())
         .await
         .expect(404);
-    let copy = a.post("/api/create", ALICE, from_first).await.expect(201)["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_string();
+    let copy = a.create(ALICE, from_first).await;
     assert_eq!(
         a.get(&format!("/api/disks/{copy}"), ALICE)
             .await
             .expect(200)["size"],
         "1"
     );
-    let att = a
-        .post(
-            &format!("/api/attach/{copy}"),
-            ALICE,
-            json!({"node": "n1", "vm_id": "5"}),
-        )
-        .await
-        .expect(200);
+    let att = a.vm("attach", &copy, ALICE, "n1", "5").await.expect(200);
     assert_eq!(att["from_snapshot"], first.as_str());
     let p = att["path"].as_str().expect("path").to_string();
     assert!(
@@ -358,46 +272,23 @@ async fn scenario(site: &Site) {
         "/api/disks/{copy}/snapshots/{}",
         copy_snaps[0]["id"].as_str().expect("id")
     );
-    a.call(Method::DELETE, &only, Some(BOB), Body::None)
-        .await
-        .expect(404);
-    a.call(Method::DELETE, &only, Some(ALICE), Body::None)
-        .await
-        .expect(200);
-    a.call(Method::DELETE, &only, Some(ALICE), Body::None)
-        .await
-        .expect(404);
+    a.delete(&only, BOB).await.expect(404);
+    a.delete(&only, ALICE).await.expect(200);
+    a.delete(&only, ALICE).await.expect(404);
     let none = a
         .get(&format!("/api/disks/{copy}/snapshots"), ALICE)
         .await
         .expect(200);
     assert_eq!(none, json!([]));
     // Without snapshots, a detached volume is deleted without force.
-    a.call(
-        Method::DELETE,
-        &format!("/api/disks/{copy}"),
-        Some(ALICE),
-        Body::None,
-    )
-    .await
-    .expect(200);
-    let r = a
-        .call(
-            Method::DELETE,
-            &format!("/api/disks/{private}"),
-            Some(ALICE),
-            Body::None,
-        )
-        .await;
-    assert_eq!(r.status.as_u16(), 409);
-    assert!(r.messages().contains("has snapshots"), "{}", r.messages());
+    a.delete(&format!("/api/disks/{copy}"), ALICE)
+        .await
+        .expect(200);
+    a.delete(&format!("/api/disks/{private}"), ALICE)
+        .await
+        .refused(409, "has snapshots");
     let gone = a
-        .call(
-            Method::DELETE,
-            &format!("/api/disks/{private}?force=true"),
-            Some(ALICE),
-            Body::None,
-        )
+        .delete(&format!("/api/disks/{private}?force=true"), ALICE)
         .await
         .expect(200);
     assert_eq!(gone["uuid"], private.as_str());
@@ -410,12 +301,7 @@ async fn scenario(site: &Site) {
         .expect(404);
     let left = b.get("/api/disks", ALICE).await.expect(200);
     assert_eq!(left.as_array().expect("array").len(), 1);
-    a.call(
-        Method::DELETE,
-        &format!("/api/disks/{public}"),
-        Some(ALICE),
-        Body::None,
-    )
-    .await
-    .expect(200);
+    a.delete(&format!("/api/disks/{public}"), ALICE)
+        .await
+        .expect(200);
 }

@@ -1,6 +1,7 @@
 //! Shared by the `island serve` tests: spawn real server processes on loopback sharing one
 //! local repository, and talk to them with a real HTTP client.
 
+use island::image::{Image, OpenMode};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -28,7 +29,8 @@ impl Site {
         Site::init(dir, repo, Vec::new())
     }
 
-    /// A fresh repository at `repo_url` (initialised through the CLI), users alice and bob.
+    /// A fresh repository at `repo_url` (initialised through the CLI), users alice (an
+    /// admin) and bob.
     pub fn init(dir: tempfile::TempDir, repo_url: String, flags: Vec<String>) -> Site {
         let out = Command::new(env!("CARGO_BIN_EXE_island"))
             .args(&flags)
@@ -38,7 +40,9 @@ impl Site {
         assert!(out.status.success(), "init: {out:?}");
         std::fs::write(
             dir.path().join("users.toml"),
-            format!("[tokens]\n\"{ALICE}\" = \"alice\"\n\"{BOB}\" = \"bob\"\n"),
+            format!(
+                "admins = [\"alice\"]\n[tokens]\n\"{ALICE}\" = \"alice\"\n\"{BOB}\" = \"bob\"\n"
+            ),
         )
         .expect("users file");
         Site {
@@ -133,6 +137,13 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
         self.body
     }
+
+    /// Assert an error reply with `status` whose messages mention `needle`.
+    pub fn refused(self, status: u16, needle: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let m = self.messages();
+        assert!(m.contains(needle), "{needle:?} not in {m:?}");
+    }
 }
 
 /// A request body: JSON, form, or raw with a content type.
@@ -203,6 +214,23 @@ impl Server {
             .await
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), Body::None)
+            .await
+    }
+
+    /// `POST /api/create` with `body`, expecting 201; the new volume's uuid.
+    pub async fn create(&self, token: &str, body: Value) -> String {
+        let reply = self.post("/api/create", token, body).await.expect(201);
+        reply["uuid"].as_str().expect("uuid").to_string()
+    }
+
+    /// `POST /api/{what}/{uuid}` (attach, hotattach, hotdetach) for vm `vm_id` on `node`.
+    pub async fn vm(&self, what: &str, uuid: &str, token: &str, node: &str, vm_id: &str) -> Reply {
+        let body = serde_json::json!({"node": node, "vm_id": vm_id});
+        self.post(&format!("/api/{what}/{uuid}"), token, body).await
+    }
+
     /// Poll operation `id` until it is done or failed (30 s at most).
     pub async fn wait_op(&self, id: &str, token: &str) -> Value {
         for _ in 0..600 {
@@ -217,6 +245,21 @@ impl Server {
         }
         panic!("operation {id} did not finish");
     }
+}
+
+/// Write `data` at `offset` into the local image at `path` (as a VM would).
+pub fn write_image(path: &str, offset: u64, data: &[u8]) {
+    let img = Image::open(path, OpenMode::ReadWrite).expect("open attached image");
+    img.write_at(data, offset).expect("write");
+    img.close().expect("close");
+}
+
+/// Read `len` bytes at `offset` of the local image at `path`.
+pub fn read_image(path: &str, offset: u64, len: usize) -> Vec<u8> {
+    let img = Image::open(path, OpenMode::ReadOnly).expect("open attached image");
+    let mut buf = vec![0u8; len];
+    img.read_at(&mut buf, offset).expect("read");
+    buf
 }
 
 /// Files under `dir`, relative, sorted.

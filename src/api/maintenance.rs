@@ -1,0 +1,141 @@
+//! Revert, copy, and repository check/fix endpoints. Copy and fix run as persisted
+//! operations (see [`crate::service::ops`]); check and fix need an admin user (the
+//! users file's `admins`), since they act on the whole repository.
+
+use super::error::ApiError;
+use super::input;
+use super::volumes_attach::run_op;
+use super::{user_of, ApiState};
+use crate::service::{CopyRequest, OpSpec};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `POST /api/revert/{uuid}` (snapshot): make that snapshot the volume's newest again.
+pub async fn revert(
+    State(s): State<Arc<ApiState>>,
+    Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
+    let snapshot = f.string("snapshot", true);
+    f.only(&["snapshot"]);
+    let problems = std::mem::take(&mut f.problems);
+    let (Some(snapshot), true) = (snapshot, problems.is_empty()) else {
+        return Err(ApiError::unprocessable(problems));
+    };
+    let v = s.service.revert(&user, &uuid, &snapshot).await?;
+    let new = v.last_revert.map(|r| r.snapshot).unwrap_or_default();
+    Ok(Json(
+        json!({"uuid": uuid, "reverted_to": snapshot, "snapshot": new}),
+    ))
+}
+
+/// `POST /api/copy/{uuid}` (target, optional snapshot, base, wait): copy a snapshot to an
+/// allowed repository.
+pub async fn copy(
+    State(s): State<Arc<ApiState>>,
+    Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let user = user_of(&s, &headers)?;
+    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
+    let target = f.string("target", true);
+    let snapshot = f.string("snapshot", false);
+    let base = f.string("base", false);
+    let wait = f.boolean("wait").unwrap_or(true);
+    f.only(&["target", "snapshot", "base", "wait"]);
+    let problems = std::mem::take(&mut f.problems);
+    let (Some(target), true) = (target, problems.is_empty()) else {
+        return Err(ApiError::unprocessable(problems));
+    };
+    let req = CopyRequest {
+        target,
+        snapshot,
+        base,
+    };
+    // Refuse a bad request before recording an operation.
+    s.service.copy_target(&req)?;
+    s.service.get_volume(&user, &uuid).await?;
+    let spec = OpSpec {
+        kind: "copy".into(),
+        user: user.clone(),
+        volume: Some(uuid.clone()),
+        args: Some(json!(req)),
+        stage_count: 2,
+        ..OpSpec::default()
+    };
+    run_op(&s, spec, wait, move |svc, op| async move {
+        Ok(json!(svc.copy(&user, &uuid, &req, &op).await?))
+    })
+    .await
+}
+
+/// The caller, if an admin.
+fn admin_of(s: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let user = user_of(s, headers)?;
+    if s.users.admins.contains(&user) {
+        Ok(user)
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("user {user} is not an admin (the users file's admins)"),
+        ))
+    }
+}
+
+/// `GET /api/check[?read_data=true]`: check the repository (re-hashing every chunk with
+/// `read_data`); the fixes it proposes (admins only).
+pub async fn check(
+    State(s): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin_of(&s, &headers)?;
+    let mut f = input::parse(&headers, query.as_deref(), Ok(&[]))?;
+    let read_data = f.boolean("read_data").unwrap_or(false);
+    f.only(&["read_data"]);
+    f.finish()?;
+    Ok(Json(json!(s.service.check(read_data).await?)))
+}
+
+/// `POST /api/fix` (fixes: ids from the last check, wait): apply them (admins only).
+pub async fn fix(
+    State(s): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let user = admin_of(&s, &headers)?;
+    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
+    let ids = f.strings("fixes", true);
+    let wait = f.boolean("wait").unwrap_or(true);
+    f.only(&["fixes", "wait"]);
+    let problems = std::mem::take(&mut f.problems);
+    let (Some(ids), true) = (ids, problems.is_empty()) else {
+        return Err(ApiError::unprocessable(problems));
+    };
+    s.service.check_fix_ids(&ids)?;
+    let spec = OpSpec {
+        kind: "fix".into(),
+        user,
+        args: Some(json!({ "fixes": ids })),
+        stage_count: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+        ..OpSpec::default()
+    };
+    run_op(&s, spec, wait, move |svc, op| async move {
+        let applied = svc.fix(&ids, &op).await?;
+        Ok(json!({ "fixes": applied }))
+    })
+    .await
+}

@@ -1,0 +1,264 @@
+//! Repository check → fixes, and image status.
+//!
+//! [`Service::check`] runs the repository's `check` (structure of every live snapshot,
+//! reference counts) and a dry run of the catalog compaction, and turns the findings into
+//! fixes a caller picks from (the storage-API thread's Fix objects):
+//!
+//! | kind | id | when | applying it |
+//! |---|---|---|---|
+//! | `mend` | `mend:<volume>/<snapshot>` | the snapshot cannot be restored (missing or corrupt object) | delete that snapshot, so attach and copy use the newest intact one (copy it back from another repository first if one holds it) |
+//! | `optimize` | `optimize:refcounts` | stored reference counts disagree with the snapshots | `check --repair`: rebuild the counts, release leaked blobs to gc |
+//! | `clean` | `clean:gc` | always | gc: reclaim the space of deleted snapshots and released blobs (`bytes` = null: no dry run) |
+//! | `clean` | `clean:catalog` | superseded catalog generations older than `ServiceConfig::catalog_grace` | [`catalog::compact`] |
+//!
+//! `merge` is never produced: every Island snapshot is a complete tree (no chain of
+//! deltas to merge). The result is kept as this host's last check
+//! (`<data dir>/last-check.json`); [`Service::fix`] only applies fixes it lists, and
+//! [`Service::image_status`] derives a volume's status from it: `broken` when the
+//! volume's newest snapshot (what an attach materialises) is damaged, `degraded` when an
+//! older one is, `optimized` otherwise (also before any check).
+
+use super::error::io_err;
+use super::{catalog, OpHandle, Service, ServiceError};
+use crate::repo::ids::now_rfc3339;
+use crate::repo::{CheckOptions, CheckReport};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// What kind of fix (the storage-API thread's four types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FixKind {
+    Clean,
+    Mend,
+    Optimize,
+    Merge,
+}
+
+/// One proposed fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fix {
+    /// Stable id to pass to [`Service::fix`].
+    pub id: String,
+    pub kind: FixKind,
+    pub description: String,
+    /// Bytes concerned (reclaimed, or data forgotten by a mend); `None` = not estimated.
+    pub bytes: Option<u64>,
+}
+
+/// A check's findings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// When it ran (RFC 3339).
+    pub checked: String,
+    pub fixes: Vec<Fix>,
+    /// `volume/snapshot` of every snapshot that cannot be restored.
+    pub damaged: Vec<String>,
+    pub snapshots_checked: u64,
+    pub refcount_mismatches: u64,
+}
+
+/// A volume's state as the last check saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageStatus {
+    Optimized,
+    Degraded,
+    Broken,
+}
+
+impl ImageStatus {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStatus::Optimized => "optimized",
+            ImageStatus::Degraded => "degraded",
+            ImageStatus::Broken => "broken",
+        }
+    }
+}
+
+impl Service {
+    fn last_check_path(&self) -> std::path::PathBuf {
+        self.data_dir().join("last-check.json")
+    }
+
+    /// Check the repository and list fixes (see module docs); kept as the last check.
+    /// `read_data` also re-reads and re-hashes every chunk (finds corrupt data, at the
+    /// cost of reading the whole repository).
+    ///
+    /// ```no_run
+    /// # async fn demo(svc: &island::service::Service, op: &island::service::OpHandle)
+    /// # -> Result<(), island::service::ServiceError> {
+    /// let found = svc.check(false).await?;
+    /// let ids: Vec<String> = found.fixes.iter().map(|f| f.id.clone()).collect();
+    /// svc.fix(&ids, op).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn check(&self, read_data: bool) -> Result<CheckResult, ServiceError> {
+        let opts = CheckOptions {
+            read_data,
+            sample_pct: None,
+        };
+        let report: CheckReport = self.repo.check(&opts).await?;
+        let mut fixes = Vec::new();
+        let mut damaged: Vec<String> = Vec::new();
+        for issue in &report.issues {
+            for snap in &issue.snapshots {
+                if damaged.contains(snap) {
+                    continue;
+                }
+                damaged.push(snap.clone());
+                let size = match snap.split_once('/') {
+                    Some((v, id)) => self.repo.snapshot(v, id).await.ok().map(|m| m.size),
+                    None => None,
+                };
+                fixes.push(Fix {
+                    id: format!("mend:{snap}"),
+                    kind: FixKind::Mend,
+                    description: format!(
+                        "snapshot {snap} cannot be restored ({}: {}); mend deletes it so attach and copy use the newest intact snapshot (copy it back from another repository first if one holds it)",
+                        issue.object, issue.problem
+                    ),
+                    bytes: size,
+                });
+            }
+        }
+        damaged.sort();
+        if report.refcount_mismatches > 0 {
+            fixes.push(Fix {
+                id: "optimize:refcounts".into(),
+                kind: FixKind::Optimize,
+                description: format!(
+                    "{} stored reference counts disagree with the snapshots; rebuild them and release leaked blobs to gc",
+                    report.refcount_mismatches
+                ),
+                bytes: None,
+            });
+        }
+        fixes.push(Fix {
+            id: "clean:gc".into(),
+            kind: FixKind::Clean,
+            description:
+                "collect garbage: reclaim the space of deleted snapshots and released blobs".into(),
+            bytes: None,
+        });
+        let compact = catalog::compact(self.store(), self.cfg.catalog_grace, true).await?;
+        if compact.generations > 0 {
+            fixes.push(Fix {
+                id: "clean:catalog".into(),
+                kind: FixKind::Clean,
+                description: format!(
+                    "delete {} superseded catalog generations of {} volumes (superseded more than {} s ago)",
+                    compact.generations,
+                    compact.volumes,
+                    self.cfg.catalog_grace.as_secs()
+                ),
+                bytes: Some(compact.bytes),
+            });
+        }
+        let result = CheckResult {
+            checked: now_rfc3339(),
+            fixes,
+            damaged,
+            snapshots_checked: report.snapshots_checked,
+            refcount_mismatches: report.refcount_mismatches,
+        };
+        let path = self.last_check_path();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&result).unwrap_or_default();
+        std::fs::write(&tmp, text).map_err(io_err(&tmp, "write"))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
+        Ok(result)
+    }
+
+    /// This host's last check, if any.
+    pub fn last_check(&self) -> Result<Option<CheckResult>, ServiceError> {
+        let path = self.last_check_path();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| ServiceError::Io {
+                    path: path.display().to_string(),
+                    op: "parse",
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, "read")(e)),
+        }
+    }
+
+    /// Status of volume `uuid` by the last check (see module docs).
+    pub async fn image_status(&self, uuid: &str) -> Result<ImageStatus, ServiceError> {
+        let Some(last) = self.last_check()? else {
+            return Ok(ImageStatus::Optimized);
+        };
+        let prefix = format!("{uuid}/");
+        if !last.damaged.iter().any(|d| d.starts_with(&prefix)) {
+            return Ok(ImageStatus::Optimized);
+        }
+        let newest = self
+            .repo
+            .latest(uuid)
+            .await?
+            .map(|m| format!("{uuid}/{}", m.id));
+        Ok(match newest {
+            Some(n) if last.damaged.contains(&n) => ImageStatus::Broken,
+            _ => ImageStatus::Degraded,
+        })
+    }
+
+    /// Refuse fix ids the last check did not list (before recording an operation).
+    pub fn check_fix_ids(&self, ids: &[String]) -> Result<(), ServiceError> {
+        let listed = self.last_check()?.map(|c| c.fixes).unwrap_or_default();
+        let unknown: Vec<String> = ids
+            .iter()
+            .filter(|id| !listed.iter().any(|f| &f.id == *id))
+            .map(|id| format!("fix {id:?} is not in the last check's list; run the check again"))
+            .collect();
+        match (ids.is_empty(), unknown.is_empty()) {
+            (true, _) => Err(ServiceError::Invalid(vec![
+                "fixes: name at least one".into()
+            ])),
+            (false, true) => Ok(()),
+            (false, false) => Err(ServiceError::Invalid(unknown)),
+        }
+    }
+
+    /// Apply fixes of the last check, mends and optimize first so the gc that follows
+    /// reclaims what they release; one stage per fix. Returns each fix's outcome.
+    pub async fn fix(&self, ids: &[String], op: &OpHandle) -> Result<Value, ServiceError> {
+        self.check_fix_ids(ids)?;
+        let rank = |id: &str| match id.split(':').next() {
+            Some("mend") => 0,
+            Some("optimize") => 1,
+            _ if id == "clean:catalog" => 2,
+            _ => 3,
+        };
+        let mut order: Vec<&String> = ids.iter().collect();
+        order.sort_by_key(|id| rank(id));
+        order.dedup();
+        let mut done = serde_json::Map::new();
+        for (i, id) in order.into_iter().enumerate() {
+            op.enter(u32::try_from(i + 1).unwrap_or(u32::MAX), id);
+            let outcome = if let Some(snap) = id.strip_prefix("mend:") {
+                let (v, s) = snap.split_once('/').unwrap_or((snap, ""));
+                match self.repo.delete_snapshot(v, s).await {
+                    Ok(r) => json!(r),
+                    Err(crate::Error::Repo(crate::repo::RepoError::SnapshotNotFound {
+                        ..
+                    })) => json!("already gone"),
+                    Err(e) => return Err(e.into()),
+                }
+            } else if id == "optimize:refcounts" {
+                json!(self.repo.repair().await?)
+            } else if id == "clean:catalog" {
+                json!(catalog::compact(self.store(), self.cfg.catalog_grace, false).await?)
+            } else {
+                json!(self.repo.gc().await?)
+            };
+            done.insert(id.clone(), outcome);
+        }
+        Ok(Value::Object(done))
+    }
+}

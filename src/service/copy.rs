@@ -1,0 +1,159 @@
+//! Copying a volume's snapshot to another repository (another region), optionally as a
+//! diff against a base the target already holds.
+//!
+//! The targets a server may write are an allow-list opened at start (`island serve
+//! --copy-target URL`); a request names one by its URL, so a client can never make the
+//! server open an arbitrary store. The data moves with [`crate::repo::copy`]: the
+//! snapshot's tree is walked top-down and every table the target already counts is
+//! skipped with its whole subtree, so copying a snapshot whose base is already there
+//! uploads only what changed since. A named `base` must be a live snapshot of the same
+//! volume in the target; it documents (and checks) what the diff is against.
+//!
+//! After the data, the volume's record is created in the target's catalog if it has none
+//! (generation 0: same uuid, owner, tag, visibility, size, user limit; no attachments,
+//! no source). A server on
+//! the target repository then lists the volume and can create new volumes from its
+//! copied snapshots — the cross-region restore — or attach it.
+
+use super::{catalog, OpHandle, Service, ServiceError, Volume};
+use crate::repo::{CopyOptions, CopyReport, RepoError, Repository};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What to copy where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRequest {
+    /// URL of an allowed target repository (as given to `--copy-target`).
+    pub target: String,
+    /// Snapshot to copy; `None` = the volume's newest.
+    pub snapshot: Option<String>,
+    /// A snapshot of the same volume the target already holds (the diff's base).
+    pub base: Option<String>,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyDone {
+    pub uuid: String,
+    pub target: String,
+    pub snapshot: String,
+    pub base: Option<String>,
+    /// True when this copy created the volume's record in the target's catalog.
+    pub record_created: bool,
+    pub copy: CopyReport,
+}
+
+impl Service {
+    /// Allow copies to repository `repo`, named `url` in requests.
+    pub fn add_copy_target(&mut self, url: impl Into<String>, repo: Repository) {
+        self.targets.insert(url.into(), repo);
+    }
+
+    /// The allowed copy targets' URLs, sorted.
+    pub fn copy_targets(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.targets.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Check a copy request before it is recorded as an operation: target allowed,
+    /// volume visible, ids well-formed. Returns the target repository.
+    pub fn copy_target(&self, req: &CopyRequest) -> Result<Repository, ServiceError> {
+        let mut problems = Vec::new();
+        for (field, id) in [("snapshot", &req.snapshot), ("base", &req.base)] {
+            if let Some(id) = id.as_deref().filter(|id| !crate::repo::ids::is_time_id(id)) {
+                problems.push(format!("{field} {id:?} is not a snapshot id"));
+            }
+        }
+        let target = self.targets.get(&req.target);
+        if target.is_none() {
+            problems.push(format!(
+                "target {:?} is not an allowed copy target (allowed: {})",
+                req.target,
+                self.copy_targets().join(", ")
+            ));
+        }
+        match target {
+            Some(t) if problems.is_empty() => Ok(t.clone()),
+            _ => Err(ServiceError::Invalid(problems)),
+        }
+    }
+
+    /// Copy a snapshot of volume `uuid` (visible to `user`) to `req.target` (see module
+    /// docs). Stages: 1 copy (percent of the snapshot's bytes handled), 2 record.
+    ///
+    /// ```no_run
+    /// # async fn demo(svc: &island::service::Service, op: &island::service::OpHandle)
+    /// # -> Result<(), island::service::ServiceError> {
+    /// use island::service::CopyRequest;
+    /// let req = CopyRequest { target: "s3://dr-bucket/island".into(), snapshot: None, base: None };
+    /// let done = svc.copy("alice", "eb198dec-3560-4a9a-b3b4-5f043410a3dd", &req, op).await?;
+    /// println!("uploaded {} bytes", done.copy.bytes_uploaded);
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy(
+        &self,
+        user: &str,
+        uuid: &str,
+        req: &CopyRequest,
+        op: &OpHandle,
+    ) -> Result<CopyDone, ServiceError> {
+        let target = self.copy_target(req)?;
+        let v = self.get_volume(user, uuid).await?;
+        let snapshot = match &req.snapshot {
+            Some(id) => id.clone(),
+            None => match self.repo.latest(uuid).await? {
+                Some(m) => m.id,
+                None => {
+                    return Err(ServiceError::Conflict(format!(
+                        "volume {uuid} has no snapshot yet; detach or snapshot it first"
+                    )))
+                }
+            },
+        };
+        if let Some(base) = &req.base {
+            match target.snapshot(uuid, base).await {
+                Ok(_) => {}
+                Err(crate::Error::Repo(RepoError::SnapshotNotFound { .. })) => {
+                    return Err(ServiceError::Conflict(format!(
+                        "base {base} of volume {uuid} is not in {}",
+                        req.target
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        op.enter(1, "copy");
+        let opts = CopyOptions {
+            volume: uuid.to_string(),
+            snapshot: Some(snapshot.clone()),
+            progress: Some(Arc::new(op.clone())),
+        };
+        let report = match crate::repo::copy(&self.repo, &target, &opts).await {
+            Ok(r) => r,
+            Err(crate::Error::Repo(RepoError::SnapshotNotFound { .. })) => {
+                return Err(ServiceError::NotFound(format!(
+                    "snapshot {uuid}/{snapshot}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        op.enter(2, "record");
+        let record = Volume {
+            generation: 0,
+            attachments: Vec::new(),
+            last_revert: None,
+            source: None,
+            ..v
+        };
+        let record_created = catalog::commit(target.store(), &record).await?;
+        Ok(CopyDone {
+            uuid: uuid.to_string(),
+            target: req.target.clone(),
+            snapshot,
+            base: req.base.clone(),
+            record_created,
+            copy: report,
+        })
+    }
+}
