@@ -202,7 +202,7 @@ impl DirectFile {
     fn aligned(&self, ptr: *const u8, len: usize, offset: u64) -> bool {
         offset % self.align == 0
             && len as u64 % self.align == 0
-            && (ptr as usize).is_multiple_of(self.mem_align)
+            && (ptr as usize) % self.mem_align == 0
     }
 
     fn take_buf(&self) -> AlignedBuf {

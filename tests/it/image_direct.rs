@@ -197,6 +197,7 @@ fn direct_file_edges() {
     let f = DirectFile::open(&path, true, true).unwrap();
     let a = f.alignment();
     assert!(a.is_power_of_two() && a >= 512, "alignment {a}");
+    eprintln!("O_DIRECT alignment in {}: {a}", dir.path().display());
     f.write_at(b"0123456789", 5000).unwrap();
     let len = f.len().unwrap();
     assert!(
