@@ -3,10 +3,11 @@
 //! updates), and changed-range enumeration after 1 % random writes.
 //!
 //! `ISLAND_BENCH_SIZE` sets the image size in MiB (default 256; the figure is
-//! 1024). The image lives in a tempdir on the page cache like QEMU's `-t writeback`.
+//! 1024). The image lives in a tempdir on the page cache like QEMU's `-t writeback`;
+//! `ISLAND_BENCH_CACHE=direct` runs the same benchmarks with O_DIRECT (`-t none`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use island::image::{CreateOptions, Image};
+use island::image::{AlignedBuf, CacheMode, CreateOptions, Image};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
@@ -19,14 +20,23 @@ fn image_size() -> u64 {
     mib << 20
 }
 
+fn cache_mode() -> CacheMode {
+    match std::env::var("ISLAND_BENCH_CACHE").as_deref() {
+        Ok("direct") => CacheMode::Direct,
+        Ok("writeback") | Err(_) => CacheMode::Writeback,
+        Ok(m) => panic!("ISLAND_BENCH_CACHE must be writeback or direct, not {m}"),
+    }
+}
+
 /// A fully allocated image: every cluster written once with non-zero data.
 fn allocated_image(dir: &std::path::Path, size: u64) -> Image {
-    let img = Image::create(
+    let img = Image::create_with(
         dir.join("bench.qcow2"),
         &CreateOptions {
             size,
             cluster_size: 65536,
         },
+        cache_mode(),
     )
     .expect("create bench image");
     let mut rng = StdRng::seed_from_u64(1);
@@ -49,7 +59,9 @@ fn io(c: &mut Criterion) {
     for bs in [4096usize, 65536] {
         g.throughput(Throughput::Bytes(bs as u64));
         let blocks = size / bs as u64;
-        let mut buf = vec![0x5au8; bs];
+        // Page-aligned, as QEMU's buffers are: O_DIRECT then needs no bounce copy.
+        let mut buf = AlignedBuf::zeroed(bs);
+        buf.fill(0x5a);
         let mut next = 0u64;
         g.bench_function(BenchmarkId::new("seq_read", bs), |b| {
             b.iter(|| {

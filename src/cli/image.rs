@@ -1,8 +1,8 @@
 //! `island image …`: create, inspect, snapshot, diff, export and import qcow2 images.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use island::image::{CreateOptions, ExtentKind, Image, OpenMode};
+use clap::{Args, Subcommand, ValueEnum};
+use island::image::{CacheMode, CreateOptions, ExtentKind, Image, OpenMode};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -10,6 +10,33 @@ use std::path::PathBuf;
 
 /// Bytes moved per request by export/import/write.
 const CHUNK: usize = 4 << 20;
+
+/// `island image [--cache MODE] COMMAND`.
+#[derive(Args)]
+pub struct ImageArgs {
+    /// Host cache mode for the image file, like QEMU's `-t`: `writeback` (page cache) or
+    /// `direct` (O_DIRECT, QEMU's `none`; refused on filesystems without O_DIRECT).
+    #[arg(long, global = true, value_enum, default_value_t = Cache::Writeback)]
+    cache: Cache,
+    #[command(subcommand)]
+    cmd: ImageCmd,
+}
+
+/// The `--cache` values.
+#[derive(Clone, Copy, ValueEnum)]
+enum Cache {
+    Writeback,
+    Direct,
+}
+
+impl From<Cache> for CacheMode {
+    fn from(c: Cache) -> CacheMode {
+        match c {
+            Cache::Writeback => CacheMode::Writeback,
+            Cache::Direct => CacheMode::Direct,
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -129,23 +156,24 @@ fn ro_mode(force_share: bool) -> OpenMode {
     }
 }
 
-fn open(path: &PathBuf, mode: OpenMode) -> Result<Image> {
-    Ok(Image::open(path, mode)?)
+fn open(path: &PathBuf, mode: OpenMode, cache: CacheMode) -> Result<Image> {
+    Ok(Image::open_with(path, mode, cache)?)
 }
 
-pub fn run(cmd: ImageCmd) -> Result<()> {
-    match cmd {
+pub fn run(args: ImageArgs) -> Result<()> {
+    let cache = CacheMode::from(args.cache);
+    match args.cmd {
         ImageCmd::Create {
             path,
             size,
             cluster_size,
-        } => Image::create(&path, &CreateOptions { size, cluster_size })?.close()?,
+        } => Image::create_with(&path, &CreateOptions { size, cluster_size }, cache)?.close()?,
         ImageCmd::Info {
             path,
             json,
             force_share,
         } => {
-            let info = open(&path, ro_mode(force_share))?.info();
+            let info = open(&path, ro_mode(force_share), cache)?.info();
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -163,7 +191,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
                 );
             }
         }
-        ImageCmd::Snapshot(s) => snapshot(s)?,
+        ImageCmd::Snapshot(s) => snapshot(s, cache)?,
         ImageCmd::Changed {
             path,
             since,
@@ -171,7 +199,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             json,
             force_share,
         } => {
-            let img = open(&path, ro_mode(force_share))?;
+            let img = open(&path, ro_mode(force_share), cache)?;
             let ranges = img.changed_ranges(&since, to.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&ranges)?);
@@ -191,35 +219,41 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             out,
             snapshot,
             force_share,
-        } => export(&path, &out, snapshot.as_deref(), ro_mode(force_share))?,
+        } => export(
+            &path,
+            &out,
+            snapshot.as_deref(),
+            ro_mode(force_share),
+            cache,
+        )?,
         ImageCmd::Import {
             raw,
             path,
             cluster_size,
-        } => import(&raw, &path, cluster_size)?,
+        } => import(&raw, &path, cluster_size, cache)?,
         ImageCmd::Write {
             path,
             offset,
             input,
-        } => write(&path, offset, &input)?,
+        } => write(&path, offset, &input, cache)?,
     }
     Ok(())
 }
 
-fn snapshot(cmd: SnapshotCmd) -> Result<()> {
+fn snapshot(cmd: SnapshotCmd, cache: CacheMode) -> Result<()> {
     match cmd {
         SnapshotCmd::Create(a) => {
-            let img = open(&a.path, OpenMode::ReadWrite)?;
+            let img = open(&a.path, OpenMode::ReadWrite, cache)?;
             img.create_snapshot(&a.name)?;
             img.close()?;
         }
         SnapshotCmd::Delete(a) => {
-            let img = open(&a.path, OpenMode::ReadWrite)?;
+            let img = open(&a.path, OpenMode::ReadWrite, cache)?;
             img.delete_snapshot(&a.name)?;
             img.close()?;
         }
         SnapshotCmd::Revert(a) => {
-            let img = open(&a.path, OpenMode::ReadWrite)?;
+            let img = open(&a.path, OpenMode::ReadWrite, cache)?;
             img.revert_snapshot(&a.name)?;
             img.close()?;
         }
@@ -228,7 +262,7 @@ fn snapshot(cmd: SnapshotCmd) -> Result<()> {
             json,
             force_share,
         } => {
-            let snaps = open(&path, ro_mode(force_share))?.snapshots();
+            let snaps = open(&path, ro_mode(force_share), cache)?.snapshots();
             if json {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
             } else {
@@ -249,8 +283,14 @@ fn snapshot(cmd: SnapshotCmd) -> Result<()> {
 }
 
 /// Sparse raw export: the output is sized first, then only data extents are written.
-fn export(path: &PathBuf, out: &PathBuf, snap: Option<&str>, mode: OpenMode) -> Result<()> {
-    let img = open(path, mode)?;
+fn export(
+    path: &PathBuf,
+    out: &PathBuf,
+    snap: Option<&str>,
+    mode: OpenMode,
+    cache: CacheMode,
+) -> Result<()> {
+    let img = open(path, mode, cache)?;
     let size = match snap {
         Some(s) => {
             let info = img
@@ -290,12 +330,12 @@ fn export(path: &PathBuf, out: &PathBuf, snap: Option<&str>, mode: OpenMode) -> 
     Ok(())
 }
 
-fn import(raw: &PathBuf, path: &PathBuf, cluster_size: u32) -> Result<()> {
+fn import(raw: &PathBuf, path: &PathBuf, cluster_size: u32, cache: CacheMode) -> Result<()> {
     let mut src = File::open(raw).with_context(|| format!("open {}", raw.display()))?;
     let size = src
         .seek(SeekFrom::End(0))
         .with_context(|| format!("size of {}", raw.display()))?;
-    let img = Image::create(path, &CreateOptions { size, cluster_size })?;
+    let img = Image::create_with(path, &CreateOptions { size, cluster_size }, cache)?;
     let cs = cluster_size as usize;
     let mut buf = vec![0u8; CHUNK.max(cs)];
     let mut pos = 0u64;
@@ -314,8 +354,8 @@ fn import(raw: &PathBuf, path: &PathBuf, cluster_size: u32) -> Result<()> {
     Ok(())
 }
 
-fn write(path: &PathBuf, offset: u64, input: &PathBuf) -> Result<()> {
-    let img = open(path, OpenMode::ReadWrite)?;
+fn write(path: &PathBuf, offset: u64, input: &PathBuf, cache: CacheMode) -> Result<()> {
+    let img = open(path, OpenMode::ReadWrite, cache)?;
     let mut reader: Box<dyn Read> = if input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {

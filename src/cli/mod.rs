@@ -35,8 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Local qcow2 images: create, snapshot, changed ranges, export/import.
-    #[command(subcommand)]
-    Image(image::ImageCmd),
+    Image(image::ImageArgs),
     #[command(flatten)]
     Repo(repo::RepoCommand),
     /// Run the volume service's HTTP API.

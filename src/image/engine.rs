@@ -8,8 +8,8 @@ use super::mapping::{Mapping, OFFSET_MASK};
 use super::snapshot::{self, SnapshotEntry};
 use super::state::State;
 use super::types::{GuestCluster, GuestOffset};
-use super::{ChangedRange, CreateOptions, Extent, ImageInfo, OpenMode, SnapshotInfo};
-use std::fs::OpenOptions;
+use super::{CacheMode, ChangedRange, CreateOptions, Extent, ImageInfo, OpenMode, SnapshotInfo};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -47,6 +47,28 @@ fn io_err<'a>(
     }
 }
 
+/// Open the image file for `cache`: O_DIRECT for [`CacheMode::Direct`].
+fn open_file(path: &Path, write: bool, create: bool, cache: CacheMode) -> Result<File, ImageError> {
+    if cache == CacheMode::Direct {
+        return super::direct::open_direct(path, write, create);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path, if create { "create" } else { "open" }, 0))
+}
+
+/// The engine's storage over a locked file.
+fn storage(file: File, path: &Path, cache: CacheMode) -> Result<Arc<dyn ImageFile>, ImageError> {
+    Ok(match cache {
+        CacheMode::Writeback => Arc::new(file),
+        CacheMode::Direct => Arc::new(super::direct::DirectFile::new(file, path)?),
+    })
+}
+
 fn now() -> (u32, u32) {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -60,34 +82,43 @@ fn now() -> (u32, u32) {
 impl Image {
     /// Create a new image at `path` (replacing any file there) and open it read-write.
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Image, ImageError> {
+        Image::create_with(path, opts, CacheMode::Writeback)
+    }
+
+    /// [`Image::create`] with a cache mode (O_DIRECT or the page cache).
+    pub fn create_with(
+        path: impl AsRef<Path>,
+        opts: &CreateOptions,
+        cache: CacheMode,
+    ) -> Result<Image, ImageError> {
         let path = path.as_ref();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err(path, "create", 0))?;
+        let file = open_file(path, true, true, cache)?;
         super::lock::lock(&file, path, OpenMode::ReadWrite)?;
         file.set_len(0).map_err(io_err(path, "truncate", 0))?;
-        Image::create_on(Arc::new(file), &path.to_string_lossy(), opts)
+        Image::create_on(storage(file, path, cache)?, &path.to_string_lossy(), opts)
     }
 
     /// Open an existing image at `path`, taking QEMU-compatible locks for `mode`.
     pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Image, ImageError> {
+        Image::open_with(path, mode, CacheMode::Writeback)
+    }
+
+    /// [`Image::open`] with a cache mode (O_DIRECT or the page cache).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        mode: OpenMode,
+        cache: CacheMode,
+    ) -> Result<Image, ImageError> {
         let path = path.as_ref();
         let writable = mode == OpenMode::ReadWrite;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(io_err(path, "open", 0))?;
+        let file = open_file(path, writable, false, cache)?;
         super::lock::lock(&file, path, mode)?;
+        let file = storage(file, path, cache)?;
         let name = path.to_string_lossy();
         if mode == OpenMode::ReadOnlyShared {
-            return Image::open_shared(Arc::new(file), &name);
+            return Image::open_shared(file, &name);
         }
-        Image::open_inner(Arc::new(file), &name, writable, true)
+        Image::open_inner(file, &name, writable, true)
     }
 
     /// Create on caller-provided storage (no locking). Layout: header, refcount table,

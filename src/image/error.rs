@@ -57,4 +57,8 @@ pub enum ImageError {
     /// A caller-supplied argument is invalid (size, cluster size, name...).
     #[error("{path}: invalid argument: {reason}")]
     InvalidArgument { path: PathBuf, reason: String },
+    /// O_DIRECT ([`CacheMode::Direct`](super::CacheMode)) was asked for and the file or
+    /// its filesystem refuses it; Island does not fall back to the page cache silently.
+    #[error("{path}: O_DIRECT (cache mode direct) refused: {reason}; use the writeback cache mode on this filesystem")]
+    DirectIo { path: PathBuf, reason: String },
 }

@@ -6,6 +6,7 @@
 
 mod cache;
 mod changed;
+mod direct;
 mod engine;
 mod error;
 mod file;
@@ -20,6 +21,7 @@ mod state;
 mod tests;
 pub mod types;
 
+pub use direct::{AlignedBuf, DirectFile};
 pub use engine::Image;
 pub use error::ImageError;
 pub use file::ImageFile;
@@ -54,6 +56,21 @@ pub enum OpenMode {
     ReadOnly,
     /// Like QEMU's force-share (`-U`): reads while a VM writes; only snapshots are stable.
     ReadOnlyShared,
+}
+
+/// How the image file's I/O uses the host page cache, like QEMU's `cache=` option
+/// (`qemu-img -t`). Metadata ordering and flush barriers are the same in both modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Buffered I/O through the page cache (QEMU's `cache=writeback`).
+    #[default]
+    Writeback,
+    /// O_DIRECT: data moves between the device and Island's buffers, bypassing the page
+    /// cache (QEMU's `cache=none`). Requests are aligned to the file's logical block size
+    /// with bounce buffers and read-modify-write where needed (see `direct.rs`); flushes
+    /// still `fdatasync`, since the device's own cache is not bypassed. Refused with
+    /// [`ImageError::DirectIo`] on a filesystem without O_DIRECT support.
+    Direct,
 }
 
 /// One internal snapshot as listed by [`Image::snapshots`].

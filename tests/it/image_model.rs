@@ -11,8 +11,9 @@
 //!   point at the same place ⇒ the cluster must not be reported.
 
 use crate::common::memfile::MemFile;
-use crate::common::{assert_same, options, read_active, read_snapshot};
-use island::image::{ChangedRange, ExtentKind, Image};
+use crate::common::{assert_same, options, read_active, read_snapshot, tempdir};
+use crate::image_direct::direct_supported;
+use island::image::{ChangedRange, DirectFile, ExtentKind, Image};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -174,10 +175,27 @@ fn check_views(img: &Image, m: &Model) {
     }
 }
 
-fn run_ops(cluster: u32, ops: Vec<Op>) {
-    let file = Arc::new(MemFile::default());
-    let img =
-        Image::create_on(file.clone(), "model.qcow2", &options(SIZE, cluster)).expect("create_on");
+/// Where the engine under test stores the image.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    /// In memory: fast, and lets the test reopen from the bytes alone.
+    Mem,
+    /// A real file opened with O_DIRECT: every request is aligned by `DirectFile`.
+    Direct,
+}
+
+fn run_ops(cluster: u32, ops: Vec<Op>, storage: Storage) {
+    let dir = tempdir();
+    let path = dir.path().join("model.qcow2");
+    if storage == Storage::Direct && !direct_supported(dir.path()) {
+        return;
+    }
+    let mem = Arc::new(MemFile::default());
+    let file: Arc<dyn island::image::ImageFile> = match storage {
+        Storage::Mem => mem.clone(),
+        Storage::Direct => Arc::new(DirectFile::open(&path, true, true).expect("open O_DIRECT")),
+    };
+    let img = Image::create_on(file, "model.qcow2", &options(SIZE, cluster)).expect("create_on");
     let cl = u64::from(cluster);
     let clusters = (SIZE / cl) as usize;
     let mut m = Model {
@@ -234,8 +252,12 @@ fn run_ops(cluster: u32, ops: Vec<Op>) {
     check_views(&img, &m);
     img.close().unwrap();
     // The same answers after reopening from the bytes alone.
+    let bytes = match storage {
+        Storage::Mem => mem.bytes(),
+        Storage::Direct => std::fs::read(&path).expect("read the image file"),
+    };
     let reopened =
-        Image::open_on(Arc::new(MemFile::new(file.bytes())), "model.qcow2", false).expect("reopen");
+        Image::open_on(Arc::new(MemFile::new(bytes)), "model.qcow2", false).expect("reopen");
     check_views(&reopened, &m);
 }
 
@@ -244,12 +266,27 @@ proptest! {
 
     #[test]
     fn model_cluster_4k(ops in proptest::collection::vec(op(4096), 1..40)) {
-        run_ops(4096, ops);
+        run_ops(4096, ops, Storage::Mem);
     }
 
     #[test]
     fn model_cluster_64k(ops in proptest::collection::vec(op(65536), 1..40)) {
-        run_ops(65536, ops);
+        run_ops(65536, ops, Storage::Mem);
+    }
+}
+
+proptest! {
+    // O_DIRECT: fewer cases (each one does real, uncached disk I/O).
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn model_cluster_4k_direct(ops in proptest::collection::vec(op(4096), 1..40)) {
+        run_ops(4096, ops, Storage::Direct);
+    }
+
+    #[test]
+    fn model_cluster_64k_direct(ops in proptest::collection::vec(op(65536), 1..40)) {
+        run_ops(65536, ops, Storage::Direct);
     }
 }
 

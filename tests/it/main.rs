@@ -6,6 +6,7 @@ mod common;
 mod image_cli;
 mod image_corrupt;
 mod image_crash;
+mod image_direct;
 mod image_lock;
 mod image_model;
 mod image_qemu;
