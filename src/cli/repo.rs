@@ -502,6 +502,12 @@ async fn restore(a: RestoreArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
             report.requests,
             report.chunks_verified
         );
+        if report.resumed {
+            println!(
+                "  resumed a killed restore: {} already in place (checked by hash)",
+                human_bytes(report.bytes_kept)
+            );
+        }
     }
     Ok(0)
 }
