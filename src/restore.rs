@@ -38,6 +38,8 @@ const MAX_GET: u64 = 8 << 20;
 const PARALLEL_GETS: usize = 8;
 /// Chunks located before their GETs are planned (a location is ~100 bytes of memory).
 const WINDOW_CHUNKS: usize = 16384;
+/// A qcow2 target is flushed after this many bytes written (what a killed run can keep).
+const IMAGE_FLUSH_BYTES: u64 = 16 << 20;
 
 /// Where to restore.
 #[derive(Clone, Debug)]
@@ -519,11 +521,21 @@ async fn fetch_and_write(
         }
     }))
     .buffer_unordered(PARALLEL_GETS);
-    let (mut w, mut v) = (0, 0);
+    let (mut w, mut v, mut unflushed) = (0, 0, 0);
     while let Some(r) = results.next().await {
         let (a, b) = r?;
         w += a;
         v += b;
+        unflushed += a;
+        // The image engine keeps new mappings in memory until a flush: flush now and then
+        // so a re-run after a kill finds most of the work in the temporary image.
+        if unflushed >= IMAGE_FLUSH_BYTES && matches!(**sink, Sink::Image(_)) {
+            unflushed = 0;
+            let (sk, p) = (sink.clone(), path.to_path_buf());
+            tokio::task::spawn_blocking(move || sk.sync(&p))
+                .await
+                .map_err(|e| RepoError::Task(format!("flush: {e}")))??;
+        }
     }
     Ok((w, v))
 }
