@@ -112,11 +112,9 @@ async fn same_source_resumes_position_and_uploads() {
         "{:?}",
         store.keys("checkpoints/")
     );
-    assert!(
-        store.keys("intents/").is_empty(),
-        "{:?}",
-        store.keys("intents/")
-    );
+    // Left until gc: the killed run's intent, for the packs it sealed after its checkpoint.
+    let killed = r.resumed_from.clone().unwrap();
+    assert_eq!(store.keys("intents/"), vec![format!("intents/{killed}")]);
     // Once the killed writer's claimed lease is long expired gc cleans it: its segments
     // and leases go, the adopted packs stay (the committed snapshot names them).
     store.advance(lease::LEASE_TTL + crate::repo::lease_skew() + Duration::from_secs(60));
@@ -130,6 +128,15 @@ async fn same_source_resumes_position_and_uploads() {
     let fresh = Repository::open(store.clone()).await.unwrap();
     assert_eq!(restored(&fresh, "vm", &r.id).await, data);
     clean(&fresh).await;
+    // Nothing stray: packs the killed run sealed after its last checkpoint went with it.
+    let repair = fresh.repair().await.unwrap();
+    assert_eq!(repair.stray_packs_deleted, 0, "{repair:?}");
+    assert_eq!(repair.stray_segments_deleted, 0, "{repair:?}");
+    assert!(
+        store.keys("intents/").is_empty(),
+        "{:?}",
+        store.keys("intents/")
+    );
 }
 
 #[tokio::test]
@@ -154,8 +161,9 @@ async fn gc_reclaims_the_packs_of_a_rerun_that_died_too() {
         .unwrap_err();
     assert!(err.to_string().contains("simulated crash"));
     assert!(!store.keys("packs/").is_empty());
-    // The second run adopted the first: only its intent remains, naming the first.
-    assert_eq!(store.keys("intents/").len(), 1);
+    // The second run adopted the first: its intent names the first, whose own intent
+    // now only keeps the packs it sealed after its checkpoint.
+    assert_eq!(store.keys("intents/").len(), 2);
     store.advance(lease::LEASE_TTL + crate::repo::lease_skew() + Duration::from_secs(60));
     let g = repo.gc().await.unwrap();
     assert_eq!(g.dead_writers_cleaned, 2, "{g:?}");

@@ -13,8 +13,9 @@
 //!    `LEASE_TTL + SKEW` old;
 //! 2. **verify** every listed pack still exists (HEAD);
 //! 3. **transfer**: write its own intent listing the old holder (and whatever that one had
-//!    adopted) as `adopted`, then delete the old intent and checkpoints. From then on the
-//!    adopted packs are reclaimed by gc only through the new intent (if the new writer dies
+//!    adopted) as `adopted`, then mark the old intent `adopted_by` (it keeps only the packs
+//!    sealed after the checkpoint) and delete the old checkpoints. From then on the adopted
+//!    packs are reclaimed by gc only through the new intent (if the new writer dies
 //!    uncommitted) and are kept once its root commits;
 //! 4. **copy** the old segments' records into its own writer: index records make the blobs
 //!    its own (no upload), refs records carry the counts of the tables already stored.
@@ -23,12 +24,12 @@
 //! chunk locations are offered for reuse: the tree is rebuilt, chunks met again are not
 //! uploaded again, and the old refs are not copied (they describe the old tree).
 
-use super::envelope::{self, MAGIC_CHECKPOINT, MAGIC_LEASE};
+use super::envelope::{self, MAGIC_CHECKPOINT, MAGIC_INTENT, MAGIC_LEASE};
 use super::gc::segment_records;
 use super::lease::{lease_key, LeaseBody, LEASE_TTL};
 use super::segment::{self, INDEX_RECORD, REFS_RECORD};
 use super::tree::TreeState;
-use super::writer::{intent_key, Writer};
+use super::writer::{intent_key, Intent, Writer};
 use super::{create_exclusive, BlobKind, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
@@ -239,10 +240,28 @@ pub(crate) async fn take_over(
             }
         }
     }
-    // The new intent names the adopted holders before the old intent goes away, so the
-    // packs always have an intent through which gc would reclaim them.
+    // The new intent names the adopted holders before the old intent gives them up, so
+    // the packs always have an intent through which gc would reclaim them. The old intent
+    // keeps the packs the old holder sealed after its checkpoint (never adopted).
     w.write_intent().await?;
-    let mut doomed = vec![intent_key(&ck.holder)];
+    let prefix = format!("{}-p", ck.holder);
+    let unadopted_from = ck
+        .packs
+        .iter()
+        .filter_map(|p| p.strip_prefix(&prefix)?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |s| s + 1);
+    let ikey = intent_key(&ck.holder);
+    if let Some(bytes) = repo.get_opt(&ikey).await? {
+        let mut old = Intent::decode(&ikey, &bytes)?;
+        old.adopted_by = Some(w.holder().to_string());
+        old.unadopted_from = unadopted_from;
+        old.adopted.clear();
+        repo.store()
+            .put(&ikey, Bytes::from(envelope::seal(MAGIC_INTENT, &old)))
+            .await?;
+    }
+    let mut doomed = Vec::new();
     doomed.extend(
         repo.list_all(&format!("checkpoints/{}/", ck.holder))
             .await?

@@ -421,9 +421,17 @@ impl Repository {
         // commits the same root): only a marker naming this holder keeps its packs.
         // Packs it adopted from a checkpoint (§12) are reclaimed with its own.
         if let Some(i) = intent.filter(|i| !set.markers.commits(&i.commit, holder)) {
-            for owner in std::iter::once(&i.holder).chain(i.adopted.iter()) {
+            // An adopted holder that committed after all (adopted while alive, §12) keeps
+            // its packs; its root is the adopter's sibling key.
+            let own = (&i.holder, i.unadopted_from);
+            let adopted = i
+                .adopted
+                .iter()
+                .filter(|a| !set.markers.commits(&sibling_commit(&i.commit, a), a))
+                .map(|a| (a, 0));
+            for (owner, first) in std::iter::once(own).chain(adopted) {
                 let mut misses = 0;
-                let mut seq = 0u64;
+                let mut seq = first;
                 while misses < 8 {
                     let key = pack_key(&pack_name(owner, seq));
                     match self.store().head(&key).await {
@@ -442,6 +450,15 @@ impl Repository {
         doomed.push(ikey);
         self.store().delete_batch(&doomed).await?;
         Ok(())
+    }
+}
+
+/// The commit key `holder` would have used in the same volume as `commit`
+/// (`snapshots/<volume>/<holder>` for a backup).
+fn sibling_commit(commit: &str, holder: &str) -> String {
+    match commit.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{holder}"),
+        None => holder.to_string(),
     }
 }
 

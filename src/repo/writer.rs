@@ -40,6 +40,12 @@ pub(crate) struct Intent {
     /// §12): if this writer dies uncommitted, gc reclaims their packs with its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<String>,
+    /// Set when a re-run adopted this writer's checkpoint: packs numbered below
+    /// `unadopted_from` belong to that adopter now; gc reclaims only the later ones here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_by: Option<String>,
+    #[serde(default)]
+    pub unadopted_from: u64,
 }
 
 pub(crate) fn intent_key(holder: &str) -> String {
@@ -154,6 +160,8 @@ impl Writer {
             op: self.op.clone(),
             commit: self.commit.clone(),
             adopted: self.adopted.clone(),
+            adopted_by: None,
+            unadopted_from: 0,
         };
         let body = Bytes::from(envelope::seal(MAGIC_INTENT, &intent));
         self.repo
