@@ -8,11 +8,19 @@
 //! `Into { base }` writes into a file that already holds snapshot `base`: the two trees
 //! are walked together, equal subtrees are skipped, and only differing chunks are written
 //! (chunks that became zero are punched out).
+//!
+//! Resume (format-spec §12): a restore that dies is continued by a re-run with the same
+//! target. A raw target carries a sidecar `.NAME.island-restore` (volume, id, size) from
+//! the moment it is created zero-filled until its final fsync; a `Qcow2` restore writes a
+//! temporary image named after OUT and the snapshot id. A re-run that finds either reads
+//! every non-zero chunk back, keeps those whose BLAKE3 equals the table's id and downloads
+//! only the rest (reading local data is far cheaper than fetching it).
 
-use crate::image::{CreateOptions, Image};
+use crate::image::{CreateOptions, Image, OpenMode};
 use crate::repo::table::Geometry;
 use crate::repo::tree::PairWalk;
 use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
+use crate::store::StoreErrorKind;
 use crate::Result;
 use futures::StreamExt;
 use serde::Serialize;
@@ -30,6 +38,8 @@ const MAX_GET: u64 = 8 << 20;
 const PARALLEL_GETS: usize = 8;
 /// Chunks located before their GETs are planned (a location is ~100 bytes of memory).
 const WINDOW_CHUNKS: usize = 16384;
+/// A qcow2 target is flushed after this many bytes written (what a killed run can keep).
+const IMAGE_FLUSH_BYTES: u64 = 16 << 20;
 
 /// Where to restore.
 #[derive(Clone, Debug)]
@@ -59,6 +69,16 @@ impl Sink {
         }
     }
 
+    fn read_at(&self, path: &Path, buf: &mut [u8], off: u64) -> Result<()> {
+        match self {
+            Sink::File(f) => f
+                .read_exact_at(buf, off)
+                .map_err(io_err(path, "read", off))
+                .map_err(Into::into),
+            Sink::Image(img) => img.read_at(buf, off).map_err(Into::into),
+        }
+    }
+
     fn punch(&self, path: &Path, off: u64, len: u64) -> Result<()> {
         match self {
             Sink::File(f) => punch(f, path, off, len),
@@ -85,6 +105,19 @@ pub struct RestoreReport {
     pub requests: u64,
     pub chunks_verified: u64,
     pub chunks_zeroed: u64,
+    /// True when this run continued a killed restore into the same target.
+    pub resumed: bool,
+    /// Chunks a resumed run found already restored (checked by hash, not downloaded).
+    pub chunks_kept: u64,
+    pub bytes_kept: u64,
+}
+
+/// Sidecar of a raw restore in progress: which snapshot the zero-filled target receives.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+struct RestoreMarker {
+    volume: String,
+    id: String,
+    size: u64,
 }
 
 fn io_err(path: &Path, op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> RepoError {
@@ -113,10 +146,12 @@ pub async fn restore(
     }
 }
 
-/// A qcow2 restore appears whole or not at all: the image is written under an exclusive
-/// temporary name in the target's directory, made durable, then hard-linked to `path`
-/// (which fails, never overwrites, if `path` appeared meanwhile) and the directory synced.
-/// On any failure the temporary file is removed, so no partial image is left behind.
+/// A qcow2 restore appears whole or not at all: the image is written under a temporary
+/// name in the target's directory (derived from OUT and the snapshot id, so a re-run after a
+/// kill finds and continues it; the image lock keeps two runs apart), made durable, then
+/// hard-linked to `path` (which fails, never overwrites, if `path` appeared meanwhile) and
+/// the directory synced. A failure removes the temporary file unless it is a temporary
+/// store error (network loss), after which a re-run resumes.
 async fn restore_qcow2(
     repo: &Repository,
     volume: &str,
@@ -132,7 +167,7 @@ async fn restore_qcow2(
         ))
         .into());
     }
-    let tmp = exclusive_temp(path)?;
+    let tmp = sidecar(path, &format!("{id}.island-tmp"))?;
     let target = RestoreTarget::Qcow2 {
         path: tmp.clone(),
         cluster_size,
@@ -141,7 +176,14 @@ async fn restore_qcow2(
         Ok(report) => publish(&tmp, path).map(|()| report),
         Err(e) => Err(e),
     };
-    if let Err(e) = std::fs::remove_file(&tmp) {
+    let keep = match &result {
+        Err(crate::Error::Store(e)) => e.temporary || e.kind == StoreErrorKind::Timeout,
+        Err(crate::Error::Image(crate::image::ImageError::Locked { .. })) => true,
+        _ => false,
+    };
+    if keep {
+        tracing::warn!("kept {} for a re-run to resume", tmp.display());
+    } else if let Err(e) = std::fs::remove_file(&tmp) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!("could not remove {}: {e}", tmp.display());
         }
@@ -157,32 +199,80 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Create a new, empty file next to `path` under a name no one else uses (`O_EXCL`).
-fn exclusive_temp(path: &Path) -> Result<PathBuf> {
+/// `.NAME.<suffix>` next to `path`.
+fn sidecar(path: &Path, suffix: &str) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| RepoError::InvalidArgument(format!("{}: not a file name", path.display())))?
         .to_string_lossy()
         .into_owned();
-    let dir = parent_dir(path);
-    let mut attempt = 0u32;
-    loop {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let tmp = dir.join(format!(
-            ".{name}.{}-{nanos}-{attempt}.island-tmp",
-            std::process::id()
-        ));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(_) => return Ok(tmp),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
-                attempt += 1;
-            }
-            Err(e) => return Err(io_err(&tmp, "create", 0)(e).into()),
-        }
+    Ok(parent_dir(path).join(format!(".{name}.{suffix}")))
+}
+
+/// Open a raw target: continue it if its marker names this snapshot and its size matches,
+/// else create it zero-filled, make that durable, then write the marker.
+fn open_raw(path: &Path, want: &RestoreMarker) -> Result<(File, bool)> {
+    let marker = sidecar(path, "island-restore")?;
+    let matches = std::fs::read(&marker)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RestoreMarker>(&b).ok())
+        .is_some_and(|m| &m == want);
+    let size_ok = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == want.size);
+    if matches && size_ok {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path, "open", 0))?;
+        return Ok((f, true));
     }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path, "create", 0))?;
+    f.set_len(want.size)
+        .map_err(io_err(path, "set_len", want.size))?;
+    f.sync_all().map_err(io_err(path, "fsync", 0))?;
+    let body = serde_json::to_vec(want).unwrap_or_default();
+    File::create(&marker)
+        .and_then(|mut m| {
+            std::io::Write::write_all(&mut m, &body)?;
+            m.sync_all()
+        })
+        .map_err(io_err(&marker, "write", 0))?;
+    Ok((f, false))
+}
+
+/// The restore into a raw target is complete and durable: drop its marker, durably, so a
+/// later restore into the (then possibly modified) file starts afresh.
+fn finish_raw(path: &Path) -> Result<()> {
+    let marker = sidecar(path, "island-restore")?;
+    match std::fs::remove_file(&marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&marker, "remove", 0)(e).into()),
+    }
+    let dir = parent_dir(path);
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&dir, "fsync directory", 0))?;
+    Ok(())
+}
+
+/// Which of `chunks` (offset, length, id) the target already holds (resume).
+fn already_there(sink: &Sink, path: &Path, chunks: &[(u64, u64, BlobId)]) -> Result<Vec<bool>> {
+    let mut buf = Vec::new();
+    chunks
+        .iter()
+        .map(|&(off, len, id)| {
+            buf.resize(len as usize, 0);
+            sink.read_at(path, &mut buf, off)?;
+            Ok(BlobId::of(&buf) == id)
+        })
+        .collect()
 }
 
 /// Make the finished temporary image durable and give it its final name without ever
@@ -213,10 +303,16 @@ async fn restore_to(
     let set = repo.load_segments().await?;
     let geo = Geometry::new(m.size, m.chunk_size);
     let top = m.top_ids()?;
+    let mut resumed = false;
     let (path, sink, mut walk) = match target {
         RestoreTarget::Raw(path) => {
-            let f = File::create(path).map_err(io_err(path, "create", 0))?;
-            f.set_len(m.size).map_err(io_err(path, "set_len", m.size))?;
+            let want = RestoreMarker {
+                volume: volume.into(),
+                id: id.into(),
+                size: m.size,
+            };
+            let (f, resume) = open_raw(path, &want)?;
+            resumed = resume;
             (path.clone(), Sink::File(f), PairWalk::single(geo, &top))
         }
         RestoreTarget::Into { path, base } => {
@@ -247,7 +343,25 @@ async fn restore_to(
                 size: m.size,
                 cluster_size: *cluster_size,
             };
-            let img = Image::create(path, &opts)?;
+            // Our own temporary image (named after the snapshot id) left by a killed run:
+            // continue it. One that does not open (killed while being created) is redone.
+            let img = match path
+                .exists()
+                .then(|| Image::open(path, OpenMode::ReadWrite))
+            {
+                Some(Ok(img))
+                    if img.info().size == m.size && img.info().cluster_size == *cluster_size =>
+                {
+                    resumed = true;
+                    img
+                }
+                Some(Err(e @ crate::image::ImageError::Locked { .. })) => return Err(e.into()),
+                Some(Ok(img)) => {
+                    img.close()?;
+                    Image::create(path, &opts)?
+                }
+                _ => Image::create(path, &opts)?,
+            };
             (
                 path.clone(),
                 Sink::Image(Box::new(img)),
@@ -260,7 +374,10 @@ async fn restore_to(
         p.stage("restore", m.size);
     }
     let cs = m.chunk_size as u64;
-    let mut report = RestoreReport::default();
+    let mut report = RestoreReport {
+        resumed,
+        ..Default::default()
+    };
     let mut wanted: Vec<(u64, BlobId, Location)> = Vec::new();
     let mut pending_progress = 0u64;
     loop {
@@ -278,6 +395,7 @@ async fn restore_to(
             }
         }
         let Some(leaf) = leaf else { break };
+        let mut local: Vec<(u64, u64, BlobId)> = Vec::new();
         for (j, (old, new)) in leaf.a.iter().zip(leaf.b.iter()).enumerate() {
             if old == new {
                 continue;
@@ -293,14 +411,34 @@ async fn restore_to(
                 report.chunks_zeroed += 1;
                 continue;
             }
+            local.push((off, len, *new));
+        }
+        if resumed && !local.is_empty() {
+            let (sk, p, chunks) = (sink.clone(), path.clone(), local);
+            let (there, chunks) = tokio::task::spawn_blocking(move || {
+                already_there(&sk, &p, &chunks).map(|t| (t, chunks))
+            })
+            .await
+            .map_err(|e| RepoError::Task(format!("verify: {e}")))??;
+            local = Vec::with_capacity(chunks.len());
+            for (c, kept) in chunks.into_iter().zip(there) {
+                if kept {
+                    report.chunks_kept += 1;
+                    report.bytes_kept += c.1;
+                } else {
+                    local.push(c);
+                }
+            }
+        }
+        for (off, _, new) in local {
             let loc = repo
-                .locate(&set, new)
+                .locate(&set, &new)
                 .await?
                 .ok_or_else(|| RepoError::MissingBlob {
                     id: new.to_hex(),
-                    context: format!("{volume}/{id} chunk {idx}"),
+                    context: format!("{volume}/{id} chunk {}", off / cs),
                 })?;
-            wanted.push((off, *new, loc));
+            wanted.push((off, new, loc));
         }
         pending_progress += leaf.b.len() as u64 * cs;
     }
@@ -310,6 +448,9 @@ async fn restore_to(
         .map_err(|e| RepoError::Task(format!("sync: {e}")))??;
     if let Ok(Sink::Image(img)) = Arc::try_unwrap(sink) {
         img.close()?;
+    }
+    if let RestoreTarget::Raw(p) = target {
+        finish_raw(p)?;
     }
     let used = repo.counts().since(&before);
     report.bytes_downloaded = used.bytes_downloaded;
@@ -380,11 +521,21 @@ async fn fetch_and_write(
         }
     }))
     .buffer_unordered(PARALLEL_GETS);
-    let (mut w, mut v) = (0, 0);
+    let (mut w, mut v, mut unflushed) = (0, 0, 0);
     while let Some(r) = results.next().await {
         let (a, b) = r?;
         w += a;
         v += b;
+        unflushed += a;
+        // The image engine keeps new mappings in memory until a flush: flush now and then
+        // so a re-run after a kill finds most of the work in the temporary image.
+        if unflushed >= IMAGE_FLUSH_BYTES && matches!(**sink, Sink::Image(_)) {
+            unflushed = 0;
+            let (sk, p) = (sink.clone(), path.to_path_buf());
+            tokio::task::spawn_blocking(move || sk.sync(&p))
+                .await
+                .map_err(|e| RepoError::Task(format!("flush: {e}")))??;
+        }
     }
     Ok((w, v))
 }

@@ -8,6 +8,7 @@
 //! manifest (create-if-absent). A crash before the root leaves only uncommitted objects.
 
 mod qcow2;
+mod resume;
 mod source;
 
 pub use crate::repo::Progress;
@@ -16,6 +17,7 @@ pub use qcow2::{
 };
 pub use source::{BaseIdentity, BlockSource, RawSource, SourceRange};
 
+use crate::repo::checkpoint::Counters;
 use crate::repo::ids::{new_time_id, now_rfc3339};
 use crate::repo::table::Geometry;
 use crate::repo::tree::{reusable, TreeWriter};
@@ -45,7 +47,15 @@ pub struct BackupOptions {
     /// something else after the snapshot before the backup starts (the qcow2 path names
     /// its internal snapshot `island-<id>`).
     pub id: Option<String>,
+    /// How often a running backup makes its work durable for a re-run to resume
+    /// (format-spec §12): at most this often, and only after a new data pack. `None` =
+    /// [`DEFAULT_CHECKPOINT_INTERVAL`]; zero = after every data pack.
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
+
+/// Default checkpoint interval: the lease renewal period, so a killed backup loses at
+/// most about five minutes of uploads and a long backup writes few extra segments.
+pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What a backup did. Field names are a stable JSON interface.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -66,6 +76,12 @@ pub struct BackupReport {
     pub bytes_changed: u64,
     /// bytes_uploaded / bytes_changed (0 when nothing changed).
     pub amplification: f64,
+    /// Holder (snapshot id) of a killed run whose checkpoint this run resumed.
+    pub resumed_from: Option<String>,
+    /// Blobs of the killed run taken over without upload.
+    pub blobs_adopted: u64,
+    /// Source bytes the killed run had already processed, not read again.
+    pub bytes_skipped: u64,
 }
 
 enum Item {
@@ -172,7 +188,7 @@ pub async fn backup(
     let incremental = changed.is_some();
     let parent_top = same_shape.map(|p| p.top_ids()).transpose()?;
     let has_parent_tree = parent_top.is_some();
-    let runs = match changed {
+    let mut runs = match changed {
         Some(ch) => plan(size, cs, &ch, false),
         None => match source.allocated() {
             Some(alloc) => plan(size, cs, &alloc, true),
@@ -191,18 +207,36 @@ pub async fn backup(
     // Known-zero runs are sent through the pipeline (and advance the progress) when a
     // parent tree may hold data there to clear; the total counts what will advance.
     let skip_zero = !has_parent_tree;
-    let to_read: u64 = runs
-        .iter()
-        .filter(|r| !r.2 || !skip_zero)
-        .map(|r| (r.1 - r.0) * cs)
-        .sum::<u64>()
-        .min(size);
+    let to_read = resume::bytes_to_read(&runs, cs, size, skip_zero);
     if let Some(p) = &opts.progress {
         p.stage("backup", to_read);
     }
 
     let root_key = crate::repo::manifest::root_key(&opts.volume, &id);
     let mut w = Writer::new(repo, lease.clone(), root_key, "backup");
+    let job = resume::job_identity(source.as_ref(), parent.as_ref(), size, cs);
+    let resumed = resume::resume(repo, &mut w, &opts.volume, &job).await?;
+    let (mut tree, mut c, start) = match resumed.as_ref().and_then(|r| r.position.as_ref()) {
+        Some(p) => (
+            TreeWriter::resume(geo, &p.tree)?,
+            p.counters.clone(),
+            p.next_chunk,
+        ),
+        None => (TreeWriter::new(geo, parent_top), Counters::default(), 0),
+    };
+    w.new_chunk_bytes = c.new_chunk_bytes;
+    runs = resume::runs_from(runs, start);
+    let bytes_skipped = to_read.saturating_sub(resume::bytes_to_read(&runs, cs, size, skip_zero));
+    if let Some(p) = &opts.progress {
+        p.advance(bytes_skipped);
+    }
+    let mut checkpointer = resume::Checkpointer::new(
+        opts.checkpoint_interval
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL),
+        job,
+        opts.volume.clone(),
+        w.checkpoint_keys.len() as u64,
+    );
     // Compress speculatively in the parallel stage when most chunks are likely new.
     let speculative = incremental || !has_parent_tree;
 
@@ -269,32 +303,25 @@ pub async fn backup(
         })
         .buffered(WORKERS);
 
-    let mut tree = TreeWriter::new(geo, parent_top);
-    let (
-        mut chunks_new,
-        mut chunks_reused,
-        mut chunks_zero,
-        mut chunks_changed,
-        mut bytes_read,
-        mut logical_delta,
-    ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0i64);
+    let mut bytes_read = 0u64;
     let result: Result<()> = async {
         while let Some(joined) = items.next().await {
             let item = joined.map_err(|e| RepoError::Task(format!("hash task: {e}")))??;
-            match item {
+            let done = match item {
                 Item::Zero(idx) => {
-                    chunks_zero += 1;
+                    c.chunks_zero += 1;
                     if has_parent_tree {
                         let prev = tree.get(repo, &set, &mut w, idx).await?;
                         if !prev.is_zero() {
-                            chunks_changed += 1;
-                            logical_delta -= chunk_len(size, cs, idx) as i64;
+                            c.chunks_changed += 1;
+                            c.logical_delta -= chunk_len(size, cs, idx) as i64;
                             tree.set(repo, &set, &mut w, idx, BlobId::ZERO).await?;
                         }
                     }
                     if let Some(p) = &opts.progress {
                         p.advance(chunk_len(size, cs, idx));
                     }
+                    idx
                 }
                 Item::Data {
                     idx,
@@ -306,14 +333,15 @@ pub async fn backup(
                     bytes_read += len;
                     let prev = tree.get(repo, &set, &mut w, idx).await?;
                     if prev == id {
-                        chunks_reused += 1;
+                        c.chunks_reused += 1;
                     } else {
-                        chunks_changed += 1;
+                        c.chunks_changed += 1;
                         if prev.is_zero() {
-                            logical_delta += len as i64;
+                            c.logical_delta += len as i64;
                         }
                         if reusable(repo, &set, &w, &id).await? {
-                            chunks_reused += 1;
+                            w.use_adoptable(&id);
+                            c.chunks_reused += 1;
                         } else {
                             let frame = match (frame, plain) {
                                 (Some(f), _) => f,
@@ -323,14 +351,21 @@ pub async fn backup(
                                 }
                             };
                             w.add(&frame).await?;
-                            chunks_new += 1;
+                            c.chunks_new += 1;
                         }
                         tree.set(repo, &set, &mut w, idx, id).await?;
                     }
                     if let Some(p) = &opts.progress {
                         p.advance(len);
                     }
+                    idx
                 }
+            };
+            if checkpointer.due(&w) {
+                c.new_chunk_bytes = w.new_chunk_bytes;
+                checkpointer
+                    .write(repo, &mut w, &tree, done + 1, &c)
+                    .await?;
             }
         }
         Ok(())
@@ -348,8 +383,8 @@ pub async fn backup(
     }
     let new_bytes = w.new_chunk_bytes;
     let logical_bytes = match same_shape {
-        Some(p) => (p.stats.logical_bytes as i64 + logical_delta).max(0) as u64,
-        None => (logical_delta.max(0)) as u64,
+        Some(p) => (p.stats.logical_bytes as i64 + c.logical_delta).max(0) as u64,
+        None => (c.logical_delta.max(0)) as u64,
     };
     let verify_src = source.clone();
     tokio::task::spawn_blocking(move || verify_src.verify_unchanged())
@@ -377,7 +412,7 @@ pub async fn backup(
     };
     crate::repo::commit::commit_new_root(repo, w, &lease, &mut manifest, &before).await?;
     let used = repo.counts().since(&before);
-    let bytes_changed = chunks_changed * cs;
+    let bytes_changed = c.chunks_changed * cs;
     Ok(BackupReport {
         id,
         volume: opts.volume.clone(),
@@ -387,15 +422,18 @@ pub async fn backup(
         bytes_uploaded: used.bytes_uploaded,
         requests: used.total(),
         puts: used.puts + used.conditional_puts,
-        chunks_new,
-        chunks_reused,
-        chunks_zero,
+        chunks_new: c.chunks_new,
+        chunks_reused: c.chunks_reused,
+        chunks_zero: c.chunks_zero,
         bytes_changed,
         amplification: if bytes_changed == 0 {
             0.0
         } else {
             used.bytes_uploaded as f64 / bytes_changed as f64
         },
+        resumed_from: resumed.as_ref().map(|r| r.from.clone()),
+        blobs_adopted: resumed.as_ref().map_or(0, |r| r.blobs),
+        bytes_skipped,
     })
 }
 
@@ -414,5 +452,7 @@ fn tokio_stream_from<T: Send + 'static>(
 mod model_tests;
 #[cfg(test)]
 mod race_tests;
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod tests;

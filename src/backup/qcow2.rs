@@ -127,6 +127,14 @@ impl BlockSource for ImageSnapshotSource {
         Some(identity_of(&self.snapshot))
     }
 
+    /// An internal snapshot is immutable while it exists; its identity (name, id, date,
+    /// VM clock, L1 digest) names its content.
+    fn resume_token(&self) -> Option<String> {
+        serde_json::to_string(&identity_of(&self.snapshot))
+            .ok()
+            .map(|j| format!("qcow2-snapshot:{j}"))
+    }
+
     /// The snapshot must still be in the table on disk with the same identity (id, name,
     /// date, VM clock, L1 digest): a snapshot deleted while it was read may have had its
     /// clusters reused by the writer, and a deletion cannot be undone, so finding it

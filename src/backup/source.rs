@@ -37,6 +37,13 @@ pub trait BlockSource: Send + Sync {
     fn verify_unchanged(&self) -> crate::Result<()> {
         Ok(())
     }
+    /// A string equal between two opens only if the content is the same, so a re-run of a
+    /// killed backup may skip what the killed run already read (format-spec §12); `None`
+    /// (the default) when that cannot be known: the re-run then reads everything again and
+    /// only avoids re-uploading.
+    fn resume_token(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A raw image file or block device, sparse-aware through `SEEK_DATA`/`SEEK_HOLE`.
@@ -87,6 +94,25 @@ impl BlockSource for RawSource {
 
     fn identity(&self) -> Option<BaseIdentity> {
         None
+    }
+
+    /// Regular files only: device, inode, size and modification and change times (any
+    /// write moves them). A block device has no such stamp.
+    fn resume_token(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata().ok()?;
+        m.file_type().is_file().then(|| {
+            format!(
+                "raw:{}:{}:{}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+        })
     }
 
     fn allocated(&self) -> Option<Vec<SourceRange>> {

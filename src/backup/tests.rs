@@ -70,7 +70,7 @@ impl BlockSource for MemSource {
     }
 }
 
-async fn new_repo(cs: u32) -> (Arc<MemStore>, Repository) {
+pub(crate) async fn new_repo(cs: u32) -> (Arc<MemStore>, Repository) {
     let store = Arc::new(MemStore::default());
     let repo = Repository::init(store.clone(), &InitOptions { chunk_size: cs })
         .await
@@ -85,7 +85,7 @@ fn opts(volume: &str) -> BackupOptions {
     }
 }
 
-async fn restored(repo: &Repository, volume: &str, id: &str) -> Vec<u8> {
+pub(crate) async fn restored(repo: &Repository, volume: &str, id: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("out.raw");
     restore(repo, volume, id, &RestoreTarget::Raw(p.clone()), None)
@@ -95,7 +95,7 @@ async fn restored(repo: &Repository, volume: &str, id: &str) -> Vec<u8> {
 }
 
 /// Half random, half zero, plus a repeated block (dedup inside one backup).
-fn volume(size: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn volume(size: usize, seed: u64) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut v = vec![0u8; size];
     rng.fill_bytes(&mut v[..size / 2]);

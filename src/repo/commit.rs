@@ -33,6 +33,9 @@ pub(crate) async fn commit_root(
 ) -> Result<Committed> {
     w.flush().await?;
     manifest.lease_time_ms = lease.check_before_commit().await?;
+    if !w.checkpoint_keys.is_empty() {
+        super::checkpoint::refuse_if_adopted(repo, &lease.holder).await?;
+    }
     let so_far = repo.counts().since(before).bytes_uploaded;
     manifest.stats.uploaded_bytes = so_far + manifest.encode().len() as u64 + 16;
     let key = manifest.key();

@@ -394,7 +394,8 @@ impl Repository {
     }
 
     /// Remove what a dead holder left uncommitted: its packs (found through its intent and
-    /// sequential names) and its segments (listed by its id prefix).
+    /// sequential names, with those of holders it adopted), its segments (listed by its id
+    /// prefix) and its checkpoints.
     async fn clean_dead_writer(&self, set: &SegmentSet, holder: &str) -> Result<()> {
         let ikey = intent_key(holder);
         let intent = match self.get_opt(&ikey).await? {
@@ -418,25 +419,46 @@ impl Repository {
         }
         // The commit key may exist written by another holder (a copy re-run after a kill
         // commits the same root): only a marker naming this holder keeps its packs.
+        // Packs it adopted from a checkpoint (§12) are reclaimed with its own.
         if let Some(i) = intent.filter(|i| !set.markers.commits(&i.commit, holder)) {
-            let mut misses = 0;
-            let mut seq = 0u64;
-            while misses < 8 {
-                let key = pack_key(&pack_name(&i.holder, seq));
-                match self.store().head(&key).await {
-                    Ok(_) => {
-                        doomed.push(key);
-                        misses = 0;
+            // An adopted holder that committed after all (adopted while alive, §12) keeps
+            // its packs; its root is the adopter's sibling key.
+            let own = (&i.holder, i.unadopted_from);
+            let adopted = i
+                .adopted
+                .iter()
+                .filter(|a| !set.markers.commits(&sibling_commit(&i.commit, a), a))
+                .map(|a| (a, 0));
+            for (owner, first) in std::iter::once(own).chain(adopted) {
+                let mut misses = 0;
+                let mut seq = first;
+                while misses < 8 {
+                    let key = pack_key(&pack_name(owner, seq));
+                    match self.store().head(&key).await {
+                        Ok(_) => {
+                            doomed.push(key);
+                            misses = 0;
+                        }
+                        Err(e) if e.kind == StoreErrorKind::NotFound => misses += 1,
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) if e.kind == StoreErrorKind::NotFound => misses += 1,
-                    Err(e) => return Err(e.into()),
+                    seq += 1;
                 }
-                seq += 1;
             }
         }
+        doomed.extend(super::checkpoint::keys_of(self, holder).await?);
         doomed.push(ikey);
         self.store().delete_batch(&doomed).await?;
         Ok(())
+    }
+}
+
+/// The commit key `holder` would have used in the same volume as `commit`
+/// (`snapshots/<volume>/<holder>` for a backup).
+fn sibling_commit(commit: &str, holder: &str) -> String {
+    match commit.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{holder}"),
+        None => holder.to_string(),
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod cache;
 mod check;
+pub(crate) mod checkpoint;
 mod chunk;
 pub(crate) mod commit;
 mod config;
@@ -22,7 +23,7 @@ mod fetch_tests;
 mod forget;
 mod gc;
 pub(crate) mod ids;
-mod lease;
+pub(crate) mod lease;
 pub(crate) mod manifest;
 mod pack;
 mod repair;

@@ -11,8 +11,9 @@
 use super::repository::SegmentSet;
 use super::table::{self, span, Geometry, FANOUT};
 use super::writer::Writer;
-use super::{BlobId, BlobKind, Frame, Repository};
+use super::{BlobId, BlobKind, Frame, RepoError, Repository};
 use crate::Result;
+use serde::{Deserialize, Serialize};
 
 struct Node {
     index: u64,
@@ -147,6 +148,65 @@ impl TreeWriter {
         Ok(())
     }
 
+    /// The editor's state between two chunks, for a backup checkpoint: the top list and
+    /// the resident path (entries not yet stored as tables, with their dirty flags).
+    pub fn state(&self) -> TreeState {
+        TreeState {
+            top: self.top.iter().map(BlobId::to_hex).collect(),
+            path: self
+                .path
+                .iter()
+                .enumerate()
+                .filter_map(|(level, n)| {
+                    n.as_ref().map(|n| PathNode {
+                        level: level as u8,
+                        index: n.index,
+                        dirty: n.dirty,
+                        entries: n.entries.iter().map(BlobId::to_hex).collect(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// An editor continuing from a checkpoint's [`TreeState`] (checked against `geo`).
+    pub fn resume(geo: Geometry, state: &TreeState) -> Result<TreeWriter, RepoError> {
+        let bad = |why: String| RepoError::InvalidArgument(format!("checkpoint tree: {why}"));
+        let top = parse_ids(&state.top).map_err(bad)?;
+        if top.len() != geo.top_len() {
+            return Err(bad(format!(
+                "{} top entries, geometry has {}",
+                top.len(),
+                geo.top_len()
+            )));
+        }
+        let mut path: Vec<Option<Node>> = (0..geo.depth).map(|_| None).collect();
+        for n in &state.path {
+            let entries = parse_ids(&n.entries).map_err(bad)?;
+            let slot = path
+                .get_mut(n.level as usize)
+                .ok_or_else(|| bad(format!("level {} beyond depth {}", n.level, geo.depth)))?;
+            let tables = geo.chunks.div_ceil(span(n.level + 1));
+            if n.index >= tables || entries.len() != geo.table_len(n.level, n.index) {
+                return Err(bad(format!(
+                    "table {} at level {} does not fit",
+                    n.index, n.level
+                )));
+            }
+            *slot = Some(Node {
+                index: n.index,
+                entries,
+                dirty: n.dirty,
+            });
+        }
+        Ok(TreeWriter {
+            geo,
+            top,
+            path,
+            tables_new: 0,
+        })
+    }
+
     /// Store every dirty table and return the root's top-level list.
     pub async fn finish(
         &mut self,
@@ -159,6 +219,28 @@ impl TreeWriter {
         }
         Ok(std::mem::take(&mut self.top))
     }
+}
+
+/// Serializable state of a [`TreeWriter`] (hex ids, as in root manifests).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct TreeState {
+    pub top: Vec<String>,
+    pub path: Vec<PathNode>,
+}
+
+/// One resident table of the editor's path.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct PathNode {
+    pub level: u8,
+    pub index: u64,
+    pub dirty: bool,
+    pub entries: Vec<String>,
+}
+
+fn parse_ids(hex: &[String]) -> std::result::Result<Vec<BlobId>, String> {
+    hex.iter()
+        .map(|h| BlobId::from_hex(h).ok_or_else(|| format!("bad id {h:?}")))
+        .collect()
 }
 
 /// May a writer reference `id` without storing it? Only if it stored it itself, or the

@@ -36,6 +36,16 @@ pub(crate) struct Intent {
     pub op: String,
     /// Key whose existence means the writer committed.
     pub commit: String,
+    /// Holders whose packs this writer took over from a checkpoint (resume, format-spec
+    /// §12): if this writer dies uncommitted, gc reclaims their packs with its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<String>,
+    /// Set when a re-run adopted this writer's checkpoint: packs numbered below
+    /// `unadopted_from` belong to that adopter now; gc reclaims only the later ones here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_by: Option<String>,
+    #[serde(default)]
+    pub unadopted_from: u64,
 }
 
 pub(crate) fn intent_key(holder: &str) -> String {
@@ -69,6 +79,17 @@ pub(crate) struct Writer {
     pub supersedes: Vec<String>,
     /// Plain bytes of chunks added.
     pub new_chunk_bytes: u64,
+    /// Every pack this writer uploaded or adopted (listed by its checkpoints).
+    pub packs: Vec<String>,
+    /// Holders whose packs this writer adopted (recorded in its intent).
+    pub adopted: Vec<String>,
+    /// Chunks of adopted packs not (yet) in this writer's index: used only if the backup
+    /// meets them again, so a resumed backup of a changed source indexes only what it uses.
+    adoptable: HashMap<BlobId, Location>,
+    /// Data packs sealed so far (a checkpoint is due only after new data is durable).
+    pub data_packs_sealed: u64,
+    /// Checkpoints this writer wrote (removed with its intent once it has committed).
+    pub checkpoint_keys: Vec<String>,
 }
 
 impl Writer {
@@ -92,7 +113,63 @@ impl Writer {
             dead_packs: Vec::new(),
             supersedes: Vec::new(),
             new_chunk_bytes: 0,
+            packs: Vec::new(),
+            adopted: Vec::new(),
+            adoptable: HashMap::new(),
+            data_packs_sealed: 0,
+            checkpoint_keys: Vec::new(),
         }
+    }
+
+    /// Take over a blob stored in an adopted pack: it goes into this writer's index and
+    /// counts as its own (reusable without upload).
+    pub fn adopt_location(&mut self, id: BlobId, loc: Location) {
+        self.pending.insert(id);
+        self.index.push((id, loc));
+    }
+
+    /// Offer a chunk of an adopted pack for reuse without indexing it yet
+    /// ([`Writer::use_adoptable`] indexes it when the backup meets it).
+    pub fn offer_adoptable(&mut self, id: BlobId, loc: Location) {
+        self.adoptable.insert(id, loc);
+    }
+
+    /// If `id` is an offered adopted chunk, index it as this writer's own.
+    pub fn use_adoptable(&mut self, id: &BlobId) {
+        if let Some(loc) = self.adoptable.remove(id) {
+            self.new_chunk_bytes += u64::from(loc.plain_len);
+            self.adopt_location(*id, loc);
+        }
+    }
+
+    /// Keys of the index and refs segments this writer has written so far.
+    pub fn segment_keys(&self) -> Vec<String> {
+        self.own
+            .iter()
+            .chain(self.own_refs.iter())
+            .map(|h| h.key.clone())
+            .collect()
+    }
+
+    /// Write `intents/<holder>` now (done lazily before the first pack otherwise). A
+    /// resumed backup writes it before it releases the adopted holder's intent, so the
+    /// adopted packs always have an intent that gc would clean them through.
+    pub async fn write_intent(&mut self) -> Result<()> {
+        let intent = Intent {
+            holder: self.holder().into(),
+            op: self.op.clone(),
+            commit: self.commit.clone(),
+            adopted: self.adopted.clone(),
+            adopted_by: None,
+            unadopted_from: 0,
+        };
+        let body = Bytes::from(envelope::seal(MAGIC_INTENT, &intent));
+        self.repo
+            .store()
+            .put(&intent_key(self.holder()), body)
+            .await?;
+        self.intent_written = true;
+        Ok(())
     }
 
     pub fn holder(&self) -> &str {
@@ -101,7 +178,7 @@ impl Writer {
 
     /// Did this writer already add `id` (uncommitted blobs are visible only to it)?
     pub async fn has_own(&self, id: &BlobId) -> Result<bool> {
-        if self.pending.contains(id) {
+        if self.pending.contains(id) || self.adoptable.contains_key(id) {
             return Ok(true);
         }
         Ok(self
@@ -161,20 +238,14 @@ impl Writer {
             return Ok(());
         }
         if !self.intent_written {
-            let intent = Intent {
-                holder: self.holder().into(),
-                op: self.op.clone(),
-                commit: self.commit.clone(),
-            };
-            let body = Bytes::from(envelope::seal(MAGIC_INTENT, &intent));
-            self.repo
-                .store()
-                .put(&intent_key(self.holder()), body)
-                .await?;
-            self.intent_written = true;
+            self.write_intent().await?;
         }
         let name = pack_name(self.holder(), self.pack_seq);
         self.pack_seq += 1;
+        self.packs.push(name.clone());
+        if kind == BlobKind::Chunk {
+            self.data_packs_sealed += 1;
+        }
         let (bytes, entries) = pack.finish();
         for e in entries {
             let loc = Location {
@@ -298,6 +369,11 @@ impl Writer {
         if self.intent_written {
             if let Err(e) = self.repo.store().delete(&intent_key(self.holder())).await {
                 tracing::warn!("removing intent of {}: {e}", self.holder());
+            }
+        }
+        if !self.checkpoint_keys.is_empty() {
+            if let Err(e) = self.repo.store().delete_batch(&self.checkpoint_keys).await {
+                tracing::warn!("removing checkpoints of {}: {e}", self.holder());
             }
         }
         self.lease.release().await;

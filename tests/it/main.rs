@@ -23,6 +23,7 @@ mod repo_copy;
 mod repo_faults;
 mod repo_forget;
 mod repo_golden;
+mod repo_kill;
 mod repo_ops_util;
 mod repo_repair;
 mod service_api;

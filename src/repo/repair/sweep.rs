@@ -9,6 +9,7 @@
 use super::RepairReport;
 use crate::repo::lease::list_leases;
 use crate::repo::repository::{segment_writer, SegmentSet};
+use crate::repo::writer::Intent;
 use crate::repo::Repository;
 use crate::store::ObjectMeta;
 use crate::Result;
@@ -67,13 +68,25 @@ pub(super) async fn delete_strays(
         .chain(set.refs.iter())
         .map(|h| h.key.as_str())
         .collect();
+    // Packs a writer adopted from a checkpoint (format-spec §12) belong to that writer: its
+    // intent (listed before the leases) names their first holder.
+    let mut adopted: HashSet<String> = HashSet::new();
+    for o in &listed.intents {
+        if let Some(bytes) = repo.get_opt(&o.key).await? {
+            if let Ok(i) = Intent::decode(&o.key, &bytes) {
+                if leased.contains(&i.holder) {
+                    adopted.extend(i.adopted);
+                }
+            }
+        }
+    }
     let mut doomed: Vec<String> = Vec::new();
     for o in listed.packs {
         let name = o.key.rsplit('/').next().unwrap_or("");
         if named.contains(name) {
             continue;
         }
-        if leased.contains(holder_of(name)) {
+        if leased.contains(holder_of(name)) || adopted.contains(holder_of(name)) {
             report.objects_of_leased_writers += 1;
             continue;
         }

@@ -1,0 +1,262 @@
+//! Resume of killed backups (format-spec §12) against the in-memory store: a backup that
+//! dies after some checkpoints is continued by a re-run (same source: neither re-read nor
+//! re-uploaded; another source: only not re-uploaded); gc keeps adopted packs of a
+//! committed re-run, reclaims those of a re-run that died too, and a lease that expired
+//! before the re-run is not adopted.
+
+use super::tests::{new_repo, restored, volume, MemSource};
+use super::*;
+use crate::repo::lease;
+use crate::repo::testing::MemStore;
+use crate::repo::CheckOptions;
+use std::time::Duration;
+
+/// A source that fails reads at and beyond `fail_at` (a crash mid-backup) and reports a
+/// resume token.
+struct Dying {
+    inner: Arc<MemSource>,
+    fail_at: u64,
+    token: String,
+}
+
+impl BlockSource for Dying {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset >= self.fail_at {
+            return Err(std::io::Error::other("simulated crash"));
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn changed_since(&self, base: &BaseIdentity) -> Option<Vec<SourceRange>> {
+        self.inner.changed_since(base)
+    }
+    fn identity(&self) -> Option<BaseIdentity> {
+        self.inner.identity()
+    }
+    fn allocated(&self) -> Option<Vec<SourceRange>> {
+        None
+    }
+    fn resume_token(&self) -> Option<String> {
+        Some(self.token.clone())
+    }
+}
+
+fn dying(src: &Arc<MemSource>, fail_at: u64, token: &str) -> Arc<Dying> {
+    Arc::new(Dying {
+        inner: src.clone(),
+        fail_at,
+        token: token.into(),
+    })
+}
+
+fn every_pack(volume: &str) -> BackupOptions {
+    BackupOptions {
+        volume: volume.into(),
+        checkpoint_interval: Some(Duration::ZERO),
+        ..Default::default()
+    }
+}
+
+const SIZE: usize = 96 << 20;
+
+async fn clean(repo: &Repository) {
+    let c = repo.check(&CheckOptions::default()).await.unwrap();
+    assert!(c.is_clean(), "{:?}", c.issues);
+}
+
+/// Kill at 3/4, then re-run: returns (store, repo, data, killed id, re-run report).
+async fn killed_then_rerun(token2: &str) -> (Arc<MemStore>, Repository, Vec<u8>, BackupReport) {
+    let (store, repo) = new_repo(65536).await;
+    let data = volume(SIZE, 7);
+    let src = MemSource::new(data.clone());
+    let before = repo.counts();
+    let err = backup(
+        &repo,
+        dying(&src, (SIZE / 2) as u64 - 1, "t1"),
+        &every_pack("vm"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("simulated crash"), "{err}");
+    let killed_upload = repo.counts().since(&before).bytes_uploaded;
+    assert!(
+        !store.keys("checkpoints/").is_empty(),
+        "checkpoints written"
+    );
+    let r = backup(&repo, dying(&src, u64::MAX, token2), &every_pack("vm"))
+        .await
+        .unwrap();
+    assert!(r.resumed_from.is_some(), "{r:?}");
+    assert!(r.blobs_adopted > 0);
+    assert!(
+        killed_upload > 30 << 20,
+        "the killed run uploaded {killed_upload}"
+    );
+    (store, repo, data, r)
+}
+
+#[tokio::test]
+async fn same_source_resumes_position_and_uploads() {
+    let (store, repo, data, r) = killed_then_rerun("t1").await;
+    // Half the volume is random (48 MiB): the killed run had stored nearly all of it.
+    eprintln!("re-run after the kill: {r:?}");
+    assert!(r.bytes_skipped >= 40 << 20, "{r:?}");
+    assert!(r.bytes_read < 10 << 20, "{r:?}");
+    assert!(r.bytes_uploaded < 10 << 20, "{r:?}");
+    assert_eq!(restored(&repo, "vm", &r.id).await, data);
+    clean(&repo).await;
+    assert!(
+        store.keys("checkpoints/").is_empty(),
+        "{:?}",
+        store.keys("checkpoints/")
+    );
+    // Left until gc: the killed run's intent, for the packs it sealed after its checkpoint.
+    let killed = r.resumed_from.clone().unwrap();
+    assert_eq!(store.keys("intents/"), vec![format!("intents/{killed}")]);
+    // Once the killed writer's claimed lease is long expired gc cleans it: its segments
+    // and leases go, the adopted packs stay (the committed snapshot names them).
+    store.advance(lease::LEASE_TTL + crate::repo::lease_skew() + Duration::from_secs(60));
+    let g = repo.gc().await.unwrap();
+    assert!(g.dead_writers_cleaned >= 1, "{g:?}");
+    assert!(
+        store.keys("leases/").is_empty(),
+        "{:?}",
+        store.keys("leases/")
+    );
+    let fresh = Repository::open(store.clone()).await.unwrap();
+    assert_eq!(restored(&fresh, "vm", &r.id).await, data);
+    clean(&fresh).await;
+    // Nothing stray: packs the killed run sealed after its last checkpoint went with it.
+    let repair = fresh.repair().await.unwrap();
+    assert_eq!(repair.stray_packs_deleted, 0, "{repair:?}");
+    assert_eq!(repair.stray_segments_deleted, 0, "{repair:?}");
+    assert!(
+        store.keys("intents/").is_empty(),
+        "{:?}",
+        store.keys("intents/")
+    );
+}
+
+#[tokio::test]
+async fn other_source_reads_again_but_does_not_upload_again() {
+    let (_store, repo, data, r) = killed_then_rerun("t2").await;
+    assert_eq!(r.bytes_skipped, 0);
+    assert!(r.bytes_read >= (SIZE / 2) as u64, "{r:?}");
+    assert!(r.bytes_uploaded < 30 << 20, "{r:?}");
+    assert_eq!(restored(&repo, "vm", &r.id).await, data);
+    clean(&repo).await;
+}
+
+#[tokio::test]
+async fn gc_reclaims_the_packs_of_a_rerun_that_died_too() {
+    let (store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(SIZE, 8));
+    backup(&repo, dying(&src, 20 << 20, "t"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    let err = backup(&repo, dying(&src, 40 << 20, "t"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("simulated crash"));
+    assert!(!store.keys("packs/").is_empty());
+    // The second run adopted the first: its intent names the first, whose own intent
+    // now only keeps the packs it sealed after its checkpoint.
+    assert_eq!(store.keys("intents/").len(), 2);
+    store.advance(lease::LEASE_TTL + crate::repo::lease_skew() + Duration::from_secs(60));
+    let g = repo.gc().await.unwrap();
+    assert_eq!(g.dead_writers_cleaned, 2, "{g:?}");
+    for prefix in [
+        "packs/",
+        "index/",
+        "refs/",
+        "intents/",
+        "checkpoints/",
+        "leases/",
+    ] {
+        assert!(
+            store.keys(prefix).is_empty(),
+            "{prefix}: {:?}",
+            store.keys(prefix)
+        );
+    }
+    clean(&repo).await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_not_adopted() {
+    let (store, repo) = new_repo(65536).await;
+    let data = volume(SIZE, 9);
+    let src = MemSource::new(data.clone());
+    backup(&repo, dying(&src, 30 << 20, "t"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    // Past LEASE_TTL a gc may already have judged the writer dead: start afresh.
+    store.advance(lease::LEASE_TTL + Duration::from_secs(60));
+    let r = backup(&repo, dying(&src, u64::MAX, "t"), &every_pack("vm"))
+        .await
+        .unwrap();
+    assert_eq!(r.resumed_from, None);
+    assert!(r.bytes_uploaded >= (SIZE / 2) as u64, "{r:?}");
+    assert_eq!(restored(&repo, "vm", &r.id).await, data);
+    clean(&repo).await;
+}
+
+#[tokio::test]
+async fn a_writer_adopted_while_alive_does_not_commit() {
+    let (_store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(SIZE, 10));
+    let id = crate::repo::ids::new_time_id();
+    // A checkpointing writer whose adoption claim exists is refused at its commit.
+    let claim = lease::lease_key(&id, crate::repo::checkpoint::ADOPT_GENERATION);
+    repo.store()
+        .put(&claim, bytes::Bytes::from_static(b"claimed"))
+        .await
+        .unwrap();
+    let mut o = every_pack("vm");
+    o.id = Some(id);
+    let err = backup(&repo, src, &o).await.unwrap_err();
+    assert!(err.to_string().contains("lease"), "{err}");
+}
+
+/// A raw restore killed part way (simulated: a complete restore's marker put back, some
+/// chunks torn or never written) is continued: kept chunks are checked by hash, only the
+/// rest is downloaded, and the result is bit-exact.
+#[tokio::test]
+async fn raw_restore_resumes_into_the_partial_target() {
+    use crate::restore::{restore, RestoreTarget};
+    let (_store, repo) = new_repo(65536).await;
+    let data = volume(16 << 20, 11);
+    let r = backup(&repo, MemSource::new(data.clone()), &every_pack("vm"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let target = RestoreTarget::Raw(out.clone());
+    let full = restore(&repo, "vm", &r.id, &target, None).await.unwrap();
+    assert!(!full.resumed);
+    let marker = dir.path().join(".disk.raw.island-restore");
+    assert!(!marker.exists(), "a finished restore drops its marker");
+    // What a kill leaves: the marker, chunk 3 torn, chunks 100.. not yet written.
+    let body = serde_json::json!({"volume": "vm", "id": r.id, "size": data.len()});
+    std::fs::write(&marker, body.to_string()).unwrap();
+    let mut partial = data.clone();
+    partial[3 * 65536 + 100..3 * 65536 + 200].fill(0xee);
+    partial[100 * 65536..].fill(0);
+    std::fs::write(&out, &partial).unwrap();
+    let again = restore(&repo, "vm", &r.id, &target, None).await.unwrap();
+    assert!(again.resumed, "{again:?}");
+    assert_eq!(again.chunks_kept, 99, "{again:?}");
+    assert!(
+        again.bytes_downloaded < full.bytes_downloaded / 2,
+        "{again:?} vs {full:?}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(!marker.exists());
+    // Without a marker the target is rewritten from scratch (it may be any file).
+    std::fs::write(&out, &partial).unwrap();
+    let fresh = restore(&repo, "vm", &r.id, &target, None).await.unwrap();
+    assert!(!fresh.resumed);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}
