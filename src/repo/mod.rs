@@ -25,6 +25,8 @@ pub(crate) mod manifest;
 mod pack;
 mod repair;
 pub(crate) mod repository;
+#[cfg(test)]
+mod schedule_tests;
 mod segment;
 pub(crate) mod table;
 #[cfg(test)]
