@@ -321,16 +321,34 @@ impl Repository {
         if set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT {
             let dead: HashSet<String> = dead_packs.iter().cloned().collect();
             let mut seen: HashSet<BlobId> = HashSet::new();
+            let mut named: HashSet<String> = HashSet::new();
             for h in &set.index {
                 let recs = segment_records(self, h).await?;
                 for r in recs.chunks_exact(INDEX_RECORD) {
                     let (id, loc) = segment::decode_index_record(h, r)?;
                     if !dead.contains(&loc.pack) && seen.insert(id) {
+                        named.insert(loc.pack.clone());
                         w.add_location(id, loc);
                     }
                 }
                 superseded.push(h.key.clone());
             }
+            // A pack whose every frame is shadowed by a newer copy of the same blob (two
+            // writers stored it concurrently, or it was stored again after being freed)
+            // is named by no compacted location: no reader can reach it any more.
+            let mut shadowed: Vec<String> = set
+                .index
+                .iter()
+                .flat_map(|h| h.meta.packs.iter())
+                .filter(|p| !dead.contains(*p) && !named.contains(*p))
+                .cloned()
+                .collect::<HashSet<String>>()
+                .into_iter()
+                .collect();
+            shadowed.sort();
+            report.packs_deleted += shadowed.len() as u64;
+            w.dead_packs.extend(shadowed.iter().cloned());
+            dead_packs.extend(shadowed);
             let mut contribution: HashMap<BlobId, i64> = HashMap::new();
             for h in &processed_refs {
                 let recs = segment_records(self, h).await?;
@@ -341,15 +359,18 @@ impl Repository {
                 }
                 superseded.push(h.key.clone());
             }
+            // The compacted record carries the processed segments' contribution: a table
+            // stored, freed by a delete not yet processed (its FREED stays counted), then
+            // stored again has 2 here and −1 outside, 1 in all.
             for (id, c) in contribution {
-                if c > 0 {
-                    w.add_ref(id, 0, STORED);
+                match c {
+                    ..=0 => {}
+                    1 => w.add_ref(id, 0, STORED),
+                    _ => w.add_ref(id, 0, STORED | REVIVED),
                 }
             }
             report.segments_compacted = superseded.len() as u64;
             w.supersedes = superseded.clone();
-            // The dead-pack list is carried by this gc's segment only while needed.
-            dead_packs.retain(|p| w.dead_packs.contains(p));
         }
         commit_gc_marker(self, &mut w, &lease, seq, &marker_key, false).await?;
         // 5. Committed: physical deletes (idempotent; a crash here is finished next time).

@@ -29,6 +29,8 @@ mod pack;
 mod repair;
 pub(crate) mod repository;
 mod revert;
+#[cfg(test)]
+mod schedule_tests;
 mod segment;
 pub(crate) mod table;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Fault injection for tests (public so integration tests and the schedule runner use
 //! it): seeded random errors per operation kind, latency, lost acknowledgements, and a
-//! "crash" after which the store is dead and writes still in flight are lost.
+//! "crash" after which the store is dead and writes still in flight are lost, and seeded
+//! yields that interleave concurrent tasks at every request.
 //!
 //! Every decision comes from one seeded RNG, so a failing schedule replays from its seed
 //! (given the same order of requests). Dropping an operation's future is always safe: a
@@ -81,6 +82,10 @@ pub struct FaultConfig {
     pub ops: Vec<FaultOp>,
     /// Extra latency per operation, uniform in `[min, max]`.
     pub latency: Option<(Duration, Duration)>,
+    /// Up to this many `yield_now`s per operation (uniform in `0..=yields`): lets other
+    /// tasks of a single-threaded runtime run at every request, so a seeded schedule
+    /// interleaves concurrent operations at await points without real-time sleeps.
+    pub yields: u32,
     /// Crash when operation number `crash_after + 1` starts: it and every later operation
     /// fail, and writes still in their latency phase are lost.
     pub crash_after: Option<u64>,
@@ -171,7 +176,7 @@ impl FaultStore {
             return Err(self.crashed_error(op, key));
         }
         let targeted = self.targeted(op);
-        let (delay, fail, lose_ack) = {
+        let (delay, yields, fail, lose_ack) = {
             let mut rng = match self.rng.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -181,16 +186,25 @@ impl FaultStore {
                 Some((lo, _)) if targeted => lo,
                 _ => Duration::ZERO,
             };
+            let yields = if targeted && self.cfg.yields > 0 {
+                rng.random_range(0..=self.cfg.yields)
+            } else {
+                0
+            };
             let fail = targeted && rng.random::<f64>() < self.cfg.error_probability;
             let lose_ack =
                 targeted && op.is_write() && rng.random::<f64>() < self.cfg.ack_loss_probability;
-            (delay, fail, lose_ack)
+            (delay, yields, fail, lose_ack)
         };
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
-            if self.is_crashed() {
-                return Err(self.crashed_error(op, key));
-            }
+        }
+        // A crash during the wait loses this request: a write not yet acknowledged.
+        if self.is_crashed() {
+            return Err(self.crashed_error(op, key));
         }
         if fail {
             return Err(self.fault(op, key, "request failed", self.cfg.temporary));
