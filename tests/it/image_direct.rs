@@ -84,8 +84,9 @@ fn unaligned_io_matches_model_and_qemu() {
         step(&img, &mut model, 3072, 5 * c - 1024); // spans a cluster boundary
         step(&img, &mut model, 1, 0);
         step(&img, &mut model, 513, 511);
-        step(&img, &mut model, 300_000, 12_345); // more than one bounce buffer
-                                                 // Aligned request from an aligned buffer (the no-copy path)...
+        // More than one bounce buffer.
+        step(&img, &mut model, 300_000, 12_345);
+        // Aligned request from an aligned buffer (the no-copy path)...
         let mut block = AlignedBuf::zeroed(4096);
         block.fill(0x3c);
         write_and_check(&img, &mut model, &block, 8 * 4096);
@@ -93,6 +94,12 @@ fn unaligned_io_matches_model_and_qemu() {
         let mut skew = vec![0x7eu8; 4097];
         skew[0] = 0;
         write_and_check(&img, &mut model, &skew[1..], 20 * 4096);
+        // Growing (before any snapshot: qemu reads snapshots at the current size)
+        // rewrites L1 entries in place: a partial-block metadata write.
+        let big = size + (2 << 20);
+        img.grow(big).expect("grow");
+        model.active.resize(big as usize, 0);
+        step(&img, &mut model, 777, size + 4000);
         img.create_snapshot("a").expect("snapshot a");
         model.snaps.push(("a".into(), model.active.clone()));
         // Copy-on-write of shared clusters with partial writes.
@@ -102,7 +109,7 @@ fn unaligned_io_matches_model_and_qemu() {
         model.active[(3 * c + 1) as usize..(4 * c + 1) as usize].fill(0);
         img.create_snapshot("b").expect("snapshot b");
         model.snaps.push(("b".into(), model.active.clone()));
-        step(&img, &mut model, 5000, size - 5000);
+        step(&img, &mut model, 5000, big - 5000);
         img.delete_snapshot("a").expect("delete a");
         model.snaps.remove(0);
         img.close().expect("close");
