@@ -191,6 +191,59 @@ fn concurrent_partial_block_writes_lose_nothing() {
     assert!(compare_with_raw(&path, &raw), "qemu-img compare");
 }
 
+/// A whole-block write racing a read-modify-write of the same block: the bytes only the
+/// whole-block writer touches must read back as it wrote them right after its write. An
+/// RMW that read the block before that write and wrote it back after would put older
+/// bytes back; the shared/exclusive block lock forbids that interleaving.
+#[test]
+fn whole_block_write_racing_rmw_keeps_its_bytes() {
+    let dir = tempdir();
+    if !direct_supported(dir.path()) {
+        return;
+    }
+    let path = dir.path().join("race.qcow2");
+    let img = Image::create_with(&path, &options(1 << 20, 65536), CacheMode::Direct).unwrap();
+    img.write_at(&vec![1u8; 65536], 0).unwrap();
+    img.flush().unwrap();
+    let img = Arc::new(img);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let patcher = {
+        let (img, done) = (img.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                img.write_at(&[0xee; 100], 1000).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut block = AlignedBuf::zeroed(4096);
+    let mut back = AlignedBuf::zeroed(4096);
+    let mut failure = None;
+    for i in 0..400u32 {
+        let v = (i % 200) as u8 + 2;
+        block.fill(v);
+        img.write_at(&block, 0).unwrap();
+        img.read_at(&mut back, 0).unwrap();
+        if let Some(at) = (0..4096).find(|&k| !(1000..1100).contains(&k) && back[k] != v) {
+            failure = Some(format!(
+                "round {i}: byte {at} is {:#x}, wrote {v:#x}",
+                back[at]
+            ));
+            break;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let patches = patcher.join().expect("patcher thread");
+    assert!(
+        failure.is_none(),
+        "{} ({patches} patches)",
+        failure.unwrap()
+    );
+    assert!(patches > 0, "the patcher never ran");
+}
+
 /// DirectFile's own contract, the one `ImageFile` states: exact reads fail with
 /// UnexpectedEof past the end (aligned and bounced paths alike), an extending write reads
 /// back with zeros before it.
