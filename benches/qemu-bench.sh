@@ -45,7 +45,7 @@ row() { # label mode depth count cache qemu-args...
   i1=$(island_once "$mode" "$depth" "$count" "$cache"); q1=$(qemu_once "$count" "$@")
   i2=$(island_once "$mode" "$depth" "$count" "$cache"); q2=$(qemu_once "$count" "$@")
   awk -v l="$label" -v i="$(max "$i1" "$i2")" -v q="$(max "$q1" "$q2")" \
-    'BEGIN { printf "%-52s island %9d  qemu %9d  ratio %.2f\n", l, i, q, i / q }'
+    'BEGIN { printf "%-66s island %9d  qemu %9d  ratio %.2f\n", l, i, q, i / q }'
 }
 
 echo "image ${SIZE_MIB} MiB, cluster 64 KiB, ${BS}-byte requests, step ${STEP}"

@@ -14,9 +14,11 @@
 //!   values they already hold, so a torn block write can only leave the requested bytes
 //!   old or new, exactly as the page cache's writeback of a whole page would.
 //!
-//! Two RMWs of the same block by different threads would lose one update, so a partial
-//! block is read and written under a lock striped by block index. Guest writes that race
-//! on the same bytes stay unordered, as on a real disk.
+//! Two RMWs of the same block by different threads would lose one update, and an RMW
+//! racing a whole-block write could put back bytes only the other write changed, so a
+//! partial block is read and written under an exclusive lock striped by block index,
+//! and whole blocks are written under the shared side of the same lock. Guest writes
+//! that race on the same bytes stay unordered, as on a real disk.
 //!
 //! O_DIRECT bypasses the page cache, not the device's volatile write cache: [`ImageFile::
 //! sync`] is still `fdatasync`, and the engine's flush barriers are unchanged.
@@ -30,7 +32,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Alignment assumed when the kernel does not report one (statx without
 /// STATX_DIOALIGN, before Linux 6.1): 4096 is a multiple of every common logical block
@@ -159,7 +161,7 @@ pub struct DirectFile {
     /// Buffer address alignment the kernel needs for a caller's buffer to go directly.
     mem_align: usize,
     pool: Mutex<Vec<AlignedBuf>>,
-    rmw: [Mutex<()>; RMW_STRIPES],
+    rmw: [RwLock<()>; RMW_STRIPES],
 }
 
 impl DirectFile {
@@ -183,7 +185,7 @@ impl DirectFile {
             align: u64::from(off.max(512)),
             mem_align: (mem as usize).max(1),
             pool: Mutex::new(Vec::new()),
-            rmw: std::array::from_fn(|_| Mutex::new(())),
+            rmw: std::array::from_fn(|_| RwLock::new(())),
         })
     }
 
@@ -290,20 +292,40 @@ impl DirectFile {
         r
     }
 
-    /// Lock the stripes of the partly covered first and last blocks of a write, in
-    /// stripe order so two writers never wait on each other crosswise.
-    fn lock_partial(&self, offset: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
+    /// Lock the blocks a write touches: exclusively the stripes of partly covered blocks
+    /// (read-modify-written), shared the stripes of blocks written whole, all in stripe
+    /// order so two writers never wait on each other crosswise. An RMW then never
+    /// interleaves with another write to its block: bytes only one writer touched always
+    /// end up with that writer's value, as on a disk.
+    fn lock_blocks(&self, offset: u64, end: u64) -> BlockLocks<'_> {
         let a = self.align;
-        let mut stripes = Vec::with_capacity(2);
-        if offset % a != 0 || end - offset < a {
-            stripes.push(((offset / a) as usize) % RMW_STRIPES);
+        // 0 = untouched, 1 = shared, 2 = exclusive, per stripe.
+        let mut want = [0u8; RMW_STRIPES];
+        let first = offset / a;
+        let last = (end - 1) / a;
+        let stripe = |b: u64| (b % RMW_STRIPES as u64) as usize;
+        for b in first..=last.min(first + RMW_STRIPES as u64 - 1) {
+            want[stripe(b)] = 1;
+        }
+        if offset % a != 0 || end < (first + 1) * a {
+            want[stripe(first)] = 2;
         }
         if end % a != 0 {
-            stripes.push((((end - 1) / a) as usize) % RMW_STRIPES);
+            want[stripe(last)] = 2;
         }
-        stripes.sort_unstable();
-        stripes.dedup();
-        stripes.into_iter().map(|s| lock(&self.rmw[s])).collect()
+        let mut shared = Vec::new();
+        let mut exclusive = Vec::new();
+        for (i, &w) in want.iter().enumerate() {
+            match w {
+                1 => shared.push(read(&self.rmw[i])),
+                2 => exclusive.push(write(&self.rmw[i])),
+                _ => {}
+            }
+        }
+        BlockLocks {
+            _shared: shared,
+            _exclusive: exclusive,
+        }
     }
 
     /// Fill `block` (one aligned block of a bounce buffer) with the file's block at
@@ -317,7 +339,7 @@ impl DirectFile {
     fn write_bounced(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let a = self.align;
         let end = offset + buf.len() as u64;
-        let _guards = self.lock_partial(offset, end);
+        let _guards = self.lock_blocks(offset, end);
         let mut bounce = self.take_buf();
         let mut pos = offset;
         let r = (|| {
@@ -350,6 +372,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn read(l: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(l: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stripes of the write lock held by one write, released on drop.
+struct BlockLocks<'a> {
+    _shared: Vec<RwLockReadGuard<'a, ()>>,
+    _exclusive: Vec<RwLockWriteGuard<'a, ()>>,
+}
+
 impl ImageFile for DirectFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if buf.is_empty() {
@@ -376,6 +412,7 @@ impl ImageFile for DirectFile {
             return Ok(());
         }
         if self.aligned(buf.as_ptr(), buf.len(), offset) {
+            let _guards = self.lock_blocks(offset, offset + buf.len() as u64);
             return self.write_all_aligned(buf, offset);
         }
         self.write_bounced(buf, offset)

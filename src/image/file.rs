@@ -1,6 +1,6 @@
 //! The storage under the engine. The engine only does positional I/O through
 //! [`ImageFile`], so tests can substitute a storage that records writes and sync barriers
-//! (power-loss simulation) and a later O_DIRECT implementation can slot in.
+//! (power-loss simulation), and O_DIRECT ([`super::direct::DirectFile`]) slots in.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

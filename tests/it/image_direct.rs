@@ -84,8 +84,9 @@ fn unaligned_io_matches_model_and_qemu() {
         step(&img, &mut model, 3072, 5 * c - 1024); // spans a cluster boundary
         step(&img, &mut model, 1, 0);
         step(&img, &mut model, 513, 511);
-        step(&img, &mut model, 300_000, 12_345); // more than one bounce buffer
-                                                 // Aligned request from an aligned buffer (the no-copy path)...
+        // More than one bounce buffer.
+        step(&img, &mut model, 300_000, 12_345);
+        // Aligned request from an aligned buffer (the no-copy path)...
         let mut block = AlignedBuf::zeroed(4096);
         block.fill(0x3c);
         write_and_check(&img, &mut model, &block, 8 * 4096);
@@ -93,6 +94,12 @@ fn unaligned_io_matches_model_and_qemu() {
         let mut skew = vec![0x7eu8; 4097];
         skew[0] = 0;
         write_and_check(&img, &mut model, &skew[1..], 20 * 4096);
+        // Growing (before any snapshot: qemu reads snapshots at the current size)
+        // rewrites L1 entries in place: a partial-block metadata write.
+        let big = size + (2 << 20);
+        img.grow(big).expect("grow");
+        model.active.resize(big as usize, 0);
+        step(&img, &mut model, 777, size + 4000);
         img.create_snapshot("a").expect("snapshot a");
         model.snaps.push(("a".into(), model.active.clone()));
         // Copy-on-write of shared clusters with partial writes.
@@ -102,7 +109,7 @@ fn unaligned_io_matches_model_and_qemu() {
         model.active[(3 * c + 1) as usize..(4 * c + 1) as usize].fill(0);
         img.create_snapshot("b").expect("snapshot b");
         model.snaps.push(("b".into(), model.active.clone()));
-        step(&img, &mut model, 5000, size - 5000);
+        step(&img, &mut model, 5000, big - 5000);
         img.delete_snapshot("a").expect("delete a");
         model.snaps.remove(0);
         img.close().expect("close");
@@ -182,6 +189,59 @@ fn concurrent_partial_block_writes_lose_nothing() {
     let raw = dir.path().join("c.raw");
     std::fs::write(&raw, &want).unwrap();
     assert!(compare_with_raw(&path, &raw), "qemu-img compare");
+}
+
+/// A whole-block write racing a read-modify-write of the same block: the bytes only the
+/// whole-block writer touches must read back as it wrote them right after its write. An
+/// RMW that read the block before that write and wrote it back after would put older
+/// bytes back; the shared/exclusive block lock forbids that interleaving.
+#[test]
+fn whole_block_write_racing_rmw_keeps_its_bytes() {
+    let dir = tempdir();
+    if !direct_supported(dir.path()) {
+        return;
+    }
+    let path = dir.path().join("race.qcow2");
+    let img = Image::create_with(&path, &options(1 << 20, 65536), CacheMode::Direct).unwrap();
+    img.write_at(&vec![1u8; 65536], 0).unwrap();
+    img.flush().unwrap();
+    let img = Arc::new(img);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let patcher = {
+        let (img, done) = (img.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                img.write_at(&[0xee; 100], 1000).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut block = AlignedBuf::zeroed(4096);
+    let mut back = AlignedBuf::zeroed(4096);
+    let mut failure = None;
+    for i in 0..400u32 {
+        let v = (i % 200) as u8 + 2;
+        block.fill(v);
+        img.write_at(&block, 0).unwrap();
+        img.read_at(&mut back, 0).unwrap();
+        if let Some(at) = (0..4096).find(|&k| !(1000..1100).contains(&k) && back[k] != v) {
+            failure = Some(format!(
+                "round {i}: byte {at} is {:#x}, wrote {v:#x}",
+                back[at]
+            ));
+            break;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let patches = patcher.join().expect("patcher thread");
+    assert!(
+        failure.is_none(),
+        "{} ({patches} patches)",
+        failure.unwrap()
+    );
+    assert!(patches > 0, "the patcher never ran");
 }
 
 /// DirectFile's own contract, the one `ImageFile` states: exact reads fail with
