@@ -122,9 +122,12 @@ pub async fn fix(
     let wait = f.boolean("wait").unwrap_or(true);
     f.only(&["fixes", "wait"]);
     let problems = std::mem::take(&mut f.problems);
-    let (Some(ids), true) = (ids, problems.is_empty()) else {
+    let (Some(mut ids), true) = (ids, problems.is_empty()) else {
         return Err(ApiError::unprocessable(problems));
     };
+    // One stage per distinct fix.
+    ids.sort();
+    ids.dedup();
     s.service.check_fix_ids(&ids)?;
     let spec = OpSpec {
         kind: "fix".into(),

@@ -26,6 +26,8 @@ impl Repository {
     /// `to` must be live and its tables still counted; returns the new root.
     pub async fn revert(&self, volume: &str, to: &str) -> Result<SnapshotManifest> {
         check_names(volume, to)?;
+        // Refuse an unknown target before taking a lease (checked again in the view).
+        self.snapshot(volume, to).await?;
         let before = self.counts();
         let id = new_time_id();
         // Lease before the view: gc cannot collect what this root is about to count again.

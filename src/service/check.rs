@@ -236,7 +236,7 @@ impl Service {
             _ => 3,
         };
         let mut order: Vec<&String> = ids.iter().collect();
-        order.sort_by_key(|id| rank(id));
+        order.sort_by_key(|id| (rank(id), *id));
         order.dedup();
         let mut done = serde_json::Map::new();
         for (i, id) in order.into_iter().enumerate() {

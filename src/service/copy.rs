@@ -146,7 +146,12 @@ impl Service {
             source: None,
             ..v
         };
-        let record_created = catalog::commit(target.store(), &record).await?;
+        // Looked up first: on a store without atomic create (Swift), a create of the very
+        // same bytes as an existing record reads back as ours.
+        let record_created = match catalog::latest(target.store(), uuid).await? {
+            Some(_) => false,
+            None => catalog::commit(target.store(), &record).await?,
+        };
         Ok(CopyDone {
             uuid: uuid.to_string(),
             target: req.target.clone(),

@@ -1,5 +1,8 @@
 //! The volume service: volumes with owner, tag, visibility and user limit, attached as
-//! local qcow2 images on a host and backed up to the repository on detach or snapshot.
+//! local qcow2 images on a host and backed up to the repository on detach or snapshot;
+//! reverted to a snapshot without copying data ([`Service::revert`]), copied to another
+//! repository as a diff ([`Service::copy`]), and checked and fixed ([`Service::check`],
+//! [`Service::fix`]).
 //!
 //! It sits on top of the engine (`backup`, `restore`, `repo`, `image`) and nothing below
 //! uses it. Its catalog lives in the repository's store ([`catalog`]) so several hosts

@@ -1,10 +1,11 @@
-//! Operations: every long request (attach, detach, snapshot, delete) is recorded in
+//! Operations: every long request (attach, detach, snapshot, copy, fix) is recorded in
 //! `<data dir>/operations/<id>.json` before it runs, and again at each stage and at its
 //! end, so a client can poll it by id and an operator can see what a crash interrupted.
 //!
-//! Each record holds what a resume needs (kind, user, volume, node, vm, stage reached). On
-//! start, [`Operations::open`] collects unfinished records; the service re-runs them under
-//! the same id (see `Service::resume_interrupted`), since every step is idempotent.
+//! Each record holds what a resume needs (kind, user, volume, node, vm, device, args,
+//! stage reached). On start, [`Operations::open`] collects unfinished records; the
+//! service re-runs them under the same id (see `Service::resume_interrupted`), since
+//! every step is idempotent.
 
 use super::error::{io_err, ServiceError};
 use crate::repo::ids::now_rfc3339;
