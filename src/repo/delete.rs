@@ -6,7 +6,7 @@
 //! the commit point). Without the tombstone the segment is ignored.
 
 use super::ids::{new_time_id, now_rfc3339};
-use super::lease::Lease;
+use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::table::{Geometry, FANOUT};
@@ -132,7 +132,10 @@ impl Repository {
                 lease_time_ms: lease_time,
             };
             match create_exclusive(self.store().as_ref(), &tkey, Bytes::from(t.encode())).await? {
-                PutOutcome::Created => Ok(walk),
+                PutOutcome::Created => {
+                    ensure_not_fenced(self.store().as_ref(), &tkey, &holder, lease_time).await?;
+                    Ok(walk)
+                }
                 PutOutcome::AlreadyExists => Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),
                     id: id.into(),

@@ -13,7 +13,7 @@
 
 use super::envelope::{self, MAGIC_GC};
 use super::ids::new_time_id;
-use super::lease::{list_leases, Lease, SKEW};
+use super::lease::{ensure_not_fenced, list_leases, Lease, SKEW};
 use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
 use super::repository::{segment_writer, SegmentSet};
 use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
@@ -50,7 +50,7 @@ pub struct GcMarker {
 }
 
 /// The sequence number and key (`gc/<seq>`) of the next gc marker: one past the newest
-/// counted marker. gc and `check --repair` both commit under such a marker.
+/// marker, counted or fenced. gc and `check --repair` both commit under such a marker.
 pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
     let seq = set
         .markers
@@ -58,6 +58,7 @@ pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
         .values()
         .map(|g| g.seq)
         .max()
+        .max(set.markers.gc_seq_max)
         .map_or(0, |s| s + 1);
     (seq, format!("gc/{seq:010}"))
 }
@@ -91,7 +92,13 @@ pub(crate) async fn commit_gc_marker(
         }
         .into());
     }
-    Ok(())
+    ensure_not_fenced(
+        repo.store().as_ref(),
+        marker_key,
+        &lease.holder,
+        lease_time_ms,
+    )
+    .await
 }
 
 impl GcMarker {

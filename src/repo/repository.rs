@@ -77,6 +77,9 @@ pub(crate) struct Markers {
     pub tombstones: HashMap<String, (Tombstone, ObjectMeta)>,
     /// gc marker key → body.
     pub gcs: HashMap<String, GcMarker>,
+    /// Highest sequence number of any `gc/<seq>` key, fenced ones included: a void marker
+    /// still occupies its key, so the next gc must number past it.
+    pub gc_seq_max: Option<u64>,
 }
 
 impl Markers {
@@ -217,6 +220,13 @@ impl Repository {
             }
         }
         for o in self.list_all("gc/").await? {
+            if let Some(seq) = o
+                .key
+                .strip_prefix("gc/")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                m.gc_seq_max = m.gc_seq_max.max(Some(seq));
+            }
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };

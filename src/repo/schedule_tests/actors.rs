@@ -237,15 +237,13 @@ pub(super) async fn deleter(log_: SharedLog, store: Arc<FaultStore>, n: u32, mut
         }
         let s = &snaps[rng.random_range(0..snaps.len())];
         let key = (s.volume.clone(), s.id.clone());
+        // Unknown until it returns: the task may be cancelled at any await point.
+        log(&log_).maybe_deleted.insert(key.clone());
         match repo.delete_snapshot(&s.volume, &s.id).await {
             Ok(_) => {
                 log(&log_).deleted.insert(key);
             }
-            Err(_) => {
-                let mut l = log(&log_);
-                l.deletes_failed += 1;
-                l.maybe_deleted.insert(key);
-            }
+            Err(_) => log(&log_).deletes_failed += 1,
         }
     }
 }
