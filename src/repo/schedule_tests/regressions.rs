@@ -2,12 +2,16 @@
 
 use super::actors::{VersionSource, CS};
 use crate::backup::{backup, BackupOptions};
-use crate::repo::lease::SKEW;
+use crate::repo::lease::{LEASE_TTL, SKEW};
 use crate::repo::testing::MemStore;
 use crate::repo::{CheckOptions, InitOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
+use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use bytes::Bytes;
 use rand::{RngCore, SeedableRng};
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn random(seed: u64, chunks: usize) -> Vec<u8> {
     let mut v = vec![0u8; chunks * CS];
@@ -111,5 +115,109 @@ async fn a_pack_shadowed_by_newer_copies_is_deleted_at_compaction() {
         .await
         .unwrap();
     assert!(c.is_clean(), "{:?}", c.issues);
+    assert_nothing_to_repair(&repo).await;
+}
+
+/// A store whose clock jumps past `LEASE_TTL` right before the creation of a commit marker
+/// under `prefix`: the writer stalled between its pre-commit renewal and the marker.
+#[derive(Debug)]
+struct StallBeforeCommit {
+    inner: Arc<MemStore>,
+    prefix: &'static str,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for StallBeforeCommit {
+    crate::store::forward_descriptive_methods!();
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        if key.starts_with(self.prefix) {
+            self.inner.advance(LEASE_TTL + Duration::from_secs(60));
+        }
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_batch(keys).await
+    }
+}
+
+/// A backup whose root is created more than `LEASE_TTL` after its last renewal must fail:
+/// readers ignore that root, so reporting success would promise a snapshot that is not
+/// there (found by the schedule runner).
+#[tokio::test]
+async fn a_backup_whose_root_is_fenced_fails() {
+    let (mem, _) = setup().await;
+    let stalled = Repository::open(Arc::new(StallBeforeCommit {
+        inner: mem.clone(),
+        prefix: "snapshots/",
+    }))
+    .await
+    .unwrap();
+    let opts = BackupOptions {
+        volume: "a".into(),
+        ..BackupOptions::default()
+    };
+    let err = backup(&stalled, VersionSource::fixed(random(1, 4)), &opts)
+        .await
+        .expect_err("a fenced root is not a committed snapshot");
+    assert!(err.to_string().contains("lease"), "{err}");
+    assert!(stalled.snapshots(None).await.unwrap().is_empty());
+}
+
+/// A gc whose marker is fenced must not delete what it replaced, and must not block later
+/// gc runs: they number their marker past the void one (found by the schedule runner).
+#[tokio::test]
+async fn a_fenced_gc_marker_deletes_nothing_and_does_not_block_the_next_gc() {
+    let (mem, repo) = setup().await;
+    let data = random(1, 8);
+    let gone = back_up(&repo, "a", data.clone()).await;
+    let kept = back_up(&repo, "b", data).await;
+    repo.delete_snapshot("a", &gone).await.unwrap();
+    mem.advance(SKEW * 2);
+    let stalled = Repository::open(Arc::new(StallBeforeCommit {
+        inner: mem.clone(),
+        prefix: "gc/",
+    }))
+    .await
+    .unwrap();
+    assert!(stalled.gc().await.is_err(), "the gc marker is fenced");
+    assert_eq!(mem.keys("gc/").len(), 1);
+    let g = repo.gc().await.expect("the next gc is not blocked");
+    assert_eq!(mem.keys("gc/").len(), 2);
+    assert!(g.requests > 0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.raw");
+    crate::restore::restore(
+        &repo,
+        "b",
+        &kept,
+        &crate::restore::RestoreTarget::Raw(out.clone()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap().len(), 8 * CS);
     assert_nothing_to_repair(&repo).await;
 }
