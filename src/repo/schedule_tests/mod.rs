@@ -136,6 +136,7 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             step += 1;
         }
         if !tasks[which].is_finished() {
+            log(&shared).events.push(format!("cancel task {which}"));
             tasks[which].abort();
             totals.cancelled += 1;
         }
@@ -147,9 +148,17 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             Err(e) => return Err(format!("an actor panicked: {e}")),
         }
     }
-    totals.crashed_hosts += stores.iter().filter(|s| s.is_crashed()).count() as u64;
+    for (i, s) in stores.iter().enumerate().filter(|(_, s)| s.is_crashed()) {
+        totals.crashed_hosts += 1;
+        log(&shared).events.push(format!(
+            "host of task {i} crashed ({} requests started)",
+            s.operations()
+        ));
+    }
     let l = std::mem::take(&mut *log(&shared));
-    verify(&mem, &l, dir, totals).await
+    verify(&mem, &l, dir, totals)
+        .await
+        .map_err(|e| format!("{e}\nevents:\n  {}", l.events.join("\n  ")))
 }
 
 /// The oracle (see the module docs).
