@@ -386,6 +386,7 @@ impl Repository {
             doomed.extend(h.meta.supersedes.iter().cloned());
         }
         doomed.extend(superseded.iter().cloned());
+        let mut tombstones: Vec<String> = Vec::new();
         // Deletes whose decrements now live only in the compacted segment: their roots and
         // tombstones are no longer needed.
         if !superseded.is_empty() {
@@ -402,11 +403,17 @@ impl Repository {
                         .all(|h| superseded.contains(&h.key));
                 if all_gone {
                     doomed.push(super::manifest::root_key(&t.volume, &t.id));
-                    doomed.push(tkey.clone());
+                    tombstones.push(tkey.clone());
                 }
             }
         }
         self.store().delete_batch(&doomed).await?;
+        // Only after their roots are gone: a batch delete is not atomic on every store (and
+        // is split into several requests), and a root left without its tombstone would be
+        // a live snapshot again whose decrements were already applied.
+        if !tombstones.is_empty() {
+            self.store().delete_batch(&tombstones).await?;
+        }
         // 6. Dead writers.
         for l in leases
             .iter()

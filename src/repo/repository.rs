@@ -537,21 +537,26 @@ impl Repository {
         Ok(out)
     }
 
-    /// One snapshot's manifest (refused if deleted).
+    /// One snapshot's manifest (refused if deleted: a tombstone exists and is not fenced,
+    /// the same rule as the listing's).
     pub async fn snapshot(&self, volume: &str, id: &str) -> Result<SnapshotManifest> {
         check_names(volume, id)?;
-        if self
-            .inner
-            .store
-            .head(&super::manifest::tombstone_key(volume, id))
-            .await
-            .is_ok()
-        {
-            return Err(RepoError::SnapshotNotFound {
-                volume: volume.into(),
-                id: id.into(),
+        let tkey = tombstone_key(volume, id);
+        if let Ok(meta) = self.inner.store.head(&tkey).await {
+            let deleted = match self.get_opt(&tkey).await? {
+                Some(bytes) => !fenced(
+                    meta.last_modified,
+                    Tombstone::decode(&tkey, &bytes)?.lease_time_ms,
+                ),
+                None => false,
+            };
+            if deleted {
+                return Err(RepoError::SnapshotNotFound {
+                    volume: volume.into(),
+                    id: id.into(),
+                }
+                .into());
             }
-            .into());
         }
         self.read_root(volume, id).await
     }

@@ -221,3 +221,26 @@ async fn a_fenced_gc_marker_deletes_nothing_and_does_not_block_the_next_gc() {
     assert_eq!(std::fs::read(&out).unwrap().len(), 8 * CS);
     assert_nothing_to_repair(&repo).await;
 }
+
+/// A delete whose tombstone is fenced fails, and the snapshot stays readable: the listing
+/// and `snapshot()` agree that a void tombstone deletes nothing (found by the schedule
+/// runner: the listing showed the snapshot, restore refused it as deleted).
+#[tokio::test]
+async fn a_fenced_tombstone_deletes_nothing() {
+    let (mem, repo) = setup().await;
+    let id = back_up(&repo, "a", random(1, 4)).await;
+    let stalled = Repository::open(Arc::new(StallBeforeCommit {
+        inner: mem.clone(),
+        prefix: "tombstones/",
+    }))
+    .await
+    .unwrap();
+    assert!(stalled.delete_snapshot("a", &id).await.is_err());
+    assert_eq!(
+        mem.keys("tombstones/").len(),
+        1,
+        "the void tombstone exists"
+    );
+    assert_eq!(repo.snapshots(None).await.unwrap().len(), 1);
+    assert_eq!(repo.snapshot("a", &id).await.unwrap().id, id);
+}
