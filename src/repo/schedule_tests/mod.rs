@@ -169,6 +169,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
         .map_err(|e| format!("open: {e}"))?;
     let g = repo.gc().await.map_err(|e| format!("healthy gc: {e}"))?;
     totals.blobs_collected += g.blobs_collected;
+    totals.tables_revived += g.tables_revived;
     let c = repo
         .check(&CheckOptions {
             read_data: true,
