@@ -43,6 +43,13 @@ pub(crate) async fn commit_root(
         .await?
     {
         PutOutcome::Created => {
+            super::lease::ensure_not_fenced(
+                repo.store().as_ref(),
+                &key,
+                &lease.holder,
+                manifest.lease_time_ms,
+            )
+            .await?;
             w.finish().await;
             Ok(Committed::Created)
         }

@@ -6,7 +6,7 @@
 //! the commit point). Without the tombstone the segment is ignored.
 
 use super::ids::{new_time_id, now_rfc3339};
-use super::lease::Lease;
+use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::table::{Geometry, FANOUT};
@@ -73,8 +73,17 @@ pub(crate) async fn walk_delete_with(
         };
         let count = repo.refcount(set, &id).await? + own - 1;
         let freed = count == 0;
+        // A table whose children were already released (an earlier delete freed it and a
+        // backup reused it since, before gc revived it) must not release them twice: it
+        // becomes a gc candidate (FREED) without changing its children contribution.
+        let release = freed && (level.is_none() || repo.children_contribution(set, &id).await? > 0);
+        let flags = match (freed, release) {
+            (false, _) => 0,
+            (true, true) => super::segment::FREED,
+            (true, false) => super::segment::FREED | super::segment::STORED,
+        };
         match w.as_deref_mut() {
-            Some(w) => w.add_ref(id, -1, if freed { super::segment::FREED } else { 0 }),
+            Some(w) => w.add_ref(id, -1, flags),
             None => *local.entry(id).or_insert(0) -= 1,
         }
         if !freed {
@@ -86,6 +95,7 @@ pub(crate) async fn walk_delete_with(
                 let loc = repo.locate(set, &id).await?;
                 out.freed_bytes += loc.map_or(0, |l| l.plain_len as u64);
             }
+            Some(_) if !release => {}
             Some(l) => {
                 let entries = repo
                     .read_table(set, &id, l, geo.table_len(l, index))
@@ -132,7 +142,10 @@ impl Repository {
                 lease_time_ms: lease_time,
             };
             match create_exclusive(self.store().as_ref(), &tkey, Bytes::from(t.encode())).await? {
-                PutOutcome::Created => Ok(walk),
+                PutOutcome::Created => {
+                    ensure_not_fenced(self.store().as_ref(), &tkey, &holder, lease_time).await?;
+                    Ok(walk)
+                }
                 PutOutcome::AlreadyExists => Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),
                     id: id.into(),

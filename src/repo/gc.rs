@@ -13,7 +13,7 @@
 
 use super::envelope::{self, MAGIC_GC};
 use super::ids::new_time_id;
-use super::lease::{list_leases, Lease, SKEW};
+use super::lease::{ensure_not_fenced, list_leases, Lease, SKEW};
 use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
 use super::repository::{segment_writer, SegmentSet};
 use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
@@ -50,7 +50,7 @@ pub struct GcMarker {
 }
 
 /// The sequence number and key (`gc/<seq>`) of the next gc marker: one past the newest
-/// counted marker. gc and `check --repair` both commit under such a marker.
+/// marker, counted or fenced. gc and `check --repair` both commit under such a marker.
 pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
     let seq = set
         .markers
@@ -58,6 +58,7 @@ pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
         .values()
         .map(|g| g.seq)
         .max()
+        .max(set.markers.gc_seq_max)
         .map_or(0, |s| s + 1);
     (seq, format!("gc/{seq:010}"))
 }
@@ -91,7 +92,13 @@ pub(crate) async fn commit_gc_marker(
         }
         .into());
     }
-    Ok(())
+    ensure_not_fenced(
+        repo.store().as_ref(),
+        marker_key,
+        &lease.holder,
+        lease_time_ms,
+    )
+    .await
 }
 
 impl GcMarker {
@@ -379,6 +386,7 @@ impl Repository {
             doomed.extend(h.meta.supersedes.iter().cloned());
         }
         doomed.extend(superseded.iter().cloned());
+        let mut tombstones: Vec<String> = Vec::new();
         // Deletes whose decrements now live only in the compacted segment: their roots and
         // tombstones are no longer needed.
         if !superseded.is_empty() {
@@ -395,11 +403,17 @@ impl Repository {
                         .all(|h| superseded.contains(&h.key));
                 if all_gone {
                     doomed.push(super::manifest::root_key(&t.volume, &t.id));
-                    doomed.push(tkey.clone());
+                    tombstones.push(tkey.clone());
                 }
             }
         }
         self.store().delete_batch(&doomed).await?;
+        // Only after their roots are gone: a batch delete is not atomic on every store (and
+        // is split into several requests), and a root left without its tombstone would be
+        // a live snapshot again whose decrements were already applied.
+        if !tombstones.is_empty() {
+            self.store().delete_batch(&tombstones).await?;
+        }
         // 6. Dead writers.
         for l in leases
             .iter()

@@ -80,6 +80,9 @@ pub(crate) struct Markers {
     pub tombstones: HashMap<String, (Tombstone, ObjectMeta)>,
     /// gc marker key → body.
     pub gcs: HashMap<String, GcMarker>,
+    /// Highest sequence number of any `gc/<seq>` key, fenced ones included: a void marker
+    /// still occupies its key, so the next gc must number past it.
+    pub gc_seq_max: Option<u64>,
 }
 
 impl Markers {
@@ -221,6 +224,13 @@ impl Repository {
             }
         }
         for o in self.list_all("gc/").await? {
+            if let Some(seq) = o
+                .key
+                .strip_prefix("gc/")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                m.gc_seq_max = m.gc_seq_max.max(Some(seq));
+            }
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
@@ -547,21 +557,26 @@ impl Repository {
         Ok(out)
     }
 
-    /// One snapshot's manifest (refused if deleted).
+    /// One snapshot's manifest (refused if deleted: a tombstone exists and is not fenced,
+    /// the same rule as the listing's).
     pub async fn snapshot(&self, volume: &str, id: &str) -> Result<SnapshotManifest> {
         check_names(volume, id)?;
-        if self
-            .inner
-            .store
-            .head(&super::manifest::tombstone_key(volume, id))
-            .await
-            .is_ok()
-        {
-            return Err(RepoError::SnapshotNotFound {
-                volume: volume.into(),
-                id: id.into(),
+        let tkey = tombstone_key(volume, id);
+        if let Ok(meta) = self.inner.store.head(&tkey).await {
+            let deleted = match self.get_opt(&tkey).await? {
+                Some(bytes) => !fenced(
+                    meta.last_modified,
+                    Tombstone::decode(&tkey, &bytes)?.lease_time_ms,
+                ),
+                None => false,
+            };
+            if deleted {
+                return Err(RepoError::SnapshotNotFound {
+                    volume: volume.into(),
+                    id: id.into(),
+                }
+                .into());
             }
-            .into());
         }
         self.read_root(volume, id).await
     }

@@ -364,11 +364,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Remove the intent after a commit (best effort: gc removes leftovers).
+    /// Remove the intent after a commit, then the lease (best effort: gc removes
+    /// leftovers). gc finds leftovers through leases, so an intent that could not be
+    /// removed keeps its lease: after expiry gc removes both.
     pub async fn finish(self) {
         if self.intent_written {
             if let Err(e) = self.repo.store().delete(&intent_key(self.holder())).await {
                 tracing::warn!("removing intent of {}: {e}", self.holder());
+                return;
             }
         }
         if !self.checkpoint_keys.is_empty() {

@@ -49,6 +49,8 @@ pub(super) struct Log {
     /// Nothing counts such objects and no lease names their holder, so only
     /// `check --repair` reclaims them (format-spec §11, strays).
     pub leases_expired: bool,
+    /// What happened, in order: printed when a schedule fails.
+    pub events: Vec<String>,
 }
 
 pub(super) type SharedLog = Arc<Mutex<Log>>;
@@ -182,7 +184,9 @@ pub(super) async fn writer(
     let mut base: Option<(u64, Arc<Vec<u8>>)> = None;
     for version in 1..=u64::from(rounds) {
         yields(&mut rng, 8).await;
-        for _ in 0..rng.random_range(1..=4) {
+        // Sometimes nothing changes: the backup keeps its parent's table, which a
+        // concurrent delete of the parent may free (the revival case of gc).
+        for _ in 0..rng.random_range(0..=4) {
             let c = rng.random_range(0..data.len() / CS);
             fill_chunk(&mut rng, &mut data[c * CS..(c + 1) * CS]);
         }
@@ -198,8 +202,15 @@ pub(super) async fn writer(
             volume: volume.clone(),
             ..BackupOptions::default()
         };
+        log(&log_)
+            .events
+            .push(format!("{host}: backup {volume} v{version} starts"));
         match backup(&repo, source, &opts).await {
             Ok(r) => {
+                log(&log_).events.push(format!(
+                    "{host}: backup {volume} v{version} = {} (parent {:?}, new {}, reused {})",
+                    r.id, r.parent, r.chunks_new, r.chunks_reused
+                ));
                 log(&log_).successes.push(Success {
                     volume: volume.clone(),
                     id: r.id,
@@ -208,7 +219,12 @@ pub(super) async fn writer(
                 });
                 base = Some((version, state));
             }
-            Err(_) => log(&log_).backups_failed += 1,
+            Err(e) => {
+                let mut l = log(&log_);
+                l.backups_failed += 1;
+                l.events
+                    .push(format!("{host}: backup {volume} v{version} failed: {e}"));
+            }
         }
     }
 }
@@ -237,14 +253,24 @@ pub(super) async fn deleter(log_: SharedLog, store: Arc<FaultStore>, n: u32, mut
         }
         let s = &snaps[rng.random_range(0..snaps.len())];
         let key = (s.volume.clone(), s.id.clone());
+        // Unknown until it returns: the task may be cancelled at any await point.
+        log(&log_).maybe_deleted.insert(key.clone());
+        log(&log_)
+            .events
+            .push(format!("deleter: delete {}/{} starts", s.volume, s.id));
         match repo.delete_snapshot(&s.volume, &s.id).await {
-            Ok(_) => {
-                log(&log_).deleted.insert(key);
+            Ok(r) => {
+                let mut l = log(&log_);
+                l.events.push(format!(
+                    "deleter: deleted {}/{}, freed {}",
+                    s.volume, s.id, r.freed_blobs
+                ));
+                l.deleted.insert(key);
             }
-            Err(_) => {
+            Err(e) => {
                 let mut l = log(&log_);
                 l.deletes_failed += 1;
-                l.maybe_deleted.insert(key);
+                l.events.push(format!("deleter: delete failed: {e}"));
             }
         }
     }
@@ -257,14 +283,20 @@ pub(super) async fn collector(log_: SharedLog, store: Arc<FaultStore>, n: u32, m
     };
     for _ in 0..n {
         yields(&mut rng, 32).await;
+        log(&log_).events.push("gc: starts".into());
         match repo.gc().await {
             Ok(r) => {
                 let mut l = log(&log_);
+                l.events.push(format!("gc: {r:?}"));
                 l.gcs_ok += 1;
                 l.blobs_collected += r.blobs_collected;
                 l.tables_revived += r.tables_revived;
             }
-            Err(_) => log(&log_).gcs_failed += 1,
+            Err(e) => {
+                let mut l = log(&log_);
+                l.gcs_failed += 1;
+                l.events.push(format!("gc: failed: {e}"));
+            }
         }
     }
 }
@@ -283,8 +315,10 @@ pub(super) async fn clock(
         yields(&mut rng, 64).await;
         if expire && rng.random_range(0..4) == 0 {
             log(&log_).leases_expired = true;
+            log(&log_).events.push("clock: + TTL + SKEW + 1 min".into());
             mem.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
         } else {
+            log(&log_).events.push("clock: + 2 SKEW".into());
             mem.advance(SKEW * 2);
         }
     }

@@ -51,6 +51,8 @@ struct Totals {
     crashed_hosts: u64,
     /// Objects of writers judged dead that wrote on (see `Log::leases_expired`).
     zombie_strays: u64,
+    /// Blobs counted more often than referenced (see [`overcount`]).
+    overcounts: u64,
 }
 
 type Outcome = Result<(), String>;
@@ -134,6 +136,7 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             step += 1;
         }
         if !tasks[which].is_finished() {
+            log(&shared).events.push(format!("cancel task {which}"));
             tasks[which].abort();
             totals.cancelled += 1;
         }
@@ -145,9 +148,17 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             Err(e) => return Err(format!("an actor panicked: {e}")),
         }
     }
-    totals.crashed_hosts += stores.iter().filter(|s| s.is_crashed()).count() as u64;
+    for (i, s) in stores.iter().enumerate().filter(|(_, s)| s.is_crashed()) {
+        totals.crashed_hosts += 1;
+        log(&shared).events.push(format!(
+            "host of task {i} crashed ({} requests started)",
+            s.operations()
+        ));
+    }
     let l = std::mem::take(&mut *log(&shared));
-    verify(&mem, &l, dir, totals).await
+    verify(&mem, &l, dir, totals)
+        .await
+        .map_err(|e| format!("{e}\nevents:\n  {}", l.events.join("\n  ")))
 }
 
 /// The oracle (see the module docs).
@@ -158,6 +169,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
         .map_err(|e| format!("open: {e}"))?;
     let g = repo.gc().await.map_err(|e| format!("healthy gc: {e}"))?;
     totals.blobs_collected += g.blobs_collected;
+    totals.tables_revived += g.tables_revived;
     let c = repo
         .check(&CheckOptions {
             read_data: true,
@@ -165,7 +177,13 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
         })
         .await
         .map_err(|e| format!("check: {e}"))?;
-    ensure!(c.is_clean(), "check after gc: {:#?}", c.issues);
+    let overcounts = c.issues.iter().filter(|i| overcount(&i.problem)).count() as u64;
+    ensure!(
+        c.issues.len() as u64 == overcounts,
+        "check after gc: {:#?}",
+        c.issues
+    );
+    totals.overcounts += overcounts;
     let left = mem.keys("leases/");
     ensure!(left.is_empty(), "leases left after gc: {left:?}");
     let intents = mem.keys("intents/");
@@ -237,7 +255,10 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
     let r = repo.repair().await.map_err(|e| format!("repair: {e}"))?;
     let strays = r.stray_packs_deleted + r.stray_segments_deleted + r.stray_intents_deleted;
     ensure!(
-        r.commit.is_none() && r.objects_of_leased_writers == 0 && (strays == 0 || l.leases_expired),
+        (r.commit.is_none() || overcounts > 0)
+            && r.refcounts_fixed == overcounts
+            && r.objects_of_leased_writers == 0
+            && (strays == 0 || l.leases_expired),
         "check --repair after gc found work: {r:#?}"
     );
     if strays > 0 {
@@ -276,6 +297,34 @@ async fn restored(
     std::fs::read(out).map_err(|e| format!("read {}: {e}", out.display()))
 }
 
+/// A refcount issue in the leak direction: the stored count exceeds the references.
+/// Two writers that store the same new table concurrently both count its children (a
+/// known gap, format-spec §6): a leak, never a loss. Anything else is fatal.
+fn overcount(problem: &str) -> bool {
+    let num = |s: &str| -> Option<i64> {
+        s.split(|c: char| !c.is_ascii_digit() && c != '-')
+            .find(|t| !t.is_empty())?
+            .parse()
+            .ok()
+    };
+    let Some(rest) = problem.strip_prefix("refcount ") else {
+        return false;
+    };
+    let Some(stored) = num(rest) else {
+        return false;
+    };
+    if rest.ends_with("no live snapshot references it") {
+        return stored > 0;
+    }
+    match rest
+        .split_once("snapshots reference it ")
+        .and_then(|(_, n)| num(n))
+    {
+        Some(refs) => stored > refs,
+        None => false,
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -292,7 +341,13 @@ fn randomized_schedules_keep_every_committed_snapshot() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    // Restores end with an fsync: on tmpfs that costs nothing.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let mut totals = Totals::default();
     let start = Instant::now();
     let mut seed = first;

@@ -2,12 +2,16 @@
 
 use super::actors::{VersionSource, CS};
 use crate::backup::{backup, BackupOptions};
-use crate::repo::lease::SKEW;
+use crate::repo::lease::{LEASE_TTL, SKEW};
 use crate::repo::testing::MemStore;
 use crate::repo::{CheckOptions, InitOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
+use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use bytes::Bytes;
 use rand::{RngCore, SeedableRng};
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn random(seed: u64, chunks: usize) -> Vec<u8> {
     let mut v = vec![0u8; chunks * CS];
@@ -111,5 +115,220 @@ async fn a_pack_shadowed_by_newer_copies_is_deleted_at_compaction() {
         .await
         .unwrap();
     assert!(c.is_clean(), "{:?}", c.issues);
+    assert_nothing_to_repair(&repo).await;
+}
+
+/// A store whose clock jumps past `LEASE_TTL` right before the creation of a commit marker
+/// under `prefix`: the writer stalled between its pre-commit renewal and the marker.
+#[derive(Debug)]
+struct StallBeforeCommit {
+    inner: Arc<MemStore>,
+    prefix: &'static str,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for StallBeforeCommit {
+    crate::store::forward_descriptive_methods!();
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        if key.starts_with(self.prefix) {
+            self.inner.advance(LEASE_TTL + Duration::from_secs(60));
+        }
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_batch(keys).await
+    }
+}
+
+/// A backup whose root is created more than `LEASE_TTL` after its last renewal must fail:
+/// readers ignore that root, so reporting success would promise a snapshot that is not
+/// there (found by the schedule runner).
+#[tokio::test]
+async fn a_backup_whose_root_is_fenced_fails() {
+    let (mem, _) = setup().await;
+    let stalled = Repository::open(Arc::new(StallBeforeCommit {
+        inner: mem.clone(),
+        prefix: "snapshots/",
+    }))
+    .await
+    .unwrap();
+    let opts = BackupOptions {
+        volume: "a".into(),
+        ..BackupOptions::default()
+    };
+    let err = backup(&stalled, VersionSource::fixed(random(1, 4)), &opts)
+        .await
+        .expect_err("a fenced root is not a committed snapshot");
+    assert!(err.to_string().contains("lease"), "{err}");
+    assert!(stalled.snapshots(None).await.unwrap().is_empty());
+}
+
+/// A gc whose marker is fenced must not delete what it replaced, and must not block later
+/// gc runs: they number their marker past the void one (found by the schedule runner).
+#[tokio::test]
+async fn a_fenced_gc_marker_deletes_nothing_and_does_not_block_the_next_gc() {
+    let (mem, repo) = setup().await;
+    let data = random(1, 8);
+    let gone = back_up(&repo, "a", data.clone()).await;
+    let kept = back_up(&repo, "b", data).await;
+    repo.delete_snapshot("a", &gone).await.unwrap();
+    mem.advance(SKEW * 2);
+    let stalled = Repository::open(Arc::new(StallBeforeCommit {
+        inner: mem.clone(),
+        prefix: "gc/",
+    }))
+    .await
+    .unwrap();
+    assert!(stalled.gc().await.is_err(), "the gc marker is fenced");
+    assert_eq!(mem.keys("gc/").len(), 1);
+    let g = repo.gc().await.expect("the next gc is not blocked");
+    assert_eq!(mem.keys("gc/").len(), 2);
+    assert!(g.requests > 0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.raw");
+    crate::restore::restore(
+        &repo,
+        "b",
+        &kept,
+        &crate::restore::RestoreTarget::Raw(out.clone()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap().len(), 8 * CS);
+    assert_nothing_to_repair(&repo).await;
+}
+
+/// A delete whose tombstone is fenced fails, and the snapshot stays readable: the listing
+/// and `snapshot()` agree that a void tombstone deletes nothing (found by the schedule
+/// runner: the listing showed the snapshot, restore refused it as deleted).
+#[tokio::test]
+async fn a_fenced_tombstone_deletes_nothing() {
+    let (mem, repo) = setup().await;
+    let id = back_up(&repo, "a", random(1, 4)).await;
+    let stalled = Repository::open(Arc::new(StallBeforeCommit {
+        inner: mem.clone(),
+        prefix: "tombstones/",
+    }))
+    .await
+    .unwrap();
+    assert!(stalled.delete_snapshot("a", &id).await.is_err());
+    assert_eq!(
+        mem.keys("tombstones/").len(),
+        1,
+        "the void tombstone exists"
+    );
+    assert_eq!(repo.snapshots(None).await.unwrap().len(), 1);
+    assert_eq!(repo.snapshot("a", &id).await.unwrap().id, id);
+}
+
+/// A store that pauses a writer right before it creates a commit marker under `prefix`,
+/// until the test lets it go.
+#[derive(Debug)]
+struct PauseBeforeCommit {
+    inner: Arc<MemStore>,
+    prefix: &'static str,
+    reached: tokio::sync::Notify,
+    resume: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for PauseBeforeCommit {
+    crate::store::forward_descriptive_methods!();
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        if key.starts_with(self.prefix) {
+            self.reached.notify_one();
+            self.resume.notified().await;
+        }
+        self.inner.put_if_absent(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_batch(keys).await
+    }
+}
+
+/// Backup S2 keeps its parent S1's table T while S1 is deleted (T freed, its children
+/// released); S2 commits; then S2 is deleted before any gc revived T. That second delete
+/// must not release T's children again (found by the schedule runner: counts went to −1
+/// and below the references of live snapshots, a risk of collecting live chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_released_twice_does_not_release_its_children_twice() {
+    let (mem, repo) = setup().await;
+    let data = random(1, 8);
+    let s1 = back_up(&repo, "a", data.clone()).await;
+    let paused = Arc::new(PauseBeforeCommit {
+        inner: mem.clone(),
+        prefix: "snapshots/",
+        reached: tokio::sync::Notify::new(),
+        resume: tokio::sync::Notify::new(),
+    });
+    let slow = Repository::open(paused.clone()).await.unwrap();
+    let running = tokio::spawn({
+        let data = data.clone();
+        async move {
+            let opts = BackupOptions {
+                volume: "a".into(),
+                ..BackupOptions::default()
+            };
+            backup(&slow, VersionSource::fixed(data), &opts).await
+        }
+    });
+    paused.reached.notified().await;
+    let d = repo.delete_snapshot("a", &s1).await.unwrap();
+    assert!(d.freed_blobs > 0, "S1's table is freed");
+    paused.resume.notify_one();
+    let s2 = running.await.unwrap().unwrap();
+    assert_eq!(s2.chunks_new, 0, "S2 kept S1's table");
+    repo.delete_snapshot("a", &s2.id).await.unwrap();
+    mem.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
+    repo.gc().await.unwrap();
+    let c = repo.check(&CheckOptions::default()).await.unwrap();
+    assert!(c.is_clean(), "{:#?}", c.issues);
     assert_nothing_to_repair(&repo).await;
 }
