@@ -370,3 +370,75 @@ fn delete_and_gc_killed_with_sigkill_stay_consistent() {
         "3 deleted snapshots of 16 MiB each were not reclaimed: {before} → {after}"
     );
 }
+
+/// A backup of a qcow2 image (Island takes an internal snapshot `island-<id>`) killed after
+/// its first checkpoint: the re-run backs up the snapshot the killed run left (its point in
+/// time) instead of taking a new one, so it neither re-reads nor re-uploads what was done;
+/// afterwards the image holds exactly one `island-*` snapshot, the next increment's base.
+#[test]
+fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    ok(&["init", s(&repo)]);
+    let (img, path) = crate::common::create_image(dir.path(), "vm.qcow2", 80 * MIB, 65536);
+    let data = crate::common::random_bytes(&mut rng(4400), (64 * MIB) as usize);
+    img.write_at(&data, 0).expect("write the image");
+    img.close().expect("close the image");
+    let mut want = data.clone();
+    want.resize((80 * MIB) as usize, 0);
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "backup",
+            "--repo",
+            s(&repo),
+            "--volume",
+            "vm",
+            s(&path),
+            "--checkpoint-interval",
+            "0",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let mut child = spawn(&args(&["--limit-upload", "24M"]));
+    let delay = Duration::from_millis(rng(4401).random_range(0..800));
+    assert!(
+        kill_after(
+            &mut child,
+            || !files_under(&repo, "checkpoints").is_empty(),
+            delay,
+            "qcow2 backup"
+        ),
+        "the qcow2 backup finished before the kill"
+    );
+    // The image is written after the kill: the resumed job still backs up the killed
+    // run's snapshot; the next backup picks the change up incrementally.
+    let img = Image::open(&path, OpenMode::ReadWrite).expect("reopen the image");
+    let change = crate::common::random_bytes(&mut rng(4402), 65536);
+    img.write_at(&change, 0).expect("write after the kill");
+    img.close().expect("close the image");
+    let r = ok_json(&args(&[]));
+    let (up, skipped) = (
+        u64_field(&r, "bytes_uploaded"),
+        u64_field(&r, "bytes_skipped"),
+    );
+    eprintln!("MEASURED qcow2 backup re-run: uploaded {up} B, skipped reading {skipped} B");
+    assert!(r["resumed_from"].is_string(), "{r}");
+    assert!(skipped >= 16 * MIB && up + 16 * MIB <= 64 * MIB, "{r}");
+    assert_check_clean(s(&repo));
+    assert_restores(s(&repo), "vm", str_field(&r, "id"), &want, dir.path());
+    let img = Image::open(&path, OpenMode::ReadOnly).expect("open the image");
+    let ours: Vec<String> = img
+        .snapshots()
+        .into_iter()
+        .map(|x| x.name)
+        .filter(|n| n.starts_with("island-"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    drop(img);
+    let next = ok_json(&args(&[]));
+    assert_eq!(next["incremental"], Value::Bool(true), "{next}");
+    want[..65536].copy_from_slice(&change);
+    assert_restores(s(&repo), "vm", str_field(&next, "id"), &want, dir.path());
+}
