@@ -260,3 +260,31 @@ async fn raw_restore_resumes_into_the_partial_target() {
     assert!(!fresh.resumed);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
+
+/// Checkpoints are left alone while their writer holds a lease, and are strays for
+/// `check --repair` once it holds none (gc normally removes them with the dead writer).
+#[tokio::test]
+async fn repair_deletes_checkpoints_of_writers_without_a_lease() {
+    let (store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(SIZE, 12));
+    backup(&repo, dying(&src, 40 << 20, "t"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    let leased = repo.repair().await.unwrap();
+    assert_eq!(leased.stray_checkpoints_deleted, 0, "{leased:?}");
+    assert!(!store.keys("checkpoints/").is_empty());
+    for k in store.keys("leases/") {
+        repo.store().delete(&k).await.unwrap();
+    }
+    let r = repo.repair().await.unwrap();
+    assert!(r.stray_checkpoints_deleted >= 1, "{r:?}");
+    assert!(r.stray_packs_deleted >= 1, "{r:?}");
+    for prefix in ["checkpoints/", "packs/", "intents/"] {
+        assert!(
+            store.keys(prefix).is_empty(),
+            "{prefix}: {:?}",
+            store.keys(prefix)
+        );
+    }
+    clean(&repo).await;
+}
