@@ -93,7 +93,9 @@ fn backup_args<'a>(repo: &'a str, vol: &'a str, extra: &[&'a str]) -> Vec<&'a st
 
 /// Three rounds: a full backup of fresh random data is killed after its first checkpoint
 /// plus a seeded random delay, then re-run. The re-run resumes (adopts the killed run's
-/// packs, skips what it read) and uploads less than a full backup of the same data.
+/// packs, skips what it read) and uploads less than a full backup of the same data. A
+/// fourth round kills at a random time from the start (maybe before any checkpoint): the
+/// re-run must still commit a correct snapshot.
 #[test]
 fn backup_killed_with_sigkill_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -103,8 +105,9 @@ fn backup_killed_with_sigkill_resumes() {
     let vol = dir.path().join("vol.raw");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     let mut killed = 0;
-    for round in 0..3u64 {
+    for round in 0..4u64 {
         let seed = 4000 + round;
+        let early = round == 3;
         let data = write_volume(&vol, 80 * MIB, 64 * MIB, seed);
         let full = ok_json(&backup_args(s(&reference), s(&vol), &[]));
         let full_up = u64_field(&full, "bytes_uploaded");
@@ -113,7 +116,7 @@ fn backup_killed_with_sigkill_resumes() {
         let ck = repo.clone();
         if !kill_after(
             &mut child,
-            || !files_under(&ck, "checkpoints").is_empty(),
+            || early || !files_under(&ck, "checkpoints").is_empty(),
             delay,
             "backup",
         ) {
@@ -123,9 +126,15 @@ fn backup_killed_with_sigkill_resumes() {
             committed.push((id, data));
             continue;
         }
-        killed += 1;
         assert_check_clean(s(&repo));
         let r = ok_json(&backup_args(s(&repo), s(&vol), &[]));
+        if early {
+            eprintln!("seed {seed}: killed {delay:?} after the start; re-run: {r}");
+            assert_check_clean(s(&repo));
+            committed.push((str_field(&r, "id").to_string(), data));
+            continue;
+        }
+        killed += 1;
         let up = u64_field(&r, "bytes_uploaded");
         let skipped = u64_field(&r, "bytes_skipped");
         eprintln!(
