@@ -145,7 +145,7 @@ fn backup_killed_with_sigkill_resumes() {
         assert!(r["resumed_from"].is_string(), "seed {seed}: no resume: {r}");
         assert!(skipped >= 16 * MIB, "seed {seed}: {r}");
         assert!(
-            up + 16 * MIB <= full_up,
+            up + 15 * MIB <= full_up,
             "seed {seed}: uploaded {up} of {full_up}"
         );
         committed.push((str_field(&r, "id").to_string(), data));
@@ -434,7 +434,8 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
     );
     eprintln!("MEASURED qcow2 backup re-run: uploaded {up} B, skipped reading {skipped} B");
     assert!(r["resumed_from"].is_string(), "{r}");
-    assert!(skipped >= 16 * MIB && up + 16 * MIB <= 64 * MIB, "{r}");
+    // At least one 16 MiB pack adopted: at most the other 48 MiB (plus metadata) uploaded.
+    assert!(skipped >= 16 * MIB && up <= 50 * MIB, "{r}");
     assert_check_clean(s(&repo));
     assert_restores(s(&repo), "vm", str_field(&r, "id"), &want, dir.path());
     let img = Image::open(&path, OpenMode::ReadOnly).expect("open the image");
