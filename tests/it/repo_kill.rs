@@ -205,18 +205,28 @@ fn killed_restore(repo: &str, id: &str, out: &Path, format: &str, seed: u64) -> 
         .expect("out has a name")
         .to_string_lossy()
         .into_owned();
+    // Started: the marker or temporary image exists and at least 32 MiB of the 64 MiB are
+    // on disk (so a qcow2 target has been flushed at least once); then a seeded delay.
+    let out_path = out.to_path_buf();
     let started = move || -> bool {
-        std::fs::read_dir(&dir).is_ok_and(|mut d| {
-            d.any(|e| {
-                e.is_ok_and(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.starts_with(&format!(".{name}."))
-                        && std::fs::metadata(e.path()).is_ok_and(|m| m.len() > 0)
-                })
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.blocks() * 512);
+        let ours: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!(".{name}."))
+                    })
+                    .map(|e| e.path())
+                    .collect()
             })
-        })
+            .unwrap_or_default();
+        let written = ours.iter().chain([&out_path]).map(|p| on_disk(p)).max();
+        !ours.is_empty() && written.unwrap_or(0) >= 32 * MIB
     };
-    let delay = Duration::from_millis(rng(seed).random_range(300..1500));
+    let delay = Duration::from_millis(rng(seed).random_range(0..300));
     assert!(
         kill_after(&mut child, started, delay, "restore"),
         "seed {seed}: the {format} restore finished before the kill"
