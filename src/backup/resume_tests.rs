@@ -9,6 +9,7 @@ use super::*;
 use crate::repo::lease;
 use crate::repo::testing::MemStore;
 use crate::repo::CheckOptions;
+use rand::SeedableRng;
 use std::time::Duration;
 
 /// A source that fails reads at and beyond `fail_at` (a crash mid-backup) and reports a
@@ -286,5 +287,36 @@ async fn repair_deletes_checkpoints_of_writers_without_a_lease() {
             store.keys(prefix)
         );
     }
+    clean(&repo).await;
+}
+
+/// An incremental backup (parent tree, changed ranges only) killed part way resumes its
+/// position and tree: the parent's unchanged leaves stay shared, the result is exact.
+#[tokio::test]
+async fn incremental_backup_resumes_with_the_parent_tree() {
+    let (_store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(SIZE, 13));
+    backup(&repo, src.clone(), &every_pack("vm")).await.unwrap();
+    src.mark();
+    // 40 MiB of new data in five 8 MiB runs spread over the volume.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    for k in 0..5usize {
+        let mut buf = vec![0u8; 8 << 20];
+        rand::RngCore::fill_bytes(&mut rng, &mut buf);
+        src.write(k * (18 << 20) + (1 << 20), &buf);
+    }
+    let err = backup(&repo, dying(&src, 60 << 20, "inc"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("simulated crash"), "{err}");
+    let r = backup(&repo, dying(&src, u64::MAX, "inc"), &every_pack("vm"))
+        .await
+        .unwrap();
+    assert!(r.incremental, "{r:?}");
+    assert!(r.resumed_from.is_some(), "{r:?}");
+    assert!(r.bytes_skipped >= 16 << 20, "{r:?}");
+    assert!(r.bytes_uploaded < 30 << 20, "{r:?}");
+    let want = src.data.lock().unwrap().clone();
+    assert_eq!(restored(&repo, "vm", &r.id).await, want);
     clean(&repo).await;
 }
