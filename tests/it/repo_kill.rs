@@ -462,3 +462,61 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
     want[..65536].copy_from_slice(&change);
     assert_restores(s(&repo), "vm", str_field(&next, "id"), &want, dir.path());
 }
+
+/// `copy` of one 64 MiB snapshot killed after its first checkpoint in the target: the
+/// re-run takes the killed copy's chunks over (`resumed_from`) and uploads less than a full
+/// copy; the target checks clean and restores bit-exact with the source gone.
+#[test]
+fn copy_killed_within_a_snapshot_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, r) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("ref"),
+    );
+    for x in [&a, &b, &r] {
+        ok(&["init", s(x)]);
+    }
+    let vol = dir.path().join("vol.raw");
+    let data = write_volume(&vol, 64 * MIB, 64 * MIB, 4500);
+    let id = str_field(&backup(s(&a), "vm", &vol), "id").to_string();
+    let copy = |to: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["copy", "--from", s(&a), "--to", s(to), "--volume", "vm"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(["--checkpoint-interval", "0", "--json"].map(String::from));
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let full = ok_json(&copy(&r, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let full_up = u64_field(&full, "bytes_uploaded");
+    let slow = copy(&b, &["--limit-upload", "24M"]);
+    let mut child = spawn(&slow.iter().map(String::as_str).collect::<Vec<_>>());
+    let delay = Duration::from_millis(rng(4501).random_range(0..600));
+    let ck = b.clone();
+    assert!(
+        kill_after(
+            &mut child,
+            || !files_under(&ck, "checkpoints").is_empty(),
+            delay,
+            "copy"
+        ),
+        "the copy finished before the kill"
+    );
+    assert_check_clean(s(&b));
+    let again = ok_json(&copy(&b, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let up = u64_field(&again, "bytes_uploaded");
+    eprintln!("MEASURED copy re-run after a kill within the snapshot: uploaded {up} B of {full_up} B: {again}");
+    assert_eq!(str_list(&again, "copied"), vec![id.clone()], "{again}");
+    assert_eq!(
+        again["resumed_from"].as_array().map(Vec::len),
+        Some(1),
+        "{again}"
+    );
+    assert!(up + 15 * MIB <= full_up, "uploaded {up} of {full_up}");
+    assert_check_clean(s(&b));
+    assert!(files_under(&b, "checkpoints").is_empty());
+    std::fs::remove_dir_all(&a).expect("remove the source");
+    assert_restores(s(&b), "vm", &id, &data, dir.path());
+}
