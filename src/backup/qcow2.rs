@@ -130,9 +130,7 @@ impl BlockSource for ImageSnapshotSource {
     /// An internal snapshot is immutable while it exists; its identity (name, id, date,
     /// VM clock, L1 digest) names its content.
     fn resume_token(&self) -> Option<String> {
-        serde_json::to_string(&identity_of(&self.snapshot))
-            .ok()
-            .map(|j| format!("qcow2-snapshot:{j}"))
+        resume_token_of(&self.snapshot)
     }
 
     /// The snapshot must still be in the table on disk with the same identity (id, name,
@@ -181,7 +179,8 @@ impl BlockSource for ImageSnapshotSource {
 /// Crash ordering: the new internal snapshot is durable before any upload; the previous
 /// one is deleted only after the repository commit, so a crash at any point leaves the
 /// base of the next increment in place (an orphaned `island-*` snapshot of a failed run
-/// is removed by the next successful run).
+/// is removed by the next successful run). A re-run after a kill whose checkpoint names
+/// the orphaned snapshot backs that snapshot up instead of taking a new one (resume).
 pub async fn backup_image(
     repo: &Repository,
     path: &Path,
@@ -190,7 +189,10 @@ pub async fn backup_image(
     let image = Arc::new(Image::open(path, OpenMode::ReadWrite)?);
     let id = crate::repo::ids::new_time_id();
     let name = format!("{SNAPSHOT_PREFIX}{id}");
-    let snap = image.create_snapshot(&name)?;
+    let (snap, created) = match resumable_snapshot(repo, &opts.volume, &image).await? {
+        Some(s) => (s, false),
+        None => (image.create_snapshot(&name)?, true),
+    };
     let source = Arc::new(ImageSnapshotSource {
         image: image.clone(),
         snapshot: snap.clone(),
@@ -206,14 +208,48 @@ pub async fn backup_image(
                 }
             }
         }
-        Err(_) => {
+        Err(_) if created => {
             if let Err(e) = image.delete_snapshot(&snap.id) {
                 tracing::warn!("could not drop {name} after a failed backup: {e}");
             }
         }
+        // A snapshot a killed run left stays for the next re-run to resume.
+        Err(_) => {}
     }
     close_if_last(image)?;
     result
+}
+
+/// The `island-*` snapshot of a killed run of this volume whose checkpoint is in the
+/// repository: a re-run backs it up (the killed job's point in time) instead of taking a new
+/// one, so what the killed run read is neither read nor uploaded again (format-spec §12).
+async fn resumable_snapshot(
+    repo: &Repository,
+    volume: &str,
+    image: &Image,
+) -> Result<Option<SnapshotInfo>> {
+    let mut ours: Vec<SnapshotInfo> = image
+        .snapshots()
+        .into_iter()
+        .filter(|s| s.name.starts_with(SNAPSHOT_PREFIX))
+        .collect();
+    if ours.is_empty() {
+        return Ok(None);
+    }
+    let checkpoints = crate::repo::checkpoint::find(repo, volume, "").await?;
+    ours.retain(|s| {
+        let token = resume_token_of(s);
+        checkpoints
+            .iter()
+            .any(|c| c.job.source.as_deref() == token.as_deref())
+    });
+    Ok(ours.pop())
+}
+
+fn resume_token_of(s: &SnapshotInfo) -> Option<String> {
+    serde_json::to_string(&identity_of(s))
+        .ok()
+        .map(|j| format!("qcow2-snapshot:{j}"))
 }
 
 /// Close the image if this was the last handle (flushes and releases its locks).

@@ -62,7 +62,7 @@ pub(super) async fn resume(
         return Ok(Some(Resumed {
             from: ck.holder.clone(),
             blobs,
-            position: whole.then(|| Position {
+            position: whole.then_some(Position {
                 next_chunk: ck.next_chunk,
                 tree: ck.tree,
                 counters: ck.counters,

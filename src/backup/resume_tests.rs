@@ -9,6 +9,7 @@ use super::*;
 use crate::repo::lease;
 use crate::repo::testing::MemStore;
 use crate::repo::CheckOptions;
+use rand::SeedableRng;
 use std::time::Duration;
 
 /// A source that fails reads at and beyond `fail_at` (a crash mid-backup) and reports a
@@ -259,4 +260,63 @@ async fn raw_restore_resumes_into_the_partial_target() {
     let fresh = restore(&repo, "vm", &r.id, &target, None).await.unwrap();
     assert!(!fresh.resumed);
     assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+/// Checkpoints are left alone while their writer holds a lease, and are strays for
+/// `check --repair` once it holds none (gc normally removes them with the dead writer).
+#[tokio::test]
+async fn repair_deletes_checkpoints_of_writers_without_a_lease() {
+    let (store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(SIZE, 12));
+    backup(&repo, dying(&src, 40 << 20, "t"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    let leased = repo.repair().await.unwrap();
+    assert_eq!(leased.stray_checkpoints_deleted, 0, "{leased:?}");
+    assert!(!store.keys("checkpoints/").is_empty());
+    for k in store.keys("leases/") {
+        repo.store().delete(&k).await.unwrap();
+    }
+    let r = repo.repair().await.unwrap();
+    assert!(r.stray_checkpoints_deleted >= 1, "{r:?}");
+    assert!(r.stray_packs_deleted >= 1, "{r:?}");
+    for prefix in ["checkpoints/", "packs/", "intents/"] {
+        assert!(
+            store.keys(prefix).is_empty(),
+            "{prefix}: {:?}",
+            store.keys(prefix)
+        );
+    }
+    clean(&repo).await;
+}
+
+/// An incremental backup (parent tree, changed ranges only) killed part way resumes its
+/// position and tree: the parent's unchanged leaves stay shared, the result is exact.
+#[tokio::test]
+async fn incremental_backup_resumes_with_the_parent_tree() {
+    let (_store, repo) = new_repo(65536).await;
+    let src = MemSource::new(volume(SIZE, 13));
+    backup(&repo, src.clone(), &every_pack("vm")).await.unwrap();
+    src.mark();
+    // 40 MiB of new data in five 8 MiB runs spread over the volume.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    for k in 0..5usize {
+        let mut buf = vec![0u8; 8 << 20];
+        rand::RngCore::fill_bytes(&mut rng, &mut buf);
+        src.write(k * (18 << 20) + (1 << 20), &buf);
+    }
+    let err = backup(&repo, dying(&src, 60 << 20, "inc"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("simulated crash"), "{err}");
+    let r = backup(&repo, dying(&src, u64::MAX, "inc"), &every_pack("vm"))
+        .await
+        .unwrap();
+    assert!(r.incremental, "{r:?}");
+    assert!(r.resumed_from.is_some(), "{r:?}");
+    assert!(r.bytes_skipped >= 16 << 20, "{r:?}");
+    assert!(r.bytes_uploaded < 30 << 20, "{r:?}");
+    let want = src.data.lock().unwrap().clone();
+    assert_eq!(restored(&repo, "vm", &r.id).await, want);
+    clean(&repo).await;
 }

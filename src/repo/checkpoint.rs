@@ -300,3 +300,52 @@ pub(crate) async fn refuse_if_adopted(repo: &Repository, holder: &str) -> Result
         Err(e) => Err(e.into()),
     }
 }
+
+/// A checkpoint of a writer without a resumable position (a snapshot copy, §12.4): a
+/// re-run can only take over its chunks.
+pub(crate) async fn write_chunks_only(
+    repo: &Repository,
+    w: &mut Writer,
+    volume: &str,
+) -> Result<()> {
+    w.flush().await?;
+    let ck = Checkpoint {
+        holder: w.holder().to_string(),
+        volume: volume.to_string(),
+        seq: w.checkpoint_keys.len() as u64,
+        job: JobIdentity {
+            size: 0,
+            chunk_size: repo.chunk_size(),
+            parent: None,
+            source: None,
+        },
+        next_chunk: 0,
+        tree: TreeState {
+            top: Vec::new(),
+            path: Vec::new(),
+        },
+        segments: w.segment_keys(),
+        packs: w.packs.clone(),
+        adopted: w.adopted.clone(),
+        counters: Counters::default(),
+    };
+    let key = ck.write(repo).await?;
+    w.checkpoint_keys.push(key);
+    Ok(())
+}
+
+/// Take over the chunks of the newest adoptable checkpoint of `volume` (a snapshot copy's
+/// re-run); returns the adopted holder and the number of chunks offered.
+pub(crate) async fn adopt_chunks(
+    repo: &Repository,
+    w: &mut Writer,
+    volume: &str,
+) -> Result<Option<(String, u64)>> {
+    for ck in find(repo, volume, w.holder()).await? {
+        if claim(repo, &ck, w.holder()).await? {
+            let n = take_over(repo, w, &ck, false).await?;
+            return Ok(Some((ck.holder, n)));
+        }
+    }
+    Ok(None)
+}

@@ -456,19 +456,26 @@ impl Repository {
         // commits the same root): only a marker naming this holder keeps its packs.
         // Packs it adopted from a checkpoint (§12) are reclaimed with its own.
         if let Some(i) = intent.filter(|i| !set.markers.commits(&i.commit, holder)) {
-            // An adopted holder that committed after all (adopted while alive, §12) keeps
-            // its packs; its root is the adopter's sibling key.
-            let own = (&i.holder, i.unadopted_from);
-            let adopted = i
-                .adopted
+            // A pack a counted index segment names is never deleted here: an adopted holder
+            // may have committed after all (adopted while alive, §12).
+            let named: HashSet<&str> = set
+                .index
                 .iter()
-                .filter(|a| !set.markers.commits(&sibling_commit(&i.commit, a), a))
-                .map(|a| (a, 0));
+                .flat_map(|h| h.meta.packs.iter().map(String::as_str))
+                .collect();
+            let own = (&i.holder, i.unadopted_from);
+            let adopted = i.adopted.iter().map(|a| (a, 0));
             for (owner, first) in std::iter::once(own).chain(adopted) {
                 let mut misses = 0;
                 let mut seq = first;
                 while misses < 8 {
-                    let key = pack_key(&pack_name(owner, seq));
+                    let name = pack_name(owner, seq);
+                    let key = pack_key(&name);
+                    if named.contains(name.as_str()) {
+                        misses = 0;
+                        seq += 1;
+                        continue;
+                    }
                     match self.store().head(&key).await {
                         Ok(_) => {
                             doomed.push(key);
@@ -485,15 +492,6 @@ impl Repository {
         doomed.push(ikey);
         self.store().delete_batch(&doomed).await?;
         Ok(())
-    }
-}
-
-/// The commit key `holder` would have used in the same volume as `commit`
-/// (`snapshots/<volume>/<holder>` for a backup).
-fn sibling_commit(commit: &str, holder: &str) -> String {
-    match commit.rsplit_once('/') {
-        Some((dir, _)) => format!("{dir}/{holder}"),
-        None => holder.to_string(),
     }
 }
 

@@ -44,8 +44,12 @@ pub(crate) struct Intent {
     /// `unadopted_from` belong to that adopter now; gc reclaims only the later ones here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_by: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub unadopted_from: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub(crate) fn intent_key(holder: &str) -> String {

@@ -128,6 +128,7 @@ impl Service {
             volume: uuid.to_string(),
             snapshot: Some(snapshot.clone()),
             progress: Some(Arc::new(op.clone())),
+            checkpoint_interval: None,
         };
         let report = match crate::repo::copy(&self.repo, &target, &opts).await {
             Ok(r) => r,

@@ -93,7 +93,9 @@ fn backup_args<'a>(repo: &'a str, vol: &'a str, extra: &[&'a str]) -> Vec<&'a st
 
 /// Three rounds: a full backup of fresh random data is killed after its first checkpoint
 /// plus a seeded random delay, then re-run. The re-run resumes (adopts the killed run's
-/// packs, skips what it read) and uploads less than a full backup of the same data.
+/// packs, skips what it read) and uploads less than a full backup of the same data. A
+/// fourth round kills at a random time from the start (maybe before any checkpoint): the
+/// re-run must still commit a correct snapshot.
 #[test]
 fn backup_killed_with_sigkill_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -103,8 +105,9 @@ fn backup_killed_with_sigkill_resumes() {
     let vol = dir.path().join("vol.raw");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     let mut killed = 0;
-    for round in 0..3u64 {
+    for round in 0..4u64 {
         let seed = 4000 + round;
+        let early = round == 3;
         let data = write_volume(&vol, 80 * MIB, 64 * MIB, seed);
         let full = ok_json(&backup_args(s(&reference), s(&vol), &[]));
         let full_up = u64_field(&full, "bytes_uploaded");
@@ -113,7 +116,7 @@ fn backup_killed_with_sigkill_resumes() {
         let ck = repo.clone();
         if !kill_after(
             &mut child,
-            || !files_under(&ck, "checkpoints").is_empty(),
+            || early || !files_under(&ck, "checkpoints").is_empty(),
             delay,
             "backup",
         ) {
@@ -123,9 +126,15 @@ fn backup_killed_with_sigkill_resumes() {
             committed.push((id, data));
             continue;
         }
-        killed += 1;
         assert_check_clean(s(&repo));
         let r = ok_json(&backup_args(s(&repo), s(&vol), &[]));
+        if early {
+            eprintln!("seed {seed}: killed {delay:?} after the start; re-run: {r}");
+            assert_check_clean(s(&repo));
+            committed.push((str_field(&r, "id").to_string(), data));
+            continue;
+        }
+        killed += 1;
         let up = u64_field(&r, "bytes_uploaded");
         let skipped = u64_field(&r, "bytes_skipped");
         eprintln!(
@@ -136,7 +145,7 @@ fn backup_killed_with_sigkill_resumes() {
         assert!(r["resumed_from"].is_string(), "seed {seed}: no resume: {r}");
         assert!(skipped >= 16 * MIB, "seed {seed}: {r}");
         assert!(
-            up + 16 * MIB <= full_up,
+            up + 15 * MIB <= full_up,
             "seed {seed}: uploaded {up} of {full_up}"
         );
         committed.push((str_field(&r, "id").to_string(), data));
@@ -196,18 +205,28 @@ fn killed_restore(repo: &str, id: &str, out: &Path, format: &str, seed: u64) -> 
         .expect("out has a name")
         .to_string_lossy()
         .into_owned();
+    // Started: the marker or temporary image exists and at least 32 MiB of the 64 MiB are
+    // on disk (so a qcow2 target has been flushed at least once); then a seeded delay.
+    let out_path = out.to_path_buf();
     let started = move || -> bool {
-        std::fs::read_dir(&dir).is_ok_and(|mut d| {
-            d.any(|e| {
-                e.is_ok_and(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.starts_with(&format!(".{name}."))
-                        && std::fs::metadata(e.path()).is_ok_and(|m| m.len() > 0)
-                })
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.blocks() * 512);
+        let ours: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!(".{name}."))
+                    })
+                    .map(|e| e.path())
+                    .collect()
             })
-        })
+            .unwrap_or_default();
+        let written = ours.iter().chain([&out_path]).map(|p| on_disk(p)).max();
+        !ours.is_empty() && written.unwrap_or(0) >= 32 * MIB
     };
-    let delay = Duration::from_millis(rng(seed).random_range(300..1500));
+    let delay = Duration::from_millis(rng(seed).random_range(0..300));
     assert!(
         kill_after(&mut child, started, delay, "restore"),
         "seed {seed}: the {format} restore finished before the kill"
@@ -369,4 +388,135 @@ fn delete_and_gc_killed_with_sigkill_stay_consistent() {
         after + 40 * MIB <= before,
         "3 deleted snapshots of 16 MiB each were not reclaimed: {before} → {after}"
     );
+}
+
+/// A backup of a qcow2 image (Island takes an internal snapshot `island-<id>`) killed after
+/// its first checkpoint: the re-run backs up the snapshot the killed run left (its point in
+/// time) instead of taking a new one, so it neither re-reads nor re-uploads what was done;
+/// afterwards the image holds exactly one `island-*` snapshot, the next increment's base.
+#[test]
+fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    ok(&["init", s(&repo)]);
+    let (img, path) = crate::common::create_image(dir.path(), "vm.qcow2", 80 * MIB, 65536);
+    let data = crate::common::random_bytes(&mut rng(4400), (64 * MIB) as usize);
+    img.write_at(&data, 0).expect("write the image");
+    img.close().expect("close the image");
+    let mut want = data.clone();
+    want.resize((80 * MIB) as usize, 0);
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "backup",
+            "--repo",
+            s(&repo),
+            "--volume",
+            "vm",
+            s(&path),
+            "--checkpoint-interval",
+            "0",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let mut child = spawn(&args(&["--limit-upload", "24M"]));
+    let delay = Duration::from_millis(rng(4401).random_range(0..800));
+    assert!(
+        kill_after(
+            &mut child,
+            || !files_under(&repo, "checkpoints").is_empty(),
+            delay,
+            "qcow2 backup"
+        ),
+        "the qcow2 backup finished before the kill"
+    );
+    // The image is written after the kill: the resumed job still backs up the killed
+    // run's snapshot; the next backup picks the change up incrementally.
+    let img = Image::open(&path, OpenMode::ReadWrite).expect("reopen the image");
+    let change = crate::common::random_bytes(&mut rng(4402), 65536);
+    img.write_at(&change, 0).expect("write after the kill");
+    img.close().expect("close the image");
+    let r = ok_json(&args(&[]));
+    let (up, skipped) = (
+        u64_field(&r, "bytes_uploaded"),
+        u64_field(&r, "bytes_skipped"),
+    );
+    eprintln!("MEASURED qcow2 backup re-run: uploaded {up} B, skipped reading {skipped} B");
+    assert!(r["resumed_from"].is_string(), "{r}");
+    // At least one 16 MiB pack adopted: at most the other 48 MiB (plus metadata) uploaded.
+    assert!(skipped >= 16 * MIB && up <= 50 * MIB, "{r}");
+    assert_check_clean(s(&repo));
+    assert_restores(s(&repo), "vm", str_field(&r, "id"), &want, dir.path());
+    let img = Image::open(&path, OpenMode::ReadOnly).expect("open the image");
+    let ours: Vec<String> = img
+        .snapshots()
+        .into_iter()
+        .map(|x| x.name)
+        .filter(|n| n.starts_with("island-"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    drop(img);
+    let next = ok_json(&args(&[]));
+    assert_eq!(next["incremental"], Value::Bool(true), "{next}");
+    want[..65536].copy_from_slice(&change);
+    assert_restores(s(&repo), "vm", str_field(&next, "id"), &want, dir.path());
+}
+
+/// `copy` of one 64 MiB snapshot killed after its first checkpoint in the target: the
+/// re-run takes the killed copy's chunks over (`resumed_from`) and uploads less than a full
+/// copy; the target checks clean and restores bit-exact with the source gone.
+#[test]
+fn copy_killed_within_a_snapshot_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, r) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("ref"),
+    );
+    for x in [&a, &b, &r] {
+        ok(&["init", s(x)]);
+    }
+    let vol = dir.path().join("vol.raw");
+    let data = write_volume(&vol, 64 * MIB, 64 * MIB, 4500);
+    let id = str_field(&backup(s(&a), "vm", &vol), "id").to_string();
+    let copy = |to: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["copy", "--from", s(&a), "--to", s(to), "--volume", "vm"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(["--checkpoint-interval", "0", "--json"].map(String::from));
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let full = ok_json(&copy(&r, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let full_up = u64_field(&full, "bytes_uploaded");
+    let slow = copy(&b, &["--limit-upload", "24M"]);
+    let mut child = spawn(&slow.iter().map(String::as_str).collect::<Vec<_>>());
+    let delay = Duration::from_millis(rng(4501).random_range(0..600));
+    let ck = b.clone();
+    assert!(
+        kill_after(
+            &mut child,
+            || !files_under(&ck, "checkpoints").is_empty(),
+            delay,
+            "copy"
+        ),
+        "the copy finished before the kill"
+    );
+    assert_check_clean(s(&b));
+    let again = ok_json(&copy(&b, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let up = u64_field(&again, "bytes_uploaded");
+    eprintln!("MEASURED copy re-run after a kill within the snapshot: uploaded {up} B of {full_up} B: {again}");
+    assert_eq!(str_list(&again, "copied"), vec![id.clone()], "{again}");
+    assert_eq!(
+        again["resumed_from"].as_array().map(Vec::len),
+        Some(1),
+        "{again}"
+    );
+    assert!(up + 15 * MIB <= full_up, "uploaded {up} of {full_up}");
+    assert_check_clean(s(&b));
+    assert!(files_under(&b, "checkpoints").is_empty());
+    std::fs::remove_dir_all(&a).expect("remove the source");
+    assert_restores(s(&b), "vm", &id, &data, dir.path());
 }

@@ -18,6 +18,7 @@
 mod fetch;
 mod rechunk;
 
+use super::checkpoint;
 use super::commit::{commit_root, Committed};
 use super::ids::new_time_id;
 use super::lease::Lease;
@@ -32,6 +33,7 @@ use crate::Result;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Source frames gathered before they are fetched and added (bounds memory per batch).
 const BATCH_BYTES: u64 = 32 << 20;
@@ -44,6 +46,9 @@ pub struct CopyOptions {
     pub snapshot: Option<String>,
     /// Stage `copy`, counted in logical bytes of the snapshots handled (copied or skipped).
     pub progress: Option<Arc<dyn Progress>>,
+    /// Checkpoint interval within one snapshot (format-spec §12.4); `None` = the backup's
+    /// default, zero = after every batch that sealed a data pack.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// What a copy did. Field names match `BackupReport`'s where they mean the same.
@@ -74,6 +79,10 @@ pub struct CopyReport {
     pub tables_new: u64,
     /// Subtrees skipped because the target already had their table.
     pub subtrees_skipped: u64,
+    /// Killed copies whose checkpoint this run took over (their chunks are not sent again).
+    pub resumed_from: Vec<String>,
+    /// Chunks of those checkpoints offered for reuse.
+    pub blobs_adopted: u64,
 }
 
 /// Copy snapshots of `opts.volume` from `from` to `to` (see module docs).
@@ -117,7 +126,10 @@ pub async fn copy(from: &Repository, to: &Repository, opts: &CopyOptions) -> Res
         let done = if present.contains(&m.key()) {
             false
         } else {
-            copy_one(from, &src_set, to, &m, &mut report).await?
+            let interval = opts
+                .checkpoint_interval
+                .unwrap_or(crate::backup::DEFAULT_CHECKPOINT_INTERVAL);
+            copy_one(from, &src_set, to, &m, &mut report, interval).await?
         };
         if done {
             report.copied.push(m.id.clone());
@@ -147,6 +159,7 @@ async fn copy_one(
     to: &Repository,
     m: &SnapshotManifest,
     report: &mut CopyReport,
+    interval: Duration,
 ) -> Result<bool> {
     let before = to.counts();
     // A holder of its own (not the snapshot id), so a killed copy's lease never blocks the
@@ -155,6 +168,11 @@ async fn copy_one(
     let lease = Lease::acquire(to.store().clone(), &holder, "copy", Some(&m.volume)).await?;
     let set = to.load_segments().await?;
     let mut w = Writer::new(to, lease.clone(), m.key(), "copy");
+    if let Some((holder, n)) = checkpoint::adopt_chunks(to, &mut w, &m.volume).await? {
+        report.resumed_from.push(holder);
+        report.blobs_adopted += n;
+    }
+    let mut ck = Checkpoints::new(interval);
     let mut root = m.clone();
     if m.chunk_size != to.chunk_size() {
         let top = rechunk::rechunk(from, src_set, to, &set, &mut w, m, report).await?;
@@ -165,7 +183,7 @@ async fn copy_one(
         add_top_refs(&mut w, &top);
     } else {
         let top = m.top_ids()?;
-        copy_tree(from, src_set, to, &set, &mut w, m, report).await?;
+        copy_tree(from, src_set, to, &set, &mut w, m, report, &mut ck).await?;
         add_top_refs(&mut w, &top);
     }
     root.writer = holder;
@@ -188,7 +206,34 @@ struct Pending {
     bytes: u64,
 }
 
+/// When a copy checkpoints: after the interval, and only once a new data pack is durable.
+struct Checkpoints {
+    interval: Duration,
+    last: Instant,
+    packs_at_last: u64,
+}
+
+impl Checkpoints {
+    fn new(interval: Duration) -> Checkpoints {
+        Checkpoints {
+            interval,
+            last: Instant::now(),
+            packs_at_last: 0,
+        }
+    }
+
+    async fn maybe(&mut self, to: &Repository, w: &mut Writer, volume: &str) -> Result<()> {
+        if w.data_packs_sealed > self.packs_at_last && self.last.elapsed() >= self.interval {
+            checkpoint::write_chunks_only(to, w, volume).await?;
+            self.last = Instant::now();
+            self.packs_at_last = w.data_packs_sealed;
+        }
+        Ok(())
+    }
+}
+
 /// Walk `m`'s tree top-down, storing in `w` every table and chunk the target cannot reuse.
+#[allow(clippy::too_many_arguments)]
 async fn copy_tree(
     from: &Repository,
     src_set: &SegmentSet,
@@ -197,6 +242,7 @@ async fn copy_tree(
     w: &mut Writer,
     m: &SnapshotManifest,
     report: &mut CopyReport,
+    ck: &mut Checkpoints,
 ) -> Result<()> {
     let geo = Geometry::new(m.size, m.chunk_size);
     let mut stack: Vec<(BlobId, u8, u64)> = m
@@ -232,6 +278,7 @@ async fn copy_tree(
                 continue;
             }
             if pending.ids.contains(&c) || reusable(to, set, w, &c).await? {
+                w.use_adoptable(&c);
                 report.chunks_reused += 1;
                 continue;
             }
@@ -247,6 +294,7 @@ async fn copy_tree(
             pending.blobs.push((c, loc));
             if pending.bytes >= BATCH_BYTES {
                 add_fetched(from, w, std::mem::take(&mut pending), report).await?;
+                ck.maybe(to, w, &m.volume).await?;
             }
         }
     }

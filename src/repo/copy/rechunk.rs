@@ -71,6 +71,7 @@ impl Cutter<'_> {
         }
         let id = BlobId::of(&o.buf);
         if reusable(self.to, self.set, w, &id).await? {
+            w.use_adoptable(&id);
             report.chunks_reused += 1;
         } else {
             w.add(&Frame::encode_with_id(BlobKind::Chunk, &o.buf, id))

@@ -45,6 +45,8 @@ pub struct RepairReport {
     pub stray_packs_deleted: u64,
     pub stray_segments_deleted: u64,
     pub stray_intents_deleted: u64,
+    /// Backup checkpoints (format-spec §12) whose writer holds no lease.
+    pub stray_checkpoints_deleted: u64,
     pub stray_bytes_deleted: u64,
     /// Uncommitted objects left alone because their writer holds a lease (running, or
     /// dead and left to gc's expiry).

@@ -1,5 +1,5 @@
 //! Stray objects: packs that no counted index segment names, segments no commit marker
-//! counts, and intents, whose writer holds no lease. They are listed *before* the leases
+//! counts, intents and backup checkpoints, whose writer holds no lease. They are listed *before* the leases
 //! and the leases before the segment view, so a writer that produced a listed object
 //! either still holds its lease (the object is left alone), or committed before the view
 //! was loaded (the object is counted), or died and lost its lease to gc (the object is
@@ -20,6 +20,7 @@ pub(super) struct Listed {
     packs: Vec<ObjectMeta>,
     segments: Vec<ObjectMeta>,
     intents: Vec<ObjectMeta>,
+    checkpoints: Vec<ObjectMeta>,
 }
 
 pub(super) async fn list_candidates(repo: &Repository) -> Result<Listed> {
@@ -27,10 +28,12 @@ pub(super) async fn list_candidates(repo: &Repository) -> Result<Listed> {
     let mut segments = repo.list_all("index/").await?;
     segments.extend(repo.list_all("refs/").await?);
     let intents = repo.list_all("intents/").await?;
+    let checkpoints = repo.list_all("checkpoints/").await?;
     Ok(Listed {
         packs,
         segments,
         intents,
+        checkpoints,
     })
 }
 
@@ -112,6 +115,15 @@ pub(super) async fn delete_strays(
             continue;
         }
         report.stray_intents_deleted += 1;
+        doomed.push(o.key);
+    }
+    for o in listed.checkpoints {
+        let holder = o.key.split('/').nth(1).unwrap_or_default();
+        if leased.contains(holder) {
+            continue;
+        }
+        report.stray_checkpoints_deleted += 1;
+        report.stray_bytes_deleted += o.size;
         doomed.push(o.key);
     }
     repo.store().delete_batch(&doomed).await?;
