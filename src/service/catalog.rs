@@ -95,22 +95,30 @@ pub async fn latest(
     store: &Arc<dyn ObjectStore>,
     uuid: &str,
 ) -> Result<Option<Volume>, ServiceError> {
-    // A compaction may delete a generation between the listing and the read (only once
-    // a newer one exists): list again then.
-    for attempt in 0..3 {
+    // A compaction may delete a generation between the listing and the read, but only once
+    // a newer one exists: list again as long as each listing shows a newer newest key (so
+    // every retry follows a real update and the loop ends when updates stop).
+    let mut vanished: Option<String> = None;
+    loop {
         let keys = list_all(store, &format!("{VOLUMES}{uuid}/")).await?;
         let Some(m) = keys.iter().rev().find(|m| parse_key(&m.key).is_some()) else {
             return Ok(None);
         };
+        if vanished.as_deref().is_some_and(|v| v >= m.key.as_str()) {
+            return Err(ServiceError::Conflict(format!(
+                "volume {uuid}: its newest generation {} vanished; try again",
+                m.key
+            )));
+        }
         match read_generation(store, &m.key).await {
             Err(ServiceError::Engine(crate::Error::Store(e)))
-                if e.kind == crate::store::StoreErrorKind::NotFound && attempt < 2 => {}
+                if e.kind == crate::store::StoreErrorKind::NotFound =>
+            {
+                vanished = Some(m.key.clone());
+            }
             r => return r.map(Some),
         }
     }
-    Err(ServiceError::Conflict(format!(
-        "volume {uuid}: its newest generation kept vanishing; try again"
-    )))
 }
 
 /// The newest generation of every volume ever created, in uuid order.
