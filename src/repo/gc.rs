@@ -32,6 +32,9 @@ pub const REPACK_DEAD_FRACTION: f64 = 0.5;
 /// Segments of one kind above which gc merges them into one (small under test so the
 /// model test exercises compaction).
 pub const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
+/// Records (index and refs, over all input segments) compaction holds at once; tiny under
+/// test so the schedule runner exercises groups and compactions written as several segments.
+pub const COMPACT_GROUP_RECORDS: u64 = if cfg!(test) { 24 } else { 256 * 1024 };
 
 /// Commit marker of a gc run (`gc/<seq>`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -126,25 +129,51 @@ pub struct GcReport {
 
 /// All records of a segment (one GET of its record area).
 pub(crate) async fn segment_records(repo: &Repository, h: &SegmentHead) -> Result<Vec<u8>> {
-    let end = h.records_at + h.count as u64 * h.record_size as u64;
-    if end == h.records_at {
+    bucket_records(repo, h, 0, 255).await
+}
+
+/// The records of buckets `lo..=hi` of a segment, in one ranged GET, each bucket checked
+/// against its crc.
+pub(crate) async fn bucket_records(
+    repo: &Repository,
+    h: &SegmentHead,
+    lo: u8,
+    hi: u8,
+) -> Result<Vec<u8>> {
+    let (start, end) = (h.bucket_range(lo).start, h.bucket_range(hi).end);
+    if end <= start {
         return Ok(Vec::new());
     }
-    let bytes = repo.store().get_range(&h.key, h.records_at..end).await?;
-    for b in 0..=255u8 {
+    let bytes = repo.store().get_range(&h.key, start..end).await?;
+    for b in lo..=hi {
         let r = h.bucket_range(b);
-        let (lo, hi) = (
-            (r.start - h.records_at) as usize,
-            (r.end - h.records_at) as usize,
-        );
-        h.check_bucket(
-            b,
-            bytes
-                .get(lo..hi)
-                .ok_or_else(|| RepoError::corrupt(&h.key, "records truncated"))?,
-        )?;
+        let piece = bytes
+            .get((r.start - start) as usize..(r.end - start) as usize)
+            .ok_or_else(|| RepoError::corrupt(&h.key, "records truncated"))?;
+        h.check_bucket(b, piece)?;
     }
     Ok(bytes.to_vec())
+}
+
+/// Contiguous bucket ranges whose records, summed over `segs`, stay within
+/// [`COMPACT_GROUP_RECORDS`] (a bucket larger than that is a group of its own): compaction
+/// holds one group at a time, so its memory is bounded whatever the repository's size.
+fn bucket_groups<'a>(segs: impl Iterator<Item = &'a SegmentHead> + Clone) -> Vec<(u8, u8)> {
+    let mut groups = Vec::new();
+    let (mut lo, mut n) = (0u8, 0u64);
+    for b in 0..=255u8 {
+        let here: u64 = segs
+            .clone()
+            .map(|h| u64::from(h.fanout[b as usize + 1] - h.fanout[b as usize]))
+            .sum();
+        if n > 0 && n + here > COMPACT_GROUP_RECORDS {
+            groups.push((lo, b - 1));
+            (lo, n) = (b, 0);
+        }
+        n += here;
+    }
+    groups.push((lo, 255));
+    groups
 }
 
 /// A pack's footer entries.
@@ -327,18 +356,48 @@ impl Repository {
         let mut superseded: Vec<String> = Vec::new();
         if set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT {
             let dead: HashSet<String> = dead_packs.iter().cloned().collect();
-            let mut seen: HashSet<BlobId> = HashSet::new();
             let mut named: HashSet<String> = HashSet::new();
-            for h in &set.index {
-                let recs = segment_records(self, h).await?;
-                for r in recs.chunks_exact(INDEX_RECORD) {
-                    let (id, loc) = segment::decode_index_record(h, r)?;
-                    if !dead.contains(&loc.pack) && seen.insert(id) {
-                        named.insert(loc.pack.clone());
-                        w.add_location(id, loc);
+            superseded.extend(set.index.iter().map(|h| h.key.clone()));
+            superseded.extend(processed_refs.iter().map(|h| h.key.clone()));
+            w.supersedes = superseded.clone();
+            let inputs = set.index.iter().chain(processed_refs.iter()).map(|h| &**h);
+            // Bucket group by bucket group (an id lives in one bucket, so each group is
+            // complete on its own); the writer's buffer goes out as a segment whenever it
+            // fills: all of them carry this gc's commit and count only once its marker exists.
+            for (lo, hi) in bucket_groups(inputs) {
+                let mut seen: HashSet<BlobId> = HashSet::new();
+                for h in &set.index {
+                    let recs = bucket_records(self, h, lo, hi).await?;
+                    for r in recs.chunks_exact(INDEX_RECORD) {
+                        let (id, loc) = segment::decode_index_record(h, r)?;
+                        if !dead.contains(&loc.pack) && seen.insert(id) {
+                            named.insert(loc.pack.clone());
+                            w.add_location(id, loc);
+                        }
                     }
                 }
-                superseded.push(h.key.clone());
+                let mut contribution: HashMap<BlobId, i64> = HashMap::new();
+                for h in &processed_refs {
+                    let recs = bucket_records(self, h, lo, hi).await?;
+                    for r in recs.chunks_exact(REFS_RECORD) {
+                        let (id, delta, flags) = segment::decode_refs_record(h, r)?;
+                        w.add_ref(id, delta as i64, 0);
+                        *contribution.entry(id).or_default() += flag_contribution(flags);
+                    }
+                }
+                // The compacted record carries the processed segments' contribution: a
+                // table stored, freed by a delete not yet processed (its FREED stays
+                // counted), then stored again has 2 here and −1 outside, 1 in all.
+                for (id, c) in contribution {
+                    match c {
+                        ..=0 => {}
+                        1 => w.add_ref(id, 0, STORED),
+                        _ => w.add_ref(id, 0, STORED | REVIVED),
+                    }
+                }
+                if w.buffered_records() >= COMPACT_GROUP_RECORDS as usize {
+                    w.flush().await?;
+                }
             }
             // A pack whose every frame is shadowed by a newer copy of the same blob (two
             // writers stored it concurrently, or it was stored again after being freed)
@@ -356,28 +415,7 @@ impl Repository {
             report.packs_deleted += shadowed.len() as u64;
             w.dead_packs.extend(shadowed.iter().cloned());
             dead_packs.extend(shadowed);
-            let mut contribution: HashMap<BlobId, i64> = HashMap::new();
-            for h in &processed_refs {
-                let recs = segment_records(self, h).await?;
-                for r in recs.chunks_exact(REFS_RECORD) {
-                    let (id, delta, flags) = segment::decode_refs_record(h, r)?;
-                    w.add_ref(id, delta as i64, 0);
-                    *contribution.entry(id).or_default() += flag_contribution(flags);
-                }
-                superseded.push(h.key.clone());
-            }
-            // The compacted record carries the processed segments' contribution: a table
-            // stored, freed by a delete not yet processed (its FREED stays counted), then
-            // stored again has 2 here and −1 outside, 1 in all.
-            for (id, c) in contribution {
-                match c {
-                    ..=0 => {}
-                    1 => w.add_ref(id, 0, STORED),
-                    _ => w.add_ref(id, 0, STORED | REVIVED),
-                }
-            }
             report.segments_compacted = superseded.len() as u64;
-            w.supersedes = superseded.clone();
         }
         commit_gc_marker(self, &mut w, &lease, seq, &marker_key, false).await?;
         // 5. Committed: physical deletes (idempotent; a crash here is finished next time).
@@ -498,4 +536,48 @@ impl Repository {
 /// +1 for a record that stored or revived a table's children, −1 for one that freed them.
 pub(crate) fn flag_contribution(flags: u32) -> i64 {
     i64::from(flags & STORED != 0) + i64::from(flags & REVIVED != 0) - i64::from(flags & FREED != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(per_bucket: impl Fn(usize) -> u32) -> SegmentHead {
+        let mut fanout = vec![0u32];
+        for b in 0..256 {
+            fanout.push(fanout[b] + per_bucket(b));
+        }
+        SegmentHead {
+            key: "index/x".into(),
+            record_size: INDEX_RECORD,
+            fanout,
+            bucket_crc: vec![0; 256],
+            meta: Default::default(),
+            records_at: 0,
+        }
+    }
+
+    /// Groups tile 0..=255 in order, and each holds at most the limit unless it is one
+    /// bucket that alone exceeds it.
+    #[test]
+    fn bucket_groups_tile_the_buckets_within_the_limit() {
+        let a = head(|b| (b % 7) as u32);
+        let b = head(|b| if b == 100 { 1000 } else { (b % 3) as u32 });
+        let segs = [a, b];
+        let groups = bucket_groups(segs.iter());
+        assert!(groups.len() > 2, "{groups:?}");
+        let mut next = 0u32;
+        for &(lo, hi) in &groups {
+            assert_eq!(u32::from(lo), next, "{groups:?}");
+            assert!(lo <= hi);
+            let n: u64 = segs
+                .iter()
+                .map(|h| u64::from(h.fanout[hi as usize + 1] - h.fanout[lo as usize]))
+                .sum();
+            assert!(n <= COMPACT_GROUP_RECORDS || lo == hi, "{lo}..={hi}: {n}");
+            next = u32::from(hi) + 1;
+        }
+        assert_eq!(next, 256);
+        assert_eq!(bucket_groups([head(|_| 0)].iter()), vec![(0, 255)]);
+    }
 }

@@ -57,7 +57,8 @@ pub struct Location {
 pub struct SegmentHead {
     pub key: String,
     pub record_size: usize,
-    pub count: u32,
+    /// Cumulative record counts: bucket `b` holds records `fanout[b]..fanout[b + 1]`
+    /// (`fanout[256]` is the record count).
     pub fanout: Vec<u32>,
     pub bucket_crc: Vec<u32>,
     pub meta: SegmentMeta,
@@ -181,7 +182,6 @@ pub fn parse_head(
     let h = SegmentHead {
         key: key.to_string(),
         record_size,
-        count,
         fanout,
         bucket_crc,
         meta: SegmentMeta::default(),

@@ -214,6 +214,11 @@ impl Writer {
         self.index.push((id, loc));
     }
 
+    /// Index and refs records buffered for the next segment (the larger of the two).
+    pub fn buffered_records(&self) -> usize {
+        self.index.len().max(self.refs.len())
+    }
+
     /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags.
     pub fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
         let e = self.refs.entry(id).or_insert((0, 0));
