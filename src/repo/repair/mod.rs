@@ -19,11 +19,12 @@
 
 mod sweep;
 
-use super::gc::{commit_gc_marker, flag_contribution, next_gc_marker, segment_records};
+use super::check::{child_weight, stored_counts, StoredCount};
+use super::gc::{commit_gc_marker, next_gc_marker};
 use super::ids::new_time_id;
 use super::lease::Lease;
 use super::repository::SegmentSet;
-use super::segment::{self, FREED, REFS_RECORD, REVIVED, STORED};
+use super::segment::{FREED, REVIVED, STORED};
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
 use super::{BlobId, BlobKind, CheckIssue, CheckOptions, CheckReport, Repository};
@@ -100,8 +101,13 @@ impl Repository {
         Ok(report)
     }
 
-    /// Walk the live snapshots' trees (each table once).
-    async fn expected_counts(&self, set: &SegmentSet) -> Result<Expected> {
+    /// Walk the live snapshots' trees (each table once); children count as often as their
+    /// table's contribution says ([`child_weight`]).
+    async fn expected_counts(
+        &self,
+        set: &SegmentSet,
+        stored: &HashMap<BlobId, StoredCount>,
+    ) -> Result<Expected> {
         let mut e = Expected::default();
         for m in self.live_roots(&set.markers, None) {
             let geo = Geometry::new(m.size, m.chunk_size);
@@ -124,11 +130,12 @@ impl Repository {
                 else {
                     continue;
                 };
+                let weight = child_weight(stored, &id);
                 for (j, c) in entries.into_iter().enumerate() {
                     if c.is_zero() {
                         continue;
                     }
-                    *e.counts.entry(c).or_default() += 1;
+                    *e.counts.entry(c).or_default() += weight;
                     if level > 0 {
                         stack.push((c, level - 1, index * FANOUT + j as u64));
                     }
@@ -146,22 +153,15 @@ impl Repository {
         w: &mut Writer,
         report: &mut RepairReport,
     ) -> Result<u64> {
-        let expected = self.expected_counts(set).await?;
-        // Stored sums, children contributions, and which blobs a FREED flag already covers.
-        let mut stored: HashMap<BlobId, (i64, i64, bool)> = HashMap::new();
-        for h in &set.refs {
-            let recs = segment_records(self, h).await?;
-            for r in recs.chunks_exact(REFS_RECORD) {
-                let (id, d, flags) = segment::decode_refs_record(h, r)?;
-                let e = stored.entry(id).or_default();
-                e.0 += d as i64;
-                e.1 += flag_contribution(flags);
-                e.2 |= flags & FREED != 0;
-            }
-        }
+        let stored = stored_counts(self, set).await?;
+        let expected = self.expected_counts(set, &stored).await?;
         let mut changes = 0u64;
         for (id, want) in &expected.counts {
-            let (have, contribution, _) = stored.get(id).copied().unwrap_or_default();
+            let StoredCount {
+                sum: have,
+                contribution,
+                ..
+            } = stored.get(id).copied().unwrap_or_default();
             let mut flags = 0;
             if expected.tables.contains(id) && contribution <= 0 {
                 flags = if contribution == 0 {
@@ -179,7 +179,15 @@ impl Repository {
                 changes += 1;
             }
         }
-        for (id, (have, contribution, freed)) in &stored {
+        for (
+            id,
+            StoredCount {
+                sum: have,
+                contribution,
+                freed,
+            },
+        ) in &stored
+        {
             if expected.counts.contains_key(id) {
                 continue;
             }
