@@ -34,7 +34,7 @@ pub const REPACK_DEAD_FRACTION: f64 = 0.5;
 pub const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
 /// Records (index and refs, over all input segments) compaction holds at once; tiny under
 /// test so the schedule runner exercises groups and compactions written as several segments.
-pub const COMPACT_GROUP_RECORDS: u64 = if cfg!(test) { 24 } else { 256 * 1024 };
+pub const COMPACT_GROUP_RECORDS: u64 = if cfg!(test) { 24 } else { 128 * 1024 };
 
 /// Commit marker of a gc run (`gc/<seq>`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
