@@ -120,7 +120,9 @@ pub async fn repo_with_snapshot() -> (Arc<dyn ObjectStore>, String) {
         volume: "vol".to_string(),
         ..BackupOptions::default()
     };
-    let report = backup(&repo, Arc::new(source), &opts).await.expect("backup");
+    let report = backup(&repo, Arc::new(source), &opts)
+        .await
+        .expect("backup");
     (store, report.id)
 }
 
@@ -161,4 +163,21 @@ pub async fn exercise(store: Arc<dyn ObjectStore>, id: &str, with_restore: bool)
     let _ = std::fs::remove_file(&out);
     let _ = restore(&repo, "vol", id, &RestoreTarget::Raw(out.clone()), None).await;
     let _ = std::fs::remove_file(&out);
+}
+
+/// Re-runs the backup of the fuzz volume (it lists and decodes other holders' checkpoints
+/// and may adopt one), then `check --repair` (which sweeps checkpoints).
+pub async fn backup_again_and_repair(store: Arc<dyn ObjectStore>) {
+    let Ok(repo) = Repository::open(store).await else {
+        return;
+    };
+    let Ok(source) = RawSource::open(volume_file()) else {
+        return;
+    };
+    let opts = BackupOptions {
+        volume: "vol".to_string(),
+        ..BackupOptions::default()
+    };
+    let _ = backup(&repo, Arc::new(source), &opts).await;
+    let _ = repo.repair().await;
 }
