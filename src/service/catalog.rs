@@ -99,9 +99,17 @@ pub async fn latest(
     // a newer one exists: list again as long as each listing shows a newer newest key (so
     // every retry follows a real update and the loop ends when updates stop).
     let mut vanished: Option<String> = None;
+    let mut empty_listings = 0;
     loop {
         let keys = list_all(store, &format!("{VOLUMES}{uuid}/")).await?;
         let Some(m) = keys.iter().rev().find(|m| parse_key(&m.key).is_some()) else {
+            // A listing is not a snapshot: one racing a compaction can miss the generation
+            // being created and the older one being deleted. List again before answering
+            // that the volume does not exist.
+            empty_listings += 1;
+            if empty_listings < 3 {
+                continue;
+            }
             return Ok(None);
         };
         if vanished.as_deref().is_some_and(|v| v >= m.key.as_str()) {
