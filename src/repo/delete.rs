@@ -29,12 +29,21 @@ pub struct DeleteReport {
     pub freed_bytes: u64,
     pub requests: u64,
     pub bytes_uploaded: u64,
+    /// Freed tables that could not be read ([`Repository::delete_damaged_snapshot`]):
+    /// their subtrees stay counted, a leak for `check --repair`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tables_unreadable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Default)]
 pub(crate) struct DeleteWalk {
     pub freed_blobs: u64,
     pub freed_bytes: u64,
+    pub tables_unreadable: u64,
 }
 
 /// Decrement everything `m` references, recursing into blobs that reach zero. With a
@@ -54,8 +63,24 @@ pub(crate) async fn walk_delete_with(
     repo: &Repository,
     set: &SegmentSet,
     m: &SnapshotManifest,
+    w: Option<&mut Writer>,
+    local: &mut HashMap<BlobId, i64>,
+) -> Result<DeleteWalk> {
+    walk(repo, set, m, w, local, false).await
+}
+
+/// The delete walk. With `tolerate_unreadable`, a freed table that cannot be read
+/// (missing or corrupt: a damaged snapshot) is flagged FREED|STORED — a gc candidate
+/// whose children contribution is unchanged, exactly as if its children had never been
+/// released — and its subtree is left alone: the children keep their counts, a leak that
+/// `check` reports and `check --repair` reclaims, never a loss.
+async fn walk(
+    repo: &Repository,
+    set: &SegmentSet,
+    m: &SnapshotManifest,
     mut w: Option<&mut Writer>,
     local: &mut HashMap<BlobId, i64>,
+    tolerate_unreadable: bool,
 ) -> Result<DeleteWalk> {
     let geo = Geometry::new(m.size, m.chunk_size);
     let mut out = DeleteWalk::default();
@@ -76,7 +101,24 @@ pub(crate) async fn walk_delete_with(
         // A table whose children were already released (an earlier delete freed it and a
         // backup reused it since, before gc revived it) must not release them twice: it
         // becomes a gc candidate (FREED) without changing its children contribution.
-        let release = freed && (level.is_none() || repo.children_contribution(set, &id).await? > 0);
+        let mut release =
+            freed && (level.is_none() || repo.children_contribution(set, &id).await? > 0);
+        let mut entries = Vec::new();
+        if let (true, Some(l)) = (release, level) {
+            match repo.read_table(set, &id, l, geo.table_len(l, index)).await {
+                Ok(e) => entries = e,
+                Err(e) if tolerate_unreadable && super::copy::is_damage(&e) => {
+                    tracing::warn!(
+                        "delete of {}/{}: table {id} unreadable, its subtree left as a leak: {e}",
+                        m.volume,
+                        m.id
+                    );
+                    out.tables_unreadable += 1;
+                    release = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let flags = match (freed, release) {
             (false, _) => 0,
             (true, true) => super::segment::FREED,
@@ -95,11 +137,7 @@ pub(crate) async fn walk_delete_with(
                 let loc = repo.locate(set, &id).await?;
                 out.freed_bytes += loc.map_or(0, |l| l.plain_len as u64);
             }
-            Some(_) if !release => {}
             Some(l) => {
-                let entries = repo
-                    .read_table(set, &id, l, geo.table_len(l, index))
-                    .await?;
                 for (j, c) in entries.into_iter().enumerate() {
                     if !c.is_zero() {
                         let child = if l == 0 { None } else { Some(l - 1) };
@@ -115,6 +153,18 @@ pub(crate) async fn walk_delete_with(
 impl Repository {
     /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
     pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
+        self.delete_impl(volume, id, false).await
+    }
+
+    /// Delete a damaged snapshot whose tables may be missing or corrupt (the fallback of
+    /// the service's `mend`): what can be read is released as by
+    /// [`Repository::delete_snapshot`]; the subtree of an unreadable table keeps its
+    /// counts (a leak `check --repair` reclaims) instead of failing the delete.
+    pub async fn delete_damaged_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
+        self.delete_impl(volume, id, true).await
+    }
+
+    async fn delete_impl(&self, volume: &str, id: &str, tolerate: bool) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
         let set = self.load_segments().await?;
@@ -131,7 +181,7 @@ impl Repository {
         let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
         let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
         let result: Result<DeleteWalk> = async {
-            let walk = walk_delete(self, &set, &m, Some(&mut w)).await?;
+            let walk = walk(self, &set, &m, Some(&mut w), &mut HashMap::new(), tolerate).await?;
             w.flush().await?;
             let lease_time = lease.check_before_commit().await?;
             let t = Tombstone {
@@ -166,6 +216,7 @@ impl Repository {
             freed_bytes: walk.freed_bytes,
             requests: used.total(),
             bytes_uploaded: used.bytes_uploaded,
+            tables_unreadable: walk.tables_unreadable,
         })
     }
 }

@@ -41,6 +41,7 @@ pub(crate) mod writer;
 pub use check::{CheckIssue, CheckOptions, CheckReport};
 pub use config::InitOptions;
 pub use copy::{copy, CopyOptions, CopyReport};
+pub use copy::{heal, HealReport};
 pub use delete::DeleteReport;
 pub use diff::DiffRange;
 pub use error::RepoError;

@@ -16,7 +16,11 @@
 //! are skipped, so a copy that dies resumes at the first snapshot it had not committed.
 
 mod fetch;
+mod heal;
 mod rechunk;
+
+pub(crate) use heal::is_damage;
+pub use heal::{heal, HealReport};
 
 use super::checkpoint;
 use super::commit::{commit_root, Committed};
