@@ -2,8 +2,9 @@
 
 use super::error::ApiError;
 use super::input::{self, Fields};
+use super::volumes_attach::{finish_op, start_op};
 use super::{user_of, ApiState};
-use crate::service::{CreateVolume, SnapshotRef, Visibility, Volume};
+use crate::service::{CreateVolume, OpSpec, SnapshotRef, Visibility, Volume};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -92,7 +93,8 @@ pub async fn remove(
 }
 
 /// `POST /api/create`: size (GiB), tag and visibility are required; `user_limit` is
-/// optional.
+/// optional; `source` + `snapshot` start it as that snapshot, of this repository or, with
+/// `source_repository`, of an allowed peer repository (copied here first).
 pub async fn create(
     State(s): State<Arc<ApiState>>,
     RawQuery(query): RawQuery,
@@ -111,6 +113,13 @@ pub async fn create(
             None
         }
     };
+    let peer = f.string("source_repository", false);
+    if peer.is_some() && from.is_none() {
+        f.problem(
+            "source_repository needs source and snapshot (a snapshot in that repository)".into(),
+        );
+    }
+    let wait = f.boolean("wait").unwrap_or(true);
     let size = f.integer("size", from.is_none());
     if let Some(gib) = size {
         if !(1..=s.max_size_gib).contains(&gib) {
@@ -142,6 +151,8 @@ pub async fn create(
         "user_limit",
         "source",
         "snapshot",
+        "source_repository",
+        "wait",
     ]);
     let problems = std::mem::take(&mut f.problems);
     let (Some(tag), Some(visibility), true) = (tag, vis, problems.is_empty()) else {
@@ -155,8 +166,45 @@ pub async fn create(
         user_limit,
         source: from,
     };
+    if let Some(url) = peer {
+        return create_from_peer(&s, user, &req, url, wait).await;
+    }
     let v = s.service.create_volume(&user, &req).await?;
     Ok((StatusCode::CREATED, Json(json!({"uuid": v.uuid}))).into_response())
+}
+
+/// `POST /api/create` with `source_repository`: the snapshot is copied from that peer
+/// as an operation (kind `create`); 201 with the volume's uuid and the copy's report, or
+/// with `wait=false` 202 with the operation id and the uuid the volume will have.
+async fn create_from_peer(
+    s: &ApiState,
+    user: String,
+    req: &CreateVolume,
+    url: String,
+    wait: bool,
+) -> Result<Response, ApiError> {
+    // Refuse a bad request before recording an operation.
+    let planned = s.service.plan_create_from_peer(&user, req, &url).await?;
+    let uuid = planned.uuid.clone();
+    let spec = OpSpec {
+        kind: "create".into(),
+        user: user.clone(),
+        volume: Some(uuid.clone()),
+        args: Some(json!({"source_repository": url, "volume": planned})),
+        stage_count: 3,
+        ..OpSpec::default()
+    };
+    let (id, task) = start_op(s, spec, move |svc, op| async move {
+        Ok(json!(
+            svc.create_from_peer(&user, &planned, &url, &op).await?
+        ))
+    })?;
+    if !wait {
+        let body = json!({"operation": id, "uuid": uuid});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let done = finish_op(id, task).await?;
+    Ok((StatusCode::CREATED, Json(done)).into_response())
 }
 
 /// `GET /api/disks/{uuid}/snapshots`: the volume's snapshots in the repository.

@@ -15,6 +15,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 /// `node` and `vm_id` (required), `wait` (optional, default true) and, on a hot attach,
 /// `target` (optional: the device name the frontend reports) of a request.
@@ -166,6 +167,23 @@ where
     F: FnOnce(Arc<Service>, OpHandle) -> Fut,
     Fut: Future<Output = Result<Value, ServiceError>> + Send + 'static,
 {
+    let (id, task) = start_op(s, spec, work)?;
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"operation": id}))).into_response());
+    }
+    Ok(Json(finish_op(id, task).await?).into_response())
+}
+
+/// Record operation `spec` and run `work` on its own task, which records the outcome.
+pub(super) fn start_op<F, Fut>(
+    s: &ApiState,
+    spec: OpSpec,
+    work: F,
+) -> Result<(String, JoinHandle<Result<Value, ServiceError>>), ApiError>
+where
+    F: FnOnce(Arc<Service>, OpHandle) -> Fut,
+    Fut: Future<Output = Result<Value, ServiceError>> + Send + 'static,
+{
     let op = s.service.operations().begin(spec)?;
     let id = op.id();
     let fut = work(s.service.clone(), op.clone());
@@ -177,13 +195,18 @@ where
         });
         r
     });
-    if !wait {
-        return Ok((StatusCode::ACCEPTED, Json(json!({"operation": id}))).into_response());
-    }
+    Ok((id, task))
+}
+
+/// Wait for an operation's task: its result with the operation id added.
+pub(super) async fn finish_op(
+    id: String,
+    task: JoinHandle<Result<Value, ServiceError>>,
+) -> Result<Value, ApiError> {
     match task.await {
         Ok(Ok(mut v)) => {
             v["operation"] = Value::String(id);
-            Ok(Json(v).into_response())
+            Ok(v)
         }
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(ApiError::new(

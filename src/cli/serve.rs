@@ -35,9 +35,11 @@ pub struct ServeArgs {
     /// User limit (simultaneous attachments) of volumes created without one.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_USER_LIMIT)]
     user_limit: u32,
-    /// A repository `POST /api/copy` may copy to (repeatable; the allow-list). Opened at
-    /// start, with the same store flags as --repo.
-    #[arg(long, value_name = "URL")]
+    /// A peer repository (repeatable; the allow-list), used both ways: `POST /api/copy`
+    /// copies to it, `POST /api/create` with `source_repository` creates from its
+    /// snapshots, and the `mend` fix re-copies damaged objects from it. Opened at start,
+    /// with the same store flags as --repo.
+    #[arg(long, value_name = "URL", alias = "peer")]
     copy_target: Vec<String>,
     /// Seconds a superseded catalog generation's successor must exist before the
     /// `clean:catalog` fix deletes it; more than any server's list-then-write plus clock

@@ -6,7 +6,7 @@
 //!
 //! | kind | id | when | applying it |
 //! |---|---|---|---|
-//! | `mend` | `mend:<volume>/<snapshot>` | the snapshot cannot be restored (missing or corrupt object) | delete that snapshot, so attach and copy use the newest intact one (copy it back from another repository first if one holds it) |
+//! | `mend` | `mend:<volume>/<snapshot>` | the snapshot cannot be restored (missing or corrupt object) | re-copy its damaged objects from a peer repository holding the same snapshot ([`crate::repo::heal`]); when no peer can, delete it so attach and copy use the newest intact one |
 //! | `optimize` | `optimize:refcounts` | stored reference counts disagree with the snapshots | `check --repair`: rebuild the counts, release leaked blobs to gc |
 //! | `clean` | `clean:gc` | always | gc: reclaim the space of deleted snapshots and released blobs (`bytes` = null: no dry run) |
 //! | `clean` | `clean:catalog` | superseded catalog generations older than `ServiceConfig::catalog_grace` | [`catalog::compact`] |
@@ -113,11 +113,19 @@ impl Service {
                     Some((v, id)) => self.repo.snapshot(v, id).await.ok().map(|m| m.size),
                     None => None,
                 };
+                let peers = match snap.split_once('/') {
+                    Some((v, id)) => self.peers_holding(v, id).await,
+                    None => Vec::new(),
+                };
+                let action = match peers.first() {
+                    Some(p) => format!("mend re-copies its damaged objects from peer {p}, which holds the same snapshot (and deletes it only if no peer can supply them)"),
+                    None => "no peer repository holds it: mend deletes it so attach and copy use the newest intact snapshot".into(),
+                };
                 fixes.push(Fix {
                     id: format!("mend:{snap}"),
                     kind: FixKind::Mend,
                     description: format!(
-                        "snapshot {snap} cannot be restored ({}: {}); mend deletes it so attach and copy use the newest intact snapshot (copy it back from another repository first if one holds it)",
+                        "snapshot {snap} cannot be restored ({}: {}); {action}",
                         issue.object, issue.problem
                     ),
                     bytes: size,
@@ -243,13 +251,7 @@ impl Service {
             op.enter(u32::try_from(i + 1).unwrap_or(u32::MAX), id);
             let outcome = if let Some(snap) = id.strip_prefix("mend:") {
                 let (v, s) = snap.split_once('/').unwrap_or((snap, ""));
-                match self.repo.delete_snapshot(v, s).await {
-                    Ok(r) => json!(r),
-                    Err(crate::Error::Repo(crate::repo::RepoError::SnapshotNotFound {
-                        ..
-                    })) => json!("already gone"),
-                    Err(e) => return Err(e.into()),
-                }
+                self.mend(v, s).await?
             } else if id == "optimize:refcounts" {
                 json!(self.repo.repair().await?)
             } else if id == "clean:catalog" {

@@ -140,19 +140,7 @@ impl Service {
             Err(e) => return Err(e.into()),
         };
         op.enter(2, "record");
-        let record = Volume {
-            generation: 0,
-            attachments: Vec::new(),
-            last_revert: None,
-            source: None,
-            ..v
-        };
-        // Looked up first: on a store without atomic create (Swift), a create of the very
-        // same bytes as an existing record reads back as ours.
-        let record_created = match catalog::latest(target.store(), uuid).await? {
-            Some(_) => false,
-            None => catalog::commit(target.store(), &record).await?,
-        };
+        let record_created = ensure_record(&target, v).await?;
         Ok(CopyDone {
             uuid: uuid.to_string(),
             target: req.target.clone(),
@@ -162,4 +150,23 @@ impl Service {
             copy: report,
         })
     }
+}
+
+/// Create volume `v`'s record in `repo`'s catalog if it has none (generation 0: same uuid,
+/// owner, tag, visibility, size, user limit; no attachments, no source), so a server on
+/// that repository lists the volume whose snapshots were copied there. True if created.
+pub(super) async fn ensure_record(repo: &Repository, v: Volume) -> Result<bool, ServiceError> {
+    let record = Volume {
+        generation: 0,
+        attachments: Vec::new(),
+        last_revert: None,
+        source: None,
+        ..v
+    };
+    // Looked up first: on a store without atomic create (Swift), a create of the very
+    // same bytes as an existing record reads back as ours.
+    Ok(match catalog::latest(repo.store(), &record.uuid).await? {
+        Some(_) => false,
+        None => catalog::commit(repo.store(), &record).await?,
+    })
 }

@@ -35,6 +35,7 @@ mod copy;
 mod error;
 pub mod model;
 pub mod ops;
+mod peer;
 mod resume;
 mod revert;
 
@@ -47,6 +48,7 @@ pub use model::{
     MIN_VOLUME_SIZE,
 };
 pub use ops::{OpHandle, OpSpec, OpState, Operation, Operations};
+pub use peer::CreatedFromPeer;
 
 use crate::repo::ids::now_rfc3339;
 use crate::repo::{Repository, SnapshotSummary};
@@ -183,10 +185,31 @@ impl Service {
         user: &str,
         req: &CreateVolume,
     ) -> Result<Volume, ServiceError> {
+        let source_size = match &req.source {
+            Some(src) => Some(self.source_size(user, src).await?),
+            None => None,
+        };
+        let v = self.plan_volume(user, req, source_size)?;
+        if !catalog::commit(self.store(), &v).await? {
+            return Err(ServiceError::Conflict(format!(
+                "volume {} already exists (uuid collision)",
+                v.uuid
+            )));
+        }
+        Ok(v)
+    }
+
+    /// Check `req` and build the new volume's first generation (a fresh uuid), not yet
+    /// committed. `source_size` is the size of the source snapshot, if any.
+    fn plan_volume(
+        &self,
+        user: &str,
+        req: &CreateVolume,
+        source_size: Option<u64>,
+    ) -> Result<Volume, ServiceError> {
         let mut problems = Vec::new();
         let mut size = req.size;
-        if let Some(src) = &req.source {
-            let from = self.source_size(user, src).await?;
+        if let (Some(src), Some(from)) = (&req.source, source_size) {
             if size == 0 {
                 size = from;
             } else if size != from {
@@ -213,7 +236,7 @@ impl Service {
         if !problems.is_empty() {
             return Err(ServiceError::Invalid(problems));
         }
-        let v = Volume {
+        Ok(Volume {
             uuid: uuid::Uuid::new_v4().to_string(),
             generation: 0,
             owner: user.to_string(),
@@ -226,14 +249,7 @@ impl Service {
             deleted: false,
             source: req.source.clone(),
             last_revert: None,
-        };
-        if !catalog::commit(self.store(), &v).await? {
-            return Err(ServiceError::Conflict(format!(
-                "volume {} already exists (uuid collision)",
-                v.uuid
-            )));
-        }
-        Ok(v)
+        })
     }
 
     /// Size of snapshot `src`, which must belong to a volume `user` can see.

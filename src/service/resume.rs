@@ -9,6 +9,8 @@
 //!   again.
 //! - copy: copy again (snapshots the target already has are skipped, tables it counts
 //!   are not sent again).
+//! - create (from a peer's snapshot): copy again, record the source volume if absent,
+//!   commit the planned volume (same uuid) unless a previous run did.
 //! - fix: apply the fixes again (deleting a deleted snapshot is "already gone"; repair,
 //!   gc and compaction are safe to repeat).
 
@@ -101,6 +103,18 @@ impl Service {
                     .and_then(|a| serde_json::from_value(a).ok())
                     .ok_or_else(|| missing("copy request"))?;
                 let mut done = json!(self.copy(user, uuid, &req, h).await?);
+                done["resumed"] = json!(true);
+                Ok(done)
+            }
+            "create" => {
+                let args = op.args.clone().unwrap_or_default();
+                let url = args["source_repository"]
+                    .as_str()
+                    .ok_or_else(|| missing("source repository"))?
+                    .to_string();
+                let planned: super::Volume = serde_json::from_value(args["volume"].clone())
+                    .map_err(|_| missing("planned volume"))?;
+                let mut done = json!(self.create_from_peer(user, &planned, &url, h).await?);
                 done["resumed"] = json!(true);
                 Ok(done)
             }
