@@ -1,14 +1,13 @@
 //! Volume endpoints: list, get, create, delete, list snapshots.
 
+use super::authed::Authed;
 use super::error::ApiError;
-use super::input::{self, Fields};
+use super::input::Fields;
 use super::volumes_attach::{finish_op, start_op};
-use super::{user_of, ApiState};
+use super::ApiState;
 use crate::service::{CreateVolume, OpSpec, SnapshotRef, Visibility, Volume};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -40,9 +39,8 @@ pub(crate) fn disk_json(v: &Volume) -> Value {
 /// `GET /api/disks`: the volumes the caller may see.
 pub async fn list(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Authed { user, .. }: Authed<()>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_of(&s, &headers)?;
     let all = s.service.list_volumes(&user).await?;
     Ok(Json(Value::Array(all.iter().map(disk_json).collect())))
 }
@@ -53,9 +51,8 @@ pub async fn list(
 pub async fn get_one(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    headers: HeaderMap,
+    Authed { user, .. }: Authed<()>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
     let v = s.service.get_volume(&user, &uuid).await?;
     let mut body = disk_json(&v);
     body["attachments"] = serde_json::to_value(&v.attachments).unwrap_or(Value::Null);
@@ -77,12 +74,8 @@ pub async fn get_one(
 pub async fn remove(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authed { user, input: mut f }: Authed<Fields>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let force = f.boolean("force").unwrap_or(false);
     f.only(&["force"]);
     f.finish()?;
@@ -97,12 +90,8 @@ pub async fn remove(
 /// `source_repository`, of an allowed peer repository (copied here first).
 pub async fn create(
     State(s): State<Arc<ApiState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authed { user, input: mut f }: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let mut f: Fields = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let source = f.string("source", false);
     let snapshot = f.string("snapshot", false);
     let from = match (source, snapshot) {
@@ -211,9 +200,8 @@ async fn create_from_peer(
 pub async fn snapshots(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    headers: HeaderMap,
+    Authed { user, .. }: Authed<()>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_of(&s, &headers)?;
     let list = s.service.snapshots(&user, &uuid).await?;
     Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
 }
@@ -222,9 +210,8 @@ pub async fn snapshots(
 pub async fn delete_snapshot(
     State(s): State<Arc<ApiState>>,
     Path((uuid, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authed { user, .. }: Authed<()>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_of(&s, &headers)?;
     let report = s.service.delete_snapshot(&user, &uuid, &id).await?;
     Ok(Json(
         json!({"uuid": uuid, "snapshot": id, "report": report}),

@@ -2,15 +2,13 @@
 //! operations (see [`crate::service::ops`]); check and fix need an admin user (the
 //! users file's `admins`), since they act on the whole repository.
 
+use super::authed::{Admin, Authed, QueryFields};
 use super::error::ApiError;
-use super::input;
+use super::input::Fields;
 use super::volumes_attach::run_op;
-use super::{user_of, ApiState};
+use super::ApiState;
 use crate::service::{CopyRequest, OpSpec};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
@@ -20,12 +18,8 @@ use std::sync::Arc;
 pub async fn revert(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authed { user, input: mut f }: Authed<Fields>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let snapshot = f.string("snapshot", true);
     f.only(&["snapshot"]);
     let problems = std::mem::take(&mut f.problems);
@@ -44,12 +38,8 @@ pub async fn revert(
 pub async fn copy(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authed { user, input: mut f }: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let target = f.string("target", true);
     let snapshot = f.string("snapshot", false);
     let base = f.string("base", false);
@@ -81,28 +71,15 @@ pub async fn copy(
     .await
 }
 
-/// The caller, if an admin.
-fn admin_of(s: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let user = user_of(s, headers)?;
-    if s.users.admins.contains(&user) {
-        Ok(user)
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("user {user} is not an admin (the users file's admins)"),
-        ))
-    }
-}
-
 /// `GET /api/check[?read_data=true]`: check the repository (re-hashing every chunk with
 /// `read_data`); the fixes it proposes (admins only).
 pub async fn check(
     State(s): State<Arc<ApiState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    Admin {
+        input: QueryFields(mut f),
+        ..
+    }: Admin<QueryFields>,
 ) -> Result<Json<Value>, ApiError> {
-    admin_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), Ok(&[]))?;
     let read_data = f.boolean("read_data").unwrap_or(false);
     f.only(&["read_data"]);
     f.finish()?;
@@ -112,12 +89,8 @@ pub async fn check(
 /// `POST /api/fix` (fixes: ids from the last check, wait): apply them (admins only).
 pub async fn fix(
     State(s): State<Arc<ApiState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin { user, input: mut f }: Admin<Fields>,
 ) -> Result<Response, ApiError> {
-    let user = admin_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let ids = f.strings("fixes", true);
     let wait = f.boolean("wait").unwrap_or(true);
     f.only(&["fixes", "wait"]);

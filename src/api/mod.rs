@@ -8,6 +8,7 @@
 //! operations: by default the response waits for the result; with `wait=false` it is a
 //! 202 carrying the operation id to poll at `/api/operations/{id}`.
 
+mod authed;
 mod disks;
 mod error;
 mod input;

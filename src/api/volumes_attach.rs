@@ -1,15 +1,14 @@
 //! Attach, detach, snapshot and operation-status endpoints. The first three run as
 //! persisted operations (see [`crate::service::ops`]).
 
+use super::authed::Authed;
 use super::error::ApiError;
-use super::input;
-use super::{user_of, ApiState};
+use super::input::Fields;
+use super::ApiState;
 use crate::service::model::valid_device;
 use crate::service::{OpHandle, OpSpec, Plug, Service, ServiceError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -26,13 +25,7 @@ struct VmArgs {
     device: Option<String>,
 }
 
-fn vm_args(
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: Result<&[u8], &BytesRejection>,
-    with_target: bool,
-) -> Result<VmArgs, ApiError> {
-    let mut f = input::parse(headers, query, body)?;
+fn vm_args(mut f: Fields, with_target: bool) -> Result<VmArgs, ApiError> {
     let node = f.string("node", true);
     let vm_id = f.string("vm_id", true);
     let wait = f.boolean("wait").unwrap_or(true);
@@ -84,18 +77,10 @@ impl VmOp {
 async fn vm_op(
     s: Arc<ApiState>,
     uuid: Option<String>,
-    headers: HeaderMap,
-    query: Option<String>,
-    body: Result<Bytes, BytesRejection>,
+    Authed { user, input }: Authed<Fields>,
     what: VmOp,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let a = vm_args(
-        &headers,
-        query.as_deref(),
-        body.as_deref(),
-        what == VmOp::HotAttach,
-    )?;
+    let a = vm_args(input, what == VmOp::HotAttach)?;
     // Refuse an unknown or invisible volume before recording an operation.
     if let Some(uuid) = &uuid {
         s.service.get_volume(&user, uuid).await?;
@@ -220,11 +205,9 @@ pub(super) async fn finish_op(
 pub async fn attach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    vm_op(s, Some(uuid), headers, query, body, VmOp::Attach).await
+    vm_op(s, Some(uuid), req, VmOp::Attach).await
 }
 
 /// `POST /api/hotattach/{uuid}` (node, vm_id, optional target device): attach to a
@@ -232,44 +215,34 @@ pub async fn attach(
 pub async fn hot_attach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    vm_op(s, Some(uuid), headers, query, body, VmOp::HotAttach).await
+    vm_op(s, Some(uuid), req, VmOp::HotAttach).await
 }
 
 /// `POST /api/hotdetach/{uuid}` (node, vm_id): detach a hot-plugged volume (uploads).
 pub async fn hot_detach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    vm_op(s, Some(uuid), headers, query, body, VmOp::HotDetach).await
+    vm_op(s, Some(uuid), req, VmOp::HotDetach).await
 }
 
 /// `POST /api/detach` (node, vm_id): the VM is gone; detach (and upload) all its volumes.
 pub async fn detach(
     State(s): State<Arc<ApiState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    vm_op(s, None, headers, query, body, VmOp::Detach).await
+    vm_op(s, None, req, VmOp::Detach).await
 }
 
 /// `POST /api/disks/{uuid}/snapshots`: snapshot the read-write local image (uploads).
 pub async fn snapshot(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Authed { user, input: mut f }: Authed<Fields>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&s, &headers)?;
-    let mut f = input::parse(&headers, query.as_deref(), body.as_deref())?;
     let wait = f.boolean("wait").unwrap_or(true);
     f.only(&["wait"]);
     f.finish()?;
@@ -292,9 +265,8 @@ pub async fn snapshot(
 pub async fn operation(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Authed { user, .. }: Authed<()>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_of(&s, &headers)?;
     let op = s.service.operations().get(&id)?;
     if op.user != user {
         return Err(ServiceError::NotFound(format!("operation {id}")).into());
