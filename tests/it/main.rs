@@ -32,6 +32,7 @@ mod service_check;
 mod service_common;
 mod service_openapi;
 mod service_peer;
+mod service_peer_resume;
 mod service_preamble;
 mod service_resume;
 mod service_revert_copy;
