@@ -75,7 +75,7 @@ impl ObjectStore for MemStore {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         let b = self.get(key).await?;
         if range.end > b.len() as u64 || range.start > range.end {
-            return Err(Self::err(StoreErrorKind::Unexpected, "get_range", key));
+            return Err(Self::err(StoreErrorKind::InvalidRange, "get_range", key));
         }
         Ok(b.slice(range.start as usize..range.end as usize))
     }

@@ -17,6 +17,8 @@
 
 mod fetch;
 mod heal;
+#[cfg(test)]
+mod heal_tests;
 mod rechunk;
 
 pub(crate) use heal::is_damage;

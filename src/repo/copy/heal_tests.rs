@@ -1,0 +1,183 @@
+//! `heal` and `delete_damaged_snapshot` on in-memory repositories: a deleted data pack and
+//! a truncated table pack are healed from a copy, the repository then checks clean with
+//! data re-read, also after a gc whose compaction drops the shadowed pack; a healthy
+//! snapshot writes nothing; a re-chunked copy is refused; a snapshot whose tables are gone
+//! is deleted anyway, leaving a leak that repair reclaims.
+
+use super::{copy, heal, is_damage, CopyOptions};
+use crate::backup::{backup, BackupOptions, RawSource};
+use crate::repo::testing::MemStore;
+use crate::repo::{CheckOptions, InitOptions, RepoError, Repository};
+use crate::store::ObjectStore;
+use std::sync::Arc;
+
+const MIB: usize = 1 << 20;
+
+async fn repo(chunk_size: u32) -> (Arc<MemStore>, Repository) {
+    let mem = Arc::new(MemStore::default());
+    let r = Repository::init(mem.clone(), &InitOptions { chunk_size })
+        .await
+        .unwrap();
+    (mem, r)
+}
+
+/// Back up `len` bytes of pattern `seed` as `volume`; the snapshot id.
+async fn snapshot(repo: &Repository, volume: &str, seed: u32, len: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol.raw");
+    std::fs::write(&path, pattern(seed, len)).unwrap();
+    let src = Arc::new(RawSource::open(&path).unwrap());
+    let opts = BackupOptions {
+        volume: volume.into(),
+        ..Default::default()
+    };
+    backup(repo, src, &opts).await.unwrap().id
+}
+
+/// `len` bytes of an xorshift stream: no two chunks alike.
+fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// The packs of `mem`, smallest first.
+fn packs_by_size(mem: &MemStore) -> Vec<String> {
+    let objects = mem.objects.lock().unwrap();
+    let mut packs: Vec<(usize, String)> = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("packs/"))
+        .map(|(k, (b, _))| (b.len(), k.clone()))
+        .collect();
+    packs.sort();
+    packs.into_iter().map(|(_, k)| k).collect()
+}
+
+fn truncate(mem: &MemStore, key: &str) {
+    let mut objects = mem.objects.lock().unwrap();
+    let (bytes, _) = objects.get_mut(key).unwrap();
+    *bytes = bytes.slice(..bytes.len() / 2);
+}
+
+async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
+    let opts = CheckOptions {
+        read_data: true,
+        sample_pct: None,
+    };
+    repo.check(&opts).await.unwrap()
+}
+
+#[tokio::test]
+async fn heal_from_a_copy_then_gc_compaction_keeps_it_whole() {
+    let (mem_a, a) = repo(65536).await;
+    let (_, b) = repo(65536).await;
+    let id = snapshot(&a, "vm", 1, 4 * MIB).await;
+    let opts = CopyOptions {
+        volume: "vm".into(),
+        ..Default::default()
+    };
+    copy(&a, &b, &opts).await.unwrap();
+
+    // Healthy: nothing written.
+    let keys_before = mem_a.keys("");
+    let r = heal(&a, &b, "vm", &id).await.unwrap();
+    assert_eq!((r.tables_healed, r.chunks_healed, r.commit), (0, 0, None));
+    assert_eq!((r.tables_checked, r.chunks_checked), (1, 64));
+    assert_eq!(mem_a.keys(""), keys_before, "a healthy heal writes nothing");
+
+    // Damage: the data pack deleted, the table pack cut in half.
+    let packs = packs_by_size(&mem_a);
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    mem_a.delete(&packs[1]).await.unwrap();
+    truncate(&mem_a, &packs[0]);
+    let damaged = read_data_check(&a).await;
+    assert!(!damaged.is_clean());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.raw");
+    let target = crate::restore::RestoreTarget::Raw(out.clone());
+    let e = crate::restore::restore(&a, "vm", &id, &target, None)
+        .await
+        .unwrap_err();
+    assert!(is_damage(&e), "{e}");
+
+    let r = heal(&a, &b, "vm", &id).await.unwrap();
+    assert_eq!((r.tables_healed, r.chunks_healed), (1, 64), "{r:?}");
+    assert!(r.commit.as_deref().unwrap().starts_with("gc/"));
+    assert!(r.bytes_from_peer >= 4 * MIB as u64, "{r:?}");
+    let clean = read_data_check(&a).await;
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!(clean.refcount_mismatches, 0);
+    crate::restore::restore(&a, "vm", &id, &target, None)
+        .await
+        .unwrap();
+    let restored = std::fs::read(&out).unwrap();
+    assert!(
+        restored == pattern(1, 4 * MIB),
+        "healed snapshot restores bit-exact"
+    );
+
+    // More segments, then a gc that compacts them: the healed locations win and the
+    // shadowed packs go.
+    for v in 0..4 {
+        snapshot(&a, &format!("other{v}"), 10 + v, MIB).await;
+    }
+    let g = a.gc().await.unwrap();
+    assert!(g.segments_compacted > 0, "{g:?}");
+    assert!(
+        g.packs_deleted >= 2,
+        "both damaged packs were shadowed: {g:?}"
+    );
+    let after = read_data_check(&a).await;
+    assert!(after.is_clean(), "{after:?}");
+    assert_eq!(after.refcount_mismatches, 0);
+}
+
+#[tokio::test]
+async fn heal_refuses_a_rechunked_copy_and_a_peer_without_the_snapshot() {
+    let (_, a) = repo(65536).await;
+    let (_, b) = repo(131072).await;
+    let (_, empty) = repo(65536).await;
+    let id = snapshot(&a, "vm", 2, 2 * MIB).await;
+    let opts = CopyOptions {
+        volume: "vm".into(),
+        ..Default::default()
+    };
+    assert!(copy(&a, &b, &opts).await.unwrap().rechunked);
+    let e = heal(&a, &b, "vm", &id).await.unwrap_err();
+    assert!(
+        matches!(e, crate::Error::Repo(RepoError::InvalidArgument(_))),
+        "{e}"
+    );
+    let e = heal(&a, &empty, "vm", &id).await.unwrap_err();
+    assert!(
+        matches!(e, crate::Error::Repo(RepoError::SnapshotNotFound { .. })),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_with_its_tables_gone_is_deleted_leaving_a_leak_for_repair() {
+    let (mem, a) = repo(65536).await;
+    let id = snapshot(&a, "vm", 3, 2 * MIB).await;
+    let packs = packs_by_size(&mem);
+    mem.delete(&packs[0]).await.unwrap();
+    let e = a.delete_snapshot("vm", &id).await.unwrap_err();
+    assert!(is_damage(&e), "the plain delete walks the tree: {e}");
+    let r = a.delete_damaged_snapshot("vm", &id).await.unwrap();
+    assert_eq!((r.tables_unreadable, r.freed_blobs), (1, 1), "{r:?}");
+    assert!(a.snapshots(Some("vm")).await.unwrap().is_empty());
+    // No snapshot is damaged any more; the chunks below the lost table leak.
+    let c = a.check(&CheckOptions::default()).await.unwrap();
+    assert!(c.issues.iter().all(|i| i.snapshots.is_empty()), "{c:?}");
+    assert_eq!(c.refcount_mismatches, 32, "the leaked chunks");
+    a.repair().await.unwrap();
+    let c = a.check(&CheckOptions::default()).await.unwrap();
+    assert!(c.is_clean() && c.refcount_mismatches == 0, "{c:?}");
+}
