@@ -100,6 +100,27 @@ impl Service {
     /// snapshot in peer `url` (see module docs). Stages: 1 copy (percent of the snapshot's
     /// bytes), 2 record (the source volume in this catalog), 3 create. Idempotent: a
     /// resumed run skips what is done.
+    ///
+    /// ```no_run
+    /// # async fn demo(svc: &island::service::Service, op: &island::service::OpHandle)
+    /// # -> Result<(), island::service::ServiceError> {
+    /// use island::service::{CreateVolume, SnapshotRef, Visibility};
+    /// let req = CreateVolume {
+    ///     size: 0, // the snapshot's size
+    ///     tag: "dr".into(),
+    ///     visibility: Visibility::Private,
+    ///     user_limit: None,
+    ///     source: Some(SnapshotRef {
+    ///         volume: "eb198dec-3560-4a9a-b3b4-5f043410a3dd".into(),
+    ///         snapshot: "20260101T000000.000000Z-0123456789abcdef".into(),
+    ///     }),
+    /// };
+    /// let peer = "s3://region-a/island";
+    /// let planned = svc.plan_create_from_peer("alice", &req, peer).await?;
+    /// let done = svc.create_from_peer("alice", &planned, peer, op).await?;
+    /// assert_eq!(done.uuid, planned.uuid);
+    /// # Ok(()) }
+    /// ```
     pub async fn create_from_peer(
         &self,
         user: &str,

@@ -239,6 +239,16 @@ impl Walk<'_> {
 /// when the peer does not hold the snapshot, holds a different tree (a copy re-chunked
 /// to another chunk size), lacks a damaged blob too, or when the snapshot still does not
 /// read back intact afterwards.
+///
+/// ```no_run
+/// # async fn demo() -> island::Result<()> {
+/// use island::repo::{heal, Repository};
+/// let here = Repository::open(island::store::open_store("/srv/repo", &Default::default()).await?).await?;
+/// let peer = Repository::open(island::store::open_store("/srv/dr", &Default::default()).await?).await?;
+/// let r = heal(&here, &peer, "vm1", "20260101T000000.000000Z-0123456789abcdef").await?;
+/// println!("{} chunks and {} tables re-copied", r.chunks_healed, r.tables_healed);
+/// # Ok(()) }
+/// ```
 pub async fn heal(
     repo: &Repository,
     peer: &Repository,
