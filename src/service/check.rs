@@ -251,7 +251,7 @@ impl Service {
             op.enter(u32::try_from(i + 1).unwrap_or(u32::MAX), id);
             let outcome = if let Some(snap) = id.strip_prefix("mend:") {
                 let (v, s) = snap.split_once('/').unwrap_or((snap, ""));
-                self.mend(v, s).await?
+                self.mend(v, s, op).await?
             } else if id == "optimize:refcounts" {
                 json!(self.repo.repair().await?)
             } else if id == "clean:catalog" {

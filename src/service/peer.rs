@@ -198,7 +198,12 @@ impl Service {
     /// Apply `mend:<volume>/<id>`: heal the snapshot from the first peer that can supply
     /// its damaged objects (`"mended": "recopied"`), else delete it (`"mended":
     /// "deleted"`, with why each peer could not help). `"already gone"` if it was deleted.
-    pub(super) async fn mend(&self, volume: &str, id: &str) -> Result<Value, ServiceError> {
+    pub(super) async fn mend(
+        &self,
+        volume: &str,
+        id: &str,
+        op: &OpHandle,
+    ) -> Result<Value, ServiceError> {
         match self.repo.snapshot(volume, id).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => return Ok(json!("already gone")),
@@ -209,7 +214,8 @@ impl Service {
             let Some(peer) = self.targets.get(&url) else {
                 continue;
             };
-            match crate::repo::heal(&self.repo, peer, volume, id).await {
+            let progress: Arc<dyn crate::repo::Progress> = Arc::new(op.clone());
+            match crate::repo::heal(&self.repo, peer, volume, id, Some(progress)).await {
                 Ok(report) => {
                     let mut out = json!(report);
                     out["mended"] = json!("recopied");

@@ -26,14 +26,15 @@ use crate::repo::ids::new_time_id;
 use crate::repo::lease::Lease;
 use crate::repo::manifest::root_key;
 use crate::repo::repository::{check_names, SegmentSet};
-use crate::repo::table::{self, Geometry, FANOUT};
+use crate::repo::table::{self, span, Geometry, FANOUT};
 use crate::repo::writer::Writer;
-use crate::repo::{BlobId, Location, RepoError, Repository};
+use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
 use crate::store::StoreErrorKind;
 use crate::{Error, Result};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Frame bytes of chunks read in one batch (bounds memory at any chunk size).
 const BATCH_BYTES: u64 = 32 << 20;
@@ -118,6 +119,17 @@ struct Walk<'a> {
     report: HealReport,
     /// Damaged blobs found (healed ones included).
     damaged: u64,
+    /// Counted in volume bytes: every chunk position, zero or shared ones included.
+    progress: Option<Arc<dyn Progress>>,
+    chunk_bytes: u64,
+}
+
+/// Chunk positions of the volume covered by table `index` at `level`.
+fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
+    let per = span(level + 1);
+    geo.chunks
+        .saturating_sub(index.saturating_mul(per))
+        .min(per)
 }
 
 impl Walk<'_> {
@@ -128,25 +140,44 @@ impl Walk<'_> {
         }
     }
 
-    async fn run(&mut self, m: &crate::repo::SnapshotManifest) -> Result<()> {
+    fn advance(&self, chunks: u64) {
+        if let Some(p) = &self.progress {
+            p.advance(chunks.saturating_mul(self.chunk_bytes));
+        }
+    }
+
+    async fn run(&mut self, m: &crate::repo::SnapshotManifest, stage: &str) -> Result<()> {
         let geo = Geometry::new(m.size, m.chunk_size);
-        let mut stack: Vec<(BlobId, u8, u64)> = m
-            .top_ids()?
-            .into_iter()
-            .enumerate()
-            .filter(|(_, id)| !id.is_zero())
-            .map(|(i, id)| (id, geo.depth - 1, i as u64))
-            .collect();
+        self.chunk_bytes = u64::from(m.chunk_size);
+        if let Some(p) = &self.progress {
+            p.stage(stage, geo.chunks.saturating_mul(self.chunk_bytes));
+        }
+        let mut stack: Vec<(BlobId, u8, u64)> = Vec::new();
+        for (i, id) in m.top_ids()?.into_iter().enumerate() {
+            if id.is_zero() {
+                self.advance(coverage(&geo, geo.depth - 1, i as u64));
+            } else {
+                stack.push((id, geo.depth - 1, i as u64));
+            }
+        }
         while let Some((id, level, index)) = stack.pop() {
             if !self.tables.insert(id) {
+                self.advance(coverage(&geo, level, index));
                 continue;
             }
             let count = geo.table_len(level, index);
             let Some(entries) = self.table(&id, level, count).await? else {
+                self.advance(coverage(&geo, level, index));
                 continue;
             };
+            if level == 0 {
+                self.advance(count as u64);
+            }
             for (j, c) in entries.into_iter().enumerate() {
                 if c.is_zero() {
+                    if level > 0 {
+                        self.advance(coverage(&geo, level - 1, index * FANOUT + j as u64));
+                    }
                     continue;
                 }
                 if level > 0 {
@@ -238,14 +269,15 @@ impl Walk<'_> {
 /// Heal snapshot `volume/id` of `repo` from `peer`'s copy of it (see module docs). Fails
 /// when the peer does not hold the snapshot, holds a different tree (a copy re-chunked
 /// to another chunk size), lacks a damaged blob too, or when the snapshot still does not
-/// read back intact afterwards.
+/// read back intact afterwards. `progress` gets stages `heal` and `verify`, each in
+/// bytes of the volume.
 ///
 /// ```no_run
 /// # async fn demo() -> island::Result<()> {
 /// use island::repo::{heal, Repository};
 /// let here = Repository::open(island::store::open_store("/srv/repo", &Default::default()).await?).await?;
 /// let peer = Repository::open(island::store::open_store("/srv/dr", &Default::default()).await?).await?;
-/// let r = heal(&here, &peer, "vm1", "20260101T000000.000000Z-0123456789abcdef").await?;
+/// let r = heal(&here, &peer, "vm1", "20260101T000000.000000Z-0123456789abcdef", None).await?;
 /// println!("{} chunks and {} tables re-copied", r.chunks_healed, r.tables_healed);
 /// # Ok(()) }
 /// ```
@@ -254,6 +286,7 @@ pub async fn heal(
     peer: &Repository,
     volume: &str,
     id: &str,
+    progress: Option<Arc<dyn Progress>>,
 ) -> Result<HealReport> {
     check_names(volume, id)?;
     let (before, peer_before) = (repo.counts(), peer.counts());
@@ -289,8 +322,10 @@ pub async fn heal(
             ..Default::default()
         },
         damaged: 0,
+        progress: progress.clone(),
+        chunk_bytes: 0,
     };
-    walk.run(&m).await?;
+    walk.run(&m, "heal").await?;
     let mut report = walk.report;
     if report.tables_healed + report.chunks_healed > 0 {
         commit_gc_marker(repo, &mut w, &lease, seq, &marker_key, false).await?;
@@ -309,8 +344,10 @@ pub async fn heal(
         pending_bytes: 0,
         report: HealReport::default(),
         damaged: 0,
+        progress,
+        chunk_bytes: 0,
     };
-    verify.run(&m).await?;
+    verify.run(&m, "verify").await?;
     if verify.damaged > 0 {
         return Err(RepoError::Corrupt {
             key: root_key(volume, id),

@@ -66,6 +66,21 @@ fn truncate(mem: &MemStore, key: &str) {
     *bytes = bytes.slice(..bytes.len() / 2);
 }
 
+/// Stages seen: (name, total, sum of advances).
+#[derive(Default)]
+struct Stages(std::sync::Mutex<Vec<(String, u64, u64)>>);
+
+impl crate::repo::Progress for Stages {
+    fn stage(&self, name: &str, total: u64) {
+        self.0.lock().unwrap().push((name.into(), total, 0));
+    }
+    fn advance(&self, n: u64) {
+        if let Some(s) = self.0.lock().unwrap().last_mut() {
+            s.2 += n;
+        }
+    }
+}
+
 async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
     let opts = CheckOptions {
         read_data: true,
@@ -87,7 +102,7 @@ async fn heal_from_a_copy_then_gc_compaction_keeps_it_whole() {
 
     // Healthy: nothing written.
     let keys_before = mem_a.keys("");
-    let r = heal(&a, &b, "vm", &id).await.unwrap();
+    let r = heal(&a, &b, "vm", &id, None).await.unwrap();
     assert_eq!((r.tables_healed, r.chunks_healed, r.commit), (0, 0, None));
     assert_eq!((r.tables_checked, r.chunks_checked), (1, 64));
     assert_eq!(mem_a.keys(""), keys_before, "a healthy heal writes nothing");
@@ -107,8 +122,18 @@ async fn heal_from_a_copy_then_gc_compaction_keeps_it_whole() {
         .unwrap_err();
     assert!(is_damage(&e), "{e}");
 
-    let r = heal(&a, &b, "vm", &id).await.unwrap();
+    let stages = Arc::new(Stages::default());
+    let r = heal(&a, &b, "vm", &id, Some(stages.clone())).await.unwrap();
     assert_eq!((r.tables_healed, r.chunks_healed), (1, 64), "{r:?}");
+    let whole = a.snapshot("vm", &id).await.unwrap().size;
+    assert_eq!(
+        *stages.0.lock().unwrap(),
+        [
+            ("heal".into(), whole, whole),
+            ("verify".into(), whole, whole)
+        ],
+        "each stage counts every byte of the volume once"
+    );
     assert!(r.commit.as_deref().unwrap().starts_with("gc/"));
     assert!(r.bytes_from_peer >= 4 * MIB as u64, "{r:?}");
     let clean = read_data_check(&a).await;
@@ -150,12 +175,12 @@ async fn heal_refuses_a_rechunked_copy_and_a_peer_without_the_snapshot() {
         ..Default::default()
     };
     assert!(copy(&a, &b, &opts).await.unwrap().rechunked);
-    let e = heal(&a, &b, "vm", &id).await.unwrap_err();
+    let e = heal(&a, &b, "vm", &id, None).await.unwrap_err();
     assert!(
         matches!(e, crate::Error::Repo(RepoError::InvalidArgument(_))),
         "{e}"
     );
-    let e = heal(&a, &empty, "vm", &id).await.unwrap_err();
+    let e = heal(&a, &empty, "vm", &id, None).await.unwrap_err();
     assert!(
         matches!(e, crate::Error::Repo(RepoError::SnapshotNotFound { .. })),
         "{e}"
