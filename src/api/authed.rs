@@ -1,5 +1,5 @@
 //! The preamble every handler shares, as extractors: authenticate the caller (401), for
-//! check/fix require an admin (403), then read the request's input (400/413/422 later)
+//! check/fix require an admin (403), then parse the request's input (400/413/422 later)
 //! — always in that order, so a bad token is reported before a bad body. [`Authed`] is
 //! any user, [`Admin`] a user listed in the users file's `admins`; the input `T` is
 //! nothing (`()`), the query string only ([`QueryFields`]) or the query string and the
@@ -73,23 +73,44 @@ pub(crate) struct Admin<T> {
     pub input: T,
 }
 
-/// Read `T` from what remains of the request once the caller passed.
-async fn read_rest<T: ReadInput>(req: Request, state: &Arc<ApiState>) -> Result<T, ApiError> {
+/// A request split for the extractors: its headers, query string and (when the input
+/// reads one) its body, read before anything is answered — as the handlers' `Bytes`
+/// argument did — so a client still sending a body below the limit never meets a closed
+/// connection.
+struct Split {
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+}
+
+async fn split<T: ReadInput>(req: Request, state: &Arc<ApiState>) -> Split {
     let headers = req.headers().clone();
     let query = req.uri().query().map(str::to_string);
-    if !T::BODY {
-        return T::read(&headers, query.as_deref(), Ok(&[]));
+    let body = if T::BODY {
+        Bytes::from_request(req, state).await
+    } else {
+        Ok(Bytes::new())
+    };
+    Split {
+        headers,
+        query,
+        body,
     }
-    let body = Bytes::from_request(req, state).await;
-    T::read(&headers, query.as_deref(), body.as_deref())
+}
+
+impl Split {
+    fn input<T: ReadInput>(&self) -> Result<T, ApiError> {
+        T::read(&self.headers, self.query.as_deref(), self.body.as_deref())
+    }
 }
 
 impl<T: ReadInput + Send> FromRequest<Arc<ApiState>> for Authed<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
-        let user = user_of(state, req.headers())?;
-        let input = read_rest(req, state).await?;
+        let r = split::<T>(req, state).await;
+        let user = user_of(state, &r.headers)?;
+        let input = r.input()?;
         Ok(Authed { user, input })
     }
 }
@@ -98,14 +119,15 @@ impl<T: ReadInput + Send> FromRequest<Arc<ApiState>> for Admin<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
-        let user = user_of(state, req.headers())?;
+        let r = split::<T>(req, state).await;
+        let user = user_of(state, &r.headers)?;
         if !state.users.admins.contains(&user) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("user {user} is not an admin (the users file's admins)"),
             ));
         }
-        let input = read_rest(req, state).await?;
+        let input = r.input()?;
         Ok(Admin { user, input })
     }
 }
