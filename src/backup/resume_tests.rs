@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// A source that fails reads at and beyond `fail_at` (a crash mid-backup) and reports a
 /// resume token.
-struct Dying {
+pub(super) struct Dying {
     inner: Arc<MemSource>,
     fail_at: u64,
     token: String,
@@ -44,7 +44,7 @@ impl BlockSource for Dying {
     }
 }
 
-fn dying(src: &Arc<MemSource>, fail_at: u64, token: &str) -> Arc<Dying> {
+pub(super) fn dying(src: &Arc<MemSource>, fail_at: u64, token: &str) -> Arc<Dying> {
     Arc::new(Dying {
         inner: src.clone(),
         fail_at,
@@ -60,7 +60,7 @@ fn every_pack(volume: &str) -> BackupOptions {
     }
 }
 
-const SIZE: usize = 96 << 20;
+pub(super) const SIZE: usize = 96 << 20;
 
 async fn clean(repo: &Repository) {
     let c = repo.check(&CheckOptions::default()).await.unwrap();
