@@ -24,6 +24,7 @@ mod repo_faults;
 mod repo_forget;
 mod repo_golden;
 mod repo_kill;
+mod repo_kill_tail;
 mod repo_ops_util;
 mod repo_repair;
 mod service_api;
