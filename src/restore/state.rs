@@ -221,20 +221,33 @@ impl Resume {
                 },
                 resumed: true,
             }),
-            Some(m) if into => Err(RepoError::InvalidArgument(format!(
-                "{}: holds an unfinished restore of {}/{}{} (marker {}); OUT does not hold \
-                 {}: re-run that restore, or restore OUT whole without --into",
-                target.path.display(),
-                m.volume,
-                m.from.map(|f| format!("{f} -> ")).unwrap_or_default(),
-                m.id,
-                marker_path
+            Some(m) if into => {
+                let marker = marker_path
                     .as_deref()
                     .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                want.from.as_deref().unwrap_or("the base"),
-            ))
-            .into()),
+                    .unwrap_or_default();
+                let why = if m.same_job(&RestoreMarker {
+                    target: m.target,
+                    size: m.size,
+                    ..want.clone()
+                }) {
+                    "OUT was replaced or resized since that run was killed".to_string()
+                } else {
+                    format!(
+                        "OUT holds part of {}{}/{}, not {}",
+                        m.from.map(|f| format!("{f} -> ")).unwrap_or_default(),
+                        m.volume,
+                        m.id,
+                        want.from.as_deref().unwrap_or("the base"),
+                    )
+                };
+                Err(RepoError::InvalidArgument(format!(
+                    "{}: an unfinished restore is recorded in {marker} and {why}: re-run that \
+                     restore, or restore OUT whole without --into",
+                    target.path.display(),
+                ))
+                .into())
+            }
             _ => Ok(Resume {
                 marker_path,
                 marker: want,

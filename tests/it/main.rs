@@ -27,6 +27,7 @@ mod repo_kill;
 mod repo_kill_tail;
 mod repo_ops_util;
 mod repo_repair;
+mod restore_resume;
 mod service_api;
 mod service_bad_input;
 mod service_check;

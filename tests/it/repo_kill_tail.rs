@@ -4,7 +4,7 @@
 //! what the killed run had not stored. A tail pack damaged on disk is ignored (the re-run
 //! uploads its data again) and reclaimed by gc with the killed run.
 
-use crate::common::kill::{age, assert_check_clean, kill_after, objects_under, spawn};
+use crate::common::kill::{age, assert_check_clean, kill_after, spawn};
 use crate::common::rng;
 use crate::repo_ops_util::*;
 use rand::Rng;
@@ -16,7 +16,7 @@ const MIB: u64 = 1 << 20;
 
 /// Completed packs of a directory repository, sorted by name.
 fn packs(repo: &Path) -> Vec<PathBuf> {
-    let mut p = objects_under(repo, "packs");
+    let mut p = files_under(repo, "packs");
     p.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
     p
 }
@@ -70,7 +70,7 @@ fn backup_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
             .filter(|p| !before.contains(p))
             .collect();
         assert!(
-            !objects_under(&repo, "checkpoints").is_empty(),
+            !files_under(&repo, "checkpoints").is_empty(),
             "seed {seed}: no checkpoint after the first pack"
         );
         assert_check_clean(s(&repo));

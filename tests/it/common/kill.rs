@@ -4,7 +4,7 @@
 
 use super::cli::{island_cmd, ok_json};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,32 +47,11 @@ pub fn assert_check_clean(repo: &str) {
     assert_eq!(issues, Some(vec![]), "check: {c}");
 }
 
-/// Every regular file under `dir/sub` whose name does not start with a dot (the directory
-/// store's in-progress `.tmp-*` files are not objects yet).
-pub fn objects_under(dir: &Path, sub: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.join(sub)];
-    while let Some(d) = dirs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.filter_map(|e| e.ok()) {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if !e.file_name().to_string_lossy().starts_with('.') {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// Set the mtime (the directory store's Last-Modified) of every file under `repo/sub` two
 /// hours back: past `LEASE_TTL + SKEW` for leases, past gc's cutoff for tombstones.
 pub fn age(repo: &Path, sub: &str) {
     let then = SystemTime::now() - Duration::from_secs(2 * 3600);
-    for f in objects_under(repo, sub) {
+    for f in crate::repo_ops_util::files_under(repo, sub) {
         std::fs::File::options()
             .write(true)
             .open(&f)
