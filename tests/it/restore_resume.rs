@@ -239,7 +239,7 @@ fn restore_onto_a_block_device() {
     );
     let mut child = spawn(&slow);
     let st = state.clone();
-    let ready = move || std::fs::read_dir(&st).map_or(false, |d| d.count() > 0);
+    let ready = move || std::fs::read_dir(&st).is_ok_and(|d| d.count() > 0);
     assert!(
         kill_after(
             &mut child,
