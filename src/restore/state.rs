@@ -304,3 +304,84 @@ impl Resume {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(from: Option<&str>, target: Option<[u64; 2]>) -> RestoreMarker {
+        RestoreMarker {
+            volume: "vm".into(),
+            id: "b".into(),
+            size: 4096,
+            from: from.map(str::to_string),
+            target,
+            done_below: 0,
+        }
+    }
+
+    /// A killed run's recorded progress is what a re-run of the same job starts from; an
+    /// `--into` of another job, or into a replaced OUT, is refused with the reason; a plain
+    /// restore of another job starts afresh.
+    #[test]
+    fn marker_progress_resume_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.raw");
+        std::fs::write(&out, vec![0u8; 4096]).unwrap();
+        let t = Target::inspect(&out).unwrap();
+        assert!(!t.device && t.len == 4096 && t.identity.is_some());
+        let mut r = Resume::begin(&t, None, job(Some("a"), t.identity), true).unwrap();
+        assert!(!r.resumed && r.tracked());
+        r.start().unwrap();
+        let f = t.open().unwrap();
+        r.progress(&f, &out, 2048).unwrap();
+        // Killed here. The same job resumes from the recorded progress.
+        let again = Resume::begin(&t, None, job(Some("a"), t.identity), true).unwrap();
+        assert!(again.resumed);
+        assert_eq!(again.done_below(), 2048);
+        // Another --into job is refused: OUT holds neither snapshot.
+        let err = Resume::begin(&t, None, job(Some("c"), t.identity), true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("holds part of a -> vm/b, not c"), "{err}");
+        // OUT replaced (another inode): refused with that reason.
+        let other = Some([t.identity.unwrap()[0], t.identity.unwrap()[1] + 1]);
+        let err = Resume::begin(&t, None, job(Some("a"), other), true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("replaced or resized"), "{err}");
+        // A whole restore of anything is allowed and starts afresh.
+        let whole = Resume::begin(&t, None, job(None, t.identity), false).unwrap();
+        assert!(!whole.resumed);
+        again.finish().unwrap();
+        assert!(read_marker(&dir.path().join(".out.raw.island-restore")).is_none());
+    }
+
+    /// With a state directory the marker lives there (named after OUT and a hash of its
+    /// canonical path), never next to OUT.
+    #[test]
+    fn state_dir_holds_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let out = dir.path().join("disk");
+        std::fs::write(&out, vec![0u8; 4096]).unwrap();
+        let t = Target::inspect(&out).unwrap();
+        let mut r = Resume::begin(&t, Some(&state), job(None, t.identity), false).unwrap();
+        r.start().unwrap();
+        let names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("disk-") && names[0].ends_with(".island-restore"));
+        assert!(!dir.path().join(".disk.island-restore").exists());
+        // A character device is neither a file nor a block device: refused.
+        let err = Target::inspect(Path::new("/dev/null")).err().unwrap();
+        assert!(err
+            .to_string()
+            .contains("not a regular file or block device"));
+    }
+}
