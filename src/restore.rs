@@ -16,6 +16,9 @@
 //! every non-zero chunk back, keeps those whose BLAKE3 equals the table's id and downloads
 //! only the rest (reading local data is far cheaper than fetching it).
 
+mod stale;
+mod state;
+
 use crate::image::{CreateOptions, Image, OpenMode};
 use crate::repo::table::Geometry;
 use crate::repo::tree::PairWalk;
@@ -24,6 +27,7 @@ use crate::store::StoreErrorKind;
 use crate::Result;
 use futures::StreamExt;
 use serde::Serialize;
+use state::{RestoreMarker, Resume, Target};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -40,6 +44,9 @@ const PARALLEL_GETS: usize = 8;
 const WINDOW_CHUNKS: usize = 16384;
 /// A qcow2 target is flushed after this many bytes written (what a killed run can keep).
 const IMAGE_FLUSH_BYTES: u64 = 16 << 20;
+/// A raw restore records its progress (after an fsync) at least every this many bytes of
+/// the snapshot walked.
+const PROGRESS_BYTES: u64 = 1 << 30;
 
 /// Where to restore.
 #[derive(Clone, Debug)]
@@ -110,14 +117,20 @@ pub struct RestoreReport {
     /// Chunks a resumed run found already restored (checked by hash, not downloaded).
     pub chunks_kept: u64,
     pub bytes_kept: u64,
+    /// Bytes below the killed run's recorded progress: neither read back nor downloaded.
+    pub bytes_done_before: u64,
+    /// Temporary images of other snapshots' killed qcow2 restores to the same OUT, removed.
+    pub stale_temps_removed: u64,
 }
 
-/// Sidecar of a raw restore in progress: which snapshot the zero-filled target receives.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-struct RestoreMarker {
-    volume: String,
-    id: String,
-    size: u64,
+/// How to restore, beyond what and where.
+#[derive(Clone, Default)]
+pub struct RestoreOptions {
+    pub progress: Option<Arc<dyn Progress>>,
+    /// Directory for the resume marker of a raw or `--into` restore (format-spec §12.3).
+    /// Default: next to a regular OUT; a block device has no marker (and is not
+    /// resumable) without one.
+    pub state_dir: Option<PathBuf>,
 }
 
 fn io_err(path: &Path, op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> RepoError {
@@ -138,11 +151,26 @@ pub async fn restore(
     target: &RestoreTarget,
     progress: Option<Arc<dyn Progress>>,
 ) -> Result<RestoreReport> {
+    let opts = RestoreOptions {
+        progress,
+        state_dir: None,
+    };
+    restore_with(repo, volume, id, target, &opts).await
+}
+
+/// [`restore`] with options.
+pub async fn restore_with(
+    repo: &Repository,
+    volume: &str,
+    id: &str,
+    target: &RestoreTarget,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     match target {
         RestoreTarget::Qcow2 { path, cluster_size } => {
-            restore_qcow2(repo, volume, id, path, *cluster_size, progress).await
+            restore_qcow2(repo, volume, id, path, *cluster_size, opts).await
         }
-        _ => restore_to(repo, volume, id, target, progress).await,
+        _ => restore_to(repo, volume, id, target, opts).await,
     }
 }
 
@@ -158,7 +186,7 @@ async fn restore_qcow2(
     id: &str,
     path: &Path,
     cluster_size: u32,
-    progress: Option<Arc<dyn Progress>>,
+    opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(RepoError::InvalidArgument(format!(
@@ -168,12 +196,16 @@ async fn restore_qcow2(
         .into());
     }
     let tmp = sidecar(path, &format!("{id}.island-tmp"))?;
+    let stale = stale::remove_other_temps(path, id)?;
     let target = RestoreTarget::Qcow2 {
         path: tmp.clone(),
         cluster_size,
     };
-    let result = match restore_to(repo, volume, id, &target, progress).await {
-        Ok(report) => publish(&tmp, path).map(|()| report),
+    let result = match restore_to(repo, volume, id, &target, opts).await {
+        Ok(report) => publish(&tmp, path).map(|()| RestoreReport {
+            stale_temps_removed: stale,
+            ..report
+        }),
         Err(e) => Err(e),
     };
     let keep = match &result {
@@ -209,23 +241,9 @@ fn sidecar(path: &Path, suffix: &str) -> Result<PathBuf> {
     Ok(parent_dir(path).join(format!(".{name}.{suffix}")))
 }
 
-/// Open a raw target: continue it if its marker names this snapshot and its size matches,
-/// else create it zero-filled, make that durable, then write the marker.
-fn open_raw(path: &Path, want: &RestoreMarker) -> Result<(File, bool)> {
-    let marker = sidecar(path, "island-restore")?;
-    let matches = std::fs::read(&marker)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<RestoreMarker>(&b).ok())
-        .is_some_and(|m| &m == want);
-    let size_ok = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == want.size);
-    if matches && size_ok {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path, "open", 0))?;
-        return Ok((f, true));
-    }
+/// Create (or truncate) a regular OUT as `size` zero bytes, durably: a fresh raw restore
+/// writes only the non-zero chunks into it.
+fn create_zeroed(path: &Path, size: u64) -> Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -233,33 +251,9 @@ fn open_raw(path: &Path, want: &RestoreMarker) -> Result<(File, bool)> {
         .truncate(true)
         .open(path)
         .map_err(io_err(path, "create", 0))?;
-    f.set_len(want.size)
-        .map_err(io_err(path, "set_len", want.size))?;
+    f.set_len(size).map_err(io_err(path, "set_len", size))?;
     f.sync_all().map_err(io_err(path, "fsync", 0))?;
-    let body = serde_json::to_vec(want).unwrap_or_default();
-    File::create(&marker)
-        .and_then(|mut m| {
-            std::io::Write::write_all(&mut m, &body)?;
-            m.sync_all()
-        })
-        .map_err(io_err(&marker, "write", 0))?;
-    Ok((f, false))
-}
-
-/// The restore into a raw target is complete and durable: drop its marker, durably, so a
-/// later restore into the (then possibly modified) file starts afresh.
-fn finish_raw(path: &Path) -> Result<()> {
-    let marker = sidecar(path, "island-restore")?;
-    match std::fs::remove_file(&marker) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(&marker, "remove", 0)(e).into()),
-    }
-    let dir = parent_dir(path);
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&dir, "fsync directory", 0))?;
-    Ok(())
+    Ok(f)
 }
 
 /// Which of `chunks` (offset, length, id) the target already holds (resume).
@@ -296,39 +290,83 @@ async fn restore_to(
     volume: &str,
     id: &str,
     target: &RestoreTarget,
-    progress: Option<Arc<dyn Progress>>,
+    opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    let progress = opts.progress.clone();
     let before = repo.counts();
     let m = repo.snapshot(volume, id).await?;
     let set = repo.load_segments().await?;
     let geo = Geometry::new(m.size, m.chunk_size);
     let top = m.top_ids()?;
+    let want = |from: Option<String>, identity| RestoreMarker {
+        volume: volume.into(),
+        id: id.into(),
+        size: m.size,
+        from,
+        target: identity,
+        done_below: 0,
+    };
+    let state_dir = opts.state_dir.as_deref();
+    let mut resume: Option<Resume> = None;
     let mut resumed = false;
-    let (path, sink, mut walk) = match target {
+    // `zero_unknown`: OUT's old contents are unknown where the snapshot is zero (a device),
+    // so zero chunks are written too.
+    let (path, sink, mut walk, zero_unknown) = match target {
         RestoreTarget::Raw(path) => {
-            let want = RestoreMarker {
-                volume: volume.into(),
-                id: id.into(),
-                size: m.size,
+            let t = Target::inspect(path)?;
+            t.check_capacity(m.size)?;
+            let mut r = Resume::begin(&t, state_dir, want(None, t.identity), false)?;
+            let f = if r.resumed || t.device {
+                t.open()?
+            } else {
+                let f = create_zeroed(path, m.size)?;
+                r.set_identity(Target::inspect(path)?.identity);
+                f
             };
-            let (f, resume) = open_raw(path, &want)?;
-            resumed = resume;
-            (path.clone(), Sink::File(f), PairWalk::single(geo, &top))
+            if !r.resumed {
+                r.start()?;
+            }
+            if !r.tracked() {
+                tracing::warn!(
+                    "{}: a block device restore without --state-dir is not resumable",
+                    path.display()
+                );
+            }
+            resumed = r.resumed;
+            resume = Some(r);
+            let walk = PairWalk::single(geo, &top);
+            (path.clone(), Sink::File(f), walk, t.device)
         }
         RestoreTarget::Into { path, base } => {
             let b = repo.snapshot(volume, base).await?;
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_err(path, "open", 0))?;
-            if b.size == m.size && b.chunk_size == m.chunk_size {
-                let walk = PairWalk::new(geo, &b.top_ids()?, &top);
-                (path.clone(), Sink::File(f), walk)
-            } else {
-                f.set_len(0).map_err(io_err(path, "set_len", 0))?;
-                f.set_len(m.size).map_err(io_err(path, "set_len", m.size))?;
-                (path.clone(), Sink::File(f), PairWalk::single(geo, &top))
+            let t = Target::inspect(path)?;
+            t.check_capacity(m.size)?;
+            if t.device && state_dir.is_none() {
+                return Err(RepoError::InvalidArgument(format!(
+                    "{}: restore --into a block device needs --state-dir (where a killed \
+                     run is recorded, so OUT is never mistaken for {base} afterwards)",
+                    path.display()
+                ))
+                .into());
             }
+            let mut r = Resume::begin(&t, state_dir, want(Some(base.clone()), t.identity), true)?;
+            let f = t.open()?;
+            if !r.resumed {
+                r.start()?;
+            }
+            let same = b.size == m.size && b.chunk_size == m.chunk_size;
+            let walk = if same {
+                PairWalk::new(geo, &b.top_ids()?, &top)
+            } else {
+                if !t.device && !r.resumed {
+                    f.set_len(0).map_err(io_err(path, "set_len", 0))?;
+                    f.set_len(m.size).map_err(io_err(path, "set_len", m.size))?;
+                }
+                PairWalk::single(geo, &top)
+            };
+            resumed = r.resumed;
+            resume = Some(r);
+            (path.clone(), Sink::File(f), walk, t.device && !same)
         }
         RestoreTarget::Qcow2 { path, cluster_size } => {
             if m.size % 512 != 0 {
@@ -362,11 +400,8 @@ async fn restore_to(
                 }
                 _ => Image::create(path, &opts)?,
             };
-            (
-                path.clone(),
-                Sink::Image(Box::new(img)),
-                PairWalk::single(geo, &top),
-            )
+            let walk = PairWalk::single(geo, &top);
+            (path.clone(), Sink::Image(Box::new(img)), walk, false)
         }
     };
     let sink = Arc::new(sink);
@@ -374,6 +409,7 @@ async fn restore_to(
         p.stage("restore", m.size);
     }
     let cs = m.chunk_size as u64;
+    let done_below = resume.as_ref().map_or(0, Resume::done_below);
     let mut report = RestoreReport {
         resumed,
         ..Default::default()
@@ -385,33 +421,55 @@ async fn restore_to(
         // Chunks are fetched per window of many leaves, not per leaf: a snapshot after many
         // increments has its changed chunks spread over many small packs, and a wide window
         // lets the frames of one pack coalesce into one GET (restore time independent of age).
-        if leaf.is_none() || wanted.len() >= WINDOW_CHUNKS {
+        if leaf.is_none() || wanted.len() >= WINDOW_CHUNKS || pending_progress >= PROGRESS_BYTES {
             let batch = std::mem::take(&mut wanted);
             let (written, verified) = fetch_and_write(repo, &sink, &path, batch, m.size).await?;
             report.bytes_written += written;
             report.chunks_verified += verified;
+            let walked = std::mem::take(&mut pending_progress);
             if let Some(p) = &progress {
-                p.advance(std::mem::take(&mut pending_progress));
+                p.advance(walked);
+            }
+            // Every leaf before this one is written: record it for a re-run.
+            if let (Some(r), Sink::File(f)) = (resume.as_mut(), &*sink) {
+                let done = leaf.as_ref().map_or(m.size, |l| l.first_chunk * cs);
+                r.progress(f, &path, done)?;
             }
         }
         let Some(leaf) = leaf else { break };
+        pending_progress += leaf.b.len() as u64 * cs;
         let mut local: Vec<(u64, u64, BlobId)> = Vec::new();
+        let mut zeros: Vec<(u64, u64)> = Vec::new();
         for (j, (old, new)) in leaf.a.iter().zip(leaf.b.iter()).enumerate() {
-            if old == new {
+            if old == new && !(zero_unknown && new.is_zero()) {
                 continue;
             }
             let idx = leaf.first_chunk + j as u64;
             let off = idx * cs;
             let len = cs.min(m.size - off);
+            if off + len <= done_below {
+                report.bytes_done_before += len;
+                continue;
+            }
             if new.is_zero() {
-                let (sk, p) = (sink.clone(), path.clone());
-                tokio::task::spawn_blocking(move || sk.punch(&p, off, len))
-                    .await
-                    .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
+                match zeros.last_mut() {
+                    Some(z) if z.0 + z.1 == off => z.1 += len,
+                    _ => zeros.push((off, len)),
+                }
                 report.chunks_zeroed += 1;
                 continue;
             }
             local.push((off, len, *new));
+        }
+        if !zeros.is_empty() {
+            let (sk, p) = (sink.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                zeros
+                    .into_iter()
+                    .try_for_each(|(off, len)| sk.punch(&p, off, len))
+            })
+            .await
+            .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
         }
         if resumed && !local.is_empty() {
             let (sk, p, chunks) = (sink.clone(), path.clone(), local);
@@ -440,7 +498,6 @@ async fn restore_to(
                 })?;
             wanted.push((off, new, loc));
         }
-        pending_progress += leaf.b.len() as u64 * cs;
     }
     let (sk, p) = (sink.clone(), path.clone());
     tokio::task::spawn_blocking(move || sk.sync(&p))
@@ -449,8 +506,8 @@ async fn restore_to(
     if let Ok(Sink::Image(img)) = Arc::try_unwrap(sink) {
         img.close()?;
     }
-    if let RestoreTarget::Raw(p) = target {
-        finish_raw(p)?;
+    if let Some(r) = &resume {
+        r.finish()?;
     }
     let used = repo.counts().since(&before);
     report.bytes_downloaded = used.bytes_downloaded;

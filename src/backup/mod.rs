@@ -82,6 +82,9 @@ pub struct BackupReport {
     pub blobs_adopted: u64,
     /// Source bytes the killed run had already processed, not read again.
     pub bytes_skipped: u64,
+    /// Packs the killed run sealed after its last checkpoint whose chunks this run took
+    /// over (read back from the packs' footers, format-spec §12.2).
+    pub tail_packs_adopted: u64,
 }
 
 enum Item {
@@ -434,6 +437,7 @@ pub async fn backup(
         resumed_from: resumed.as_ref().map(|r| r.from.clone()),
         blobs_adopted: resumed.as_ref().map_or(0, |r| r.blobs),
         bytes_skipped,
+        tail_packs_adopted: resumed.as_ref().map_or(0, |r| r.tail_packs),
     })
 }
 
@@ -454,5 +458,7 @@ mod model_tests;
 mod race_tests;
 #[cfg(test)]
 mod resume_tests;
+#[cfg(test)]
+mod tail_tests;
 #[cfg(test)]
 mod tests;

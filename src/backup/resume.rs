@@ -35,6 +35,8 @@ pub(super) struct Position {
 pub(super) struct Resumed {
     pub from: String,
     pub blobs: u64,
+    /// Packs the killed run sealed after its checkpoint, taken over from their footers.
+    pub tail_packs: u64,
     /// Set when the job is the same: continue the old tree from the old position.
     pub position: Option<Position>,
 }
@@ -50,18 +52,21 @@ pub(super) async fn resume(
     // Same job first (stable: newest first within each group).
     found.sort_by_key(|c| !c.job.resumable_by(job));
     for ck in found {
-        if !checkpoint::claim(repo, &ck, w.holder()).await? {
+        let Some(claim) = checkpoint::claim(repo, &ck, w.holder()).await? else {
             continue;
-        }
+        };
         let whole = ck.job.resumable_by(job);
-        let blobs = checkpoint::take_over(repo, w, &ck, whole).await?;
+        let tail_packs = claim.tail_packs();
+        let blobs = checkpoint::take_over(repo, w, &ck, claim, whole).await?;
         tracing::info!(
-            "resuming {} (blobs taken over: {blobs}, position kept: {whole})",
+            "resuming {} (blobs taken over: {blobs}, packs after its checkpoint: \
+             {tail_packs}, position kept: {whole})",
             ck.holder
         );
         return Ok(Some(Resumed {
             from: ck.holder.clone(),
             blobs,
+            tail_packs,
             position: whole.then_some(Position {
                 next_chunk: ck.next_chunk,
                 tree: ck.tree,
@@ -110,9 +115,13 @@ impl Checkpointer {
         }
     }
 
-    /// A new data pack was sealed since the last checkpoint and the interval has passed.
+    /// A new data pack was sealed since the last checkpoint and the interval has passed,
+    /// or this is the run's first data pack: one checkpoint is enough to make a killed run
+    /// adoptable, and the packs sealed after it are adopted from their footers
+    /// (format-spec §12.2), so a long interval no longer means re-uploading all of it.
     pub fn due(&self, w: &Writer) -> bool {
-        w.data_packs_sealed > self.packs_at_last && self.last.elapsed() >= self.interval
+        w.data_packs_sealed > self.packs_at_last
+            && (self.packs_at_last == 0 || self.last.elapsed() >= self.interval)
     }
 
     /// Flush `w` (packs and uncommitted segments durable), then record the position: every

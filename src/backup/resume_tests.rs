@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// A source that fails reads at and beyond `fail_at` (a crash mid-backup) and reports a
 /// resume token.
-struct Dying {
+pub(super) struct Dying {
     inner: Arc<MemSource>,
     fail_at: u64,
     token: String,
@@ -44,7 +44,7 @@ impl BlockSource for Dying {
     }
 }
 
-fn dying(src: &Arc<MemSource>, fail_at: u64, token: &str) -> Arc<Dying> {
+pub(super) fn dying(src: &Arc<MemSource>, fail_at: u64, token: &str) -> Arc<Dying> {
     Arc::new(Dying {
         inner: src.clone(),
         fail_at,
@@ -60,7 +60,7 @@ fn every_pack(volume: &str) -> BackupOptions {
     }
 }
 
-const SIZE: usize = 96 << 20;
+pub(super) const SIZE: usize = 96 << 20;
 
 async fn clean(repo: &Repository) {
     let c = repo.check(&CheckOptions::default()).await.unwrap();
@@ -319,4 +319,37 @@ async fn incremental_backup_resumes_with_the_parent_tree() {
     let want = src.data.lock().unwrap().clone();
     assert_eq!(restored(&repo, "vm", &r.id).await, want);
     clean(&repo).await;
+}
+
+/// A raw restore's recorded progress (`done_below`, format-spec §12.3) is trusted: the
+/// chunks below it are neither read back nor downloaded; the rest is checked by hash.
+#[tokio::test]
+async fn raw_restore_skips_what_the_killed_run_recorded_as_done() {
+    use crate::restore::{restore, RestoreTarget};
+    let (_store, repo) = new_repo(65536).await;
+    let data = volume(16 << 20, 15);
+    let r = backup(&repo, MemSource::new(data.clone()), &every_pack("vm"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    // What a kill leaves: chunks below 64 written and recorded, 64..100 written after the
+    // last record, the rest not yet written.
+    let mut partial = data.clone();
+    partial[100 * 65536..].fill(0);
+    std::fs::write(&out, &partial).unwrap();
+    let body = serde_json::json!({
+        "volume": "vm", "id": r.id, "size": data.len(), "done_below": 64 * 65536
+    });
+    std::fs::write(
+        dir.path().join(".disk.raw.island-restore"),
+        body.to_string(),
+    )
+    .unwrap();
+    let target = RestoreTarget::Raw(out.clone());
+    let again = restore(&repo, "vm", &r.id, &target, None).await.unwrap();
+    assert!(again.resumed, "{again:?}");
+    assert_eq!(again.bytes_done_before, 64 * 65536, "{again:?}");
+    assert_eq!(again.chunks_kept, 36, "{again:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }

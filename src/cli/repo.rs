@@ -158,6 +158,10 @@ pub struct RestoreArgs {
     /// Snapshot OUT currently holds (with `--into`).
     #[arg(long, value_name = "ID", requires = "into")]
     base: Option<String>,
+    /// Directory for the resume marker of a raw restore (default: next to OUT). Needed to
+    /// resume a restore to a block device, and for `--into` a block device.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Print one JSON object with the result on stdout.
     #[arg(long)]
     json: bool,
@@ -472,14 +476,11 @@ async fn restore(a: RestoreArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     let progress = Arc::new(ProgressAdapter(CliProgress::new(ProgressMode::choose(
         a.json,
     ))));
-    let result = island::restore::restore(
-        &repo,
-        &a.volume,
-        &a.snapshot,
-        &target,
-        Some(progress.clone()),
-    )
-    .await;
+    let opts = island::restore::RestoreOptions {
+        progress: Some(progress.clone()),
+        state_dir: a.state_dir.clone(),
+    };
+    let result = island::restore::restore_with(&repo, &a.volume, &a.snapshot, &target, &opts).await;
     progress.0.finish();
     let report = result.with_context(|| {
         format!(

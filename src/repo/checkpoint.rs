@@ -11,33 +11,37 @@
 //!    newest generation: exactly the renewal rule, so no gc can have judged the old holder
 //!    dead (gc waits `LEASE_TTL + SKEW`) and no gc can judge it dead before the claim is
 //!    `LEASE_TTL + SKEW` old;
-//! 2. **verify** every listed pack still exists (HEAD);
+//! 2. **verify** every listed pack still exists (HEAD), and read the footers of the packs
+//!    the old holder sealed *after* the checkpoint (its tail: self-describing, checked by
+//!    crc32c; a corrupt or unreadable one ends the tail);
 //! 3. **transfer**: write its own intent listing the old holder (and whatever that one had
 //!    adopted) as `adopted`, then mark the old intent `adopted_by` (it keeps only the packs
-//!    sealed after the checkpoint) and delete the old checkpoints. From then on the adopted
-//!    packs are reclaimed by gc only through the new intent (if the new writer dies
-//!    uncommitted) and are kept once its root commits;
+//!    numbered after the last adopted one) and delete the old checkpoints. From then on
+//!    the adopted packs are reclaimed by gc only through the new intent (if the new writer
+//!    dies uncommitted) and are kept once its root commits;
 //! 4. **copy** the old segments' records into its own writer: index records make the blobs
-//!    its own (no upload), refs records carry the counts of the tables already stored.
+//!    its own (no upload), refs records carry the counts of the tables already stored. The
+//!    tail's chunks are offered for reuse (indexed only when the backup meets them again).
 //!
 //! When the source is not the same (another image snapshot, another parent), only the
 //! chunk locations are offered for reuse: the tree is rebuilt, chunks met again are not
 //! uploaded again, and the old refs are not copied (they describe the old tree).
 
 use super::envelope::{self, MAGIC_CHECKPOINT, MAGIC_INTENT, MAGIC_LEASE};
-use super::gc::segment_records;
+use super::gc::{pack_entries, segment_records};
 use super::lease::{lease_key, LeaseBody, LEASE_TTL};
+use super::pack::PackEntry;
 use super::segment::{self, INDEX_RECORD, REFS_RECORD};
 use super::tree::TreeState;
-use super::writer::{intent_key, Intent, Writer};
-use super::{create_exclusive, BlobKind, RepoError, Repository};
+use super::writer::{intent_key, pack_name, Intent, Writer};
+use super::{create_exclusive, BlobKind, Location, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Generation number of the adoption claim in the adopted holder's lease chain: above any
 /// real generation, so the holder itself can never create it.
@@ -45,8 +49,17 @@ pub(crate) const ADOPT_GENERATION: u64 = 9_999_999_999;
 /// Chunk locations of a non-matching checkpoint offered for reuse at most (bounds memory
 /// to roughly 100 bytes each).
 const OFFER_MAX: usize = 2 << 20;
-/// Pack existence checks in flight.
+/// Pack existence checks (and tail footer reads) in flight.
 const HEADS_IN_FLIGHT: usize = 16;
+/// Absent pack names in a row that end the probe of a killed holder's tail: gc's
+/// dead-writer probe gives up after as many, so every adopted tail pack stays reachable
+/// from its adopter's intent (format-spec §12.2).
+const TAIL_MISSES: u64 = 8;
+/// Time spent reading a tail at most; what is left stays with the old holder's intent.
+const TAIL_BUDGET: Duration = Duration::from_secs(5 * 60);
+/// The transfer (step 3) is abandoned when the claim is older than this: far inside the
+/// `LEASE_TTL + SKEW` during which no gc can judge the claimed holder dead.
+const TRANSFER_WITHIN: Duration = Duration::from_secs(15 * 60);
 
 /// What makes two backup runs the same job: a re-run resumes the old tree and position only
 /// when all of this is equal and the source token is known.
@@ -140,11 +153,31 @@ pub(crate) async fn find(repo: &Repository, volume: &str, me: &str) -> Result<Ve
     Ok(out)
 }
 
-/// Claim `ck`'s holder for `me` and check that its packs survive (steps 1–2 of the module
-/// doc). `false`: somebody else adopted it, its lease chain is broken (a gc may already
-/// have judged it dead) or a pack is gone; the caller then starts afresh.
-pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Result<bool> {
+/// A successful claim of a killed holder (steps 1–2 of the module doc).
+pub(crate) struct Claim {
+    /// When the claim was sent (local monotonic clock): step 3 must be stored within
+    /// [`TRANSFER_WITHIN`] of it (format-spec §12.2).
+    at: Instant,
+    /// Packs the holder sealed after its checkpoint, read from their footers.
+    tail: Vec<(String, Vec<PackEntry>)>,
+    /// First of the holder's own pack numbers left to its intent after the transfer.
+    unadopted_from: u64,
+}
+
+impl Claim {
+    /// Packs sealed after the checkpoint that this claim takes over.
+    pub fn tail_packs(&self) -> u64 {
+        self.tail.len() as u64
+    }
+}
+
+/// Claim `ck`'s holder for `me`, check that its packs survive and read the footers of the
+/// packs it sealed after the checkpoint (steps 1–2 of the module doc). `None`: somebody
+/// else adopted it, its lease chain is broken (a gc may already have judged it dead) or a
+/// pack is gone; the caller then starts afresh.
+pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Result<Option<Claim>> {
     let store = repo.store();
+    let at = Instant::now();
     let key = lease_key(&ck.holder, ADOPT_GENERATION);
     let body = LeaseBody {
         holder: ck.holder.clone(),
@@ -154,7 +187,7 @@ pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Resul
     };
     let sealed = Bytes::from(envelope::seal(MAGIC_LEASE, &body));
     if create_exclusive(store.as_ref(), &key, sealed).await? == PutOutcome::AlreadyExists {
-        return Ok(false);
+        return Ok(None);
     }
     let claimed = store
         .head(&key)
@@ -169,14 +202,14 @@ pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Resul
         .filter_map(|o| o.last_modified)
         .max();
     let Some(newest) = newest else {
-        return Ok(false);
+        return Ok(None);
     };
     if claimed.duration_since(newest).unwrap_or_default() > LEASE_TTL {
         tracing::info!(
             "not resuming {}: its lease expired before the claim",
             ck.holder
         );
-        return Ok(false);
+        return Ok(None);
     }
     let keys: Vec<String> = ck.packs.iter().map(|p| super::pack_key_of(p)).collect();
     let mut heads = futures::stream::iter(keys.into_iter().map(|key| {
@@ -199,63 +232,174 @@ pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Resul
             "not resuming {}: {missing} of its packs are gone",
             ck.holder
         );
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(true)
+    let prefix = format!("{}-p", ck.holder);
+    let first = ck
+        .packs
+        .iter()
+        .filter_map(|p| p.strip_prefix(&prefix)?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |s| s + 1);
+    let (tail, unadopted_from) = read_tail(repo, &ck.holder, first).await;
+    Ok(Some(Claim {
+        at,
+        tail,
+        unadopted_from,
+    }))
+}
+
+/// What probing one pack name of the tail found.
+enum TailPack {
+    Absent,
+    Chunks(Vec<PackEntry>),
+    /// Unreadable, corrupt or without chunks: ends the tail.
+    Unusable,
+}
+
+/// The packs `holder-p<first>`, `holder-p<first+1>`, … that a killed holder sealed after
+/// its checkpoint: each pack's trailer and footer are read with ranged GETs and checked
+/// (magic, version, crc32c, frames tiling the data area). Probing ends after
+/// [`TAIL_MISSES`] absent names in a row (uploads run in parallel, so a pack in flight at
+/// the kill leaves a gap), at the first pack that is unusable (corrupt, unreadable, or
+/// holding no chunk: it stays with the holder's intent for gc), or when
+/// [`TAIL_BUDGET`] has passed. Returns the adopted packs and the first number not adopted
+/// (everything from it on stays with the holder's intent).
+async fn read_tail(
+    repo: &Repository,
+    holder: &str,
+    first: u64,
+) -> (Vec<(String, Vec<PackEntry>)>, u64) {
+    let started = Instant::now();
+    let mut tail = Vec::new();
+    let mut offered = 0usize;
+    let (mut seq, mut misses, mut next_unadopted) = (first, 0u64, first);
+    'probe: while misses < TAIL_MISSES && started.elapsed() < TAIL_BUDGET {
+        let names: Vec<String> = (seq..seq + HEADS_IN_FLIGHT as u64)
+            .map(|s| pack_name(holder, s))
+            .collect();
+        let found: Vec<TailPack> = futures::stream::iter(names.clone().into_iter().map(|name| {
+            let repo = repo.clone();
+            let holder = holder.to_string();
+            async move {
+                match pack_entries(&repo, &name).await {
+                    Ok(entries) if entries.iter().any(|e| e.kind == BlobKind::Chunk) => {
+                        TailPack::Chunks(entries)
+                    }
+                    Ok(_) => TailPack::Unusable,
+                    Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => {
+                        TailPack::Absent
+                    }
+                    Err(e) => {
+                        tracing::warn!("not adopting {name} (nor later packs of {holder}): {e}");
+                        TailPack::Unusable
+                    }
+                }
+            }
+        }))
+        .buffered(HEADS_IN_FLIGHT)
+        .collect()
+        .await;
+        for (name, probe) in names.into_iter().zip(found) {
+            match probe {
+                TailPack::Absent => misses += 1,
+                TailPack::Chunks(entries) if offered + entries.len() <= OFFER_MAX => {
+                    offered += entries.len();
+                    tail.push((name, entries));
+                    misses = 0;
+                    next_unadopted = seq + 1;
+                }
+                TailPack::Chunks(_) | TailPack::Unusable => break 'probe,
+            }
+            if misses >= TAIL_MISSES {
+                break 'probe;
+            }
+            seq += 1;
+        }
+    }
+    (tail, next_unadopted)
 }
 
 /// Steps 3–4 of the module doc, after a successful [`claim`]. With `whole`, the old index
 /// and refs records become `w`'s own (the caller continues the old tree); otherwise only
-/// chunk locations are offered for reuse. Returns the number of blobs taken over.
+/// chunk locations are offered for reuse. The chunks of the packs sealed after the
+/// checkpoint are offered for reuse in both cases (the tree they went into is not in the
+/// checkpoint). Returns the number of blobs taken over.
 pub(crate) async fn take_over(
     repo: &Repository,
     w: &mut Writer,
     ck: &Checkpoint,
+    claim: Claim,
     whole: bool,
 ) -> Result<u64> {
-    w.adopted.push(ck.holder.clone());
-    w.adopted.extend(ck.adopted.iter().cloned());
-    w.packs.extend(ck.packs.iter().cloned());
     let mut blobs = 0u64;
     let mut offered = 0usize;
+    let mut locations = Vec::new();
+    let mut refs = Vec::new();
     for key in &ck.segments {
         let h = repo.segment_head(key).await?;
         let records = segment_records(repo, &h).await?;
         if key.starts_with("index/") {
             for r in records.chunks_exact(INDEX_RECORD) {
                 let (id, loc) = segment::decode_index_record(&h, r)?;
-                if whole {
-                    w.adopt_location(id, loc);
-                    blobs += 1;
-                } else if loc.kind == BlobKind::Chunk && offered < OFFER_MAX {
-                    w.offer_adoptable(id, loc);
-                    offered += 1;
-                    blobs += 1;
+                if whole || (loc.kind == BlobKind::Chunk && offered < OFFER_MAX) {
+                    offered += usize::from(!whole);
+                    locations.push((id, loc));
                 }
             }
         } else if whole {
             for r in records.chunks_exact(REFS_RECORD) {
-                let (id, delta, flags) = segment::decode_refs_record(&h, r)?;
-                w.add_ref(id, i64::from(delta), flags);
+                refs.push(segment::decode_refs_record(&h, r)?);
             }
         }
     }
+    // The transfer must be stored well before a gc could judge the claimed holder dead
+    // (`LEASE_TTL + SKEW` after the claim); `w` is untouched until here.
+    if claim.at.elapsed() > TRANSFER_WITHIN {
+        return Err(RepoError::LeaseExpired {
+            holder: ck.holder.clone(),
+        }
+        .into());
+    }
+    w.adopted.push(ck.holder.clone());
+    w.adopted.extend(ck.adopted.iter().cloned());
+    w.packs.extend(ck.packs.iter().cloned());
+    for (id, loc) in locations {
+        if whole {
+            w.adopt_location(id, loc);
+        } else {
+            w.offer_adoptable(id, loc);
+        }
+        blobs += 1;
+    }
+    for (id, delta, flags) in refs {
+        w.add_ref(id, i64::from(delta), flags);
+    }
+    for (name, entries) in claim.tail {
+        for e in entries.iter().filter(|e| e.kind == BlobKind::Chunk) {
+            w.offer_adoptable(
+                e.id,
+                Location {
+                    pack: name.clone(),
+                    offset: e.offset,
+                    frame_len: e.frame_len,
+                    plain_len: e.plain_len,
+                    kind: e.kind,
+                },
+            );
+            blobs += 1;
+        }
+        w.packs.push(name);
+    }
     // The new intent names the adopted holders before the old intent gives them up, so
     // the packs always have an intent through which gc would reclaim them. The old intent
-    // keeps the packs the old holder sealed after its checkpoint (never adopted).
+    // keeps the packs numbered from `unadopted_from` on (never adopted).
     w.write_intent().await?;
-    let prefix = format!("{}-p", ck.holder);
-    let unadopted_from = ck
-        .packs
-        .iter()
-        .filter_map(|p| p.strip_prefix(&prefix)?.parse::<u64>().ok())
-        .max()
-        .map_or(0, |s| s + 1);
     let ikey = intent_key(&ck.holder);
     if let Some(bytes) = repo.get_opt(&ikey).await? {
         let mut old = Intent::decode(&ikey, &bytes)?;
         old.adopted_by = Some(w.holder().to_string());
-        old.unadopted_from = unadopted_from;
+        old.unadopted_from = claim.unadopted_from;
         old.adopted.clear();
         repo.store()
             .put(&ikey, Bytes::from(envelope::seal(MAGIC_INTENT, &old)))
@@ -342,8 +486,8 @@ pub(crate) async fn adopt_chunks(
     volume: &str,
 ) -> Result<Option<(String, u64)>> {
     for ck in find(repo, volume, w.holder()).await? {
-        if claim(repo, &ck, w.holder()).await? {
-            let n = take_over(repo, w, &ck, false).await?;
+        if let Some(claim) = claim(repo, &ck, w.holder()).await? {
+            let n = take_over(repo, w, &ck, claim, false).await?;
             return Ok(Some((ck.holder, n)));
         }
     }

@@ -229,7 +229,11 @@ impl Checkpoints {
     }
 
     async fn maybe(&mut self, to: &Repository, w: &mut Writer, volume: &str) -> Result<()> {
-        if w.data_packs_sealed > self.packs_at_last && self.last.elapsed() >= self.interval {
+        // The first data pack always checkpoints: it makes a killed copy adoptable, and
+        // what it seals later is adopted from the pack footers (format-spec §12.2).
+        if w.data_packs_sealed > self.packs_at_last
+            && (self.packs_at_last == 0 || self.last.elapsed() >= self.interval)
+        {
             checkpoint::write_chunks_only(to, w, volume).await?;
             self.last = Instant::now();
             self.packs_at_last = w.data_packs_sealed;

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod conformance;
+pub mod kill;
 pub mod memfile;
 pub mod qemu;
 
