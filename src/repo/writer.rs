@@ -13,6 +13,7 @@ use super::segment::{
     self, SegmentHead, SegmentMeta, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
 use super::{BlobId, BlobKind, Frame, Lease, Location, RepoError, Repository};
+use crate::store::{ObjectStore, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -246,6 +247,7 @@ impl Writer {
         if pack.is_empty() {
             return Ok(());
         }
+        self.lease.ensure_usable()?;
         if !self.intent_written {
             self.write_intent().await?;
         }
@@ -271,11 +273,10 @@ impl Writer {
         }
         let store = self.repo.store().clone();
         let key = pack_key(&name);
+        let lease = self.lease.clone();
         self.uploads.spawn(async move {
-            store
-                .put(&key, Bytes::from(bytes))
-                .await
-                .map_err(Into::into)
+            store.put(&key, Bytes::from(bytes)).await?;
+            confirm_intent(store.as_ref(), &lease, &key).await
         });
         self.lease.keep_alive().await?;
         if self.index.len() >= SEGMENT_FLUSH || self.refs.len() >= SEGMENT_FLUSH {
@@ -303,6 +304,7 @@ impl Writer {
         while !self.uploads.is_empty() {
             self.join_one().await?;
         }
+        self.lease.ensure_usable()?;
         let store = self.repo.store().clone();
         if !self.index.is_empty()
             || !self.dead_packs.is_empty()
@@ -389,6 +391,31 @@ impl Writer {
             }
         }
         self.lease.release().await;
+    }
+}
+
+/// After a pack upload: the writer's intent must still exist. gc deletes the intent of a
+/// holder it judged dead *before* its last probe for that holder's packs (format-spec §5),
+/// so either this HEAD sees the intent and the pack landed before gc's last probe (gc
+/// finds and deletes it), or it sees no intent: the holder was judged dead, deletes the
+/// pack itself and is fenced. A zombie writer leaves no pack that nothing names.
+async fn confirm_intent(store: &dyn ObjectStore, lease: &Lease, pack: &str) -> Result<()> {
+    let ikey = intent_key(&lease.holder);
+    match store.head(&ikey).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == StoreErrorKind::NotFound => {
+            let reason = format!("{ikey} was removed (judged dead by gc) while {pack} uploaded");
+            if let Err(e) = store.delete(pack).await {
+                tracing::warn!("removing {pack} of fenced {}: {e}", lease.holder);
+            }
+            lease.fence_now(reason.clone());
+            Err(RepoError::LeaseFenced {
+                holder: lease.holder.clone(),
+                reason,
+            }
+            .into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
