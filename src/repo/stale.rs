@@ -35,8 +35,8 @@ const PROBE_MISSES: u32 = 8;
 
 /// Remove what a dead holder left uncommitted: its packs (found through its intent and
 /// sequential names, with those of holders it adopted), its segments (listed by its id
-/// prefix) and its checkpoints; then its intent, and then a last probe for packs that a
-/// zombie of the holder uploaded meanwhile (see the module doc). Idempotent.
+/// prefix) and its checkpoints; then the intent it read, and then a last probe for packs
+/// that a zombie of the holder uploaded meanwhile (see the module doc). Idempotent.
 pub(crate) async fn clean_dead_writer(
     repo: &Repository,
     set: &SegmentSet,
@@ -47,6 +47,7 @@ pub(crate) async fn clean_dead_writer(
         Some(b) => Some(Intent::decode(&ikey, &b)?),
         None => None,
     };
+    let intent_read = intent.is_some();
     let mut doomed = Vec::new();
     for prefix in ["index/", "refs/"] {
         for o in repo.list_all(&format!("{prefix}{holder}")).await? {
@@ -73,7 +74,11 @@ pub(crate) async fn clean_dead_writer(
     }
     doomed.extend(super::checkpoint::keys_of(repo, holder).await?);
     repo.store().delete_batch(&doomed).await?;
-    repo.store().delete_batch(&[ikey]).await?;
+    // Only an intent read above is deleted: one the holder (a zombie) wrote since then
+    // names packs this run has not probed for, and stays for a later run.
+    if intent_read {
+        repo.store().delete_batch(&[ikey]).await?;
+    }
     if let Some(p) = probe.as_mut() {
         let late = p.run(repo).await?;
         repo.store().delete_batch(&late).await?;

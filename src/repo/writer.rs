@@ -160,6 +160,7 @@ impl Writer {
     /// resumed backup writes it before it releases the adopted holder's intent, so the
     /// adopted packs always have an intent that gc would clean them through.
     pub async fn write_intent(&mut self) -> Result<()> {
+        self.lease.ensure_usable()?;
         let intent = Intent {
             holder: self.holder().into(),
             op: self.op.clone(),
@@ -278,7 +279,10 @@ impl Writer {
             store.put(&key, Bytes::from(bytes)).await?;
             confirm_intent(store.as_ref(), &lease, &key).await
         });
-        self.lease.keep_alive().await?;
+        if let Err(e) = self.lease.keep_alive().await {
+            self.drain().await;
+            return Err(e);
+        }
         if self.index.len() >= SEGMENT_FLUSH || self.refs.len() >= SEGMENT_FLUSH {
             self.flush().await?;
         }
@@ -286,11 +290,23 @@ impl Writer {
     }
 
     async fn join_one(&mut self) -> Result<()> {
-        match self.uploads.join_next().await {
+        let r = match self.uploads.join_next().await {
             Some(Ok(r)) => r,
             Some(Err(e)) => Err(RepoError::Task(format!("pack upload: {e}")).into()),
             None => Ok(()),
+        };
+        if r.is_err() {
+            self.drain().await;
         }
+        r
+    }
+
+    /// Wait for the uploads still in flight, ignoring their outcome, before failing: each
+    /// checks the intent after landing (and removes its pack if the holder was judged
+    /// dead), whereas dropping the writer would abort them, possibly after the pack landed
+    /// and before that check (a pack gc could never find).
+    async fn drain(&mut self) {
+        while self.uploads.join_next().await.is_some() {}
     }
 
     /// Seal open packs, wait for every upload, then write index and refs segments.
@@ -398,26 +414,40 @@ impl Writer {
 /// holder it judged dead *before* its last probe for that holder's packs (format-spec §5),
 /// so either this HEAD sees the intent and the pack landed before gc's last probe (gc
 /// finds and deletes it), or it sees no intent: the holder was judged dead, deletes the
-/// pack itself and is fenced. A zombie writer leaves no pack that nothing names.
+/// pack itself and is fenced. A zombie writer leaves no pack that nothing names. Both
+/// requests are tried [`CONFIRM_ATTEMPTS`] times: a failed one would leave that pack
+/// unnamed if the holder was judged dead.
 async fn confirm_intent(store: &dyn ObjectStore, lease: &Lease, pack: &str) -> Result<()> {
     let ikey = intent_key(&lease.holder);
-    match store.head(&ikey).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind == StoreErrorKind::NotFound => {
-            let reason = format!("{ikey} was removed (judged dead by gc) while {pack} uploaded");
-            if let Err(e) = store.delete(pack).await {
-                tracing::warn!("removing {pack} of fenced {}: {e}", lease.holder);
-            }
-            lease.fence_now(reason.clone());
-            Err(RepoError::LeaseFenced {
-                holder: lease.holder.clone(),
-                reason,
-            }
-            .into())
+    let mut attempt = 1;
+    let gone = loop {
+        match store.head(&ikey).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == StoreErrorKind::NotFound => break e,
+            Err(e) if attempt >= CONFIRM_ATTEMPTS => return Err(e.into()),
+            Err(_) => attempt += 1,
         }
-        Err(e) => Err(e.into()),
+    };
+    let reason = format!("{ikey} was removed (judged dead by gc) while {pack} uploaded");
+    lease.fence_now(reason.clone());
+    for attempt in 1..=CONFIRM_ATTEMPTS {
+        match store.delete(pack).await {
+            Ok(()) => break,
+            Err(e) if attempt == CONFIRM_ATTEMPTS => {
+                tracing::warn!("removing {pack} of fenced {} ({gone}): {e}", lease.holder)
+            }
+            Err(_) => {}
+        }
     }
+    Err(RepoError::LeaseFenced {
+        holder: lease.holder.clone(),
+        reason,
+    }
+    .into())
 }
+
+/// Attempts of each request of [`confirm_intent`].
+const CONFIRM_ATTEMPTS: u32 = 3;
 
 impl Intent {
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Intent, RepoError> {

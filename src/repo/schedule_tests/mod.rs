@@ -252,6 +252,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
             }
         }
     }
+    let packs = mem.keys("packs/");
     let r = repo.repair().await.map_err(|e| format!("repair: {e}"))?;
     // Strict: gc alone reclaims what dead writers left, zombies included (writers judged
     // dead that wrote on: format-spec §5), so repair finds no stray of any kind.
@@ -264,7 +265,8 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
             && r.refcounts_fixed == overcounts
             && r.objects_of_leased_writers == 0
             && strays == 0,
-        "check --repair after gc found work (leases expired during the schedule: {}): {r:#?}",
+        "check --repair after gc found work (leases expired during the schedule: {}): {r:#?}\n\
+         packs before the repair: {packs:?}",
         l.leases_expired
     );
     totals.backups_ok += l.successes.len() as u64;
