@@ -285,6 +285,36 @@ async fn a_void_tombstone_does_not_block_a_later_delete() {
     assert_nothing_to_repair(&repo).await;
 }
 
+/// Two deletes of one snapshot pick generation 0; the one that wins the create is void
+/// (it stalled past its lease). The loser must not report "not found" (the snapshot is
+/// still there): it starts over and commits generation 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_loses_to_a_void_tombstone_starts_over() {
+    let (mem, repo) = setup().await;
+    let id = back_up(&repo, "a", random(1, 4)).await;
+    let pause = Gate::new(Op::PutIfAbsent, "tombstones/", false, true, false);
+    let loser = Repository::open(Hooked::new(&mem, &[&pause]))
+        .await
+        .unwrap();
+    let task = tokio::spawn({
+        let id = id.clone();
+        async move { loser.delete_snapshot("a", &id).await }
+    });
+    reach(&pause).await;
+    stalled_delete(&mem, "a", &id).await;
+    assert_eq!(mem.keys("tombstones/"), vec![tombstone_key("a", &id)]);
+    pause.resume.notify_one();
+    task.await.unwrap().expect("the loser starts over");
+    assert_eq!(
+        mem.keys("tombstones/"),
+        vec![tombstone_key("a", &id), tombstone_key_gen("a", &id, 1)]
+    );
+    assert!(repo.snapshots(None).await.unwrap().is_empty());
+    mem.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
+    repo.gc().await.unwrap();
+    assert_nothing_to_repair(&repo).await;
+}
+
 /// Runs a backup of `data` on `store` in the background.
 fn spawn_backup(
     store: Arc<Hooked>,
