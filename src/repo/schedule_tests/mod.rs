@@ -50,6 +50,8 @@ struct Totals {
     tables_revived: u64,
     cancelled: u64,
     crashed_hosts: u64,
+    /// Schedules whose clock jumped past `LEASE_TTL + SKEW` while writers ran (zombies).
+    leases_expired: u64,
     /// Blobs counted more often than referenced (see [`overcount`]).
     overcounts: u64,
 }
@@ -269,6 +271,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
          packs before the repair: {packs:?}",
         l.leases_expired
     );
+    totals.leases_expired += u64::from(l.leases_expired);
     totals.backups_ok += l.successes.len() as u64;
     totals.backups_failed += l.backups_failed;
     totals.deletes_ok += l.deleted.len() as u64;
