@@ -149,6 +149,7 @@ impl Checkpointer {
         };
         let key = ck.write(repo).await?;
         w.checkpoint_keys.push(key);
+        w.lease.watch_adoption();
         self.seq += 1;
         self.last = Instant::now();
         self.packs_at_last = w.data_packs_sealed;

@@ -475,6 +475,7 @@ pub(crate) async fn write_chunks_only(
     };
     let key = ck.write(repo).await?;
     w.checkpoint_keys.push(key);
+    w.lease.watch_adoption();
     Ok(())
 }
 

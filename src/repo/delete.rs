@@ -3,16 +3,18 @@
 //! a writer, computes `exclusive_bytes` for listings.
 //!
 //! Crash ordering: refs segment (decrements + freed flags) → tombstone (create-if-absent,
-//! the commit point). Without the tombstone the segment is ignored.
+//! the commit point). Without the tombstone the segment is ignored. Tombstones are
+//! numbered per attempt (`<id>`, `<id>.1`, …): a void (fenced) one never blocks a later
+//! delete, and at most one generation of a snapshot is non-void (format-spec §6).
 
 use super::ids::{new_time_id, now_rfc3339};
-use super::lease::{ensure_not_fenced, Lease};
-use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
+use super::lease::{ensure_not_fenced, fenced, Lease};
+use super::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
 use super::{create_exclusive, BlobId, RepoError, Repository};
-use crate::store::PutOutcome;
+use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
 use serde::Serialize;
@@ -150,6 +152,18 @@ async fn walk(
     Ok(out)
 }
 
+/// How one delete attempt ended.
+enum Attempt {
+    Deleted(DeleteWalk),
+    /// A concurrent delete created the same tombstone generation first, and that tombstone
+    /// is void: the snapshot is still there and the next attempt numbers past it.
+    LostToVoid,
+}
+
+/// Attempts of one `delete_snapshot` call: each retry follows a concurrent delete whose
+/// tombstone was void, which takes a writer stalled past its lease (rare).
+const DELETE_ATTEMPTS: u32 = 3;
+
 impl Repository {
     /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
     pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
@@ -167,20 +181,44 @@ impl Repository {
     async fn delete_impl(&self, volume: &str, id: &str, tolerate: bool) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
+        for _ in 0..DELETE_ATTEMPTS {
+            if let Attempt::Deleted(walk) = self.delete_attempt(volume, id, tolerate).await? {
+                let used = self.counts().since(&before);
+                return Ok(DeleteReport {
+                    volume: volume.into(),
+                    id: id.into(),
+                    freed_blobs: walk.freed_blobs,
+                    freed_bytes: walk.freed_bytes,
+                    requests: used.total(),
+                    bytes_uploaded: used.bytes_uploaded,
+                    tables_unreadable: walk.tables_unreadable,
+                });
+            }
+        }
+        Err(RepoError::LeaseExpired {
+            holder: format!("concurrent deleters of {volume}/{id}"),
+        }
+        .into())
+    }
+
+    /// One delete with its own lease, view and tombstone generation (format-spec §6,
+    /// "Tombstone generations").
+    async fn delete_attempt(&self, volume: &str, id: &str, tolerate: bool) -> Result<Attempt> {
         let set = self.load_segments().await?;
-        let tkey = tombstone_key(volume, id);
-        if set.markers.tombstones.contains_key(&tkey) {
+        if set.markers.is_deleted(volume, id) {
             return Err(RepoError::SnapshotNotFound {
                 volume: volume.into(),
                 id: id.into(),
             }
             .into());
         }
+        // Void tombstones of earlier attempts keep their keys: number past them.
+        let tkey = tombstone_key_gen(volume, id, set.markers.next_tombstone_gen(volume, id));
         let m = self.read_root(volume, id).await?;
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
         let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
-        let result: Result<DeleteWalk> = async {
+        let result: Result<Attempt> = async {
             let walk = walk(self, &set, &m, Some(&mut w), &mut HashMap::new(), tolerate).await?;
             w.flush().await?;
             let lease_time = lease.check_before_commit().await?;
@@ -194,7 +232,10 @@ impl Repository {
             match create_exclusive(self.store().as_ref(), &tkey, Bytes::from(t.encode())).await? {
                 PutOutcome::Created => {
                     ensure_not_fenced(self.store().as_ref(), &tkey, &holder, lease_time).await?;
-                    Ok(walk)
+                    Ok(Attempt::Deleted(walk))
+                }
+                PutOutcome::AlreadyExists if self.tombstone_is_void(&tkey).await? => {
+                    Ok(Attempt::LostToVoid)
                 }
                 PutOutcome::AlreadyExists => Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),
@@ -206,17 +247,26 @@ impl Repository {
         .await;
         // On failure the lease is left to expire so gc can tell this holder is dead and
         // reclaim its uncommitted segments.
-        let walk = result?;
-        w.finish().await;
-        let used = self.counts().since(&before);
-        Ok(DeleteReport {
-            volume: volume.into(),
-            id: id.into(),
-            freed_blobs: walk.freed_blobs,
-            freed_bytes: walk.freed_bytes,
-            requests: used.total(),
-            bytes_uploaded: used.bytes_uploaded,
-            tables_unreadable: walk.tables_unreadable,
+        let outcome = result?;
+        if matches!(outcome, Attempt::Deleted(_)) {
+            w.finish().await;
+        }
+        Ok(outcome)
+    }
+
+    /// Is the tombstone at `key` fenced (or gone: a gc removed it with its root)?
+    async fn tombstone_is_void(&self, key: &str) -> Result<bool> {
+        let meta = match self.store().head(key).await {
+            Ok(meta) => meta,
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match self.get_opt(key).await? {
+            Some(bytes) => fenced(
+                meta.last_modified,
+                Tombstone::decode(key, &bytes)?.lease_time_ms,
+            ),
+            None => false,
         })
     }
 }

@@ -32,6 +32,10 @@ pub enum RepoError {
     /// The writer's lease expired before it could commit; nothing was committed.
     #[error("lease {holder} expired before commit; operation aborted without committing")]
     LeaseExpired { holder: String },
+    /// The writer's lease is fenced: its chain broke, its next generation was created by
+    /// someone else, or a re-run adopted it. It must stop writing; nothing was committed.
+    #[error("lease {holder} fenced ({reason}); operation aborted without committing")]
+    LeaseFenced { holder: String, reason: String },
     /// Another gc committed first; this one stopped without deleting anything.
     #[error("another gc ({other}) is running or committed concurrently")]
     GcConflict { other: String },

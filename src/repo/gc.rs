@@ -15,11 +15,11 @@ use super::envelope::{self, MAGIC_GC};
 use super::ids::new_time_id;
 use super::lease::{ensure_not_fenced, list_leases, Lease, SKEW};
 use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
-use super::repository::{segment_writer, SegmentSet};
+use super::repository::SegmentSet;
 use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
-use super::writer::{intent_key, pack_name, Intent, Writer};
+use super::writer::Writer;
 use super::{create_exclusive, BlobId, BlobKind, Frame, Location, RepoError, Repository};
-use crate::store::{PutOutcome, StoreErrorKind};
+use crate::store::PutOutcome;
 use crate::Result;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -442,6 +442,15 @@ impl Repository {
                 if all_gone {
                     doomed.push(super::manifest::root_key(&t.volume, &t.id));
                     tombstones.push(tkey.clone());
+                    // Void generations of the same snapshot go with it.
+                    let snapshot = (t.volume.clone(), t.id.clone());
+                    let all = set.markers.tombstone_keys.get(&snapshot).into_iter();
+                    tombstones.extend(
+                        all.flatten()
+                            .map(|(_, k)| k)
+                            .filter(|k| *k != tkey)
+                            .cloned(),
+                    );
                 }
             }
         }
@@ -457,79 +466,16 @@ impl Repository {
             .iter()
             .filter(|l| l.holder != holder && !l.live_at(now))
         {
-            self.clean_dead_writer(&set, &l.holder).await?;
+            super::stale::clean_dead_writer(self, &set, &l.holder).await?;
             self.store().delete_batch(&l.keys).await?;
             report.dead_writers_cleaned += 1;
         }
+        // 6b. Zombies: writers judged dead that wrote on, which no lease names any more.
+        report.dead_writers_cleaned +=
+            super::stale::sweep_unleased(self, &set, &leases, now).await?;
         w.finish().await;
         report.requests = self.counts().since(&before).total();
         Ok(report)
-    }
-
-    /// Remove what a dead holder left uncommitted: its packs (found through its intent and
-    /// sequential names, with those of holders it adopted), its segments (listed by its id
-    /// prefix) and its checkpoints.
-    async fn clean_dead_writer(&self, set: &SegmentSet, holder: &str) -> Result<()> {
-        let ikey = intent_key(holder);
-        let intent = match self.get_opt(&ikey).await? {
-            Some(b) => Some(Intent::decode(&ikey, &b)?),
-            None => None,
-        };
-        let mut doomed = Vec::new();
-        for prefix in ["index/", "refs/"] {
-            for o in self.list_all(&format!("{prefix}{holder}")).await? {
-                let h = self.segment_head(&o.key).await?;
-                if segment_writer(&h.key) == holder
-                    && !set
-                        .index
-                        .iter()
-                        .chain(set.refs.iter())
-                        .any(|s| s.key == h.key)
-                {
-                    doomed.push(o.key);
-                }
-            }
-        }
-        // The commit key may exist written by another holder (a copy re-run after a kill
-        // commits the same root): only a marker naming this holder keeps its packs.
-        // Packs it adopted from a checkpoint (§12) are reclaimed with its own.
-        if let Some(i) = intent.filter(|i| !set.markers.commits(&i.commit, holder)) {
-            // A pack a counted index segment names is never deleted here: an adopted holder
-            // may have committed after all (adopted while alive, §12).
-            let named: HashSet<&str> = set
-                .index
-                .iter()
-                .flat_map(|h| h.meta.packs.iter().map(String::as_str))
-                .collect();
-            let own = (&i.holder, i.unadopted_from);
-            let adopted = i.adopted.iter().map(|a| (a, 0));
-            for (owner, first) in std::iter::once(own).chain(adopted) {
-                let mut misses = 0;
-                let mut seq = first;
-                while misses < 8 {
-                    let name = pack_name(owner, seq);
-                    let key = pack_key(&name);
-                    if named.contains(name.as_str()) {
-                        misses = 0;
-                        seq += 1;
-                        continue;
-                    }
-                    match self.store().head(&key).await {
-                        Ok(_) => {
-                            doomed.push(key);
-                            misses = 0;
-                        }
-                        Err(e) if e.kind == StoreErrorKind::NotFound => misses += 1,
-                        Err(e) => return Err(e.into()),
-                    }
-                    seq += 1;
-                }
-            }
-        }
-        doomed.extend(super::checkpoint::keys_of(self, holder).await?);
-        doomed.push(ikey);
-        self.store().delete_batch(&doomed).await?;
-        Ok(())
     }
 }
 

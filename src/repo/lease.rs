@@ -9,7 +9,7 @@
 
 use super::envelope::{self, MAGIC_LEASE};
 use super::{create_own, RepoError};
-use crate::store::{ObjectStore, PutOutcome};
+use crate::store::{ObjectStore, PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,23 @@ struct LeaseState {
     /// Store time of the newest generation.
     store_time: SystemTime,
     local: Instant,
+    /// Why this holder may no longer write, once a renewal found it fenced (permanent).
+    fenced: Option<String>,
+    /// The holder wrote a checkpoint, so a re-run may adopt it: renewals also look for the
+    /// adoption claim (`checkpoint::ADOPT_GENERATION`).
+    adoptable: bool,
+}
+
+/// What a renewal found (see [`Lease::try_renew`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The next generation is ours, created at this store time within `LEASE_TTL` of the
+    /// previous one: the holder is live for gc until `LEASE_TTL + SKEW` after it.
+    Renewed(SystemTime),
+    /// The holder must stop writing: its chain broke (the new generation came more than
+    /// `LEASE_TTL` after the previous one), the generation exists with someone else's
+    /// body, or a re-run claimed (adopted) this holder.
+    Fenced(String),
 }
 
 /// A held lease.
@@ -98,18 +115,43 @@ impl Lease {
                 generation: 0,
                 store_time: t,
                 local: Instant::now(),
+                fenced: None,
+                adoptable: false,
             })),
         })
     }
 
-    /// Create the next generation; returns its store time.
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, LeaseState>> {
+        Ok(self
+            .state
+            .lock()
+            .map_err(|_| RepoError::Task("lease state poisoned".into()))?)
+    }
+
+    /// Create the next generation; returns its store time, or `LeaseFenced` when the
+    /// holder must stop (see [`Renewal::Fenced`]).
     pub async fn renew(&self) -> Result<SystemTime> {
-        let (gen, prev) = {
-            let s = self
-                .state
-                .lock()
-                .map_err(|_| RepoError::Task("lease state poisoned".into()))?;
-            (s.generation + 1, s.store_time)
+        match self.try_renew().await? {
+            Renewal::Renewed(t) => Ok(t),
+            Renewal::Fenced(reason) => Err(RepoError::LeaseFenced {
+                holder: self.holder.clone(),
+                reason,
+            }
+            .into()),
+        }
+    }
+
+    /// Create the next generation and say what that proves. A request error leaves the
+    /// state unchanged, so a retry creates the same generation again: finding it with our
+    /// own (deterministic) body means the earlier attempt landed and only its answer was
+    /// lost. Any other outcome that is not a clean renewal fences the holder for good.
+    pub async fn try_renew(&self) -> Result<Renewal> {
+        let (gen, prev, adoptable) = {
+            let s = self.state()?;
+            if let Some(reason) = &s.fenced {
+                return Ok(Renewal::Fenced(reason.clone()));
+            }
+            (s.generation + 1, s.store_time, s.adoptable)
         };
         let body = LeaseBody {
             holder: self.holder.clone(),
@@ -118,40 +160,75 @@ impl Lease {
             generation: gen,
         };
         let key = lease_key(&self.holder, gen);
-        create_own(
-            self.store.as_ref(),
-            &key,
-            Bytes::from(envelope::seal(MAGIC_LEASE, &body)),
-        )
-        .await?;
+        let sealed = Bytes::from(envelope::seal(MAGIC_LEASE, &body));
+        let outcome = create_own(self.store.as_ref(), &key, sealed.clone()).await?;
+        if outcome == PutOutcome::AlreadyExists && self.store.get(&key).await? != sealed {
+            return self.fence(format!("{key} was created by someone else"));
+        }
         let t = stamp(self.store.as_ref(), &key).await?;
         // The previous generation must still have been valid when this one was created,
         // otherwise gc may already have judged this holder dead.
         if t.duration_since(prev).unwrap_or_default() > LEASE_TTL {
-            return Err(RepoError::LeaseExpired {
-                holder: self.holder.clone(),
-            }
-            .into());
+            return self.fence(format!(
+                "{key} was created more than {LEASE_TTL:?} after the previous generation"
+            ));
         }
-        let mut s = self
-            .state
-            .lock()
-            .map_err(|_| RepoError::Task("lease state poisoned".into()))?;
+        if adoptable {
+            let claim = lease_key(&self.holder, super::checkpoint::ADOPT_GENERATION);
+            match self.store.head(&claim).await {
+                Ok(_) => return self.fence(format!("a re-run adopted this holder ({claim})")),
+                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut s = self.state()?;
         s.generation = gen;
         s.store_time = t;
         s.local = Instant::now();
-        Ok(t)
+        Ok(Renewal::Renewed(t))
+    }
+
+    /// Record that the holder is fenced: every later renewal and write check refuses.
+    fn fence(&self, reason: String) -> Result<Renewal> {
+        tracing::warn!("lease {} fenced: {reason}", self.holder);
+        self.state()?.fenced = Some(reason.clone());
+        Ok(Renewal::Fenced(reason))
+    }
+
+    /// Fence the holder from outside the lease (the writer found its intent removed by a
+    /// gc that judged it dead).
+    pub fn fence_now(&self, reason: String) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fenced.get_or_insert(reason);
+        }
+    }
+
+    /// Fails with `LeaseFenced` once a renewal found the holder fenced: writers call it
+    /// before every object they create, so a fenced holder stops writing at once.
+    pub fn ensure_usable(&self) -> Result<()> {
+        match &self.state()?.fenced {
+            Some(reason) => Err(RepoError::LeaseFenced {
+                holder: self.holder.clone(),
+                reason: reason.clone(),
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The holder has written a checkpoint: from now on its renewals also check for an
+    /// adoption claim (one HEAD), so an adopted holder stops writing at its next renewal
+    /// instead of only right before its commit.
+    pub fn watch_adoption(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.adoptable = true;
+        }
     }
 
     /// Renew if the newest generation is getting old (called from long pipelines).
     pub async fn keep_alive(&self) -> Result<()> {
-        let due = {
-            let s = self
-                .state
-                .lock()
-                .map_err(|_| RepoError::Task("lease state poisoned".into()))?;
-            s.local.elapsed() > RENEW_AFTER
-        };
+        self.ensure_usable()?;
+        let due = self.state()?.local.elapsed() > RENEW_AFTER;
         if due {
             self.renew().await?;
         }

@@ -2,6 +2,7 @@
 //! create-if-absent after every object it names is durable, so a visible root is complete.
 
 use super::envelope::{self, MAGIC_ROOT, MAGIC_TOMBSTONE};
+use super::ids::{is_time_id, valid_volume};
 use super::{BlobId, RepoError};
 use serde::{Deserialize, Serialize};
 
@@ -117,8 +118,17 @@ impl Tombstone {
     pub fn encode(&self) -> Vec<u8> {
         envelope::seal(MAGIC_TOMBSTONE, self)
     }
+    /// Decode the tombstone stored at `key`, which must be one of the generation keys of
+    /// the snapshot the body names.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Tombstone, RepoError> {
-        envelope::open(MAGIC_TOMBSTONE, key, bytes)
+        let t: Tombstone = envelope::open(MAGIC_TOMBSTONE, key, bytes)?;
+        match parse_tombstone_key(key) {
+            Some((v, id, _)) if v == t.volume && id == t.id => Ok(t),
+            _ => Err(RepoError::corrupt(
+                key,
+                format!("tombstone names {}/{}", t.volume, t.id),
+            )),
+        }
     }
 }
 
@@ -126,9 +136,47 @@ pub fn root_key(volume: &str, id: &str) -> String {
     format!("snapshots/{volume}/{id}")
 }
 
+/// Key of the first tombstone generation of `volume/id` (the only key older builds write).
 pub fn tombstone_key(volume: &str, id: &str) -> String {
-    format!("tombstones/{volume}/{id}")
+    tombstone_key_gen(volume, id, 0)
 }
+
+/// Key of tombstone generation `gen` of `volume/id`: `tombstones/<volume>/<id>` for 0,
+/// `tombstones/<volume>/<id>.<gen>` (decimal, no leading zeros) after it. A delete whose
+/// tombstone turned out void (fenced) leaves that key occupied for ever, so the next
+/// delete of the snapshot creates the next generation instead (format-spec §6).
+pub fn tombstone_key_gen(volume: &str, id: &str, gen: u64) -> String {
+    if gen == 0 {
+        format!("tombstones/{volume}/{id}")
+    } else {
+        format!("tombstones/{volume}/{id}.{gen}")
+    }
+}
+
+/// `(volume, id, generation)` of a tombstone key, `None` if `key` is not one.
+pub fn parse_tombstone_key(key: &str) -> Option<(&str, &str, u64)> {
+    let (volume, name) = key.strip_prefix("tombstones/")?.split_once('/')?;
+    let id = name.get(..ID_LEN)?;
+    if !valid_volume(volume) || !is_time_id(id) {
+        return None;
+    }
+    let gen = match &name[ID_LEN..] {
+        "" => 0,
+        rest => {
+            let digits = rest.strip_prefix('.')?;
+            let gen: u64 = digits.parse().ok()?;
+            // One spelling per generation: no leading zeros, no sign, no ".0".
+            if gen == 0 || gen.to_string() != digits {
+                return None;
+            }
+            gen
+        }
+    };
+    Some((volume, id, gen))
+}
+
+/// Length of a time id (snapshot ids and holders).
+const ID_LEN: usize = 40;
 
 #[cfg(test)]
 mod tests {
@@ -156,5 +204,34 @@ mod tests {
         assert_eq!(&b[..4], b"ISRT");
         assert_eq!(SnapshotManifest::decode(&m.key(), &b).unwrap(), m);
         assert!(SnapshotManifest::decode("snapshots/other/x", &b).is_err());
+    }
+
+    /// Generation 0 keeps the key older builds wrote; later generations parse back and
+    /// every other spelling is refused, so one generation has exactly one key.
+    #[test]
+    fn tombstone_generation_keys() {
+        let id = "20260101T000000.000000Z-0000000000000001";
+        assert_eq!(tombstone_key("v.1", id), format!("tombstones/v.1/{id}"));
+        for gen in [0, 1, 2, 10, 12345] {
+            let k = tombstone_key_gen("v.1", id, gen);
+            assert_eq!(parse_tombstone_key(&k), Some(("v.1", id, gen)), "{k}");
+        }
+        for bad in [".0", ".01", ".", ".x", "1", ".-1", ".+1"] {
+            let k = format!("tombstones/v/{id}{bad}");
+            assert_eq!(parse_tombstone_key(&k), None, "{k}");
+        }
+        assert_eq!(parse_tombstone_key("tombstones/v/short"), None);
+        assert_eq!(parse_tombstone_key(&format!("snapshots/v/{id}")), None);
+        let t = Tombstone {
+            volume: "v".into(),
+            id: id.into(),
+            deleted: "2026-01-01T00:00:00Z".into(),
+            holder: id.into(),
+            lease_time_ms: 0,
+        };
+        let k = tombstone_key_gen("v", id, 3);
+        assert_eq!(Tombstone::decode(&k, &t.encode()).unwrap(), t);
+        let other = tombstone_key("w", id);
+        assert!(Tombstone::decode(&other, &t.encode()).is_err());
     }
 }

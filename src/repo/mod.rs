@@ -32,6 +32,7 @@ mod revert;
 #[cfg(test)]
 mod schedule_tests;
 mod segment;
+mod stale;
 pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -7,7 +7,7 @@ use super::config::{check_chunk_size, Config, CONFIG_KEY, FORMAT_VERSION};
 use super::gc::GcMarker;
 use super::ids::{is_time_id, new_time_id, now_rfc3339, valid_volume};
 use super::lease::fenced;
-use super::manifest::{root_key, tombstone_key, SnapshotManifest, Tombstone};
+use super::manifest::{parse_tombstone_key, root_key, tombstone_key, SnapshotManifest, Tombstone};
 use super::segment::{
     self, SegmentHead, HEAD_SIZE, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
@@ -76,8 +76,13 @@ impl std::fmt::Debug for Inner {
 pub(crate) struct Markers {
     /// Root key → (manifest, store metadata); fenced roots are left out.
     pub roots: HashMap<String, (Arc<SnapshotManifest>, ObjectMeta)>,
-    /// Tombstone key → (body, store metadata).
+    /// Tombstone key → (body, store metadata); fenced (void) tombstones are left out.
     pub tombstones: HashMap<String, (Tombstone, ObjectMeta)>,
+    /// (volume, id) → every tombstone key of that snapshot with its generation, void
+    /// ones included (the next delete numbers past them; gc removes them with the root).
+    pub tombstone_keys: HashMap<(String, String), Vec<(u64, String)>>,
+    /// (volume, id) of every snapshot with a non-void tombstone: the deleted ones.
+    pub deleted: HashSet<(String, String)>,
     /// gc marker key → body.
     pub gcs: HashMap<String, GcMarker>,
     /// Highest sequence number of any `gc/<seq>` key, fenced ones included: a void marker
@@ -99,6 +104,19 @@ impl Markers {
         }
         false
     }
+
+    /// Is `volume/id` deleted (a non-void tombstone of any generation exists)?
+    pub(crate) fn is_deleted(&self, volume: &str, id: &str) -> bool {
+        self.deleted.contains(&(volume.to_string(), id.to_string()))
+    }
+
+    /// Generation of the next tombstone of `volume/id`: past every existing one.
+    pub(crate) fn next_tombstone_gen(&self, volume: &str, id: &str) -> u64 {
+        self.tombstone_keys
+            .get(&(volume.to_string(), id.to_string()))
+            .and_then(|v| v.iter().map(|(g, _)| *g).max())
+            .map_or(0, |g| g + 1)
+    }
 }
 
 /// The segments that count at one moment, newest first.
@@ -109,6 +127,9 @@ pub(crate) struct SegmentSet {
     /// Packs a committed gc deleted or emptied: locations in them are ignored.
     pub dead_packs: HashSet<String>,
     pub markers: Markers,
+    /// Listed segments that do not count (uncommitted, or their marker is void): gc's
+    /// sweep of unleased holders starts from them (`stale.rs`).
+    pub uncounted: Vec<ObjectMeta>,
 }
 
 /// Writer id from a segment key `index/<writer>-<seq>`.
@@ -219,7 +240,11 @@ impl Repository {
                 continue;
             };
             let t = Tombstone::decode(&o.key, &bytes)?;
+            let snapshot = (t.volume.clone(), t.id.clone());
+            let gen = parse_tombstone_key(&o.key).map_or(0, |(_, _, g)| g);
+            (m.tombstone_keys.entry(snapshot.clone()).or_default()).push((gen, o.key.clone()));
             if !fenced(o.last_modified, t.lease_time_ms) {
+                m.deleted.insert(snapshot);
                 m.tombstones.insert(o.key.clone(), (t, o));
             }
         }
@@ -298,6 +323,7 @@ impl Repository {
                     Err(e) => return Err(e),
                 };
                 if !set.markers.commits(&h.meta.commit, segment_writer(&h.key)) {
+                    set.uncounted.push(o);
                     continue;
                 }
                 superseded.extend(h.meta.supersedes.iter().cloned());
@@ -522,10 +548,7 @@ impl Repository {
             .roots
             .values()
             .filter(|(m, _)| {
-                !markers
-                    .tombstones
-                    .contains_key(&tombstone_key(&m.volume, &m.id))
-                    && volume.is_none_or(|v| m.volume == v)
+                !markers.is_deleted(&m.volume, &m.id) && volume.is_none_or(|v| m.volume == v)
             })
             .map(|(m, _)| m.clone())
             .collect();
@@ -557,20 +580,24 @@ impl Repository {
         Ok(out)
     }
 
-    /// One snapshot's manifest (refused if deleted: a tombstone exists and is not fenced,
-    /// the same rule as the listing's).
+    /// One snapshot's manifest (refused if deleted: a tombstone of some generation exists
+    /// and is not fenced, the same rule as the listing's). One LIST of the snapshot's
+    /// tombstone prefix (ids have a fixed length, so it holds only its generations), and a
+    /// GET per tombstone until a non-void one is found: as many requests as the HEAD + GET
+    /// of a single tombstone key.
     pub async fn snapshot(&self, volume: &str, id: &str) -> Result<SnapshotManifest> {
         check_names(volume, id)?;
-        let tkey = tombstone_key(volume, id);
-        if let Ok(meta) = self.inner.store.head(&tkey).await {
-            let deleted = match self.get_opt(&tkey).await? {
-                Some(bytes) => !fenced(
-                    meta.last_modified,
-                    Tombstone::decode(&tkey, &bytes)?.lease_time_ms,
-                ),
-                None => false,
+        for o in self.list_all(&tombstone_key(volume, id)).await? {
+            if parse_tombstone_key(&o.key).is_none() {
+                continue;
+            }
+            let Some(bytes) = self.get_opt(&o.key).await? else {
+                continue;
             };
-            if deleted {
+            if !fenced(
+                o.last_modified,
+                Tombstone::decode(&o.key, &bytes)?.lease_time_ms,
+            ) {
                 return Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),
                     id: id.into(),

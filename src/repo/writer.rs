@@ -13,6 +13,7 @@ use super::segment::{
     self, SegmentHead, SegmentMeta, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
 use super::{BlobId, BlobKind, Frame, Lease, Location, RepoError, Repository};
+use crate::store::{ObjectStore, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,7 @@ impl Writer {
     /// resumed backup writes it before it releases the adopted holder's intent, so the
     /// adopted packs always have an intent that gc would clean them through.
     pub async fn write_intent(&mut self) -> Result<()> {
+        self.lease.ensure_usable()?;
         let intent = Intent {
             holder: self.holder().into(),
             op: self.op.clone(),
@@ -246,6 +248,7 @@ impl Writer {
         if pack.is_empty() {
             return Ok(());
         }
+        self.lease.ensure_usable()?;
         if !self.intent_written {
             self.write_intent().await?;
         }
@@ -271,13 +274,15 @@ impl Writer {
         }
         let store = self.repo.store().clone();
         let key = pack_key(&name);
+        let lease = self.lease.clone();
         self.uploads.spawn(async move {
-            store
-                .put(&key, Bytes::from(bytes))
-                .await
-                .map_err(Into::into)
+            store.put(&key, Bytes::from(bytes)).await?;
+            confirm_intent(store.as_ref(), &lease, &key).await
         });
-        self.lease.keep_alive().await?;
+        if let Err(e) = self.lease.keep_alive().await {
+            self.drain().await;
+            return Err(e);
+        }
         if self.index.len() >= SEGMENT_FLUSH || self.refs.len() >= SEGMENT_FLUSH {
             self.flush().await?;
         }
@@ -285,11 +290,23 @@ impl Writer {
     }
 
     async fn join_one(&mut self) -> Result<()> {
-        match self.uploads.join_next().await {
+        let r = match self.uploads.join_next().await {
             Some(Ok(r)) => r,
             Some(Err(e)) => Err(RepoError::Task(format!("pack upload: {e}")).into()),
             None => Ok(()),
+        };
+        if r.is_err() {
+            self.drain().await;
         }
+        r
+    }
+
+    /// Wait for the uploads still in flight, ignoring their outcome, before failing: each
+    /// checks the intent after landing (and removes its pack if the holder was judged
+    /// dead), whereas dropping the writer would abort them, possibly after the pack landed
+    /// and before that check (a pack gc could never find).
+    async fn drain(&mut self) {
+        while self.uploads.join_next().await.is_some() {}
     }
 
     /// Seal open packs, wait for every upload, then write index and refs segments.
@@ -303,6 +320,7 @@ impl Writer {
         while !self.uploads.is_empty() {
             self.join_one().await?;
         }
+        self.lease.ensure_usable()?;
         let store = self.repo.store().clone();
         if !self.index.is_empty()
             || !self.dead_packs.is_empty()
@@ -391,6 +409,45 @@ impl Writer {
         self.lease.release().await;
     }
 }
+
+/// After a pack upload: the writer's intent must still exist. gc deletes the intent of a
+/// holder it judged dead *before* its last probe for that holder's packs (format-spec §5),
+/// so either this HEAD sees the intent and the pack landed before gc's last probe (gc
+/// finds and deletes it), or it sees no intent: the holder was judged dead, deletes the
+/// pack itself and is fenced. A zombie writer leaves no pack that nothing names. Both
+/// requests are tried [`CONFIRM_ATTEMPTS`] times: a failed one would leave that pack
+/// unnamed if the holder was judged dead.
+async fn confirm_intent(store: &dyn ObjectStore, lease: &Lease, pack: &str) -> Result<()> {
+    let ikey = intent_key(&lease.holder);
+    let mut attempt = 1;
+    let gone = loop {
+        match store.head(&ikey).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == StoreErrorKind::NotFound => break e,
+            Err(e) if attempt >= CONFIRM_ATTEMPTS => return Err(e.into()),
+            Err(_) => attempt += 1,
+        }
+    };
+    let reason = format!("{ikey} was removed (judged dead by gc) while {pack} uploaded");
+    lease.fence_now(reason.clone());
+    for attempt in 1..=CONFIRM_ATTEMPTS {
+        match store.delete(pack).await {
+            Ok(()) => break,
+            Err(e) if attempt == CONFIRM_ATTEMPTS => {
+                tracing::warn!("removing {pack} of fenced {} ({gone}): {e}", lease.holder)
+            }
+            Err(_) => {}
+        }
+    }
+    Err(RepoError::LeaseFenced {
+        holder: lease.holder.clone(),
+        reason,
+    }
+    .into())
+}
+
+/// Attempts of each request of [`confirm_intent`].
+const CONFIRM_ATTEMPTS: u32 = 3;
 
 impl Intent {
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Intent, RepoError> {

@@ -45,9 +45,8 @@ pub(super) struct Log {
     pub blobs_collected: u64,
     pub tables_revived: u64,
     /// The clock jumped past `LEASE_TTL + SKEW` while writers ran: a writer judged dead
-    /// and cleaned by gc may still write (an intent, a pack) before its renewal fails.
-    /// Nothing counts such objects and no lease names their holder, so only
-    /// `check --repair` reclaims them (format-spec §11, strays).
+    /// and cleaned by gc may still write (an intent, a pack, segments) before its renewal
+    /// fails. gc must reclaim those too (format-spec §5, zombies); printed on failure.
     pub leases_expired: bool,
     /// What happened, in order: printed when a schedule fails.
     pub events: Vec<String>,

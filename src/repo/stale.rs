@@ -1,0 +1,205 @@
+//! Reclaiming what dead writers left uncommitted (format-spec §5, "Dead and zombie
+//! writers"), called by gc.
+//!
+//! * A holder whose lease expired is cleaned through its lease ([`clean_dead_writer`]).
+//! * A *zombie* — a writer gc already judged dead and cleaned, that resumed and wrote on
+//!   before its next renewal failed — may leave an intent, checkpoints or segments that no
+//!   lease names any more. [`sweep_unleased`] finds their holders from the small prefixes
+//!   (`intents/`, `checkpoints/`, and the segment listing gc's view already made) and
+//!   cleans those whose newest object is older than `LEASE_TTL + SKEW` at gc's store time.
+//! * A zombie's *packs* are never listed (`packs/` is the big prefix). They cannot escape:
+//!   a writer HEADs its intent after each pack upload and deletes the pack itself when the
+//!   intent is gone, and gc deletes the intent *before* its last probe for packs, so every
+//!   pack either lands before that probe or is removed by its own writer.
+//!
+//! Why an unleased holder's old object is dead: gc lists leases right after creating its
+//! own lease, and lists every object considered here after that. A writer creates its
+//! lease before any object and keeps it until its commit marker exists (then its segments
+//! count and are not considered here). A holder without a lease at the listing is
+//! therefore committed, judged dead (its later commit is fenced), or a writer that started
+//! after the listing — whose objects are younger than gc's lease minus `SKEW`.
+
+use super::lease::{LeaseView, LEASE_TTL, SKEW};
+use super::pack::pack_key;
+use super::repository::{segment_writer, SegmentSet};
+use super::writer::{intent_key, pack_name, Intent};
+use super::Repository;
+use crate::store::{ObjectMeta, StoreErrorKind};
+use crate::Result;
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+/// Consecutive missing pack numbers after which a probe stops: at most 3 uploads are in
+/// flight per writer, so a gap in a holder's pack numbers is at most 3 long.
+const PROBE_MISSES: u32 = 8;
+
+/// Remove what a dead holder left uncommitted: its packs (found through its intent and
+/// sequential names, with those of holders it adopted), its segments (listed by its id
+/// prefix) and its checkpoints; then the intent it read, and then a last probe for packs
+/// that a zombie of the holder uploaded meanwhile (see the module doc). Idempotent.
+pub(crate) async fn clean_dead_writer(
+    repo: &Repository,
+    set: &SegmentSet,
+    holder: &str,
+) -> Result<()> {
+    let ikey = intent_key(holder);
+    let intent = match repo.get_opt(&ikey).await? {
+        Some(b) => Some(Intent::decode(&ikey, &b)?),
+        None => None,
+    };
+    let intent_read = intent.is_some();
+    let mut doomed = Vec::new();
+    for prefix in ["index/", "refs/"] {
+        for o in repo.list_all(&format!("{prefix}{holder}")).await? {
+            let h = repo.segment_head(&o.key).await?;
+            if segment_writer(&h.key) == holder
+                && !set
+                    .index
+                    .iter()
+                    .chain(set.refs.iter())
+                    .any(|s| s.key == h.key)
+            {
+                doomed.push(o.key);
+            }
+        }
+    }
+    // The commit key may exist written by another holder (a copy re-run after a kill
+    // commits the same root): only a marker naming this holder keeps its packs.
+    // Packs it adopted from a checkpoint (§12) are reclaimed with its own.
+    let mut probe = intent
+        .filter(|i| !set.markers.commits(&i.commit, holder))
+        .map(|i| PackProbe::new(set, &i));
+    if let Some(p) = probe.as_mut() {
+        doomed.extend(p.run(repo).await?);
+    }
+    doomed.extend(super::checkpoint::keys_of(repo, holder).await?);
+    repo.store().delete_batch(&doomed).await?;
+    // Only an intent read above is deleted: one the holder (a zombie) wrote since then
+    // names packs this run has not probed for, and stays for a later run.
+    if intent_read {
+        repo.store().delete_batch(&[ikey]).await?;
+    }
+    if let Some(p) = probe.as_mut() {
+        let late = p.run(repo).await?;
+        repo.store().delete_batch(&late).await?;
+    }
+    Ok(())
+}
+
+/// Probes a dead holder's pack names (and those of the holders it adopted) with HEAD.
+struct PackProbe {
+    /// (owner, pack number the next run starts at).
+    chains: Vec<(String, u64)>,
+    /// Packs a counted index segment names: never deleted here (an adopted holder may have
+    /// committed after all: adopted while alive, §12).
+    named: HashSet<String>,
+    /// Packs an earlier run found (and the caller deleted): neither a find nor a miss.
+    seen: HashSet<String>,
+}
+
+impl PackProbe {
+    fn new(set: &SegmentSet, i: &Intent) -> PackProbe {
+        let own = (i.holder.clone(), i.unadopted_from);
+        let adopted = i.adopted.iter().map(|a| (a.clone(), 0));
+        PackProbe {
+            chains: std::iter::once(own).chain(adopted).collect(),
+            named: set
+                .index
+                .iter()
+                .flat_map(|h| h.meta.packs.iter().cloned())
+                .collect(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Keys of the existing packs, neither named nor seen before, from each chain's start
+    /// until [`PROBE_MISSES`] consecutive misses. The next run starts at this run's first
+    /// miss: a gap may be an upload still in flight that lands later. So a second run
+    /// costs about `PROBE_MISSES` HEADs per chain, plus the gaps (at most 3 each).
+    async fn run(&mut self, repo: &Repository) -> Result<Vec<String>> {
+        let PackProbe {
+            chains,
+            named,
+            seen,
+        } = self;
+        let mut found = Vec::new();
+        for (owner, start) in chains.iter_mut() {
+            let (mut misses, mut seq, mut first_miss) = (0, *start, None);
+            while misses < PROBE_MISSES {
+                let name = pack_name(owner, seq);
+                seq += 1;
+                if named.contains(&name) || seen.contains(&name) {
+                    misses = 0;
+                    continue;
+                }
+                let key = pack_key(&name);
+                match repo.store().head(&key).await {
+                    Ok(_) => {
+                        found.push(key);
+                        seen.insert(name);
+                        misses = 0;
+                    }
+                    Err(e) if e.kind == StoreErrorKind::NotFound => {
+                        misses += 1;
+                        first_miss.get_or_insert(seq - 1);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            *start = first_miss.unwrap_or(seq);
+        }
+        Ok(found)
+    }
+}
+
+/// Clean every holder that has objects under `intents/`, `checkpoints/` or uncounted
+/// segments in `set`, no lease generation in `leases` (gc's listing, made before all of
+/// these), and whose newest such object is older than `LEASE_TTL + SKEW` at `now` (gc's
+/// lease time). Returns the number of holders cleaned. Cost: two listings of small
+/// prefixes, plus the cleaning of what it finds.
+pub(crate) async fn sweep_unleased(
+    repo: &Repository,
+    set: &SegmentSet,
+    leases: &[LeaseView],
+    now: SystemTime,
+) -> Result<u64> {
+    let leased: HashSet<&str> = leases.iter().map(|l| l.holder.as_str()).collect();
+    // Holder → store time of its newest object (None: some object has no time, so its
+    // age is unknown and the holder is left alone).
+    let mut newest: HashMap<String, Option<SystemTime>> = HashMap::new();
+    let mut note = |holder: &str, o: &ObjectMeta| {
+        if holder.len() != 40 || leased.contains(holder) {
+            return;
+        }
+        let e = newest
+            .entry(holder.to_string())
+            .or_insert(Some(SystemTime::UNIX_EPOCH));
+        *e = match (*e, o.last_modified) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    };
+    for o in &set.uncounted {
+        note(segment_writer(&o.key), o);
+    }
+    for o in repo.list_all("intents/").await? {
+        note(o.key.trim_start_matches("intents/"), &o);
+    }
+    for o in repo.list_all("checkpoints/").await? {
+        note(o.key.split('/').nth(1).unwrap_or_default(), &o);
+    }
+    let mut cleaned = 0;
+    let mut holders: Vec<(String, Option<SystemTime>)> = newest.into_iter().collect();
+    holders.sort();
+    for (holder, t) in holders {
+        let old = t.is_some_and(|t| now.duration_since(t).unwrap_or_default() > LEASE_TTL + SKEW);
+        if old {
+            tracing::info!(
+                "cleaning {holder}: uncommitted objects, no lease, older than TTL + SKEW"
+            );
+            clean_dead_writer(repo, set, &holder).await?;
+            cleaned += 1;
+        }
+    }
+    Ok(cleaned)
+}
