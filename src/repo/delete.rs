@@ -9,6 +9,7 @@ use super::ids::{new_time_id, now_rfc3339};
 use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
+use super::segment::FREED;
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
 use super::{create_exclusive, BlobId, RepoError, Repository};
@@ -59,32 +60,35 @@ pub(crate) async fn walk_delete_with(
 ) -> Result<DeleteWalk> {
     let geo = Geometry::new(m.size, m.chunk_size);
     let mut out = DeleteWalk::default();
-    // (id, level of the table it is, or None for a chunk, table index)
-    let mut stack: Vec<(BlobId, Option<u8>, u64)> = Vec::new();
+    // (id, level of the table it is or None for a chunk, table index, references released)
+    let mut stack: Vec<(BlobId, Option<u8>, u64, i64)> = Vec::new();
     for (i, id) in m.top_ids()?.into_iter().enumerate() {
         if !id.is_zero() {
-            stack.push((id, Some(geo.depth - 1), i as u64));
+            stack.push((id, Some(geo.depth - 1), i as u64, 1));
         }
     }
-    while let Some((id, level, index)) = stack.pop() {
+    while let Some((id, level, index, times)) = stack.pop() {
         let own = match w.as_deref() {
             Some(w) => w.own_delta(&id).await?,
             None => *local.get(&id).unwrap_or(&0),
         };
-        let count = repo.refcount(set, &id).await? + own - 1;
+        let count = repo.refcount(set, &id).await? + own - times;
         let freed = count == 0;
-        // A table whose children were already released (an earlier delete freed it and a
-        // backup reused it since, before gc revived it) must not release them twice: it
-        // becomes a gc candidate (FREED) without changing its children contribution.
-        let release = freed && (level.is_none() || repo.children_contribution(set, &id).await? > 0);
-        let flags = match (freed, release) {
-            (false, _) => 0,
-            (true, true) => super::segment::FREED,
-            (true, false) => super::segment::FREED | super::segment::STORED,
+        // A freed table's children are released as many times as they are counted on its
+        // behalf (its contribution: 2 when two writers stored it at once), leaving its
+        // contribution at exactly 0. One whose children were already released (an earlier
+        // delete freed it and a backup reused it since, before gc revived it) releases
+        // nothing: it becomes a gc candidate (FREED) with its contribution unchanged.
+        let contribution = match (freed, level) {
+            (true, Some(_)) => repo.children_contribution(set, &id).await?,
+            _ => 0,
         };
         match w.as_deref_mut() {
-            Some(w) => w.add_ref(id, -1, flags),
-            None => *local.entry(id).or_insert(0) -= 1,
+            Some(w) if freed && level.is_some() => {
+                w.add_ref_with_contribution(id, -times, FREED, -contribution.max(0))
+            }
+            Some(w) => w.add_ref(id, -times, if freed { FREED } else { 0 }),
+            None => *local.entry(id).or_insert(0) -= times,
         }
         if !freed {
             continue;
@@ -95,7 +99,7 @@ pub(crate) async fn walk_delete_with(
                 let loc = repo.locate(set, &id).await?;
                 out.freed_bytes += loc.map_or(0, |l| l.plain_len as u64);
             }
-            Some(_) if !release => {}
+            Some(_) if contribution <= 0 => {}
             Some(l) => {
                 let entries = repo
                     .read_table(set, &id, l, geo.table_len(l, index))
@@ -103,7 +107,7 @@ pub(crate) async fn walk_delete_with(
                 for (j, c) in entries.into_iter().enumerate() {
                     if !c.is_zero() {
                         let child = if l == 0 { None } else { Some(l - 1) };
-                        stack.push((c, child, index * FANOUT + j as u64));
+                        stack.push((c, child, index * FANOUT + j as u64, contribution));
                     }
                 }
             }

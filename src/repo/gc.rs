@@ -267,15 +267,21 @@ impl Repository {
             let Some(loc) = self.locate(&set, &id).await? else {
                 continue;
             };
-            if loc.kind != BlobKind::Table || self.children_contribution(&set, &id).await? > 0 {
+            if loc.kind != BlobKind::Table {
+                continue;
+            }
+            let contribution = self.children_contribution(&set, &id).await?;
+            if contribution > 0 {
                 continue;
             }
             let plain = self.read_blob(&loc, &id).await?;
             let entries = super::table::decode_any(&pack_key(&loc.pack), &plain)?;
             revived.insert(id);
-            w.add_ref(id, 0, REVIVED);
+            // Back to exactly one count on its behalf, whatever was released before.
+            let missing = 1 - contribution;
+            w.add_ref_with_contribution(id, 0, REVIVED, missing);
             for c in entries.into_iter().filter(|c| !c.is_zero()) {
-                w.add_ref(c, 1, 0);
+                w.add_ref(c, missing, 0);
                 keep.insert(c);
                 stack.push(c);
             }
@@ -366,11 +372,15 @@ impl Repository {
             // fills: all of them carry this gc's commit and count only once its marker exists.
             for (lo, hi) in bucket_groups(inputs) {
                 let mut seen: HashSet<BlobId> = HashSet::new();
+                let mut tables: HashSet<BlobId> = HashSet::new();
                 for h in &set.index {
                     let recs = bucket_records(self, h, lo, hi).await?;
                     for r in recs.chunks_exact(INDEX_RECORD) {
                         let (id, loc) = segment::decode_index_record(h, r)?;
                         if !dead.contains(&loc.pack) && seen.insert(id) {
+                            if loc.kind == BlobKind::Table {
+                                tables.insert(id);
+                            }
                             named.insert(loc.pack.clone());
                             w.add_location(id, loc);
                         }
@@ -385,14 +395,16 @@ impl Repository {
                         *contribution.entry(id).or_default() += flag_contribution(flags);
                     }
                 }
-                // The compacted record carries the processed segments' contribution: a
-                // table stored, freed by a delete not yet processed (its FREED stays
-                // counted), then stored again has 2 here and −1 outside, 1 in all.
+                // The compacted record carries a located table's contribution over the
+                // processed segments exactly (adjustment bits beyond what STORED says): a
+                // table stored by two writers at once has 2; one stored, freed by a delete
+                // not yet processed (its FREED stays counted) and stored again has 2 here
+                // and −1 outside. A chunk's FREED flags carry no contribution, and the
+                // records of a collected blob (located nowhere) are dropped.
                 for (id, c) in contribution {
-                    match c {
-                        ..=0 => {}
-                        1 => w.add_ref(id, 0, STORED),
-                        _ => w.add_ref(id, 0, STORED | REVIVED),
+                    if tables.contains(&id) || c > 0 {
+                        let flags = if c > 0 { STORED } else { 0 };
+                        w.add_ref_with_contribution(id, 0, flags, c);
                     }
                 }
                 if w.buffered_records() >= COMPACT_GROUP_RECORDS as usize {
@@ -533,9 +545,11 @@ impl Repository {
     }
 }
 
-/// +1 for a record that stored or revived a table's children, −1 for one that freed them.
+/// A record's children contribution: +1 for STORED or REVIVED, −1 for FREED, plus the
+/// signed adjustment in bits 16..31 (`segment::ADJUST_SHIFT`).
 pub(crate) fn flag_contribution(flags: u32) -> i64 {
     i64::from(flags & STORED != 0) + i64::from(flags & REVIVED != 0) - i64::from(flags & FREED != 0)
+        + segment::flags_adjustment(flags)
 }
 
 #[cfg(test)]

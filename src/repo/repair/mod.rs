@@ -24,7 +24,7 @@ use super::gc::{commit_gc_marker, next_gc_marker};
 use super::ids::new_time_id;
 use super::lease::Lease;
 use super::repository::SegmentSet;
-use super::segment::{FREED, REVIVED, STORED};
+use super::segment::{FREED, REVIVED};
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
 use super::{BlobId, BlobKind, CheckIssue, CheckOptions, CheckReport, Repository};
@@ -162,20 +162,20 @@ impl Repository {
                 contribution,
                 ..
             } = stored.get(id).copied().unwrap_or_default();
-            let mut flags = 0;
-            if expected.tables.contains(id) && contribution <= 0 {
-                flags = if contribution == 0 {
-                    REVIVED
-                } else {
-                    REVIVED | STORED
-                };
+            // A live table whose children are not counted on its behalf is counted once
+            // again (the deltas bring its children to that weight).
+            let revive = expected.tables.contains(id) && contribution <= 0;
+            if revive {
                 report.tables_revived += 1;
             }
             if have != *want {
                 report.refcounts_fixed += 1;
             }
-            if have != *want || flags != 0 {
-                w.add_ref(*id, want - have, flags);
+            if revive {
+                w.add_ref_with_contribution(*id, want - have, REVIVED, 1 - contribution);
+                changes += 1;
+            } else if have != *want {
+                w.add_ref(*id, want - have, 0);
                 changes += 1;
             }
         }
@@ -191,25 +191,29 @@ impl Repository {
             if expected.counts.contains_key(id) {
                 continue;
             }
-            let mut flags = 0;
-            // Still stored, never freed: a leak gc would never find on its own.
-            if !freed {
-                if let Some(loc) = self.locate(set, id).await? {
-                    flags = match loc.kind {
-                        BlobKind::Chunk => FREED,
-                        // FREED releases a table's children, which the deltas below
-                        // already do when they were counted; otherwise keep it neutral.
-                        BlobKind::Table if *contribution > 0 => FREED,
-                        BlobKind::Table => FREED | STORED,
-                    };
-                    report.blobs_released += 1;
-                }
+            // Still stored, never freed: a leak gc would never find on its own. A table's
+            // children are released by the deltas of the other records (they are expected
+            // only from live tables), so its contribution goes to exactly 0.
+            let located = match freed {
+                true => None,
+                false => self.locate(set, id).await?,
+            };
+            if located.is_some() {
+                report.blobs_released += 1;
             }
             if *have != 0 {
                 report.refcounts_fixed += 1;
             }
-            if *have != 0 || flags != 0 {
-                w.add_ref(*id, -have, flags);
+            if let Some(loc) = located {
+                match loc.kind {
+                    BlobKind::Chunk => w.add_ref(*id, -have, FREED),
+                    BlobKind::Table => {
+                        w.add_ref_with_contribution(*id, -have, FREED, -contribution)
+                    }
+                }
+                changes += 1;
+            } else if *have != 0 {
+                w.add_ref(*id, -have, 0);
                 changes += 1;
             }
         }
