@@ -106,7 +106,7 @@ pub(crate) fn child_weight(stored: &HashMap<BlobId, StoredCount>, table: &BlobId
 }
 
 /// Chunks of the volume covered by table `index` at `level` (the last tables are shorter).
-fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
+pub(crate) fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
     let per = span(level + 1);
     let first = index.saturating_mul(per);
     geo.chunks.saturating_sub(first).min(per)

@@ -5,6 +5,7 @@
 //! Crash ordering: refs segment (decrements + freed flags) → tombstone (create-if-absent,
 //! the commit point). Without the tombstone the segment is ignored.
 
+use super::check::coverage;
 use super::ids::{new_time_id, now_rfc3339};
 use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::{tombstone_key, SnapshotManifest, Tombstone};
@@ -12,7 +13,7 @@ use super::repository::{check_names, SegmentSet};
 use super::segment::FREED;
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
-use super::{create_exclusive, BlobId, RepoError, Repository};
+use super::{create_exclusive, BlobId, Progress, RepoError, Repository};
 use crate::store::PutOutcome;
 use crate::Result;
 use bytes::Bytes;
@@ -46,24 +47,40 @@ pub(crate) async fn walk_delete(
     m: &SnapshotManifest,
     w: Option<&mut Writer>,
 ) -> Result<DeleteWalk> {
-    walk_delete_with(repo, set, m, w, &mut HashMap::new()).await
+    walk_delete_with(repo, set, m, w, &mut HashMap::new(), None).await
+}
+
+/// Logical bytes a delete walk of `m` reports progress in: the volume's whole chunks.
+pub(crate) fn walk_bytes(m: &SnapshotManifest) -> u64 {
+    Geometry::new(m.size, m.chunk_size).chunks * m.chunk_size as u64
 }
 
 /// [`walk_delete`] whose dry-run decrements accumulate in `local`, so consecutive dry runs
 /// of several snapshots give what deleting all of them would free (forget --dry-run).
+/// `progress` advances by [`walk_bytes`] in all: a subtree not descended into (still
+/// referenced elsewhere) counts at once for the volume range it covers.
 pub(crate) async fn walk_delete_with(
     repo: &Repository,
     set: &SegmentSet,
     m: &SnapshotManifest,
     mut w: Option<&mut Writer>,
     local: &mut HashMap<BlobId, i64>,
+    progress: Option<&dyn Progress>,
 ) -> Result<DeleteWalk> {
     let geo = Geometry::new(m.size, m.chunk_size);
+    let advance = |level: Option<u8>, index: u64| {
+        if let Some(p) = progress {
+            let chunks = level.map_or(1, |l| coverage(&geo, l, index));
+            p.advance(chunks * m.chunk_size as u64);
+        }
+    };
     let mut out = DeleteWalk::default();
     // (id, level of the table it is or None for a chunk, table index, references released)
     let mut stack: Vec<(BlobId, Option<u8>, u64, i64)> = Vec::new();
     for (i, id) in m.top_ids()?.into_iter().enumerate() {
-        if !id.is_zero() {
+        if id.is_zero() {
+            advance(Some(geo.depth - 1), i as u64);
+        } else {
             stack.push((id, Some(geo.depth - 1), i as u64, 1));
         }
     }
@@ -91,6 +108,7 @@ pub(crate) async fn walk_delete_with(
             None => *local.entry(id).or_insert(0) -= times,
         }
         if !freed {
+            advance(level, index);
             continue;
         }
         out.freed_blobs += 1;
@@ -98,16 +116,20 @@ pub(crate) async fn walk_delete_with(
             None => {
                 let loc = repo.locate(set, &id).await?;
                 out.freed_bytes += loc.map_or(0, |l| l.plain_len as u64);
+                advance(level, index);
             }
-            Some(_) if contribution <= 0 => {}
+            Some(_) if contribution <= 0 => advance(level, index),
             Some(l) => {
                 let entries = repo
                     .read_table(set, &id, l, geo.table_len(l, index))
                     .await?;
                 for (j, c) in entries.into_iter().enumerate() {
-                    if !c.is_zero() {
-                        let child = if l == 0 { None } else { Some(l - 1) };
-                        stack.push((c, child, index * FANOUT + j as u64, contribution));
+                    let child = if l == 0 { None } else { Some(l - 1) };
+                    let at = index * FANOUT + j as u64;
+                    if c.is_zero() {
+                        advance(child, at);
+                    } else {
+                        stack.push((c, child, at, contribution));
                     }
                 }
             }
@@ -119,6 +141,29 @@ pub(crate) async fn walk_delete_with(
 impl Repository {
     /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
     pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
+        self.delete_snapshot_with_progress(volume, id, None).await
+    }
+
+    /// `delete_snapshot` reporting one stage, `delete`, in logical bytes of the snapshot's
+    /// volume (whole chunks): a subtree other snapshots still hold counts at once.
+    pub async fn delete_snapshot_with_progress(
+        &self,
+        volume: &str,
+        id: &str,
+        progress: Option<&dyn Progress>,
+    ) -> Result<DeleteReport> {
+        self.delete_in_stage(volume, id, progress, true).await
+    }
+
+    /// The delete; with `start_stage` false the walk advances a stage the caller started
+    /// (forget's, over all the snapshots it removes).
+    pub(crate) async fn delete_in_stage(
+        &self,
+        volume: &str,
+        id: &str,
+        progress: Option<&dyn Progress>,
+        start_stage: bool,
+    ) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
         let set = self.load_segments().await?;
@@ -131,11 +176,16 @@ impl Repository {
             .into());
         }
         let m = self.read_root(volume, id).await?;
+        if let Some(p) = progress.filter(|_| start_stage) {
+            p.stage("delete", walk_bytes(&m));
+        }
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
         let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
         let result: Result<DeleteWalk> = async {
-            let walk = walk_delete(self, &set, &m, Some(&mut w)).await?;
+            let walk =
+                walk_delete_with(self, &set, &m, Some(&mut w), &mut HashMap::new(), progress)
+                    .await?;
             w.flush().await?;
             let lease_time = lease.check_before_commit().await?;
             let t = Tombstone {

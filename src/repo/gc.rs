@@ -18,7 +18,7 @@ use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
 use super::repository::{segment_writer, SegmentSet};
 use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
 use super::writer::{intent_key, pack_name, Intent, Writer};
-use super::{create_exclusive, BlobId, BlobKind, Frame, Location, RepoError, Repository};
+use super::{create_exclusive, BlobId, BlobKind, Frame, Location, Progress, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
@@ -110,9 +110,22 @@ impl GcMarker {
     }
 }
 
-/// What a gc run did.
+/// How gc runs.
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    /// Decide and report only: the report says what a gc would do now, and nothing is
+    /// written or deleted except the run's own lease, taken for the store's time (the cutoff)
+    /// and removed at the end. Repacking is counted, not done; compaction reads the index
+    /// to find the packs it would drop.
+    pub dry_run: bool,
+}
+
+/// What a gc run did (or, with `dry_run`, would do). Field names are a stable JSON
+/// interface.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct GcReport {
+    /// A dry run: nothing was collected, the figures are what a gc would do now.
+    pub dry_run: bool,
     pub blobs_collected: u64,
     pub packs_deleted: u64,
     pub packs_repacked: u64,
@@ -125,6 +138,11 @@ pub struct GcReport {
     /// Freed tables whose children were re-counted because a backup reused them.
     pub tables_revived: u64,
     pub requests: u64,
+}
+
+/// Bytes of a segment's record area (the unit of the scan and compaction stages).
+fn records_bytes(h: &SegmentHead) -> u64 {
+    u64::from(h.fanout[256]) * h.record_size as u64
 }
 
 /// All records of a segment (one GET of its record area).
@@ -205,6 +223,40 @@ impl Repository {
     /// Collect garbage. Safe to run alongside backups and deletes; one gc at a time
     /// commits (a second one fails with `GcConflict` without deleting anything).
     pub async fn gc(&self) -> Result<GcReport> {
+        self.gc_with(&GcOptions::default(), None).await
+    }
+
+    /// What a gc would do now, writing and deleting nothing (see [`GcOptions::dry_run`]).
+    pub async fn gc_plan(&self) -> Result<GcReport> {
+        self.gc_with(&GcOptions { dry_run: true }, None).await
+    }
+
+    /// Bytes a gc would reclaim now (the volume service's estimate for its `clean:gc` fix).
+    pub async fn gc_reclaimable_bytes(&self) -> Result<u64> {
+        Ok(self.gc_plan().await?.bytes_reclaimed)
+    }
+
+    /// gc (or its dry run) reporting its stages (format-spec §7, README "JSON output"):
+    /// `gc-scan` (record bytes of the deletes' refs segments), `gc-collect` (bytes of
+    /// garbage frames), `gc-compact` (record bytes of the segments merged; total 0 when
+    /// gc does not compact) and `gc-delete` (objects deleted after the commit; total 0 in
+    /// a dry run).
+    pub async fn gc_with(
+        &self,
+        opts: &GcOptions,
+        progress: Option<&dyn Progress>,
+    ) -> Result<GcReport> {
+        let dry = opts.dry_run;
+        let stage = |name: &str, total: u64| {
+            if let Some(p) = progress {
+                p.stage(name, total);
+            }
+        };
+        let advance = |n: u64| {
+            if let Some(p) = progress {
+                p.advance(n);
+            }
+        };
         let before = self.counts();
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "gc", None).await?;
@@ -219,9 +271,24 @@ impl Repository {
         let set = self.load_segments().await?;
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
-        let mut report = GcReport::default();
+        let mut report = GcReport {
+            dry_run: dry,
+            ..GcReport::default()
+        };
 
         // 1. Freed blobs of deletes old enough to process; recent frees stay protected.
+        let releases = |h: &SegmentHead| {
+            set.markers.tombstones.contains_key(&h.meta.commit)
+                || set.markers.gcs.get(&h.meta.commit).is_some_and(|g| g.freed)
+        };
+        stage(
+            "gc-scan",
+            set.refs
+                .iter()
+                .filter(|h| releases(h))
+                .map(|h| records_bytes(h))
+                .sum(),
+        );
         let mut candidates: HashSet<BlobId> = HashSet::new();
         let mut recent: HashSet<BlobId> = HashSet::new();
         let mut processed_refs: Vec<Arc<SegmentHead>> = Vec::new();
@@ -251,6 +318,7 @@ impl Repository {
                     };
                 }
             }
+            advance(records_bytes(h));
         }
         // 1b. Revival: a freed table that a backup running during the delete reused has a
         // positive count again, but the delete already decremented its children. Their
@@ -304,6 +372,14 @@ impl Repository {
             }
         }
         // 3. Delete whole-dead packs, repack mostly-dead ones.
+        stage(
+            "gc-collect",
+            by_pack
+                .values()
+                .flatten()
+                .map(|(_, l)| u64::from(l.frame_len))
+                .sum(),
+        );
         let mut dead_packs: Vec<String> = set.dead_packs.iter().cloned().collect();
         for (name, garbage) in &by_pack {
             let entries = pack_entries(self, name).await?;
@@ -335,7 +411,7 @@ impl Repository {
                 w.dead_packs.push(name.clone());
             } else if dead_bytes as f64 >= REPACK_DEAD_FRACTION * total as f64 {
                 let key = pack_key(name);
-                for e in &live {
+                for e in live.iter().filter(|_| !dry) {
                     let bytes = self
                         .store()
                         .get_range(&key, e.offset as u64..e.offset as u64 + e.frame_len as u64)
@@ -348,19 +424,33 @@ impl Repository {
                         bytes: bytes.to_vec(),
                     })
                     .await?;
-                    report.bytes_rewritten += e.frame_len as u64;
                 }
+                report.bytes_rewritten += live.iter().map(|e| e.frame_len as u64).sum::<u64>();
                 report.packs_repacked += 1;
                 report.bytes_reclaimed += dead_bytes;
                 w.dead_packs.push(name.clone());
             } else {
                 report.dead_bytes_kept += dead_bytes;
             }
+            advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());
         }
         dead_packs.extend(w.dead_packs.iter().cloned());
         // 4. Compaction (amortised: only when segments pile up).
         let mut superseded: Vec<String> = Vec::new();
-        if set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT {
+        let compacting = set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT;
+        stage(
+            "gc-compact",
+            match compacting {
+                true => set
+                    .index
+                    .iter()
+                    .chain(processed_refs.iter())
+                    .map(|h| records_bytes(h))
+                    .sum(),
+                false => 0,
+            },
+        );
+        if compacting {
             let dead: HashSet<String> = dead_packs.iter().cloned().collect();
             let mut named: HashSet<String> = HashSet::new();
             superseded.extend(set.index.iter().map(|h| h.key.clone()));
@@ -371,6 +461,12 @@ impl Repository {
             // complete on its own); the writer's buffer goes out as a segment whenever it
             // fills: all of them carry this gc's commit and count only once its marker exists.
             for (lo, hi) in bucket_groups(inputs) {
+                let group_bytes: u64 = set
+                    .index
+                    .iter()
+                    .chain(processed_refs.iter())
+                    .map(|h| h.bucket_range(hi).end - h.bucket_range(lo).start)
+                    .sum();
                 let mut seen: HashSet<BlobId> = HashSet::new();
                 let mut tables: HashSet<BlobId> = HashSet::new();
                 for h in &set.index {
@@ -382,9 +478,16 @@ impl Repository {
                                 tables.insert(id);
                             }
                             named.insert(loc.pack.clone());
-                            w.add_location(id, loc);
+                            if !dry {
+                                w.add_location(id, loc);
+                            }
                         }
                     }
+                }
+                // A dry run needs only which packs stay named (for the shadowed ones).
+                if dry {
+                    advance(group_bytes);
+                    continue;
                 }
                 let mut contribution: HashMap<BlobId, i64> = HashMap::new();
                 for h in &processed_refs {
@@ -410,6 +513,7 @@ impl Repository {
                 if w.buffered_records() >= COMPACT_GROUP_RECORDS as usize {
                     w.flush().await?;
                 }
+                advance(group_bytes);
             }
             // A pack whose every frame is shadowed by a newer copy of the same blob (two
             // writers stored it concurrently, or it was stored again after being freed)
@@ -428,6 +532,16 @@ impl Repository {
             w.dead_packs.extend(shadowed.iter().cloned());
             dead_packs.extend(shadowed);
             report.segments_compacted = superseded.len() as u64;
+        }
+        if dry {
+            report.dead_writers_cleaned = leases
+                .iter()
+                .filter(|l| l.holder != holder && !l.live_at(now))
+                .count() as u64;
+            stage("gc-delete", 0);
+            w.finish().await;
+            report.requests = self.counts().since(&before).total();
+            return Ok(report);
         }
         commit_gc_marker(self, &mut w, &lease, seq, &marker_key, false).await?;
         // 5. Committed: physical deletes (idempotent; a crash here is finished next time).
@@ -457,21 +571,29 @@ impl Repository {
                 }
             }
         }
+        let dead_writers: Vec<_> = leases
+            .iter()
+            .filter(|l| l.holder != holder && !l.live_at(now))
+            .collect();
+        stage(
+            "gc-delete",
+            (doomed.len() + tombstones.len() + dead_writers.len()) as u64,
+        );
         self.store().delete_batch(&doomed).await?;
+        advance(doomed.len() as u64);
         // Only after their roots are gone: a batch delete is not atomic on every store (and
         // is split into several requests), and a root left without its tombstone would be
         // a live snapshot again whose decrements were already applied.
         if !tombstones.is_empty() {
             self.store().delete_batch(&tombstones).await?;
+            advance(tombstones.len() as u64);
         }
         // 6. Dead writers.
-        for l in leases
-            .iter()
-            .filter(|l| l.holder != holder && !l.live_at(now))
-        {
+        for l in dead_writers {
             self.clean_dead_writer(&set, &l.holder).await?;
             self.store().delete_batch(&l.keys).await?;
             report.dead_writers_cleaned += 1;
+            advance(1);
         }
         w.finish().await;
         report.requests = self.counts().since(&before).total();
