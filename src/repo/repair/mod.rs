@@ -19,7 +19,7 @@
 
 mod sweep;
 
-use super::check::{child_weight, stored_counts, StoredCount};
+use super::check::{child_weight, StoredCount};
 use super::gc::{commit_gc_marker, next_gc_marker};
 use super::ids::new_time_id;
 use super::lease::Lease;
@@ -71,13 +71,16 @@ impl Repository {
     /// Repair the repository (see module docs).
     pub async fn repair(&self) -> Result<RepairReport> {
         let before = self.counts();
-        let check = self.check(&CheckOptions::default()).await?;
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "repair", None).await?;
         // Listing order matters for the sweep: objects, then leases, then the view.
         let listed = sweep::list_candidates(self).await?;
         let leased = sweep::leased_holders(self, &holder).await?;
         let set = self.load_segments().await?;
+        // The check runs on the same view; its stored counts are what gets corrected.
+        let (check, stored) = self
+            .check_view(&set, &CheckOptions::default(), None)
+            .await?;
         let mut report = RepairReport {
             damaged: check
                 .issues
@@ -90,7 +93,9 @@ impl Repository {
         };
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "repair");
-        let changes = self.correct_counts(&set, &mut w, &mut report).await?;
+        let changes = self
+            .correct_counts(&set, &stored, &mut w, &mut report)
+            .await?;
         if changes > 0 {
             commit_gc_marker(self, &mut w, &lease, seq, &marker_key, true).await?;
             report.commit = Some(marker_key);
@@ -150,11 +155,11 @@ impl Repository {
     async fn correct_counts(
         &self,
         set: &SegmentSet,
+        stored: &HashMap<BlobId, StoredCount>,
         w: &mut Writer,
         report: &mut RepairReport,
     ) -> Result<u64> {
-        let stored = stored_counts(self, set).await?;
-        let expected = self.expected_counts(set, &stored).await?;
+        let expected = self.expected_counts(set, stored).await?;
         let mut changes = 0u64;
         for (id, want) in &expected.counts {
             let StoredCount {
@@ -186,7 +191,7 @@ impl Repository {
                 contribution,
                 freed,
             },
-        ) in &stored
+        ) in stored
         {
             if expected.counts.contains_key(id) {
                 continue;
