@@ -6,10 +6,9 @@ use crate::repo::lease::{LEASE_TTL, SKEW};
 use crate::repo::testing::MemStore;
 use crate::repo::{CheckOptions, InitOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
-use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use crate::store::{ObjectStore, PutOutcome, StoreError};
 use bytes::Bytes;
 use rand::{RngCore, SeedableRng};
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,38 +128,14 @@ struct StallBeforeCommit {
 #[async_trait::async_trait]
 impl ObjectStore for StallBeforeCommit {
     crate::store::forward_descriptive_methods!();
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.inner.put(key, data).await
-    }
+    crate::store::forward_io_methods!(put);
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
         if key.starts_with(self.prefix) {
             self.inner.advance(LEASE_TTL + Duration::from_secs(60));
         }
         self.inner.put_if_absent(key, data).await
     }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix, start_after, limit).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
-        self.inner.delete_batch(keys).await
-    }
+    crate::store::forward_io_methods!(get, get_range, head, list, delete, delete_batch);
 }
 
 /// A backup whose root is created more than `LEASE_TTL` after its last renewal must fail:
@@ -258,9 +233,7 @@ struct PauseBeforeCommit {
 #[async_trait::async_trait]
 impl ObjectStore for PauseBeforeCommit {
     crate::store::forward_descriptive_methods!();
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.inner.put(key, data).await
-    }
+    crate::store::forward_io_methods!(put);
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
         if key.starts_with(self.prefix) {
             self.reached.notify_one();
@@ -268,29 +241,7 @@ impl ObjectStore for PauseBeforeCommit {
         }
         self.inner.put_if_absent(key, data).await
     }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix, start_after, limit).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
-        self.inner.delete_batch(keys).await
-    }
+    crate::store::forward_io_methods!(get, get_range, head, list, delete, delete_batch);
 }
 
 /// Backup S2 keeps its parent S1's table T while S1 is deleted (T freed, its children
