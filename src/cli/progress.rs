@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// How often, at most, a JSON status line is written while a stage advances.
 const JSON_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Stages counted in objects rather than bytes (their bars show counts).
+const OBJECT_STAGES: &[&str] = &["gc-delete"];
+
 /// Which way progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -83,11 +86,14 @@ impl CliProgress {
         st.done = 0;
         match self.mode {
             ProgressMode::Bars => {
-                let style = ProgressStyle::with_template(
-                    "{prefix:>10} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+                let template = if OBJECT_STAGES.contains(&name) {
+                    "{prefix:>10} [{wide_bar}] {pos}/{len} objects eta {eta}"
+                } else {
+                    "{prefix:>10} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}"
+                };
+                let style = ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
                     .with_style(style)
                     .with_prefix(name.to_string());

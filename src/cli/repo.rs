@@ -9,7 +9,7 @@ use super::EXIT_PROBLEMS;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use island::backup::{backup_image, backup_image_snapshot, BackupOptions, RawSource};
-use island::repo::{CheckOptions, InitOptions, Progress, Repository};
+use island::repo::{CheckOptions, GcOptions, InitOptions, Progress, Repository};
 use island::restore::RestoreTarget;
 use island::store::{open_store as open_store_url, ObjectStore, StoreOptions};
 use std::path::PathBuf;
@@ -184,6 +184,10 @@ pub struct DeleteArgs {
 pub struct GcArgs {
     #[command(flatten)]
     repo: RepoArg,
+    /// Report what a gc would free, repack and keep now, without writing or deleting
+    /// anything (only gc's own lease is taken, for the store's time, and removed).
+    #[arg(long)]
+    dry_run: bool,
     /// Print one JSON object with the result on stdout.
     #[arg(long)]
     json: bool,
@@ -515,10 +519,13 @@ async fn restore(a: RestoreArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
 
 async fn delete(a: DeleteArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     let repo = open_repo(&a.repo.repo, store_args).await?;
+    let progress = ProgressAdapter(CliProgress::new(ProgressMode::choose(a.json)));
     let report = repo
-        .delete_snapshot(&a.volume, &a.snapshot)
-        .await
-        .with_context(|| format!("deleting snapshot {}/{}", a.volume, a.snapshot))?;
+        .delete_snapshot_with_progress(&a.volume, &a.snapshot, Some(&progress))
+        .await;
+    progress.0.finish();
+    let report =
+        report.with_context(|| format!("deleting snapshot {}/{}", a.volume, a.snapshot))?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -534,11 +541,15 @@ async fn delete(a: DeleteArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
 
 async fn gc(a: GcArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     let repo = open_repo(&a.repo.repo, store_args).await?;
-    let report = repo.gc().await.context("garbage collection")?;
+    let progress = ProgressAdapter(CliProgress::new(ProgressMode::choose(a.json)));
+    let opts = GcOptions { dry_run: a.dry_run };
+    let report = repo.gc_with(&opts, Some(&progress)).await;
+    progress.0.finish();
+    let report = report.context("garbage collection")?;
     if a.json {
         print_json(&report)?;
     } else {
-        print_fields("gc", &report)?;
+        print_fields(if a.dry_run { "gc (dry run)" } else { "gc" }, &report)?;
     }
     Ok(0)
 }

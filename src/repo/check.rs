@@ -106,7 +106,7 @@ pub(crate) fn child_weight(stored: &HashMap<BlobId, StoredCount>, table: &BlobId
 }
 
 /// Chunks of the volume covered by table `index` at `level` (the last tables are shorter).
-fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
+pub(crate) fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
     let per = span(level + 1);
     let first = index.saturating_mul(per);
     geo.chunks.saturating_sub(first).min(per)
@@ -322,7 +322,18 @@ impl Repository {
         progress: Option<&dyn Progress>,
     ) -> Result<CheckReport> {
         let set = self.load_segments().await?;
-        let stored = stored_counts(self, &set).await?;
+        Ok(self.check_view(&set, opts, progress).await?.0)
+    }
+
+    /// `check` of one view, handing back the stored counts it summed so `check --repair`
+    /// corrects against the same view without reading every refs segment again.
+    pub(crate) async fn check_view(
+        &self,
+        set: &SegmentSet,
+        opts: &CheckOptions,
+        progress: Option<&dyn Progress>,
+    ) -> Result<(CheckReport, HashMap<BlobId, StoredCount>)> {
+        let stored = stored_counts(self, set).await?;
         let roots = self.live_roots(&set.markers, None);
         if let Some(p) = progress {
             let total = roots
@@ -333,7 +344,7 @@ impl Repository {
         }
         let mut walk = Walk {
             repo: self,
-            set: &set,
+            set,
             read_data: opts.read_data,
             sample: opts.sample_pct.unwrap_or(100.0).clamp(0.0, 100.0) / 100.0,
             progress,
@@ -392,6 +403,6 @@ impl Repository {
                 snapshots,
             });
         }
-        Ok(report)
+        Ok((report, stored))
     }
 }

@@ -7,13 +7,15 @@
 //! numbered per attempt (`<id>`, `<id>.1`, …): a void (fenced) one never blocks a later
 //! delete, and at most one generation of a snapshot is non-void (format-spec §6).
 
+use super::check::coverage;
 use super::ids::{new_time_id, now_rfc3339};
 use super::lease::{ensure_not_fenced, fenced, Lease};
 use super::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
+use super::segment::FREED;
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
-use super::{create_exclusive, BlobId, RepoError, Repository};
+use super::{create_exclusive, BlobId, Progress, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
@@ -56,19 +58,27 @@ pub(crate) async fn walk_delete(
     m: &SnapshotManifest,
     w: Option<&mut Writer>,
 ) -> Result<DeleteWalk> {
-    walk_delete_with(repo, set, m, w, &mut HashMap::new()).await
+    walk_delete_with(repo, set, m, w, &mut HashMap::new(), None).await
+}
+
+/// Logical bytes a delete walk of `m` reports progress in: the volume's whole chunks.
+pub(crate) fn walk_bytes(m: &SnapshotManifest) -> u64 {
+    Geometry::new(m.size, m.chunk_size).chunks * m.chunk_size as u64
 }
 
 /// [`walk_delete`] whose dry-run decrements accumulate in `local`, so consecutive dry runs
 /// of several snapshots give what deleting all of them would free (forget --dry-run).
+/// `progress` advances by [`walk_bytes`] in all: a subtree not descended into (still
+/// referenced elsewhere) counts at once for the volume range it covers.
 pub(crate) async fn walk_delete_with(
     repo: &Repository,
     set: &SegmentSet,
     m: &SnapshotManifest,
     w: Option<&mut Writer>,
     local: &mut HashMap<BlobId, i64>,
+    progress: Option<&dyn Progress>,
 ) -> Result<DeleteWalk> {
-    walk(repo, set, m, w, local, false).await
+    walk(repo, set, m, w, local, progress, false).await
 }
 
 /// The delete walk. With `tolerate_unreadable`, a freed table that cannot be read
@@ -82,31 +92,44 @@ async fn walk(
     m: &SnapshotManifest,
     mut w: Option<&mut Writer>,
     local: &mut HashMap<BlobId, i64>,
+    progress: Option<&dyn Progress>,
     tolerate_unreadable: bool,
 ) -> Result<DeleteWalk> {
     let geo = Geometry::new(m.size, m.chunk_size);
+    let advance = |level: Option<u8>, index: u64| {
+        if let Some(p) = progress {
+            let chunks = level.map_or(1, |l| coverage(&geo, l, index));
+            p.advance(chunks * m.chunk_size as u64);
+        }
+    };
     let mut out = DeleteWalk::default();
-    // (id, level of the table it is, or None for a chunk, table index)
-    let mut stack: Vec<(BlobId, Option<u8>, u64)> = Vec::new();
+    // (id, level of the table it is or None for a chunk, table index, references released)
+    let mut stack: Vec<(BlobId, Option<u8>, u64, i64)> = Vec::new();
     for (i, id) in m.top_ids()?.into_iter().enumerate() {
-        if !id.is_zero() {
-            stack.push((id, Some(geo.depth - 1), i as u64));
+        if id.is_zero() {
+            advance(Some(geo.depth - 1), i as u64);
+        } else {
+            stack.push((id, Some(geo.depth - 1), i as u64, 1));
         }
     }
-    while let Some((id, level, index)) = stack.pop() {
+    while let Some((id, level, index, times)) = stack.pop() {
         let own = match w.as_deref() {
             Some(w) => w.own_delta(&id).await?,
             None => *local.get(&id).unwrap_or(&0),
         };
-        let count = repo.refcount(set, &id).await? + own - 1;
+        let count = repo.refcount(set, &id).await? + own - times;
         let freed = count == 0;
-        // A table whose children were already released (an earlier delete freed it and a
-        // backup reused it since, before gc revived it) must not release them twice: it
-        // becomes a gc candidate (FREED) without changing its children contribution.
-        let mut release =
-            freed && (level.is_none() || repo.children_contribution(set, &id).await? > 0);
+        // A freed table's children are released as many times as they are counted on its
+        // behalf (its contribution: 2 when two writers stored it at once), leaving its
+        // contribution at exactly 0. One whose children were already released (an earlier
+        // delete freed it and a backup reused it since, before gc revived it) releases
+        // nothing: it becomes a gc candidate (FREED) with its contribution unchanged.
+        let mut contribution = match (freed, level) {
+            (true, Some(_)) => repo.children_contribution(set, &id).await?,
+            _ => 0,
+        };
         let mut entries = Vec::new();
-        if let (true, Some(l)) = (release, level) {
+        if let (true, Some(l)) = (contribution > 0, level) {
             match repo.read_table(set, &id, l, geo.table_len(l, index)).await {
                 Ok(e) => entries = e,
                 Err(e) if tolerate_unreadable && super::copy::is_damage(&e) => {
@@ -116,21 +139,21 @@ async fn walk(
                         m.id
                     );
                     out.tables_unreadable += 1;
-                    release = false;
+                    // Released nothing: its contribution stays as it is.
+                    contribution = 0;
                 }
                 Err(e) => return Err(e),
             }
         }
-        let flags = match (freed, release) {
-            (false, _) => 0,
-            (true, true) => super::segment::FREED,
-            (true, false) => super::segment::FREED | super::segment::STORED,
-        };
         match w.as_deref_mut() {
-            Some(w) => w.add_ref(id, -1, flags),
-            None => *local.entry(id).or_insert(0) -= 1,
+            Some(w) if freed && level.is_some() => {
+                w.add_ref_with_contribution(id, -times, FREED, -contribution.max(0))
+            }
+            Some(w) => w.add_ref(id, -times, if freed { FREED } else { 0 }),
+            None => *local.entry(id).or_insert(0) -= times,
         }
         if !freed {
+            advance(level, index);
             continue;
         }
         out.freed_blobs += 1;
@@ -138,12 +161,17 @@ async fn walk(
             None => {
                 let loc = repo.locate(set, &id).await?;
                 out.freed_bytes += loc.map_or(0, |l| l.plain_len as u64);
+                advance(level, index);
             }
+            Some(_) if contribution <= 0 => advance(level, index),
             Some(l) => {
                 for (j, c) in entries.into_iter().enumerate() {
-                    if !c.is_zero() {
-                        let child = if l == 0 { None } else { Some(l - 1) };
-                        stack.push((c, child, index * FANOUT + j as u64));
+                    let child = if l == 0 { None } else { Some(l - 1) };
+                    let at = index * FANOUT + j as u64;
+                    if c.is_zero() {
+                        advance(child, at);
+                    } else {
+                        stack.push((c, child, at, contribution));
                     }
                 }
             }
@@ -167,7 +195,7 @@ const DELETE_ATTEMPTS: u32 = 3;
 impl Repository {
     /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
     pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
-        self.delete_impl(volume, id, false).await
+        self.delete_snapshot_with_progress(volume, id, None).await
     }
 
     /// Delete a damaged snapshot whose tables may be missing or corrupt (the fallback of
@@ -175,14 +203,48 @@ impl Repository {
     /// [`Repository::delete_snapshot`]; the subtree of an unreadable table keeps its
     /// counts (a leak `check --repair` reclaims) instead of failing the delete.
     pub async fn delete_damaged_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
-        self.delete_impl(volume, id, true).await
+        self.delete_impl(volume, id, None, true, true).await
     }
 
-    async fn delete_impl(&self, volume: &str, id: &str, tolerate: bool) -> Result<DeleteReport> {
+    /// `delete_snapshot` reporting one stage, `delete`, in logical bytes of the snapshot's
+    /// volume (whole chunks): a subtree other snapshots still hold counts at once.
+    pub async fn delete_snapshot_with_progress(
+        &self,
+        volume: &str,
+        id: &str,
+        progress: Option<&dyn Progress>,
+    ) -> Result<DeleteReport> {
+        self.delete_in_stage(volume, id, progress, true).await
+    }
+
+    /// The delete; with `start_stage` false the walk advances a stage the caller started
+    /// (forget's, over all the snapshots it removes).
+    pub(crate) async fn delete_in_stage(
+        &self,
+        volume: &str,
+        id: &str,
+        progress: Option<&dyn Progress>,
+        start_stage: bool,
+    ) -> Result<DeleteReport> {
+        self.delete_impl(volume, id, progress, start_stage, false)
+            .await
+    }
+
+    async fn delete_impl(
+        &self,
+        volume: &str,
+        id: &str,
+        progress: Option<&dyn Progress>,
+        start_stage: bool,
+        tolerate: bool,
+    ) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
         for _ in 0..DELETE_ATTEMPTS {
-            if let Attempt::Deleted(walk) = self.delete_attempt(volume, id, tolerate).await? {
+            if let Attempt::Deleted(walk) = self
+                .delete_attempt(volume, id, progress, start_stage, tolerate)
+                .await?
+            {
                 let used = self.counts().since(&before);
                 return Ok(DeleteReport {
                     volume: volume.into(),
@@ -203,7 +265,14 @@ impl Repository {
 
     /// One delete with its own lease, view and tombstone generation (format-spec §6,
     /// "Tombstone generations").
-    async fn delete_attempt(&self, volume: &str, id: &str, tolerate: bool) -> Result<Attempt> {
+    async fn delete_attempt(
+        &self,
+        volume: &str,
+        id: &str,
+        progress: Option<&dyn Progress>,
+        start_stage: bool,
+        tolerate: bool,
+    ) -> Result<Attempt> {
         let set = self.load_segments().await?;
         if set.markers.is_deleted(volume, id) {
             return Err(RepoError::SnapshotNotFound {
@@ -215,11 +284,23 @@ impl Repository {
         // Void tombstones of earlier attempts keep their keys: number past them.
         let tkey = tombstone_key_gen(volume, id, set.markers.next_tombstone_gen(volume, id));
         let m = self.read_root(volume, id).await?;
+        if let Some(p) = progress.filter(|_| start_stage) {
+            p.stage("delete", walk_bytes(&m));
+        }
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
         let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
         let result: Result<Attempt> = async {
-            let walk = walk(self, &set, &m, Some(&mut w), &mut HashMap::new(), tolerate).await?;
+            let walk = walk(
+                self,
+                &set,
+                &m,
+                Some(&mut w),
+                &mut HashMap::new(),
+                progress,
+                tolerate,
+            )
+            .await?;
             w.flush().await?;
             let lease_time = lease.check_before_commit().await?;
             let t = Tombstone {

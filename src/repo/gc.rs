@@ -18,7 +18,7 @@ use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
 use super::repository::SegmentSet;
 use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
 use super::writer::Writer;
-use super::{create_exclusive, BlobId, BlobKind, Frame, Location, RepoError, Repository};
+use super::{create_exclusive, BlobId, BlobKind, Frame, Location, Progress, RepoError, Repository};
 use crate::store::PutOutcome;
 use crate::Result;
 use bytes::Bytes;
@@ -110,9 +110,22 @@ impl GcMarker {
     }
 }
 
-/// What a gc run did.
+/// How gc runs.
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    /// Decide and report only: the report says what a gc would do now, and nothing is
+    /// written or deleted except the run's own lease, taken for the store's time (the cutoff)
+    /// and removed at the end. Repacking is counted, not done; compaction reads the index
+    /// to find the packs it would drop.
+    pub dry_run: bool,
+}
+
+/// What a gc run did (or, with `dry_run`, would do). Field names are a stable JSON
+/// interface.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct GcReport {
+    /// A dry run: nothing was collected, the figures are what a gc would do now.
+    pub dry_run: bool,
     pub blobs_collected: u64,
     pub packs_deleted: u64,
     pub packs_repacked: u64,
@@ -125,6 +138,11 @@ pub struct GcReport {
     /// Freed tables whose children were re-counted because a backup reused them.
     pub tables_revived: u64,
     pub requests: u64,
+}
+
+/// Bytes of a segment's record area (the unit of the scan and compaction stages).
+fn records_bytes(h: &SegmentHead) -> u64 {
+    u64::from(h.fanout[256]) * h.record_size as u64
 }
 
 /// All records of a segment (one GET of its record area).
@@ -205,6 +223,40 @@ impl Repository {
     /// Collect garbage. Safe to run alongside backups and deletes; one gc at a time
     /// commits (a second one fails with `GcConflict` without deleting anything).
     pub async fn gc(&self) -> Result<GcReport> {
+        self.gc_with(&GcOptions::default(), None).await
+    }
+
+    /// What a gc would do now, writing and deleting nothing (see [`GcOptions::dry_run`]).
+    pub async fn gc_plan(&self) -> Result<GcReport> {
+        self.gc_with(&GcOptions { dry_run: true }, None).await
+    }
+
+    /// Bytes a gc would reclaim now (the volume service's estimate for its `clean:gc` fix).
+    pub async fn gc_reclaimable_bytes(&self) -> Result<u64> {
+        Ok(self.gc_plan().await?.bytes_reclaimed)
+    }
+
+    /// gc (or its dry run) reporting its stages (format-spec §7, README "JSON output"):
+    /// `gc-scan` (record bytes of the deletes' refs segments), `gc-collect` (bytes of
+    /// garbage frames), `gc-compact` (record bytes of the segments merged; total 0 when
+    /// gc does not compact) and `gc-delete` (objects deleted after the commit; total 0 in
+    /// a dry run).
+    pub async fn gc_with(
+        &self,
+        opts: &GcOptions,
+        progress: Option<&dyn Progress>,
+    ) -> Result<GcReport> {
+        let dry = opts.dry_run;
+        let stage = |name: &str, total: u64| {
+            if let Some(p) = progress {
+                p.stage(name, total);
+            }
+        };
+        let advance = |n: u64| {
+            if let Some(p) = progress {
+                p.advance(n);
+            }
+        };
         let before = self.counts();
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "gc", None).await?;
@@ -219,9 +271,24 @@ impl Repository {
         let set = self.load_segments().await?;
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
-        let mut report = GcReport::default();
+        let mut report = GcReport {
+            dry_run: dry,
+            ..GcReport::default()
+        };
 
         // 1. Freed blobs of deletes old enough to process; recent frees stay protected.
+        let releases = |h: &SegmentHead| {
+            set.markers.tombstones.contains_key(&h.meta.commit)
+                || set.markers.gcs.get(&h.meta.commit).is_some_and(|g| g.freed)
+        };
+        stage(
+            "gc-scan",
+            set.refs
+                .iter()
+                .filter(|h| releases(h))
+                .map(|h| records_bytes(h))
+                .sum(),
+        );
         let mut candidates: HashSet<BlobId> = HashSet::new();
         let mut recent: HashSet<BlobId> = HashSet::new();
         let mut processed_refs: Vec<Arc<SegmentHead>> = Vec::new();
@@ -251,6 +318,7 @@ impl Repository {
                     };
                 }
             }
+            advance(records_bytes(h));
         }
         // 1b. Revival: a freed table that a backup running during the delete reused has a
         // positive count again, but the delete already decremented its children. Their
@@ -267,15 +335,21 @@ impl Repository {
             let Some(loc) = self.locate(&set, &id).await? else {
                 continue;
             };
-            if loc.kind != BlobKind::Table || self.children_contribution(&set, &id).await? > 0 {
+            if loc.kind != BlobKind::Table {
+                continue;
+            }
+            let contribution = self.children_contribution(&set, &id).await?;
+            if contribution > 0 {
                 continue;
             }
             let plain = self.read_blob(&loc, &id).await?;
             let entries = super::table::decode_any(&pack_key(&loc.pack), &plain)?;
             revived.insert(id);
-            w.add_ref(id, 0, REVIVED);
+            // Back to exactly one count on its behalf, whatever was released before.
+            let missing = 1 - contribution;
+            w.add_ref_with_contribution(id, 0, REVIVED, missing);
             for c in entries.into_iter().filter(|c| !c.is_zero()) {
-                w.add_ref(c, 1, 0);
+                w.add_ref(c, missing, 0);
                 keep.insert(c);
                 stack.push(c);
             }
@@ -298,6 +372,14 @@ impl Repository {
             }
         }
         // 3. Delete whole-dead packs, repack mostly-dead ones.
+        stage(
+            "gc-collect",
+            by_pack
+                .values()
+                .flatten()
+                .map(|(_, l)| u64::from(l.frame_len))
+                .sum(),
+        );
         let mut dead_packs: Vec<String> = set.dead_packs.iter().cloned().collect();
         for (name, garbage) in &by_pack {
             let entries = pack_entries(self, name).await?;
@@ -329,7 +411,7 @@ impl Repository {
                 w.dead_packs.push(name.clone());
             } else if dead_bytes as f64 >= REPACK_DEAD_FRACTION * total as f64 {
                 let key = pack_key(name);
-                for e in &live {
+                for e in live.iter().filter(|_| !dry) {
                     let bytes = self
                         .store()
                         .get_range(&key, e.offset as u64..e.offset as u64 + e.frame_len as u64)
@@ -342,19 +424,33 @@ impl Repository {
                         bytes: bytes.to_vec(),
                     })
                     .await?;
-                    report.bytes_rewritten += e.frame_len as u64;
                 }
+                report.bytes_rewritten += live.iter().map(|e| e.frame_len as u64).sum::<u64>();
                 report.packs_repacked += 1;
                 report.bytes_reclaimed += dead_bytes;
                 w.dead_packs.push(name.clone());
             } else {
                 report.dead_bytes_kept += dead_bytes;
             }
+            advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());
         }
         dead_packs.extend(w.dead_packs.iter().cloned());
         // 4. Compaction (amortised: only when segments pile up).
         let mut superseded: Vec<String> = Vec::new();
-        if set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT {
+        let compacting = set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT;
+        stage(
+            "gc-compact",
+            match compacting {
+                true => set
+                    .index
+                    .iter()
+                    .chain(processed_refs.iter())
+                    .map(|h| records_bytes(h))
+                    .sum(),
+                false => 0,
+            },
+        );
+        if compacting {
             let dead: HashSet<String> = dead_packs.iter().cloned().collect();
             let mut named: HashSet<String> = HashSet::new();
             superseded.extend(set.index.iter().map(|h| h.key.clone()));
@@ -365,16 +461,33 @@ impl Repository {
             // complete on its own); the writer's buffer goes out as a segment whenever it
             // fills: all of them carry this gc's commit and count only once its marker exists.
             for (lo, hi) in bucket_groups(inputs) {
+                let group_bytes: u64 = set
+                    .index
+                    .iter()
+                    .chain(processed_refs.iter())
+                    .map(|h| h.bucket_range(hi).end - h.bucket_range(lo).start)
+                    .sum();
                 let mut seen: HashSet<BlobId> = HashSet::new();
+                let mut tables: HashSet<BlobId> = HashSet::new();
                 for h in &set.index {
                     let recs = bucket_records(self, h, lo, hi).await?;
                     for r in recs.chunks_exact(INDEX_RECORD) {
                         let (id, loc) = segment::decode_index_record(h, r)?;
                         if !dead.contains(&loc.pack) && seen.insert(id) {
+                            if loc.kind == BlobKind::Table {
+                                tables.insert(id);
+                            }
                             named.insert(loc.pack.clone());
-                            w.add_location(id, loc);
+                            if !dry {
+                                w.add_location(id, loc);
+                            }
                         }
                     }
+                }
+                // A dry run needs only which packs stay named (for the shadowed ones).
+                if dry {
+                    advance(group_bytes);
+                    continue;
                 }
                 let mut contribution: HashMap<BlobId, i64> = HashMap::new();
                 for h in &processed_refs {
@@ -385,19 +498,22 @@ impl Repository {
                         *contribution.entry(id).or_default() += flag_contribution(flags);
                     }
                 }
-                // The compacted record carries the processed segments' contribution: a
-                // table stored, freed by a delete not yet processed (its FREED stays
-                // counted), then stored again has 2 here and −1 outside, 1 in all.
+                // The compacted record carries a located table's contribution over the
+                // processed segments exactly (adjustment bits beyond what STORED says): a
+                // table stored by two writers at once has 2; one stored, freed by a delete
+                // not yet processed (its FREED stays counted) and stored again has 2 here
+                // and −1 outside. A chunk's FREED flags carry no contribution, and the
+                // records of a collected blob (located nowhere) are dropped.
                 for (id, c) in contribution {
-                    match c {
-                        ..=0 => {}
-                        1 => w.add_ref(id, 0, STORED),
-                        _ => w.add_ref(id, 0, STORED | REVIVED),
+                    if tables.contains(&id) || c > 0 {
+                        let flags = if c > 0 { STORED } else { 0 };
+                        w.add_ref_with_contribution(id, 0, flags, c);
                     }
                 }
                 if w.buffered_records() >= COMPACT_GROUP_RECORDS as usize {
                     w.flush().await?;
                 }
+                advance(group_bytes);
             }
             // A pack whose every frame is shadowed by a newer copy of the same blob (two
             // writers stored it concurrently, or it was stored again after being freed)
@@ -416,6 +532,16 @@ impl Repository {
             w.dead_packs.extend(shadowed.iter().cloned());
             dead_packs.extend(shadowed);
             report.segments_compacted = superseded.len() as u64;
+        }
+        if dry {
+            report.dead_writers_cleaned = leases
+                .iter()
+                .filter(|l| l.holder != holder && !l.live_at(now))
+                .count() as u64;
+            stage("gc-delete", 0);
+            w.finish().await;
+            report.requests = self.counts().since(&before).total();
+            return Ok(report);
         }
         commit_gc_marker(self, &mut w, &lease, seq, &marker_key, false).await?;
         // 5. Committed: physical deletes (idempotent; a crash here is finished next time).
@@ -454,21 +580,29 @@ impl Repository {
                 }
             }
         }
+        let dead_writers: Vec<_> = leases
+            .iter()
+            .filter(|l| l.holder != holder && !l.live_at(now))
+            .collect();
+        stage(
+            "gc-delete",
+            (doomed.len() + tombstones.len() + dead_writers.len()) as u64,
+        );
         self.store().delete_batch(&doomed).await?;
+        advance(doomed.len() as u64);
         // Only after their roots are gone: a batch delete is not atomic on every store (and
         // is split into several requests), and a root left without its tombstone would be
         // a live snapshot again whose decrements were already applied.
         if !tombstones.is_empty() {
             self.store().delete_batch(&tombstones).await?;
+            advance(tombstones.len() as u64);
         }
         // 6. Dead writers.
-        for l in leases
-            .iter()
-            .filter(|l| l.holder != holder && !l.live_at(now))
-        {
+        for l in dead_writers {
             super::stale::clean_dead_writer(self, &set, &l.holder).await?;
             self.store().delete_batch(&l.keys).await?;
             report.dead_writers_cleaned += 1;
+            advance(1);
         }
         // 6b. Zombies: writers judged dead that wrote on, which no lease names any more.
         report.dead_writers_cleaned +=
@@ -479,9 +613,11 @@ impl Repository {
     }
 }
 
-/// +1 for a record that stored or revived a table's children, −1 for one that freed them.
+/// A record's children contribution: +1 for STORED or REVIVED, −1 for FREED, plus the
+/// signed adjustment in bits 16..31 (`segment::ADJUST_SHIFT`).
 pub(crate) fn flag_contribution(flags: u32) -> i64 {
     i64::from(flags & STORED != 0) + i64::from(flags & REVIVED != 0) - i64::from(flags & FREED != 0)
+        + segment::flags_adjustment(flags)
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub use diff::DiffRange;
 pub use error::RepoError;
 pub use exclusive::{create_exclusive, create_own};
 pub use forget::{ForgetEntry, ForgetOptions, ForgetPolicy, ForgetReport};
-pub use gc::GcReport;
+pub use gc::{GcOptions, GcReport};
 pub use ids::BlobId;
 pub use manifest::{BaseIdentity, SnapshotManifest, SnapshotStats};
 pub use repair::RepairReport;

@@ -138,6 +138,9 @@ pub(crate) fn segment_writer(key: &str) -> &str {
     name.get(..40).unwrap_or("")
 }
 
+/// Loads of a segment view before one that raced a gc commit is used as is.
+const VIEW_ATTEMPTS: usize = 8;
+
 impl Repository {
     /// Create a new repository (fails if `config` already exists).
     pub async fn init(store: Arc<dyn ObjectStore>, opts: &InitOptions) -> Result<Repository> {
@@ -306,8 +309,34 @@ impl Repository {
         Ok(h)
     }
 
-    /// The committed segments at this moment.
+    /// The committed segments at this moment: a consistent view. Markers are read before
+    /// the segments are listed, so a gc that commits in between (and deletes the segments
+    /// its compaction supersedes) would leave a view holding neither the old segments nor
+    /// the compacted one: counts too low, a delete that misses a blob reaching zero (a
+    /// leak found by the schedule runner). A new `gc/<seq>` after the listing means the
+    /// view may be such a one, and it is loaded again (at most [`VIEW_ATTEMPTS`] times;
+    /// the last view is used as is, its error being in the leak direction only).
     pub(crate) async fn load_segments(&self) -> Result<SegmentSet> {
+        for _ in 1..VIEW_ATTEMPTS {
+            let set = self.load_segments_once().await?;
+            if self.newest_gc_seq().await? == set.markers.gc_seq_max {
+                return Ok(set);
+            }
+        }
+        self.load_segments_once().await
+    }
+
+    /// The highest `gc/<seq>` now present.
+    async fn newest_gc_seq(&self) -> Result<Option<u64>> {
+        Ok(self
+            .list_all("gc/")
+            .await?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix("gc/")?.parse::<u64>().ok())
+            .max())
+    }
+
+    async fn load_segments_once(&self) -> Result<SegmentSet> {
         let markers = self.load_markers().await?;
         let mut set = SegmentSet {
             markers,

@@ -256,6 +256,29 @@ pub const STORED: u32 = 2;
 /// had reused (see format-spec "Revival").
 pub const REVIVED: u32 = 4;
 
+/// Refs flags bits 16..31: a signed 16-bit adjustment added to the record's children
+/// contribution, so a record can carry any contribution exactly (a table stored by two
+/// writers at once has 2, and its delete must take away 2; compaction sums several).
+/// Bits 3..15 are reserved (refused).
+pub const ADJUST_SHIFT: u32 = 16;
+/// The flag bits with a meaning of their own.
+pub const FLAG_BITS: u32 = FREED | STORED | REVIVED;
+
+/// The signed adjustment of a refs record's flags (bits 16..31).
+pub fn flags_adjustment(flags: u32) -> i64 {
+    i64::from((flags >> ADJUST_SHIFT) as u16 as i16)
+}
+
+/// Flags with the meaning bits of `flags` whose children contribution is exactly
+/// `contribution`; `None` when the adjustment does not fit in 16 bits.
+pub fn flags_with_contribution(flags: u32, contribution: i64) -> Option<u32> {
+    let bits = flags & FLAG_BITS;
+    let plain = i64::from(bits & STORED != 0) + i64::from(bits & REVIVED != 0)
+        - i64::from(bits & FREED != 0);
+    let adjust = i16::try_from(contribution - plain).ok()?;
+    Some(bits | (u32::from(adjust as u16) << ADJUST_SHIFT))
+}
+
 /// Encode a refcount-delta record.
 pub fn refs_record(id: &BlobId, delta: i32, flags: u32) -> Vec<u8> {
     let mut r = Vec::with_capacity(REFS_RECORD);
@@ -273,7 +296,7 @@ pub fn decode_refs_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, i32, 
     let id = BlobId::from_slice(&r[..32]).ok_or_else(|| RepoError::corrupt(&head.key, "id"))?;
     let delta = i32::from_le_bytes([r[32], r[33], r[34], r[35]]);
     let flags = u32::from_le_bytes([r[36], r[37], r[38], r[39]]);
-    if flags & !(FREED | STORED | REVIVED) != 0 {
+    if flags & !FLAG_BITS & ((1 << ADJUST_SHIFT) - 1) != 0 {
         return Err(RepoError::Unsupported {
             key: head.key.clone(),
             reason: format!("refs flags {flags:#x}"),
@@ -306,6 +329,40 @@ pub fn find_in_bucket<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Golden bytes of refs records (format-spec §3.3): a contribution beyond what the
+    /// flags say is carried in bits 16..31 as a signed 16-bit adjustment.
+    #[test]
+    fn refs_record_golden_bytes_and_contribution_adjustment() {
+        let id = BlobId([0xab; 32]);
+        let freed_twice = flags_with_contribution(FREED, -2).unwrap();
+        assert_eq!(freed_twice, 0xffff_0001);
+        let r = refs_record(&id, -1, freed_twice);
+        assert_eq!(&r[..32], &[0xab; 32]);
+        assert_eq!(&r[32..], &[0xff, 0xff, 0xff, 0xff, 0x01, 0x00, 0xff, 0xff]);
+        let stored_thrice = flags_with_contribution(STORED, 3).unwrap();
+        assert_eq!(stored_thrice.to_le_bytes(), [0x02, 0x00, 0x02, 0x00]);
+        assert_eq!(flags_with_contribution(STORED, 1), Some(STORED));
+        assert_eq!(
+            flags_with_contribution(REVIVED | FREED, 0),
+            Some(REVIVED | FREED)
+        );
+        assert_eq!(flags_with_contribution(0, 40_000), None);
+        let h = SegmentHead {
+            key: "refs/x".into(),
+            record_size: REFS_RECORD,
+            fanout: vec![0; 257],
+            bucket_crc: vec![0; 256],
+            meta: SegmentMeta::default(),
+            records_at: 0,
+        };
+        let (_, delta, flags) = decode_refs_record(&h, &r).unwrap();
+        assert_eq!((delta, flags_adjustment(flags)), (-1, -1));
+        assert_eq!(crate::repo::gc::flag_contribution(flags), -2);
+        // Bits 3..15 are reserved.
+        let reserved = refs_record(&id, 0, STORED | 0x100);
+        assert!(decode_refs_record(&h, &reserved).is_err());
+    }
 
     #[test]
     fn segment_roundtrip_and_lookup() {

@@ -78,7 +78,8 @@ pub(crate) struct Writer {
     pending: HashSet<BlobId>,
     own: Vec<Arc<SegmentHead>>,
     own_refs: Vec<Arc<SegmentHead>>,
-    refs: HashMap<BlobId, (i64, u32)>,
+    /// Per blob: summed delta, OR of the meaning flags, summed children contribution.
+    refs: HashMap<BlobId, (i64, u32, i64)>,
     /// gc only: packs it removes, and segments it replaces.
     pub dead_packs: Vec<String>,
     pub supersedes: Vec<String>,
@@ -221,11 +222,26 @@ impl Writer {
         self.index.len().max(self.refs.len())
     }
 
-    /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags.
+    /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags; the children
+    /// contribution changes by what the flags say (+1 STORED/REVIVED, −1 FREED).
     pub fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
-        let e = self.refs.entry(id).or_insert((0, 0));
+        self.add_ref_with_contribution(id, delta, flags, super::gc::flag_contribution(flags));
+    }
+
+    /// Record a refcount delta with meaning `flags` and an exact children contribution
+    /// (a table released or revived more than once, a compacted sum): the segment record
+    /// carries the difference as its adjustment bits.
+    pub fn add_ref_with_contribution(
+        &mut self,
+        id: BlobId,
+        delta: i64,
+        flags: u32,
+        contribution: i64,
+    ) {
+        let e = self.refs.entry(id).or_insert((0, 0, 0));
         e.0 += delta;
-        e.1 |= flags;
+        e.1 |= flags & segment::FLAG_BITS;
+        e.2 += contribution;
     }
 
     /// Delta recorded so far for `id` by this writer (buffered and flushed).
@@ -357,13 +373,19 @@ impl Writer {
         }
         if !self.refs.is_empty() || self.supersedes.iter().any(|k| k.starts_with("refs/")) {
             let mut records = Vec::with_capacity(self.refs.len());
-            for (id, (delta, flags)) in self.refs.drain() {
-                if delta == 0 && flags == 0 {
+            for (id, (delta, flags, contribution)) in self.refs.drain() {
+                if delta == 0 && flags == 0 && contribution == 0 {
                     continue;
                 }
                 let d = i32::try_from(delta).map_err(|_| {
                     RepoError::InvalidArgument(format!("refcount delta {delta} for {id}"))
                 })?;
+                let flags =
+                    segment::flags_with_contribution(flags, contribution).ok_or_else(|| {
+                        RepoError::InvalidArgument(format!(
+                            "children contribution {contribution} for {id}"
+                        ))
+                    })?;
                 records.push(segment::refs_record(&id, d, flags));
             }
             let meta = SegmentMeta {

@@ -1,7 +1,7 @@
 //! Bandwidth limits (`--limit-upload`, `--limit-download`) so a nightly job does not starve
 //! production traffic: a token bucket per direction, charged with each request's payload.
 
-use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use super::{ObjectStore, PutOutcome, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -159,21 +159,5 @@ impl ObjectStore for ThrottleStore {
         self.download(b.len()).await;
         Ok(b)
     }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix, start_after, limit).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
-        self.inner.delete_batch(keys).await
-    }
+    super::forward_io_methods!(head, list, delete, delete_batch);
 }

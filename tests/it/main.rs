@@ -22,6 +22,7 @@ mod repo_cli;
 mod repo_copy;
 mod repo_faults;
 mod repo_forget;
+mod repo_gc_plan;
 mod repo_golden;
 mod repo_kill;
 mod repo_kill_tail;

@@ -125,10 +125,10 @@ pub(super) async fn forget_cmd(a: ForgetArgs, store_args: &StoreArgs) -> anyhow:
         },
         dry_run: a.dry_run,
     };
-    let report = repo
-        .forget(&opts)
-        .await
-        .context("applying the retention policy")?;
+    let progress = ProgressAdapter(CliProgress::new(ProgressMode::choose(a.json)));
+    let report = repo.forget_with_progress(&opts, Some(&progress)).await;
+    progress.0.finish();
+    let report = report.context("applying the retention policy")?;
     if a.json {
         print_json(&report)?;
         return Ok(0);

@@ -7,8 +7,8 @@ mod policy;
 
 pub use policy::ForgetPolicy;
 
-use super::delete::walk_delete_with;
-use super::{RepoError, Repository};
+use super::delete::{walk_bytes, walk_delete_with};
+use super::{Progress, RepoError, Repository};
 use crate::Result;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +55,16 @@ pub struct ForgetReport {
 impl Repository {
     /// Apply `opts.policy` (see module docs).
     pub async fn forget(&self, opts: &ForgetOptions) -> Result<ForgetReport> {
+        self.forget_with_progress(opts, None).await
+    }
+
+    /// `forget` reporting one stage, `forget`, in logical bytes of the snapshots it removes
+    /// (each delete walk's volume bytes, as `delete` reports them; also in a dry run).
+    pub async fn forget_with_progress(
+        &self,
+        opts: &ForgetOptions,
+        progress: Option<&dyn Progress>,
+    ) -> Result<ForgetReport> {
         if opts.policy.keeps_nothing() {
             return Err(RepoError::InvalidArgument(
                 "forget needs at least one --keep-* rule keeping one or more snapshots".into(),
@@ -75,6 +85,7 @@ impl Repository {
             ..Default::default()
         };
         let mut local = HashMap::new();
+        let mut removals = Vec::new();
         for (volume, snaps) in by_volume {
             let mut dated = Vec::new();
             let mut undated = Vec::new();
@@ -104,24 +115,36 @@ impl Repository {
                 report.kept.push(entry(&volume, &m.id, &m.created, why));
             }
             removed.sort_by(|a, b| (a.1, &a.0.id).cmp(&(b.1, &b.0.id)));
-            for (m, _) in removed {
-                let freed = if opts.dry_run {
-                    walk_delete_with(self, &set, &m, None, &mut local)
-                        .await?
-                        .freed_bytes
-                } else {
-                    match self.delete_snapshot(&volume, &m.id).await {
-                        Ok(d) => d.freed_bytes,
-                        // Deleted concurrently by someone else: already gone.
-                        Err(crate::Error::Repo(RepoError::SnapshotNotFound { .. })) => 0,
-                        Err(e) => return Err(e),
+            removals.extend(removed.into_iter().map(|(m, _)| m));
+        }
+        if let Some(p) = progress {
+            p.stage("forget", removals.iter().map(|m| walk_bytes(m)).sum());
+        }
+        for m in removals {
+            let freed = if opts.dry_run {
+                walk_delete_with(self, &set, &m, None, &mut local, progress)
+                    .await?
+                    .freed_bytes
+            } else {
+                match self
+                    .delete_in_stage(&m.volume, &m.id, progress, false)
+                    .await
+                {
+                    Ok(d) => d.freed_bytes,
+                    // Deleted concurrently by someone else: already gone.
+                    Err(crate::Error::Repo(RepoError::SnapshotNotFound { .. })) => {
+                        if let Some(p) = progress {
+                            p.advance(walk_bytes(&m));
+                        }
+                        0
                     }
-                };
-                report.bytes_freed += freed;
-                let mut e = entry(&volume, &m.id, &m.created, Vec::new());
-                e.freed_bytes = freed;
-                report.removed.push(e);
-            }
+                    Err(e) => return Err(e),
+                }
+            };
+            report.bytes_freed += freed;
+            let mut e = entry(&m.volume, &m.id, &m.created, Vec::new());
+            e.freed_bytes = freed;
+            report.removed.push(e);
         }
         let used = self.counts().since(&before);
         report.requests = used.total();

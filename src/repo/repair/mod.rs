@@ -19,12 +19,12 @@
 
 mod sweep;
 
-use super::check::{child_weight, stored_counts, StoredCount};
+use super::check::{child_weight, StoredCount};
 use super::gc::{commit_gc_marker, next_gc_marker};
 use super::ids::new_time_id;
 use super::lease::Lease;
 use super::repository::SegmentSet;
-use super::segment::{FREED, REVIVED, STORED};
+use super::segment::{FREED, REVIVED};
 use super::table::{Geometry, FANOUT};
 use super::writer::Writer;
 use super::{BlobId, BlobKind, CheckIssue, CheckOptions, CheckReport, Repository};
@@ -71,13 +71,16 @@ impl Repository {
     /// Repair the repository (see module docs).
     pub async fn repair(&self) -> Result<RepairReport> {
         let before = self.counts();
-        let check = self.check(&CheckOptions::default()).await?;
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "repair", None).await?;
         // Listing order matters for the sweep: objects, then leases, then the view.
         let listed = sweep::list_candidates(self).await?;
         let leased = sweep::leased_holders(self, &holder).await?;
         let set = self.load_segments().await?;
+        // The check runs on the same view; its stored counts are what gets corrected.
+        let (check, stored) = self
+            .check_view(&set, &CheckOptions::default(), None)
+            .await?;
         let mut report = RepairReport {
             damaged: check
                 .issues
@@ -90,7 +93,9 @@ impl Repository {
         };
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "repair");
-        let changes = self.correct_counts(&set, &mut w, &mut report).await?;
+        let changes = self
+            .correct_counts(&set, &stored, &mut w, &mut report)
+            .await?;
         if changes > 0 {
             commit_gc_marker(self, &mut w, &lease, seq, &marker_key, true).await?;
             report.commit = Some(marker_key);
@@ -150,11 +155,11 @@ impl Repository {
     async fn correct_counts(
         &self,
         set: &SegmentSet,
+        stored: &HashMap<BlobId, StoredCount>,
         w: &mut Writer,
         report: &mut RepairReport,
     ) -> Result<u64> {
-        let stored = stored_counts(self, set).await?;
-        let expected = self.expected_counts(set, &stored).await?;
+        let expected = self.expected_counts(set, stored).await?;
         let mut changes = 0u64;
         for (id, want) in &expected.counts {
             let StoredCount {
@@ -162,20 +167,20 @@ impl Repository {
                 contribution,
                 ..
             } = stored.get(id).copied().unwrap_or_default();
-            let mut flags = 0;
-            if expected.tables.contains(id) && contribution <= 0 {
-                flags = if contribution == 0 {
-                    REVIVED
-                } else {
-                    REVIVED | STORED
-                };
+            // A live table whose children are not counted on its behalf is counted once
+            // again (the deltas bring its children to that weight).
+            let revive = expected.tables.contains(id) && contribution <= 0;
+            if revive {
                 report.tables_revived += 1;
             }
             if have != *want {
                 report.refcounts_fixed += 1;
             }
-            if have != *want || flags != 0 {
-                w.add_ref(*id, want - have, flags);
+            if revive {
+                w.add_ref_with_contribution(*id, want - have, REVIVED, 1 - contribution);
+                changes += 1;
+            } else if have != *want {
+                w.add_ref(*id, want - have, 0);
                 changes += 1;
             }
         }
@@ -186,30 +191,34 @@ impl Repository {
                 contribution,
                 freed,
             },
-        ) in &stored
+        ) in stored
         {
             if expected.counts.contains_key(id) {
                 continue;
             }
-            let mut flags = 0;
-            // Still stored, never freed: a leak gc would never find on its own.
-            if !freed {
-                if let Some(loc) = self.locate(set, id).await? {
-                    flags = match loc.kind {
-                        BlobKind::Chunk => FREED,
-                        // FREED releases a table's children, which the deltas below
-                        // already do when they were counted; otherwise keep it neutral.
-                        BlobKind::Table if *contribution > 0 => FREED,
-                        BlobKind::Table => FREED | STORED,
-                    };
-                    report.blobs_released += 1;
-                }
+            // Still stored, never freed: a leak gc would never find on its own. A table's
+            // children are released by the deltas of the other records (they are expected
+            // only from live tables), so its contribution goes to exactly 0.
+            let located = match freed {
+                true => None,
+                false => self.locate(set, id).await?,
+            };
+            if located.is_some() {
+                report.blobs_released += 1;
             }
             if *have != 0 {
                 report.refcounts_fixed += 1;
             }
-            if *have != 0 || flags != 0 {
-                w.add_ref(*id, -have, flags);
+            if let Some(loc) = located {
+                match loc.kind {
+                    BlobKind::Chunk => w.add_ref(*id, -have, FREED),
+                    BlobKind::Table => {
+                        w.add_ref_with_contribution(*id, -have, FREED, -contribution)
+                    }
+                }
+                changes += 1;
+            } else if *have != 0 {
+                w.add_ref(*id, -have, 0);
                 changes += 1;
             }
         }
