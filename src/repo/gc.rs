@@ -135,6 +135,8 @@ pub struct GcReport {
     pub dead_bytes_kept: u64,
     pub segments_compacted: u64,
     pub dead_writers_cleaned: u64,
+    /// Packs holding garbage that are missing or corrupt (damage `check` reports): skipped.
+    pub packs_unreadable: u64,
     /// Freed tables whose children were re-counted because a backup reused them.
     pub tables_revived: u64,
     pub requests: u64,
@@ -382,7 +384,19 @@ impl Repository {
         );
         let mut dead_packs: Vec<String> = set.dead_packs.iter().cloned().collect();
         for (name, garbage) in &by_pack {
-            let entries = pack_entries(self, name).await?;
+            // A missing or corrupt pack holds no space to reclaim; its live frames are
+            // damage that `check` reports with the snapshots it hurts (and a service mend
+            // heals). gc skips it — deleting nothing — instead of failing on every run.
+            let entries = match pack_entries(self, name).await {
+                Ok(entries) => entries,
+                Err(e) if super::copy::is_damage(&e) => {
+                    tracing::warn!("gc: pack {name} unreadable, its garbage skipped: {e}");
+                    report.packs_unreadable += 1;
+                    advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let garbage_ids: HashSet<BlobId> = garbage.iter().map(|g| g.0).collect();
             let (mut live, mut dead_bytes, mut total) = (Vec::new(), 0u64, 0u64);
             for e in entries {

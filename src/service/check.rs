@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | `mend` | `mend:<volume>/<snapshot>` | the snapshot cannot be restored (missing or corrupt object) | re-copy its damaged objects from a peer repository holding the same snapshot ([`crate::repo::heal`]); when no peer can, delete it so attach and copy use the newest intact one |
 //! | `optimize` | `optimize:refcounts` | stored reference counts disagree with the snapshots | `check --repair`: rebuild the counts, release leaked blobs to gc |
-//! | `clean` | `clean:gc` | always | gc: reclaim the space of deleted snapshots and released blobs (`bytes` = null: no dry run) |
+//! | `clean` | `clean:gc` | always | gc: reclaim the space of deleted snapshots and released blobs (`bytes` = what gc's dry run, `Repository::gc_plan`, would reclaim now) |
 //! | `clean` | `clean:catalog` | superseded catalog generations older than `ServiceConfig::catalog_grace` | [`catalog::compact`] |
 //!
 //! `merge` is never produced: every Island snapshot is a complete tree (no chain of
@@ -144,12 +144,16 @@ impl Service {
                 bytes: None,
             });
         }
+        // gc's dry run: what a gc would reclaim now (deletes younger than the lease
+        // allowance are not processable yet and count from a later check on).
+        let reclaimable = self.repo.gc_reclaimable_bytes().await?;
         fixes.push(Fix {
             id: "clean:gc".into(),
             kind: FixKind::Clean,
-            description:
-                "collect garbage: reclaim the space of deleted snapshots and released blobs".into(),
-            bytes: None,
+            description: format!(
+                "collect garbage: reclaim the space of deleted snapshots and released blobs ({reclaimable} bytes reclaimable now)"
+            ),
+            bytes: Some(reclaimable),
         });
         let compact = catalog::compact(self.store(), self.cfg.catalog_grace, true).await?;
         if compact.generations > 0 {

@@ -80,6 +80,11 @@ async fn check_proposes_fixes_and_fix_mends_a_broken_volume() {
         .collect();
     assert_eq!(kinds, [("clean:gc", "clean"), ("clean:catalog", "clean")]);
     assert_eq!(fixes[1]["bytes"], superseded, "{}", fixes[1]);
+    assert_eq!(
+        fixes[0]["bytes"], 0,
+        "nothing deleted, nothing to reclaim: {}",
+        fixes[0]
+    );
     let disk = a
         .get(&format!("/api/disks/{uuid}"), ALICE)
         .await
@@ -151,6 +156,10 @@ async fn check_proposes_fixes_and_fix_mends_a_broken_volume() {
     // Healthy again; the volume restores its intact snapshot.
     let again = a.get("/api/check?read_data=1", ALICE).await.expect(200);
     assert_eq!(again["damaged"], json!([]), "{again}");
+    assert!(
+        again["fixes"][0]["bytes"].is_u64(),
+        "gc's dry run estimate: {again}"
+    );
     let disk = a
         .get(&format!("/api/disks/{uuid}"), ALICE)
         .await

@@ -206,3 +206,28 @@ async fn a_snapshot_with_its_tables_gone_is_deleted_leaving_a_leak_for_repair() 
     let c = a.check(&CheckOptions::default()).await.unwrap();
     assert!(c.is_clean() && c.refcount_mismatches == 0, "{c:?}");
 }
+
+/// A lost data pack must not stop gc for good: the garbage in it is skipped (nothing to
+/// reclaim), every later gc still runs, and what remains collectable is collected.
+#[tokio::test]
+async fn gc_skips_garbage_in_a_missing_pack_instead_of_failing_forever() {
+    let (mem, a) = repo(65536).await;
+    let id = snapshot(&a, "vm", 4, 2 * MIB).await;
+    // The largest pack of the first backup: its chunk data.
+    let data = packs_by_size(&mem).pop().unwrap();
+    let keep = snapshot(&a, "other", 5, 2 * MIB).await;
+    mem.delete(&data).await.unwrap();
+    a.delete_snapshot("vm", &id).await.unwrap();
+    mem.advance(std::time::Duration::from_secs(7200));
+    for run in 0..2 {
+        let g = a.gc().await.unwrap_or_else(|e| panic!("gc run {run}: {e}"));
+        assert!(run > 0 || g.packs_unreadable == 1, "{g:?}");
+    }
+    let c = read_data_check(&a).await;
+    assert!(
+        c.issues
+            .iter()
+            .all(|i| i.snapshots.iter().all(|s| !s.contains(&keep))),
+        "the other volume is intact: {c:?}"
+    );
+}
