@@ -32,6 +32,11 @@ pub struct Image {
     snap_l1: Mutex<Vec<SnapL1>>,
     writable: bool,
     path: PathBuf,
+    /// A duplicate descriptor of the locked open file description (None for storage the
+    /// caller provides), so dropping the image releases the locks explicitly: closing
+    /// the descriptor alone leaves them held while a child forked by another thread still
+    /// shares the description (see `lock::unlock`).
+    lock: Option<File>,
 }
 
 fn io_err<'a>(
@@ -59,6 +64,11 @@ fn open_file(path: &Path, write: bool, create: bool, cache: CacheMode) -> Result
         .truncate(false)
         .open(path)
         .map_err(io_err(path, if create { "create" } else { "open" }, 0))
+}
+
+/// A second descriptor of `file`'s open file description, for releasing its locks.
+fn lock_handle(file: &File, path: &Path) -> Result<File, ImageError> {
+    file.try_clone().map_err(io_err(path, "dup", 0))
 }
 
 /// The engine's storage over a locked file.
@@ -94,8 +104,11 @@ impl Image {
         let path = path.as_ref();
         let file = open_file(path, true, true, cache)?;
         super::lock::lock(&file, path, OpenMode::ReadWrite)?;
+        let lock = lock_handle(&file, path)?;
         file.set_len(0).map_err(io_err(path, "truncate", 0))?;
-        Image::create_on(storage(file, path, cache)?, &path.to_string_lossy(), opts)
+        let mut img = Image::create_on(storage(file, path, cache)?, &path.to_string_lossy(), opts)?;
+        img.lock = Some(lock);
+        Ok(img)
     }
 
     /// Open an existing image at `path`, taking QEMU-compatible locks for `mode`.
@@ -113,12 +126,16 @@ impl Image {
         let writable = mode == OpenMode::ReadWrite;
         let file = open_file(path, writable, false, cache)?;
         super::lock::lock(&file, path, mode)?;
+        let lock = lock_handle(&file, path)?;
         let file = storage(file, path, cache)?;
         let name = path.to_string_lossy();
-        if mode == OpenMode::ReadOnlyShared {
-            return Image::open_shared(file, &name);
-        }
-        Image::open_inner(file, &name, writable, true)
+        let mut img = if mode == OpenMode::ReadOnlyShared {
+            Image::open_shared(file, &name)?
+        } else {
+            Image::open_inner(file, &name, writable, true)?
+        };
+        img.lock = Some(lock);
+        Ok(img)
     }
 
     /// Create on caller-provided storage (no locking). Layout: header, refcount table,
@@ -278,6 +295,7 @@ impl Image {
             snap_l1: Mutex::new(Vec::new()),
             writable,
             path,
+            lock: None,
         })
     }
 
@@ -599,6 +617,14 @@ impl Drop for Image {
             let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = st.flush_locked() {
                 tracing::error!("{}: flush on drop failed: {e}", self.path.display());
+            }
+        }
+        if let Some(f) = &self.lock {
+            if let Err(e) = super::lock::unlock(f) {
+                tracing::error!(
+                    "{}: releasing the image locks failed: {e}",
+                    self.path.display()
+                );
             }
         }
     }

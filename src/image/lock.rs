@@ -63,7 +63,9 @@ fn perms(mode: OpenMode) -> (u32, u32) {
 }
 
 /// Take the lock bytes for `mode` on `file`, then verify nobody conflicts. The locks live
-/// as long as the file description (closing the file releases them).
+/// as long as the open file description, which is not the same as our descriptor: a
+/// child forked by another thread shares it until its exec closes the (CLOEXEC) copy, so
+/// closing the image releases them explicitly with [`unlock`].
 pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<(), ImageError> {
     let (held, shared) = perms(mode);
     let io = |source: std::io::Error, offset: u64| ImageError::Io {
@@ -104,6 +106,21 @@ pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<(), ImageError> 
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// Release every lock byte held through `file`'s open file description. Unlike closing
+/// the descriptor, this takes effect even while a concurrently forked child (between
+/// fork and exec) still shares the description, so the image is unlocked the moment
+/// [`super::Image`] is closed.
+pub fn unlock(file: &File) -> std::io::Result<()> {
+    let mut fl = flock(libc::F_UNLCK as libc::c_short, 0);
+    fl.l_len = 0;
+    // SAFETY: valid fd and a pointer to an initialized flock for the call's duration.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r == -1 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

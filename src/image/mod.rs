@@ -19,6 +19,8 @@ mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lock_fork;
 pub mod types;
 
 pub use direct::{AlignedBuf, DirectFile};
