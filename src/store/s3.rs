@@ -432,9 +432,12 @@ pub(super) async fn read_range(
             }
             // A range overlapping the end gets a short body, which opendal reports as an
             // unexpected error; only on that failure path ask for the size to say which.
+            // A failing HEAD reports its own error (the object was deleted meanwhile, a
+            // token expired): its kind tells the caller more than the read's `Unexpected`.
             return match op.stat(key).await {
                 Ok(meta) if range.end > meta.content_length() => Err(past_end()),
-                _ => Err(err),
+                Ok(_) => Err(err),
+                Err(e) => Err(map_error(e, "get_range", location, key)),
             };
         }
     };

@@ -17,6 +17,7 @@ mod objstore_faults;
 mod objstore_repo;
 mod objstore_s3;
 mod objstore_swift;
+mod objstore_swift_ranges;
 mod repo_check;
 mod repo_cli;
 mod repo_copy;
