@@ -12,13 +12,13 @@ use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn random(seed: u64, chunks: usize) -> Vec<u8> {
+pub(super) fn random(seed: u64, chunks: usize) -> Vec<u8> {
     let mut v = vec![0u8; chunks * CS];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
     v
 }
 
-async fn setup() -> (Arc<MemStore>, Repository) {
+pub(super) async fn setup() -> (Arc<MemStore>, Repository) {
     let mem = Arc::new(MemStore::default());
     let repo = Repository::init(
         mem.clone(),

@@ -2,7 +2,8 @@
 //! snapshot undeletable, gc must reclaim what zombie writers (judged dead, writing on)
 //! leave, and a lease renewal must tell its own generation from someone else's.
 
-use super::actors::{VersionSource, CS};
+use super::actors::VersionSource;
+use super::regressions::{random, setup};
 use crate::backup::{backup, BackupOptions, BackupReport};
 use crate::repo::checkpoint::ADOPT_GENERATION;
 use crate::repo::envelope::{self, MAGIC_LEASE};
@@ -10,35 +11,15 @@ use crate::repo::ids::new_time_id;
 use crate::repo::lease::{lease_key, Lease, LeaseBody, Renewal, LEASE_TTL, SKEW};
 use crate::repo::manifest::{tombstone_key, tombstone_key_gen};
 use crate::repo::testing::MemStore;
-use crate::repo::{InitOptions, RepoError, Repository};
+use crate::repo::{RepoError, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
 use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use bytes::Bytes;
-use rand::{RngCore, SeedableRng};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-
-fn random(seed: u64, chunks: usize) -> Vec<u8> {
-    let mut v = vec![0u8; chunks * CS];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-async fn setup() -> (Arc<MemStore>, Repository) {
-    let mem = Arc::new(MemStore::default());
-    let repo = Repository::init(
-        mem.clone(),
-        &InitOptions {
-            chunk_size: CS as u32,
-        },
-    )
-    .await
-    .unwrap();
-    (mem, repo)
-}
 
 fn opts(volume: &str) -> BackupOptions {
     BackupOptions {
