@@ -29,7 +29,7 @@ pub(crate) async fn put(
 }
 
 /// The shared last check, if any server ever ran one.
-pub(crate) async fn get(store: &Arc<dyn ObjectStore>) -> Result<Option<CheckResult>, ServiceError> {
+pub async fn get(store: &Arc<dyn ObjectStore>) -> Result<Option<CheckResult>, ServiceError> {
     match store.get(LAST_CHECK).await {
         Ok(bytes) => Ok(Some(envelope::open(MAGIC_CHECK, LAST_CHECK, &bytes)?)),
         Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),

@@ -68,7 +68,7 @@ impl OpTiming {
         if self.heartbeat.is_zero() || self.progress.is_zero() {
             problems.push("operation heartbeat and progress intervals must be positive".into());
         }
-        if self.expiry < self.heartbeat * 2 {
+        if self.expiry < self.heartbeat.saturating_mul(2) {
             problems.push(format!(
                 "operation expiry {} s must be at least twice the heartbeat {} s",
                 self.expiry.as_secs_f64(),
@@ -238,6 +238,43 @@ mod tests {
             server: "host-a".into(),
             heartbeat: Some(heartbeat.into()),
         }
+    }
+
+    #[tokio::test]
+    async fn stored_as_a_checked_envelope_and_checked_on_read() {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(crate::store::MemoryStore::new_unique().unwrap());
+        let op = record(OpState::Running, "2026-01-01T11:59:30.000000000Z");
+        put(&store, &op).await.unwrap();
+        let key = format!("service/operations/{}", op.id);
+        let bytes = store.get(&key).await.unwrap().to_vec();
+        let json = serde_json::to_vec(&op).unwrap();
+        assert_eq!(&bytes[..4], b"ISOP");
+        assert_eq!(&bytes[4..8], &[1, 0, 0, 0], "version 1, reserved 0");
+        assert_eq!(bytes[8..12], (json.len() as u32).to_le_bytes());
+        assert_eq!(&bytes[12..12 + json.len()], &json[..]);
+        let crc = crc32c::crc32c(&bytes[..12 + json.len()]);
+        assert_eq!(bytes[12 + json.len()..], crc.to_le_bytes());
+        assert_eq!(bytes.len(), json.len() + 16);
+        assert_eq!(read(&store, &op.id).await.unwrap(), Some(op.clone()));
+        assert_eq!(list_ids(&store).await.unwrap(), [op.id.clone()]);
+
+        // A flipped byte, or a record under another operation's key, is corrupt.
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        store.put(&key, Bytes::from(bad)).await.unwrap();
+        let e = read(&store, &op.id).await.unwrap_err().to_string();
+        assert!(e.contains(&key), "{e}");
+        let other = "0b9f4c1e-1d2a-4f3b-8c5d-6e7f8091a2b3";
+        store
+            .put(&operation_key(other), Bytes::from(bytes))
+            .await
+            .unwrap();
+        let e = read(&store, other).await.unwrap_err().to_string();
+        assert!(e.contains("not its key"), "{e}");
+        delete(&store, other).await.unwrap();
+        delete(&store, other).await.unwrap();
+        assert_eq!(read(&store, other).await.unwrap(), None);
     }
 
     #[test]
