@@ -202,3 +202,57 @@ async fn heartbeats_keep_a_live_owner_fresh_and_the_pruner_spares_live_records()
     );
     assert!(matches!(b.get(&id).await, Err(ServiceError::NotFound(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_writes_are_throttled_stage_changes_and_the_end_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let counting = Arc::new(crate::store::CountingStore::new(Arc::new(
+        MemoryStore::new_unique().unwrap(),
+    )));
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let t = OpTiming {
+        progress: Duration::from_millis(400),
+        heartbeat: Duration::from_secs(3600),
+        expiry: Duration::from_secs(7200),
+        retention: Duration::from_secs(7200),
+    };
+    let ops = open(dir.path(), &store, "host-a", t);
+    let h = ops
+        .begin(OpSpec {
+            kind: "snapshot".into(),
+            user: "u".into(),
+            stage_count: 2,
+            ..OpSpec::default()
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let begun = counting.counts().puts;
+    assert_eq!(begun, 1, "one write at creation");
+    // 2 s of progress, one advance every millisecond, across two stages.
+    let t0 = Instant::now();
+    for stage in 1..=2 {
+        h.enter(stage, "upload");
+        h.flush().await.unwrap();
+        h.stage("upload", 1 << 30);
+        while t0.elapsed() < Duration::from_millis(1000 * u64::from(stage)) {
+            h.advance(4096);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    h.finish(Ok(serde_json::Value::Null));
+    h.flush().await.unwrap();
+    let writes = counting.counts().puts - begun;
+    eprintln!("{writes} shared writes for 2 stages, the end and 2 s of progress");
+    // 2 stage changes + the end + progress at most every 400 ms over 2 s (≤ 5, a tick
+    // late at most once per stage).
+    assert!((3..=10).contains(&writes), "{writes} writes");
+    assert!(writes > 3, "progress was written at all: {writes}");
+    assert_eq!(
+        ops_shared::read(&store, &h.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        OpState::Done
+    );
+}
