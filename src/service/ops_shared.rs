@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(bytes[12 + json.len()..], crc.to_le_bytes());
         assert_eq!(bytes.len(), json.len() + 16);
         assert_eq!(read(&store, &op.id).await.unwrap(), Some(op.clone()));
-        assert_eq!(list_ids(&store).await.unwrap(), [op.id.clone()]);
+        assert_eq!(list_ids(&store).await.unwrap(), vec![op.id.clone()]);
 
         // A flipped byte, or a record under another operation's key, is corrupt.
         let mut bad = bytes.clone();

@@ -15,7 +15,8 @@
 
 use super::common::{pseudo_random, tempdir};
 use super::objstore_common::{setting, unique_prefix};
-use super::service_common::{read_image, write_image, Server, Site, ALICE, BOB};
+use super::service_common::{read_image, write_image, Body, Server, Site, ALICE, BOB};
+use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -328,4 +329,7 @@ async fn a_check_on_a_is_fixed_via_b_and_old_records_are_pruned() {
         assert!(!repo.join(format!("service/operations/{fix_op}")).exists());
     }
     assert_eq!(a.get("/api/operations", ALICE).await.expect(200), json!([]));
+    a.call(Method::GET, "/api/operations", None, Body::None)
+        .await
+        .refused(401, "Authorization");
 }
