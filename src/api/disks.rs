@@ -187,7 +187,8 @@ async fn create_from_peer(
         Ok(json!(
             svc.create_from_peer(&user, &planned, &url, &op).await?
         ))
-    })?;
+    })
+    .await?;
     if !wait {
         let body = json!({"operation": id, "uuid": uuid});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());

@@ -101,7 +101,7 @@ pub async fn fix(
     // One stage per distinct fix.
     ids.sort();
     ids.dedup();
-    s.service.check_fix_ids(&ids)?;
+    s.service.check_fix_ids(&ids).await?;
     let spec = OpSpec {
         kind: "fix".into(),
         user,

@@ -13,6 +13,7 @@ mod disks;
 mod error;
 mod input;
 mod maintenance;
+mod operations;
 mod volumes_attach;
 
 pub use error::ApiError;
@@ -110,7 +111,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/hotattach/{uuid}", post(volumes_attach::hot_attach))
         .route("/api/hotdetach/{uuid}", post(volumes_attach::hot_detach))
         .route("/api/detach", post(volumes_attach::detach))
-        .route("/api/operations/{id}", get(volumes_attach::operation))
+        .route("/api/operations", get(operations::list))
+        .route("/api/operations/{id}", get(operations::get_one))
         .route("/api/revert/{uuid}", post(maintenance::revert))
         .route("/api/copy/{uuid}", post(maintenance::copy))
         .route("/api/check", get(maintenance::check))

@@ -1,5 +1,5 @@
-//! Attach, detach, snapshot and operation-status endpoints. The first three run as
-//! persisted operations (see [`crate::service::ops`]).
+//! Attach, detach and snapshot endpoints, run as persisted operations (see
+//! [`crate::service::ops`]; their status is served by [`super::operations`]).
 
 use super::authed::Authed;
 use super::error::ApiError;
@@ -152,15 +152,17 @@ where
     F: FnOnce(Arc<Service>, OpHandle) -> Fut,
     Fut: Future<Output = Result<Value, ServiceError>> + Send + 'static,
 {
-    let (id, task) = start_op(s, spec, work)?;
+    let (id, task) = start_op(s, spec, work).await?;
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(json!({"operation": id}))).into_response());
     }
     Ok(Json(finish_op(id, task).await?).into_response())
 }
 
-/// Record operation `spec` and run `work` on its own task, which records the outcome.
-pub(super) fn start_op<F, Fut>(
+/// Record operation `spec` (in the local journal and the shared store, so any server
+/// answers for the id returned) and run `work` on its own task, which records the
+/// outcome and writes it to the store before the task ends.
+pub(super) async fn start_op<F, Fut>(
     s: &ApiState,
     spec: OpSpec,
     work: F,
@@ -171,6 +173,11 @@ where
 {
     let op = s.service.operations().begin(spec)?;
     let id = op.id();
+    // The journal has it: an unreachable store delays only its visibility elsewhere
+    // (the record's publisher keeps trying).
+    if let Err(e) = op.flush().await {
+        tracing::warn!("operation {id}: writing its shared record: {e}");
+    }
     let fut = work(s.service.clone(), op.clone());
     let task = tokio::spawn(async move {
         let r = fut.await;
@@ -178,6 +185,9 @@ where
             Ok(v) => Ok(v.clone()),
             Err(e) => Err(e.to_string()),
         });
+        if let Err(e) = op.flush().await {
+            tracing::warn!("operation {}: writing its end: {e}", op.id());
+        }
         r
     });
     Ok((id, task))
@@ -259,17 +269,4 @@ pub async fn snapshot(
         Ok(json!({"uuid": uuid, "snapshot": report.id, "backup": report}))
     })
     .await
-}
-
-/// `GET /api/operations/{id}`: an operation's state; only its user sees it.
-pub async fn operation(
-    State(s): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    Authed { user, .. }: Authed<()>,
-) -> Result<Json<Value>, ApiError> {
-    let op = s.service.operations().get(&id)?;
-    if op.user != user {
-        return Err(ServiceError::NotFound(format!("operation {id}")).into());
-    }
-    Ok(Json(serde_json::to_value(op).unwrap_or(Value::Null)))
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use island::api::{ApiState, Users, DEFAULT_MAX_SIZE_GIB};
 use island::service::{
-    Service, ServiceConfig, DEFAULT_CATALOG_GRACE, DEFAULT_USER_LIMIT, MAX_VOLUME_SIZE,
+    OpTiming, Service, ServiceConfig, DEFAULT_CATALOG_GRACE, DEFAULT_USER_LIMIT, MAX_VOLUME_SIZE,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +46,26 @@ pub struct ServeArgs {
     /// skew.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CATALOG_GRACE.as_secs())]
     catalog_grace_secs: u64,
+    /// Seconds between the heartbeats this server writes into the shared record of each
+    /// operation it runs (progress is written at most every min(5, this) seconds).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    operation_heartbeat_secs: f64,
+    /// Seconds without a heartbeat after which an unfinished operation's owner counts as
+    /// gone (the record is shown `failed`); at least twice the heartbeat, plus clock skew.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    operation_expiry_secs: f64,
+    /// Seconds a finished operation's record (or an abandoned one's) is kept in the
+    /// store before any server prunes it; at least the expiry.
+    #[arg(long, value_name = "SECS", default_value_t = 7.0 * 24.0 * 3600.0)]
+    operation_retention_secs: f64,
+}
+
+/// A positive, finite number of seconds.
+fn seconds(flag: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{flag} {v}: a positive number of seconds"))
 }
 
 /// The host name, as the default server id.
@@ -73,6 +93,13 @@ pub fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         let mut cfg = ServiceConfig::new(&a.data_dir, a.server_id.unwrap_or_else(host_name));
         cfg.default_user_limit = a.user_limit;
         cfg.catalog_grace = std::time::Duration::from_secs(a.catalog_grace_secs);
+        let heartbeat = seconds("operation-heartbeat-secs", a.operation_heartbeat_secs)?;
+        cfg.operations = OpTiming {
+            progress: heartbeat.min(OpTiming::default().progress),
+            heartbeat,
+            expiry: seconds("operation-expiry-secs", a.operation_expiry_secs)?,
+            retention: seconds("operation-retention-secs", a.operation_retention_secs)?,
+        };
         let mut service = Service::new(repo, cfg)
             .with_context(|| format!("starting the service in {}", a.data_dir.display()))?;
         for url in &a.copy_target {
@@ -82,7 +109,7 @@ pub fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
             service.add_copy_target(url.clone(), target);
         }
         let service = Arc::new(service);
-        let resumed = service.resume_interrupted();
+        let resumed = service.start();
         if resumed > 0 {
             eprintln!("resuming {resumed} interrupted operation(s)");
         }

@@ -12,14 +12,14 @@
 //! | `clean` | `clean:catalog` | superseded catalog generations older than `ServiceConfig::catalog_grace` | [`catalog::compact`] |
 //!
 //! `merge` is never produced: every Island snapshot is a complete tree (no chain of
-//! deltas to merge). The result is kept as this host's last check
-//! (`<data dir>/last-check.json`); [`Service::fix`] only applies fixes it lists, and
+//! deltas to merge). The result is kept as the repository's last check
+//! (`service/check/last`, shared by every server: [`super::last_check`]);
+//! [`Service::fix`] only applies fixes it lists, and
 //! [`Service::image_status`] derives a volume's status from it: `broken` when the
 //! volume's newest snapshot (what an attach materialises) is damaged, `degraded` when an
 //! older one is, `optimized` otherwise (also before any check).
 
-use super::error::io_err;
-use super::{catalog, OpHandle, Service, ServiceError};
+use super::{catalog, last_check, OpHandle, Service, ServiceError};
 use crate::repo::ids::now_rfc3339;
 use crate::repo::{CheckOptions, CheckReport};
 use serde::{Deserialize, Serialize};
@@ -79,10 +79,6 @@ impl ImageStatus {
 }
 
 impl Service {
-    fn last_check_path(&self) -> std::path::PathBuf {
-        self.data_dir().join("last-check.json")
-    }
-
     /// Check the repository and list fixes (see module docs); kept as the last check.
     /// `read_data` also re-reads and re-hashes every chunk (finds corrupt data, at the
     /// cost of reading the whole repository).
@@ -176,33 +172,18 @@ impl Service {
             snapshots_checked: report.snapshots_checked,
             refcount_mismatches: report.refcount_mismatches,
         };
-        let path = self.last_check_path();
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(&result).unwrap_or_default();
-        std::fs::write(&tmp, text).map_err(io_err(&tmp, "write"))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
+        last_check::put(self.store(), &result).await?;
         Ok(result)
     }
 
-    /// This host's last check, if any.
-    pub fn last_check(&self) -> Result<Option<CheckResult>, ServiceError> {
-        let path = self.last_check_path();
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| ServiceError::Io {
-                    path: path.display().to_string(),
-                    op: "parse",
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path, "read")(e)),
-        }
+    /// The repository's last check (run by any server sharing it), if any.
+    pub async fn last_check(&self) -> Result<Option<CheckResult>, ServiceError> {
+        last_check::get(self.store()).await
     }
 
     /// Status of volume `uuid` by the last check (see module docs).
     pub async fn image_status(&self, uuid: &str) -> Result<ImageStatus, ServiceError> {
-        let Some(last) = self.last_check()? else {
+        let Some(last) = self.last_check().await? else {
             return Ok(ImageStatus::Optimized);
         };
         let prefix = format!("{uuid}/");
@@ -221,8 +202,12 @@ impl Service {
     }
 
     /// Refuse fix ids the last check did not list (before recording an operation).
-    pub fn check_fix_ids(&self, ids: &[String]) -> Result<(), ServiceError> {
-        let listed = self.last_check()?.map(|c| c.fixes).unwrap_or_default();
+    pub async fn check_fix_ids(&self, ids: &[String]) -> Result<(), ServiceError> {
+        let listed = self
+            .last_check()
+            .await?
+            .map(|c| c.fixes)
+            .unwrap_or_default();
         let unknown: Vec<String> = ids
             .iter()
             .filter(|id| !listed.iter().any(|f| &f.id == *id))
@@ -240,7 +225,7 @@ impl Service {
     /// Apply fixes of the last check, mends and optimize first so the gc that follows
     /// reclaims what they release; one stage per fix. Returns each fix's outcome.
     pub async fn fix(&self, ids: &[String], op: &OpHandle) -> Result<Value, ServiceError> {
-        self.check_fix_ids(ids)?;
+        self.check_fix_ids(ids).await?;
         let rank = |id: &str| match id.split(':').next() {
             Some("mend") => 0,
             Some("optimize") => 1,

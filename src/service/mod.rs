@@ -6,8 +6,9 @@
 //!
 //! It sits on top of the engine (`backup`, `restore`, `repo`, `image`) and nothing below
 //! uses it. Its catalog lives in the repository's store ([`catalog`]) so several hosts
-//! sharing a repository serve the same volumes; what one host holds locally (attached
-//! images, operation records) lives in its data dir.
+//! sharing a repository serve the same volumes, and so do operation records
+//! ([`ops_shared`]) and the last check; what one host holds locally (attached images,
+//! the journal of the operations it runs) lives in its data dir.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), island::service::ServiceError> {
@@ -33,8 +34,10 @@ pub mod catalog;
 mod check;
 mod copy;
 mod error;
+pub mod last_check;
 pub mod model;
 pub mod ops;
+pub mod ops_shared;
 mod peer;
 mod resume;
 mod revert;
@@ -48,6 +51,7 @@ pub use model::{
     MIN_VOLUME_SIZE,
 };
 pub use ops::{OpHandle, OpSpec, OpState, Operation, Operations};
+pub use ops_shared::{OpTiming, PruneReport};
 pub use peer::CreatedFromPeer;
 
 use crate::repo::ids::now_rfc3339;
@@ -67,7 +71,7 @@ pub const MAX_USER_LIMIT: u32 = 64;
 /// How one service instance runs.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// Where this host keeps attached local images and operation records.
+    /// Where this host keeps attached local images and its operations' journal.
     pub data_dir: PathBuf,
     /// Names this instance in attachment records; must be unique among the servers
     /// sharing a repository (only the holder of a local image may detach it).
@@ -78,6 +82,9 @@ pub struct ServiceConfig {
     /// catalog compaction deletes it (see [`catalog::compact`]): longer than any
     /// server's list-then-write plus clock skew.
     pub catalog_grace: std::time::Duration,
+    /// How often operation records are written to the store and when a silent owner
+    /// counts as gone or its records are pruned (see [`ops_shared`]).
+    pub operations: OpTiming,
 }
 
 impl ServiceConfig {
@@ -88,6 +95,7 @@ impl ServiceConfig {
             server_id: server_id.into(),
             default_user_limit: DEFAULT_USER_LIMIT,
             catalog_grace: DEFAULT_CATALOG_GRACE,
+            operations: OpTiming::default(),
         }
     }
 }
@@ -142,7 +150,12 @@ impl Service {
         let mut cfg = cfg;
         cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
             .map_err(error::io_err(&cfg.data_dir, "canonicalize"))?;
-        let ops = Operations::open(cfg.data_dir.join("operations"))?;
+        let ops = Operations::open(
+            cfg.data_dir.join("operations"),
+            repo.store().clone(),
+            cfg.server_id.clone(),
+            cfg.operations,
+        )?;
         Ok(Service {
             repo,
             cfg,
@@ -152,7 +165,7 @@ impl Service {
         })
     }
 
-    /// The operations recorded on this host.
+    /// The operations of every server sharing the repository (this host's own live).
     pub fn operations(&self) -> &Operations {
         &self.ops
     }

@@ -19,9 +19,41 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 impl Service {
-    /// Re-run, in the background, the operations the previous process left unfinished.
-    /// Returns how many were resumed.
+    /// Start a server's background work: resume the operations the previous process left
+    /// unfinished ([`Service::resume_interrupted`]) and prune operation records past
+    /// their retention from the store at [`super::OpTiming::prune_every`]. Returns how
+    /// many operations were resumed.
+    pub fn start(self: &Arc<Self>) -> usize {
+        let resumed = self.resume_interrupted();
+        let every = self.operations().timing().prune_every();
+        // A weak reference: the pruner ends with the service.
+        let svc = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(s) = svc.upgrade() else {
+                    return;
+                };
+                match s.operations().prune().await {
+                    Ok(r) if r.deleted > 0 => tracing::info!(
+                        "pruned {} operation record(s) ({} abandoned by their owner)",
+                        r.deleted,
+                        r.abandoned
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("pruning operation records: {e}"),
+                }
+                drop(s);
+                tokio::time::sleep(every).await;
+            }
+        });
+        resumed
+    }
+
+    /// Re-run, in the background, the operations the previous process left unfinished,
+    /// and publish the final state of those it finished (its crash may have come before
+    /// the shared write). Returns how many were resumed.
     pub fn resume_interrupted(self: &Arc<Self>) -> usize {
+        self.operations().republish();
         let pending = self.operations().take_interrupted();
         let n = pending.len();
         for op in pending {
@@ -37,6 +69,9 @@ impl Service {
             tokio::spawn(async move {
                 let r = svc.redo(&op, &handle).await;
                 handle.finish(r.map_err(|e| format!("resumed after a restart, then: {e}")));
+                if let Err(e) = handle.flush().await {
+                    tracing::warn!("operation {}: writing its end: {e}", op.id);
+                }
             });
         }
         n

@@ -291,13 +291,13 @@ async fn interrupted_copy_resumes_after_a_restart() {
     drop(a);
     let a = start();
     assert_eq!(a.resume_interrupted(), 1);
-    let mut done = a.operations().get(&id).unwrap();
+    let mut done = a.operations().get(&id).await.unwrap();
     for _ in 0..200 {
         if matches!(done.state, OpState::Done | OpState::Failed) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        done = a.operations().get(&id).unwrap();
+        done = a.operations().get(&id).await.unwrap();
     }
     assert_eq!(done.state, OpState::Done, "{done:?}");
     let result = done.result.unwrap();

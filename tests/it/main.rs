@@ -35,6 +35,7 @@ mod service_bad_input;
 mod service_check;
 mod service_common;
 mod service_openapi;
+mod service_ops_shared;
 mod service_peer;
 mod service_peer_resume;
 mod service_preamble;
