@@ -97,6 +97,9 @@ async fn inside_stage(s: &Server, op: &str, stage: &str) {
         (Some("running"), Some(stage)),
         "{o}"
     );
+    let done = o["done"].as_u64().expect("done");
+    assert!(done > 0, "the heal is under way: {o}");
+    eprintln!("killed at {done} of {} in {stage}", o["total"]);
 }
 
 /// A directory repository (store flags `flags`) whose only snapshot of a volume is
