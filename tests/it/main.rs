@@ -43,6 +43,7 @@ mod service_resume;
 mod service_revert_copy;
 mod service_routes;
 mod service_size;
+mod service_visibility;
 mod store_conformance;
 mod store_drivers;
 mod store_wrappers;
