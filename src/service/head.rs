@@ -36,6 +36,15 @@ fn unreadable(e: &crate::Error) -> bool {
 
 impl Service {
     /// The head snapshot of `v` (see module docs); `None` when it has no live snapshot.
+    ///
+    /// ```no_run
+    /// # async fn demo(svc: &island::service::Service) -> Result<(), island::service::ServiceError> {
+    /// let v = svc.get_volume("alice", "eb198dec-3560-4a9a-b3b4-5f043410a3dd").await?;
+    /// if let Some(head) = svc.head(&v).await? {
+    ///     println!("an attach restores {}", head.id);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn head(&self, v: &Volume) -> Result<Option<SnapshotManifest>, ServiceError> {
         let markers = self.repo.load_markers().await?;
         let live = self.repo.live_roots(&markers, Some(&v.uuid));
