@@ -81,7 +81,7 @@ impl Service {
     }
 
     /// Attach volume `uuid` to vm `vm_id` on `node`, with its local image on this host:
-    /// read-write if no attachment writes it yet, else a read-only copy of its last
+    /// read-write if no attachment writes it yet, else a read-only copy of its head
     /// snapshot. Refused past the volume's user limit. A hot plug records the device name
     /// the frontend reported (StratusLab's `target`) on the attachment.
     pub async fn attach(

@@ -44,7 +44,7 @@ impl Visibility {
 pub enum AccessMode {
     /// Owns the local image and its uploads; at most one per volume.
     ReadWrite,
-    /// A local copy of the last snapshot; uploads nothing.
+    /// A local copy of the volume's head snapshot; uploads nothing.
     ReadOnly,
 }
 
