@@ -47,7 +47,8 @@ pub async fn list(
 
 /// `GET /api/disks/{uuid}`: one volume, with its user limit and remaining slots in the
 /// `X-DiskUser-Limit` / `X-DiskUser-Remaining` headers, its attachments (with the device
-/// a hot attach registered), its image status by the last check and its last revert.
+/// a hot attach registered), its image status by the last check, its last revert and its
+/// head snapshot (what an attach materialises).
 pub async fn get_one(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
@@ -58,6 +59,7 @@ pub async fn get_one(
     body["attachments"] = serde_json::to_value(&v.attachments).unwrap_or(Value::Null);
     body["status"] = s.service.image_status(&v.uuid).await?.as_str().into();
     body["last_revert"] = serde_json::to_value(&v.last_revert).unwrap_or(Value::Null);
+    body["head"] = s.service.head(&v).await?.map(|m| m.id).into();
     let limit = HeaderValue::from(v.user_limit);
     let remaining = HeaderValue::from(v.remaining());
     Ok((

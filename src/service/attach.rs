@@ -3,9 +3,10 @@
 //! Attach claims a slot in the catalog first (one create-if-absent generation: the user
 //! limit and the single read-write claim are checked against the newest record, so two
 //! hosts cannot both win), then materialises the local image, then records which snapshot
-//! it came from. Detach uploads first, then releases the claim, then drops the local
-//! image: a crash at any point leaves either a claim with its image or a committed
-//! snapshot, never a released claim whose data is only local.
+//! it came from. Detach uploads first, then releases the claim (recording the uploaded
+//! snapshot as the volume's head in the same change), then drops the local image: a
+//! crash at any point leaves either a claim with its image or a committed snapshot,
+//! never a released claim whose data is only local.
 
 use super::error::io_err;
 use super::model::{valid_device, valid_name};
@@ -80,7 +81,7 @@ impl Service {
     }
 
     /// Attach volume `uuid` to vm `vm_id` on `node`, with its local image on this host:
-    /// read-write if no attachment writes it yet, else a read-only copy of its last
+    /// read-write if no attachment writes it yet, else a read-only copy of its head
     /// snapshot. Refused past the volume's user limit. A hot plug records the device name
     /// the frontend reported (StratusLab's `target`) on the attachment.
     pub async fn attach(
@@ -102,12 +103,12 @@ impl Service {
                 "target {d:?}: a device name is 1-32 of [a-z0-9]"
             )]));
         }
-        let v = self.get_volume(user, uuid).await?;
+        self.get_volume(user, uuid).await?;
         let lock = self.local_lock(uuid);
         let _guard = lock.lock().await;
         op.enter(1, "claim");
         let mut claimed = None;
-        catalog::update(self.store(), uuid, |v| {
+        let record = catalog::update(self.store(), uuid, |v| {
             if let Some(a) = v.attachments.iter().find(|a| same_vm(a, node, vm_id)) {
                 return Err(ServiceError::Conflict(format!(
                     "volume {uuid} is already attached to vm {vm_id} on node {node} (server {})",
@@ -147,7 +148,7 @@ impl Service {
             return Err(ServiceError::Conflict(format!("volume {uuid}: claim lost")));
         };
         op.enter(2, "materialise");
-        match self.materialise(&v, &a, op).await {
+        match self.materialise(&record, &a, op).await {
             Ok(from) => a.from_snapshot = from,
             Err(e) => {
                 self.release(uuid, node, vm_id).await?;
@@ -171,8 +172,9 @@ impl Service {
         Ok(a)
     }
 
-    /// Create the local image of a fresh claim: the newest snapshot restored as qcow2, or
-    /// an empty image for a volume never backed up. Returns the snapshot used.
+    /// Create the local image of a fresh claim: the volume's head ([`Service::head`]) or,
+    /// before it has one, its source snapshot, restored as qcow2; or an empty image for a
+    /// volume never backed up. Returns the snapshot used.
     async fn materialise(
         &self,
         v: &Volume,
@@ -188,7 +190,7 @@ impl Service {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&path, "remove stale image")(e)),
         }
-        let from = match self.repo.latest(&v.uuid).await? {
+        let from = match self.head(v).await? {
             Some(m) => Some((v.uuid.clone(), m.id)),
             None => v
                 .source
@@ -248,7 +250,15 @@ impl Service {
             report = Some(self.backup_local(uuid, &path, op).await?);
         }
         op.enter(2, "release");
-        self.release(uuid, &a.node, &a.vm_id).await?;
+        let uploaded = report.as_ref().map(|r| r.id.clone());
+        catalog::update(self.store(), uuid, |v| {
+            v.attachments.retain(|x| !same_vm(x, &a.node, &a.vm_id));
+            if let Some(id) = &uploaded {
+                v.head = Some(id.clone());
+            }
+            Ok(())
+        })
+        .await?;
         op.enter(3, "drop local image");
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -258,6 +268,9 @@ impl Service {
         Ok(report)
     }
 
+    /// Upload the read-write local image of `uuid` as a new snapshot whose parent is the
+    /// volume's head (the snapshot the image was restored from or last uploaded as), not
+    /// the newest id, so the history stays right whatever the hosts' clocks say.
     async fn backup_local(
         &self,
         uuid: &str,
@@ -270,12 +283,28 @@ impl Service {
                 path.display()
             )));
         }
-        let opts = BackupOptions {
-            volume: uuid.to_string(),
-            progress: Some(Arc::new(op.clone())),
-            ..BackupOptions::default()
-        };
-        Ok(backup_image(&self.repo, path, &opts).await?)
+        // A head deleted between its lookup and the backup's is looked up once more.
+        let mut retried = false;
+        loop {
+            let v = catalog::latest(self.store(), uuid)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("volume {uuid}")))?;
+            let parent = self.head(&v).await?.map(|m| m.id);
+            let opts = BackupOptions {
+                volume: uuid.to_string(),
+                parent: parent.clone(),
+                progress: Some(Arc::new(op.clone())),
+                ..BackupOptions::default()
+            };
+            match backup_image(&self.repo, path, &opts).await {
+                Err(crate::Error::Repo(crate::repo::RepoError::SnapshotNotFound {
+                    id, ..
+                })) if !retried && parent.as_deref() == Some(id.as_str()) => {
+                    retried = true;
+                }
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// Detach every volume `user` can see from vm `vm_id` on `node` (the VM is gone).
@@ -365,6 +394,12 @@ impl Service {
         let lock = self.local_lock(uuid);
         let _guard = lock.lock().await;
         op.enter(1, "upload");
-        self.backup_local(uuid, &PathBuf::from(&a.path), op).await
+        let report = self.backup_local(uuid, &PathBuf::from(&a.path), op).await?;
+        catalog::update(self.store(), uuid, |v| {
+            v.head = Some(report.id.clone());
+            Ok(())
+        })
+        .await?;
+        Ok(report)
     }
 }

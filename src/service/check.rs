@@ -16,7 +16,7 @@
 //! (`service/check/last`, shared by every server: [`super::last_check`]);
 //! [`Service::fix`] only applies fixes it lists, and
 //! [`Service::image_status`] derives a volume's status from it: `broken` when the
-//! volume's newest snapshot (what an attach materialises) is damaged, `degraded` when an
+//! volume's head snapshot (what an attach materialises) is damaged, `degraded` when an
 //! older one is, `optimized` otherwise (also before any check).
 
 use super::{catalog, last_check, OpHandle, Service, ServiceError};
@@ -42,7 +42,9 @@ pub struct Fix {
     pub id: String,
     pub kind: FixKind,
     pub description: String,
-    /// Bytes concerned (reclaimed, or data forgotten by a mend); `None` = not estimated.
+    /// Bytes concerned: reclaimed (clean), or the snapshot's size a mend without a peer
+    /// forgets by deleting it; `None` = not known in advance (a mend a peer can serve
+    /// fetches only the damaged objects: its outcome's `bytes_from_peer`).
     pub bytes: Option<u64>,
 }
 
@@ -124,7 +126,9 @@ impl Service {
                         "snapshot {snap} cannot be restored ({}: {}); {action}",
                         issue.object, issue.problem
                     ),
-                    bytes: size,
+                    // A heal moves only the damaged objects, unknown until it runs (its
+                    // outcome reports `bytes_from_peer`); a delete forgets the snapshot.
+                    bytes: if peers.is_empty() { size } else { None },
                 });
             }
         }
@@ -190,11 +194,10 @@ impl Service {
         if !last.damaged.iter().any(|d| d.starts_with(&prefix)) {
             return Ok(ImageStatus::Optimized);
         }
-        let newest = self
-            .repo
-            .latest(uuid)
-            .await?
-            .map(|m| format!("{uuid}/{}", m.id));
+        let newest = match super::catalog::latest(self.store(), uuid).await? {
+            Some(v) => self.head(&v).await?.map(|m| format!("{uuid}/{}", m.id)),
+            None => None,
+        };
         Ok(match newest {
             Some(n) if last.damaged.contains(&n) => ImageStatus::Broken,
             _ => ImageStatus::Degraded,

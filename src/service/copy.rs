@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub struct CopyRequest {
     /// URL of an allowed target repository (as given to `--copy-target`).
     pub target: String,
-    /// Snapshot to copy; `None` = the volume's newest.
+    /// Snapshot to copy; `None` = the volume's head (`Service::head`).
     pub snapshot: Option<String>,
     /// A snapshot of the same volume the target already holds (the diff's base).
     pub base: Option<String>,
@@ -102,7 +102,7 @@ impl Service {
         let v = self.get_volume(user, uuid).await?;
         let snapshot = match &req.snapshot {
             Some(id) => id.clone(),
-            None => match self.repo.latest(uuid).await? {
+            None => match self.head(&v).await? {
                 Some(m) => m.id,
                 None => {
                     return Err(ServiceError::Conflict(format!(
@@ -161,6 +161,9 @@ pub(super) async fn ensure_record(repo: &Repository, v: Volume) -> Result<bool, 
         attachments: Vec::new(),
         last_revert: None,
         source: None,
+        // The target may hold only some of the volume's snapshots: its parent chain
+        // decides the head there.
+        head: None,
         ..v
     };
     // Looked up first: on a store without atomic create (Swift), a create of the very

@@ -34,6 +34,7 @@ pub mod catalog;
 mod check;
 mod copy;
 mod error;
+mod head;
 pub mod last_check;
 pub mod model;
 pub mod ops;
@@ -243,7 +244,7 @@ impl Service {
         let user_limit = req.user_limit.unwrap_or(self.cfg.default_user_limit);
         if !(1..=MAX_USER_LIMIT).contains(&user_limit) {
             problems.push(format!(
-                "user limit {user_limit} is outside 1..={MAX_USER_LIMIT}"
+                "user_limit {user_limit} is outside 1..={MAX_USER_LIMIT}"
             ));
         }
         if !problems.is_empty() {
@@ -262,6 +263,7 @@ impl Service {
             deleted: false,
             source: req.source.clone(),
             last_revert: None,
+            head: None,
         })
     }
 
@@ -398,5 +400,7 @@ fn refuse_attached(v: &Volume) -> Result<(), ServiceError> {
     }
 }
 
+#[cfg(test)]
+mod head_tests;
 #[cfg(test)]
 mod tests;

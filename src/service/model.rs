@@ -44,7 +44,7 @@ impl Visibility {
 pub enum AccessMode {
     /// Owns the local image and its uploads; at most one per volume.
     ReadWrite,
-    /// A local copy of the last snapshot; uploads nothing.
+    /// A local copy of the volume's head snapshot; uploads nothing.
     ReadOnly,
 }
 
@@ -99,6 +99,13 @@ pub struct Volume {
     /// revert committed (now or once its newest).
     #[serde(default)]
     pub last_revert: Option<Revert>,
+    /// The snapshot the volume's content is: the one its last detach, snapshot or revert
+    /// committed, recorded in the same change. Attach, copy and the next upload's parent
+    /// follow it rather than the newest snapshot id, which carries the clock of whichever
+    /// host took it (see `Service::head`). `None` in records written before this field
+    /// and in records a copy created in another repository: the parent chain decides.
+    #[serde(default)]
+    pub head: Option<String>,
 }
 
 /// A revert of a volume to one of its snapshots (see `Service::revert`).

@@ -56,6 +56,7 @@ impl Service {
                 )));
             }
             v.last_revert = Some(record.clone());
+            v.head = Some(record.snapshot.clone());
             Ok(())
         })
         .await;

@@ -139,7 +139,7 @@ async fn every_endpoint_answers_bad_input_with_4xx_messages() {
             Some(ALICE),
             j(json!({"size": 1, "tag": "t", "visibility": "public", "user_limit": 0})),
             422,
-            "user limit",
+            "user_limit",
         ),
         (
             Method::POST,

@@ -121,9 +121,13 @@ async fn scenario(region_a: &Site, region_b: &Site) {
         .await
         .refused(404, "not found");
     a.vm("attach", &uuid, ALICE, "n1", "1").await.expect(200);
+    // Cinder's revert-to-snapshot also needs the volume detached: 409 naming the writer.
     a.post(&revert, ALICE, json!({"snapshot": s1}))
         .await
-        .refused(409, "detach before reverting");
+        .refused(
+            409,
+            "attached read-write to vm 1 on node n1 (server host-a); detach before reverting",
+        );
     a.post("/api/detach", ALICE, json!({"node": "n1", "vm_id": "1"}))
         .await
         .expect(200);
