@@ -305,8 +305,16 @@ pub(crate) async fn find_orphan_packs(
         if !leased.contains(o.key.trim_start_matches("intents/")) {
             continue;
         }
-        if let Some(bytes) = repo.get_opt(&o.key).await? {
-            adopted.extend(Intent::decode(&o.key, &bytes)?.adopted);
+        let Some(bytes) = repo.get_opt(&o.key).await? else {
+            continue;
+        };
+        match Intent::decode(&o.key, &bytes) {
+            Ok(i) => adopted.extend(i.adopted),
+            // Which holders it adopted is unknown: sweep nothing this time.
+            Err(e) => {
+                tracing::warn!("orphan sweep skipped: {e}");
+                return Ok(Orphans::default());
+            }
         }
     }
     let mut out = Orphans::default();
