@@ -7,10 +7,15 @@
 //!   lease names any more. [`sweep_unleased`] finds their holders from the small prefixes
 //!   (`intents/`, `checkpoints/`, and the segment listing gc's view already made) and
 //!   cleans those whose newest object is older than `LEASE_TTL + SKEW` at gc's store time.
-//! * A zombie's *packs* are never listed (`packs/` is the big prefix). They cannot escape:
-//!   a writer HEADs its intent after each pack upload and deletes the pack itself when the
-//!   intent is gone, and gc deletes the intent *before* its last probe for packs, so every
-//!   pack either lands before that probe or is removed by its own writer.
+//! * A zombie's *packs* are not listed per run (`packs/` is the big prefix). They cannot
+//!   escape a single fault: a writer HEADs its intent after each pack upload and deletes
+//!   the pack itself when the intent is gone, and gc deletes the intent *before* its last
+//!   probe for packs, so every pack either lands before that probe or is removed by its
+//!   own writer. A double fault (killed between the upload and that HEAD, the upload
+//!   landing after the probe) leaves a pack nothing names: the orphan sweep
+//!   ([`find_orphan_packs`], at most once per [`ORPHAN_SWEEP_PERIOD`]) reclaims it.
+//! * Adopted packs a committed re-run did not use are listed in its segment's `released`
+//!   ([`released_packs`]).
 //!
 //! Why an unleased holder's old object is dead: gc lists leases right after creating its
 //! own lease, and lists every object considered here after that. A writer creates its

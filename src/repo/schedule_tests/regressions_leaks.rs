@@ -266,3 +266,33 @@ async fn garbage_kept_below_the_repack_threshold_is_not_collected_again() {
         "{second:?}"
     );
 }
+
+/// Format: `released` is an optional segment meta field. A segment without releases
+/// encodes exactly as before (no `released` key: golden bytes and older readers
+/// unchanged); one with releases round-trips.
+#[test]
+fn released_is_an_optional_segment_meta_field() {
+    use crate::repo::segment::{self, SegmentMeta, INDEX_MAGIC, INDEX_RECORD};
+    let plain = SegmentMeta {
+        commit: "snapshots/v/x".into(),
+        packs: vec!["p".into()],
+        ..SegmentMeta::default()
+    };
+    let json = serde_json::to_string(&plain).unwrap();
+    assert_eq!(
+        json,
+        r#"{"commit":"snapshots/v/x","supersedes":[],"packs":["p"],"dead_packs":[]}"#
+    );
+    let old: SegmentMeta = serde_json::from_str(&json).unwrap();
+    assert!(old.released.is_empty());
+    let with = SegmentMeta {
+        released: vec!["a-p000000".into()],
+        ..plain
+    };
+    let bytes = segment::encode(INDEX_MAGIC, INDEX_RECORD, Vec::new(), &with);
+    let (h, mlen, crc) =
+        segment::parse_head(INDEX_MAGIC, "index/x", &bytes[..segment::HEAD_SIZE]).unwrap();
+    let meta = &bytes[segment::HEAD_SIZE..segment::HEAD_SIZE + mlen as usize];
+    let h = segment::finish_head(h, &bytes[..segment::HEAD_SIZE], meta, crc).unwrap();
+    assert_eq!(h.meta, with);
+}
