@@ -31,6 +31,7 @@ pub(crate) async fn commit_root(
     manifest: &mut SnapshotManifest,
     before: &RequestCounts,
 ) -> Result<Committed> {
+    w.release_unused_adopted();
     w.flush().await?;
     manifest.lease_time_ms = lease.check_before_commit().await?;
     if !w.checkpoint_keys.is_empty() {

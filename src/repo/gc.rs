@@ -126,6 +126,9 @@ pub struct GcOptions {
 pub struct GcReport {
     /// A dry run: nothing was collected, the figures are what a gc would do now.
     pub dry_run: bool,
+    /// Garbage blobs whose space this run reclaimed: their pack was deleted or repacked.
+    /// Garbage left in a pack below the repack threshold is counted in `blobs_dead_kept`
+    /// instead, so a later run does not report the same blobs as collected again.
     pub blobs_collected: u64,
     pub packs_deleted: u64,
     pub packs_repacked: u64,
@@ -133,6 +136,14 @@ pub struct GcReport {
     pub bytes_rewritten: u64,
     /// Dead bytes left in packs below the repack threshold.
     pub dead_bytes_kept: u64,
+    /// Garbage blobs left in packs below the repack threshold (like `dead_bytes_kept`, a
+    /// state: reported by every run until their pack is repacked or deleted).
+    pub blobs_dead_kept: u64,
+    /// Packs no counted index segment names and no writer can still need, found by the
+    /// periodic orphan sweep (format-spec §5, "Orphan packs"); their bytes are in
+    /// `bytes_reclaimed`. Adopted packs a committed backup released (§12.2) are counted in
+    /// `packs_deleted`.
+    pub orphan_packs_deleted: u64,
     pub segments_compacted: u64,
     pub dead_writers_cleaned: u64,
     /// Packs holding garbage that are missing or corrupt (damage `check` reports): skipped.
@@ -418,8 +429,8 @@ impl Repository {
                     dead_bytes += e.frame_len as u64;
                 }
             }
-            report.blobs_collected += garbage.len() as u64;
             if live.is_empty() {
+                report.blobs_collected += garbage.len() as u64;
                 report.packs_deleted += 1;
                 report.bytes_reclaimed += total;
                 w.dead_packs.push(name.clone());
@@ -439,15 +450,24 @@ impl Repository {
                     })
                     .await?;
                 }
+                report.blobs_collected += garbage.len() as u64;
                 report.bytes_rewritten += live.iter().map(|e| e.frame_len as u64).sum::<u64>();
                 report.packs_repacked += 1;
                 report.bytes_reclaimed += dead_bytes;
                 w.dead_packs.push(name.clone());
             } else {
+                report.blobs_dead_kept += garbage.len() as u64;
                 report.dead_bytes_kept += dead_bytes;
             }
             advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());
         }
+        // 3b. Adopted packs that a committed backup did not use (§12.2), once old enough.
+        let (expired, waiting) = {
+            let named = super::stale::named_packs(&set);
+            super::stale::released_packs(&set, &named, now)
+        };
+        report.packs_deleted += expired.len() as u64;
+        w.dead_packs.extend(expired);
         dead_packs.extend(w.dead_packs.iter().cloned());
         // 4. Compaction (amortised: only when segments pile up).
         let mut superseded: Vec<String> = Vec::new();
@@ -470,6 +490,9 @@ impl Repository {
             superseded.extend(set.index.iter().map(|h| h.key.clone()));
             superseded.extend(processed_refs.iter().map(|h| h.key.clone()));
             w.supersedes = superseded.clone();
+            // Every index segment is superseded: releases not yet due move into ours (our
+            // marker is younger than theirs, so they wait at least as long).
+            w.released = waiting;
             let inputs = set.index.iter().chain(processed_refs.iter()).map(|h| &**h);
             // Bucket group by bucket group (an id lives in one bucket, so each group is
             // complete on its own); the writer's buffer goes out as a segment whenever it
@@ -547,6 +570,15 @@ impl Repository {
             dead_packs.extend(shadowed);
             report.segments_compacted = superseded.len() as u64;
         }
+        // 4b. Orphan packs (double faults, earlier builds): at most once per period.
+        let orphans = match super::stale::sweep_due(self, now).await? {
+            true => Some(super::stale::find_orphan_packs(self, &set, &leases, &holder, now).await?),
+            false => None,
+        };
+        if let Some(o) = &orphans {
+            report.orphan_packs_deleted = o.keys.len() as u64;
+            report.bytes_reclaimed += o.bytes;
+        }
         if dry {
             report.dead_writers_cleaned = leases
                 .iter()
@@ -600,7 +632,10 @@ impl Repository {
             .collect();
         stage(
             "gc-delete",
-            (doomed.len() + tombstones.len() + dead_writers.len()) as u64,
+            (doomed.len()
+                + tombstones.len()
+                + dead_writers.len()
+                + orphans.as_ref().map_or(0, |o| o.keys.len())) as u64,
         );
         self.store().delete_batch(&doomed).await?;
         advance(doomed.len() as u64);
@@ -610,6 +645,19 @@ impl Repository {
         if !tombstones.is_empty() {
             self.store().delete_batch(&tombstones).await?;
             advance(tombstones.len() as u64);
+        }
+        if let Some(o) = orphans {
+            self.store().delete_batch(&o.keys).await?;
+            advance(o.keys.len() as u64);
+            if o.complete {
+                let body = format!(
+                    "{{\"holder\":\"{holder}\",\"packs_deleted\":{}}}",
+                    o.keys.len()
+                );
+                self.store()
+                    .put(super::stale::SWEEP_KEY, Bytes::from(body))
+                    .await?;
+            }
         }
         // 6. Dead writers.
         for l in dead_writers {

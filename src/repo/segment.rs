@@ -40,6 +40,12 @@ pub struct SegmentMeta {
     /// (gc segments) packs this gc deleted or emptied by repacking.
     #[serde(default)]
     pub dead_packs: Vec<String>,
+    /// Packs adopted from a checkpoint that the committing writer did not use (or, in a
+    /// compacted gc segment, such packs carried over): gc deletes them once this segment's
+    /// commit marker is older than `LEASE_TTL + SKEW` and no counted index segment names
+    /// them (format-spec §12.2, "Unused adopted packs").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
 }
 
 /// Where a blob is stored.

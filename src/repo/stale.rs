@@ -7,10 +7,15 @@
 //!   lease names any more. [`sweep_unleased`] finds their holders from the small prefixes
 //!   (`intents/`, `checkpoints/`, and the segment listing gc's view already made) and
 //!   cleans those whose newest object is older than `LEASE_TTL + SKEW` at gc's store time.
-//! * A zombie's *packs* are never listed (`packs/` is the big prefix). They cannot escape:
-//!   a writer HEADs its intent after each pack upload and deletes the pack itself when the
-//!   intent is gone, and gc deletes the intent *before* its last probe for packs, so every
-//!   pack either lands before that probe or is removed by its own writer.
+//! * A zombie's *packs* are not listed per run (`packs/` is the big prefix). They cannot
+//!   escape a single fault: a writer HEADs its intent after each pack upload and deletes
+//!   the pack itself when the intent is gone, and gc deletes the intent *before* its last
+//!   probe for packs, so every pack either lands before that probe or is removed by its
+//!   own writer. A double fault (killed between the upload and that HEAD, the upload
+//!   landing after the probe) leaves a pack nothing names: the orphan sweep
+//!   ([`find_orphan_packs`], at most once per [`ORPHAN_SWEEP_PERIOD`]) reclaims it.
+//! * Adopted packs a committed re-run did not use are listed in its segment's `released`
+//!   ([`released_packs`]).
 //!
 //! Why an unleased holder's old object is dead: gc lists leases right after creating its
 //! own lease, and lists every object considered here after that. A writer creates its
@@ -27,7 +32,7 @@ use super::Repository;
 use crate::store::{ObjectMeta, StoreErrorKind};
 use crate::Result;
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Consecutive missing pack numbers after which a probe stops: at most 3 uploads are in
 /// flight per writer, so a gap in a holder's pack numbers is at most 3 long.
@@ -202,4 +207,150 @@ pub(crate) async fn sweep_unleased(
         }
     }
     Ok(cleaned)
+}
+
+/// Store time of the commit marker of a counted segment (a root or a gc marker).
+fn commit_time(set: &SegmentSet, commit: &str) -> Option<SystemTime> {
+    match set.markers.roots.get(commit) {
+        Some((_, meta)) => meta.last_modified,
+        None => set.markers.gcs.get(commit).and_then(|g| g.stored),
+    }
+}
+
+/// Packs a counted index segment names, minus those a committed gc declared dead.
+pub(crate) fn named_packs(set: &SegmentSet) -> HashSet<&str> {
+    set.index
+        .iter()
+        .flat_map(|h| h.meta.packs.iter().map(String::as_str))
+        .filter(|p| !set.dead_packs.contains(*p))
+        .collect()
+}
+
+/// Released adopted packs (format-spec §12.2, "Unused adopted packs"), split into those gc
+/// deletes now — the releasing segment's commit marker is older than `LEASE_TTL + SKEW`
+/// at `now`, no counted index segment names the pack and no committed gc declared it
+/// dead yet — and those still waiting (a compaction carries them into its own segment).
+pub(crate) fn released_packs(
+    set: &SegmentSet,
+    named: &HashSet<&str>,
+    now: SystemTime,
+) -> (Vec<String>, Vec<String>) {
+    let (mut expired, mut waiting) = (HashSet::new(), HashSet::new());
+    for h in &set.index {
+        let old = commit_time(set, &h.meta.commit)
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() > LEASE_TTL + SKEW);
+        for p in &h.meta.released {
+            if named.contains(p.as_str()) || set.dead_packs.contains(p) {
+                continue;
+            }
+            if old {
+                expired.insert(p.clone());
+            } else {
+                waiting.insert(p.clone());
+            }
+        }
+    }
+    waiting.retain(|p| !expired.contains(p));
+    let mut expired: Vec<String> = expired.into_iter().collect();
+    let mut waiting: Vec<String> = waiting.into_iter().collect();
+    expired.sort();
+    waiting.sort();
+    (expired, waiting)
+}
+
+/// How often gc lists `packs/` for orphans (format-spec §5, "Orphan packs"): a gc sweeps
+/// when `sweeps/orphans` is absent or older than this (store time).
+pub const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(24 * 3600);
+/// Key whose Last-Modified is the end of the last complete orphan sweep.
+pub(crate) const SWEEP_KEY: &str = "sweeps/orphans";
+/// Orphans one sweep collects at most (bounds its memory; the rest wait for the next run,
+/// which sweeps again because this one is not recorded as complete).
+const ORPHANS_MAX: usize = 100_000;
+
+/// What an orphan sweep found (deleted by gc after its marker).
+#[derive(Default, Debug)]
+pub(crate) struct Orphans {
+    pub keys: Vec<String>,
+    pub bytes: u64,
+    /// Every page of `packs/` was examined: the sweep may be recorded as done.
+    pub complete: bool,
+}
+
+/// Is an orphan sweep due at gc's lease time `now` (one HEAD)?
+pub(crate) async fn sweep_due(repo: &Repository, now: SystemTime) -> Result<bool> {
+    match repo.store().head(SWEEP_KEY).await {
+        Ok(m) => Ok(m
+            .last_modified
+            .is_none_or(|t| now.duration_since(t).unwrap_or_default() > ORPHAN_SWEEP_PERIOD)),
+        Err(e) if e.kind == StoreErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The orphan packs: listed under `packs/` page by page (memory: one page plus the
+/// orphans), named by no counted index segment of `set`, of a holder with no lease
+/// generation in `leases` (gc's listing, made before `set` was loaded) that no intent of
+/// a leased holder lists as adopted, and with a store time more than `LEASE_TTL + SKEW`
+/// before `now` (gc's lease). The safety argument is format-spec §5, "Orphan packs".
+pub(crate) async fn find_orphan_packs(
+    repo: &Repository,
+    set: &SegmentSet,
+    leases: &[LeaseView],
+    me: &str,
+    now: SystemTime,
+) -> Result<Orphans> {
+    let named = named_packs(set);
+    let leased: HashSet<&str> = leases
+        .iter()
+        .map(|l| l.holder.as_str())
+        .chain(std::iter::once(me))
+        .collect();
+    let mut adopted: HashSet<String> = HashSet::new();
+    for o in repo.list_all("intents/").await? {
+        if !leased.contains(o.key.trim_start_matches("intents/")) {
+            continue;
+        }
+        let Some(bytes) = repo.get_opt(&o.key).await? else {
+            continue;
+        };
+        match Intent::decode(&o.key, &bytes) {
+            Ok(i) => adopted.extend(i.adopted),
+            // Which holders it adopted is unknown: sweep nothing this time.
+            Err(e) => {
+                tracing::warn!("orphan sweep skipped: {e}");
+                return Ok(Orphans::default());
+            }
+        }
+    }
+    let mut out = Orphans::default();
+    let mut after: Option<String> = None;
+    loop {
+        let page = repo.store().list("packs/", after.as_deref(), 1000).await?;
+        let n = page.len();
+        after = page.last().map(|m| m.key.clone());
+        for o in page {
+            let name = o.key.rsplit('/').next().unwrap_or_default();
+            let holder = segment_writer(name);
+            let old = o
+                .last_modified
+                .is_some_and(|t| now.duration_since(t).unwrap_or_default() > LEASE_TTL + SKEW);
+            if !super::ids::is_time_id(holder)
+                || named.contains(name)
+                || leased.contains(holder)
+                || adopted.contains(holder)
+                || !old
+            {
+                continue;
+            }
+            out.bytes += o.size;
+            out.keys.push(o.key);
+            if out.keys.len() >= ORPHANS_MAX {
+                return Ok(out);
+            }
+        }
+        if n < 1000 {
+            out.complete = true;
+            return Ok(out);
+        }
+    }
 }

@@ -89,6 +89,9 @@ pub(crate) struct Writer {
     pub packs: Vec<String>,
     /// Holders whose packs this writer adopted (recorded in its intent).
     pub adopted: Vec<String>,
+    /// Packs written into the next index segment's `released` list (adopted packs this
+    /// writer does not use, or a compaction's carried-over ones).
+    pub released: Vec<String>,
     /// Chunks of adopted packs not (yet) in this writer's index: used only if the backup
     /// meets them again, so a resumed backup of a changed source indexes only what it uses.
     adoptable: HashMap<BlobId, Location>,
@@ -121,6 +124,7 @@ impl Writer {
             new_chunk_bytes: 0,
             packs: Vec::new(),
             adopted: Vec::new(),
+            released: Vec::new(),
             adoptable: HashMap::new(),
             data_packs_sealed: 0,
             checkpoint_keys: Vec::new(),
@@ -146,6 +150,28 @@ impl Writer {
             self.new_chunk_bytes += u64::from(loc.plain_len);
             self.adopt_location(*id, loc);
         }
+    }
+
+    /// Right before a snapshot commit: every pack this writer adopted from a checkpoint
+    /// (format-spec §12.2) and indexes no blob of goes into its last index segment's
+    /// `released` list, so that gc reclaims it once the commit is old enough. Without
+    /// this a re-run of a changed source left the killed run's unused packs to nobody:
+    /// the killed holder's intent no longer covers them and this writer's index does not
+    /// name them (found by the schedule runner at seed 4242273).
+    pub fn release_unused_adopted(&mut self) {
+        let named: HashSet<&str> = self
+            .own
+            .iter()
+            .flat_map(|h| h.meta.packs.iter().map(String::as_str))
+            .chain(self.index.iter().map(|(_, l)| l.pack.as_str()))
+            .collect();
+        let unused: std::collections::BTreeSet<String> = self
+            .packs
+            .iter()
+            .filter(|p| !named.contains(p.as_str()))
+            .cloned()
+            .collect();
+        self.released.extend(unused);
     }
 
     /// Keys of the index and refs segments this writer has written so far.
@@ -340,6 +366,7 @@ impl Writer {
         let store = self.repo.store().clone();
         if !self.index.is_empty()
             || !self.dead_packs.is_empty()
+            || !self.released.is_empty()
             || self.supersedes.iter().any(|k| k.starts_with("index/"))
         {
             let mut packs: Vec<String> = Vec::new();
@@ -363,6 +390,7 @@ impl Writer {
                     .collect(),
                 packs,
                 dead_packs: std::mem::take(&mut self.dead_packs),
+                released: std::mem::take(&mut self.released),
             };
             let key = format!("index/{}-{:04}", self.holder(), self.seg_seq);
             let bytes = segment::encode(INDEX_MAGIC, INDEX_RECORD, records, &meta);
@@ -413,9 +441,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Remove the intent after a commit, then the lease (best effort: gc removes
-    /// leftovers). gc finds leftovers through leases, so an intent that could not be
-    /// removed keeps its lease: after expiry gc removes both.
+    /// Remove the intent after a commit, then the checkpoints, then the lease (best
+    /// effort: gc removes leftovers). gc finds leftovers through leases, so an intent that
+    /// could not be removed keeps its lease: after expiry gc removes both.
+    ///
+    /// The lease is released even when removing the checkpoints failed, and that is the
+    /// safe order: a checkpoint is adopted only through a claim whose holder still has a
+    /// lease generation within `LEASE_TTL` (`checkpoint::claim`), so a released lease makes
+    /// the committed work unadoptable, whereas a kept one would let a re-run take it over
+    /// and commit it a second time. The leftover checkpoints name only packs and segments
+    /// the committed root counts; gc's sweep of unleased holders (`stale::sweep_unleased`,
+    /// which lists `checkpoints/`) deletes them once they are older than `LEASE_TTL +
+    /// SKEW`, and nothing reads them meanwhile except a re-run, whose claim then fails.
     pub async fn finish(self) {
         if self.intent_written {
             if let Err(e) = self.repo.store().delete(&intent_key(self.holder())).await {

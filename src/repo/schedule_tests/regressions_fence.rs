@@ -10,6 +10,7 @@ use crate::repo::envelope::{self, MAGIC_LEASE};
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::{lease_key, Lease, LeaseBody, Renewal, LEASE_TTL, SKEW};
 use crate::repo::manifest::{tombstone_key, tombstone_key_gen};
+use crate::repo::stale::ORPHAN_SWEEP_PERIOD;
 use crate::repo::testing::MemStore;
 use crate::repo::{RepoError, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
@@ -410,6 +411,42 @@ async fn gc_probes_again_after_removing_a_dead_writers_intent() {
     mem.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
     repo.gc().await.unwrap();
     assert!(mem.keys("intents/").is_empty() && mem.keys("leases/").is_empty());
+    assert_nothing_to_repair(&repo).await;
+}
+
+/// Issue 4, leak 2 (the double fault): the zombie's upload lands after gc cleaned it and
+/// the zombie dies right at its intent check (it sees the intent gone, but every request
+/// after that fails, so it cannot delete its pack). Nothing names the pack: no lease, no
+/// intent. gc's orphan sweep deletes it — not within the sweep period of the last sweep,
+/// then once the period has passed — and `check --repair` finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orphan_sweep_reclaims_the_pack_of_a_zombie_killed_at_its_intent_check() {
+    let (mem, repo) = setup().await;
+    let pause = Gate::new(Op::Put, "packs/", false, true, false);
+    let other = Gate::new(Op::Head, "intents/", true, false, false);
+    let killed = Gate::new(Op::Head, "intents/", false, false, true);
+    killed.armed.store(false, Ordering::SeqCst);
+    let task = spawn_backup(Hooked::new(&mem, &[&pause, &other, &killed]), random(1, 8));
+    reach(&pause).await;
+    reach(&other).await;
+    let zombie = only_holder(&mem);
+    mem.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
+    assert_eq!(repo.gc().await.unwrap().dead_writers_cleaned, 1);
+    killed.armed.store(true, Ordering::SeqCst);
+    pause.resume.notify_one();
+    reach(&killed).await;
+    assert!(task.await.unwrap().is_err(), "the zombie died");
+    let left = keys_of(&mem, "packs/", &zombie);
+    assert_eq!(left.len(), 1, "the double fault's pack: {left:?}");
+    assert!(mem.keys("leases/").is_empty() && mem.keys("intents/").is_empty());
+    // The first gc above swept (none recorded yet): the next sweep is a period later.
+    mem.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
+    assert_eq!(repo.gc().await.unwrap().orphan_packs_deleted, 0);
+    assert_eq!(keys_of(&mem, "packs/", &zombie), left);
+    mem.advance(ORPHAN_SWEEP_PERIOD);
+    let g = repo.gc().await.unwrap();
+    assert_eq!(g.orphan_packs_deleted, 1, "{g:?}");
+    assert_eq!(keys_of(&mem, "packs/", &zombie), Vec::<String>::new());
     assert_nothing_to_repair(&repo).await;
 }
 
