@@ -132,7 +132,7 @@ async fn walk(
         if let (true, Some(l)) = (contribution > 0, level) {
             match repo.read_table(set, &id, l, geo.table_len(l, index)).await {
                 Ok(e) => entries = e,
-                Err(e) if tolerate_unreadable && super::copy::is_damage(&e) => {
+                Err(e) if tolerate_unreadable && super::error::is_damage(&e) => {
                     tracing::warn!(
                         "delete of {}/{}: table {id} unreadable, its subtree left as a leak: {e}",
                         m.volume,

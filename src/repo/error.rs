@@ -1,3 +1,4 @@
+use crate::store::StoreErrorKind;
 use thiserror::Error;
 
 /// Errors from the repository format and protocol, naming the object, volume or snapshot
@@ -59,5 +60,23 @@ impl RepoError {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Errors that mean "this object is damaged" rather than "the store failed": a missing
+/// blob or pack, a range past the end of a truncated pack, a corrupt frame or table.
+pub(crate) fn is_damage(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::Repo(
+            RepoError::Corrupt { .. }
+            | RepoError::HashMismatch { .. }
+            | RepoError::MissingBlob { .. }
+            | RepoError::Unsupported { .. },
+        ) => true,
+        crate::Error::Store(s) => matches!(
+            s.kind,
+            StoreErrorKind::NotFound | StoreErrorKind::InvalidRange
+        ),
+        _ => false,
     }
 }

@@ -21,6 +21,7 @@
 //! peer and uploaded.
 
 use super::fetch;
+use crate::repo::error::is_damage;
 use crate::repo::gc::{commit_gc_marker, next_gc_marker};
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::Lease;
@@ -29,8 +30,7 @@ use crate::repo::repository::{check_names, SegmentSet};
 use crate::repo::table::{self, span, Geometry, FANOUT};
 use crate::repo::writer::Writer;
 use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
-use crate::store::StoreErrorKind;
-use crate::{Error, Result};
+use crate::Result;
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -62,24 +62,6 @@ pub struct HealReport {
     pub bytes_from_peer: u64,
     pub bytes_uploaded: u64,
     pub requests: u64,
-}
-
-/// Errors that mean "this object is damaged" rather than "the store failed": a missing
-/// blob or pack, a range past the end of a truncated pack, a corrupt frame or table.
-pub(crate) fn is_damage(e: &Error) -> bool {
-    match e {
-        Error::Repo(
-            RepoError::Corrupt { .. }
-            | RepoError::HashMismatch { .. }
-            | RepoError::MissingBlob { .. }
-            | RepoError::Unsupported { .. },
-        ) => true,
-        Error::Store(s) => matches!(
-            s.kind,
-            StoreErrorKind::NotFound | StoreErrorKind::InvalidRange
-        ),
-        _ => false,
-    }
 }
 
 /// The peer's side of a heal.

@@ -4,8 +4,9 @@
 //! snapshot writes nothing; a re-chunked copy is refused; a snapshot whose tables are gone
 //! is deleted anyway, leaving a leak that repair reclaims.
 
-use super::{copy, heal, is_damage, CopyOptions};
+use super::{copy, heal, CopyOptions};
 use crate::backup::{backup, BackupOptions, RawSource};
+use crate::repo::error::is_damage;
 use crate::repo::testing::MemStore;
 use crate::repo::{CheckOptions, InitOptions, RepoError, Repository};
 use crate::store::ObjectStore;
