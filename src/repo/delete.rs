@@ -192,10 +192,25 @@ enum Attempt {
 /// tombstone was void, which takes a writer stalled past its lease (rare).
 const DELETE_ATTEMPTS: u32 = 3;
 
+/// How a delete runs: passed once from the public entry points down to each attempt.
+#[derive(Clone, Copy, Default)]
+pub struct DeleteOptions<'a> {
+    /// Told of the delete walk in logical bytes of the snapshot's volume (whole chunks): a
+    /// subtree other snapshots still hold counts at once.
+    pub progress: Option<&'a dyn Progress>,
+    /// Advance a stage the caller started (forget's, over all the snapshots it removes)
+    /// instead of starting stage `delete`.
+    pub in_callers_stage: bool,
+    /// Leave the subtree of a freed table that cannot be read (a damaged snapshot) as a
+    /// leak instead of failing the delete; see [`Repository::delete_damaged_snapshot`].
+    pub tolerate_unreadable: bool,
+}
+
 impl Repository {
     /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
     pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
-        self.delete_snapshot_with_progress(volume, id, None).await
+        self.delete_snapshot_with(volume, id, DeleteOptions::default())
+            .await
     }
 
     /// Delete a damaged snapshot whose tables may be missing or corrupt (the fallback of
@@ -203,48 +218,24 @@ impl Repository {
     /// [`Repository::delete_snapshot`]; the subtree of an unreadable table keeps its
     /// counts (a leak `check --repair` reclaims) instead of failing the delete.
     pub async fn delete_damaged_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
-        self.delete_impl(volume, id, None, true, true).await
+        let opts = DeleteOptions {
+            tolerate_unreadable: true,
+            ..Default::default()
+        };
+        self.delete_snapshot_with(volume, id, opts).await
     }
 
-    /// `delete_snapshot` reporting one stage, `delete`, in logical bytes of the snapshot's
-    /// volume (whole chunks): a subtree other snapshots still hold counts at once.
-    pub async fn delete_snapshot_with_progress(
+    /// Delete a snapshot as `opts` says (progress, whose stage, damaged tables).
+    pub async fn delete_snapshot_with(
         &self,
         volume: &str,
         id: &str,
-        progress: Option<&dyn Progress>,
-    ) -> Result<DeleteReport> {
-        self.delete_in_stage(volume, id, progress, true).await
-    }
-
-    /// The delete; with `start_stage` false the walk advances a stage the caller started
-    /// (forget's, over all the snapshots it removes).
-    pub(crate) async fn delete_in_stage(
-        &self,
-        volume: &str,
-        id: &str,
-        progress: Option<&dyn Progress>,
-        start_stage: bool,
-    ) -> Result<DeleteReport> {
-        self.delete_impl(volume, id, progress, start_stage, false)
-            .await
-    }
-
-    async fn delete_impl(
-        &self,
-        volume: &str,
-        id: &str,
-        progress: Option<&dyn Progress>,
-        start_stage: bool,
-        tolerate: bool,
+        opts: DeleteOptions<'_>,
     ) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
         for _ in 0..DELETE_ATTEMPTS {
-            if let Attempt::Deleted(walk) = self
-                .delete_attempt(volume, id, progress, start_stage, tolerate)
-                .await?
-            {
+            if let Attempt::Deleted(walk) = self.delete_attempt(volume, id, &opts).await? {
                 let used = self.counts().since(&before);
                 return Ok(DeleteReport {
                     volume: volume.into(),
@@ -269,9 +260,7 @@ impl Repository {
         &self,
         volume: &str,
         id: &str,
-        progress: Option<&dyn Progress>,
-        start_stage: bool,
-        tolerate: bool,
+        opts: &DeleteOptions<'_>,
     ) -> Result<Attempt> {
         let set = self.load_segments().await?;
         if set.markers.is_deleted(volume, id) {
@@ -284,7 +273,7 @@ impl Repository {
         // Void tombstones of earlier attempts keep their keys: number past them.
         let tkey = tombstone_key_gen(volume, id, set.markers.next_tombstone_gen(volume, id));
         let m = self.read_root(volume, id).await?;
-        if let Some(p) = progress.filter(|_| start_stage) {
+        if let Some(p) = opts.progress.filter(|_| !opts.in_callers_stage) {
             p.stage("delete", walk_bytes(&m));
         }
         let holder = new_time_id();
@@ -297,8 +286,8 @@ impl Repository {
                 &m,
                 Some(&mut w),
                 &mut HashMap::new(),
-                progress,
-                tolerate,
+                opts.progress,
+                opts.tolerate_unreadable,
             )
             .await?;
             w.flush().await?;

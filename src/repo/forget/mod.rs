@@ -7,7 +7,7 @@ mod policy;
 
 pub use policy::ForgetPolicy;
 
-use super::delete::{walk_bytes, walk_delete_with};
+use super::delete::{walk_bytes, walk_delete_with, DeleteOptions};
 use super::{Progress, RepoError, Repository};
 use crate::Result;
 use serde::Serialize;
@@ -126,10 +126,12 @@ impl Repository {
                     .await?
                     .freed_bytes
             } else {
-                match self
-                    .delete_in_stage(&m.volume, &m.id, progress, false)
-                    .await
-                {
+                let delete = DeleteOptions {
+                    progress,
+                    in_callers_stage: true,
+                    ..Default::default()
+                };
+                match self.delete_snapshot_with(&m.volume, &m.id, delete).await {
                     Ok(d) => d.freed_bytes,
                     // Deleted concurrently by someone else: already gone.
                     Err(crate::Error::Repo(RepoError::SnapshotNotFound { .. })) => {
