@@ -19,8 +19,11 @@ use super::{create_exclusive, BlobId, Progress, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
+use rand::Rng;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// What a delete did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -188,9 +191,67 @@ enum Attempt {
     LostToVoid,
 }
 
-/// Attempts of one `delete_snapshot` call: each retry follows a concurrent delete whose
-/// tombstone was void, which takes a writer stalled past its lease (rare).
-const DELETE_ATTEMPTS: u32 = 3;
+/// Attempts of one delete. Each retry follows a concurrent delete whose tombstone was
+/// void (a deleter stalled past its lease: rare), so a few attempts with growing pauses
+/// outlast any burst of them; past that the delete fails as temporary
+/// ([`RepoError::DeleteContended`]), never as a lease problem of its own.
+const DELETE_ATTEMPTS: u32 = 5;
+/// Pause before the first retry; it doubles for each later one (half of it jittered), so
+/// deleters that lost together spread out: at most ~0.75 s in all.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The pause before retry `n` (1-based).
+fn retry_pause(n: u32) -> Duration {
+    let full = RETRY_PAUSE * (1 << (n - 1).min(8));
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Progress of one delete over its attempts. Every attempt walks the whole snapshot again;
+/// only what goes past the furthest attempt so far is passed on, so a stage counts each
+/// snapshot once however many attempts its delete took.
+pub(crate) struct AttemptProgress<'a> {
+    inner: Option<&'a dyn Progress>,
+    /// Advanced by the current attempt.
+    attempt: AtomicU64,
+    /// Passed on to `inner` so far.
+    passed: AtomicU64,
+}
+
+impl<'a> AttemptProgress<'a> {
+    pub(crate) fn new(inner: Option<&'a dyn Progress>) -> Self {
+        AttemptProgress {
+            inner,
+            attempt: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
+        }
+    }
+
+    fn new_attempt(&self) {
+        self.attempt.store(0, Ordering::Relaxed);
+    }
+
+    /// Pass on what is left of `total` (a delete that ended without finishing its walk).
+    pub(crate) fn top_up(&self, total: u64) {
+        let before = self.passed.fetch_max(total, Ordering::Relaxed);
+        if let (Some(p), true) = (self.inner, total > before) {
+            p.advance(total - before);
+        }
+    }
+}
+
+impl Progress for AttemptProgress<'_> {
+    fn stage(&self, name: &str, total: u64) {
+        if let Some(p) = self.inner {
+            p.stage(name, total);
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.attempt.fetch_add(n, Ordering::Relaxed) + n;
+        self.top_up(done);
+    }
+}
 
 /// How a delete runs: passed once from the public entry points down to each attempt.
 #[derive(Clone, Copy, Default)]
@@ -234,8 +295,19 @@ impl Repository {
     ) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
-        for _ in 0..DELETE_ATTEMPTS {
-            if let Attempt::Deleted(walk) = self.delete_attempt(volume, id, &opts).await? {
+        let tracked = AttemptProgress::new(opts.progress);
+        let mut each = DeleteOptions {
+            progress: Some(&tracked),
+            ..opts
+        };
+        for attempt in 0..DELETE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(retry_pause(attempt)).await;
+                // The first attempt started the stage; later ones advance it.
+                each.in_callers_stage = true;
+            }
+            tracked.new_attempt();
+            if let Attempt::Deleted(walk) = self.delete_attempt(volume, id, &each).await? {
                 let used = self.counts().since(&before);
                 return Ok(DeleteReport {
                     volume: volume.into(),
@@ -248,8 +320,10 @@ impl Repository {
                 });
             }
         }
-        Err(RepoError::LeaseExpired {
-            holder: format!("concurrent deleters of {volume}/{id}"),
+        Err(RepoError::DeleteContended {
+            volume: volume.into(),
+            id: id.into(),
+            attempts: DELETE_ATTEMPTS,
         }
         .into())
     }
@@ -340,3 +414,7 @@ impl Repository {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "delete_tests.rs"]
+mod tests;
