@@ -7,13 +7,13 @@
 //! numbered per attempt (`<id>`, `<id>.1`, …): a void (fenced) one never blocks a later
 //! delete, and at most one generation of a snapshot is non-void (format-spec §6).
 
-use super::check::coverage;
 use super::ids::{new_time_id, now_rfc3339};
 use super::lease::{ensure_not_fenced, fenced, Lease};
 use super::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::segment::FREED;
 use super::table::{Geometry, FANOUT};
+use super::walk::coverage;
 use super::writer::Writer;
 use super::{create_exclusive, BlobId, Progress, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
