@@ -10,7 +10,7 @@
 //! `leases/` and `tombstones/` by two hours, as the documented expiry would.
 
 use crate::common::kill::{
-    age, assert_check_clean, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
+    age, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
 };
 use crate::common::rng;
 use crate::repo_ops_util::*;
@@ -54,9 +54,7 @@ fn backup_args<'a>(repo: &'a str, vol: &'a str, extra: &[&'a str]) -> Vec<&'a st
 #[test]
 fn backup_killed_with_sigkill_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repo, reference) = (dir.path().join("repo"), dir.path().join("ref"));
-    ok(&["init", s(&repo)]);
-    ok(&["init", s(&reference)]);
+    let [repo, reference] = init_repos(dir.path(), ["repo", "ref"]);
     let vol = dir.path().join("vol.raw");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     let mut killed = 0;
@@ -197,8 +195,7 @@ fn killed_restore(repo: &str, id: &str, out: &Path, format: &str, seed: u64) -> 
 #[test]
 fn restore_killed_with_sigkill_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     let data = write_volume(&vol, 64 * MIB, 64 * MIB, 4100);
     let id = str_field(&backup(s(&repo), "vm", &vol), "id").to_string();
@@ -270,8 +267,7 @@ fn restore_killed_with_sigkill_resumes() {
 #[test]
 fn delete_and_gc_killed_with_sigkill_stay_consistent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     let mut live: Vec<(String, Vec<u8>)> = Vec::new();
     for i in 0..4u64 {
@@ -352,8 +348,7 @@ fn delete_and_gc_killed_with_sigkill_stay_consistent() {
 #[test]
 fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let (img, path) = crate::common::create_image(dir.path(), "vm.qcow2", 80 * MIB, 65536);
     let data = crate::common::random_bytes(&mut rng(4400), (64 * MIB) as usize);
     img.write_at(&data, 0).expect("write the image");

@@ -5,7 +5,7 @@
 //! uploads its data again) and reclaimed by gc with the killed run.
 
 use crate::common::kill::{
-    age, assert_check_clean, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
+    age, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
 };
 use crate::common::rng;
 use crate::repo_ops_util::*;
@@ -39,9 +39,7 @@ fn damage_footer(pack: &Path) {
 #[test]
 fn backup_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repo, reference) = (dir.path().join("repo"), dir.path().join("ref"));
-    ok(&["init", s(&repo)]);
-    ok(&["init", s(&reference)]);
+    let [repo, reference] = init_repos(dir.path(), ["repo", "ref"]);
     let vol = dir.path().join("vol.raw");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     let mut damaged: Option<PathBuf> = None;

@@ -4,7 +4,7 @@
 //! resize, zero chunks written, resume state kept in `--state-dir`, never in /dev), and
 //! the removal of stale temporary images of other snapshots' killed qcow2 restores.
 
-use crate::common::kill::spawn_and_kill;
+use crate::common::kill::{init_repos, spawn_and_kill};
 use crate::common::{create_image, rng};
 use crate::repo_ops_util::*;
 use rand::Rng;
@@ -57,8 +57,7 @@ fn two_snapshots(dir: &Path, repo: &Path, seed: u64) -> [(String, Vec<u8>); 2] {
 #[test]
 fn restore_into_killed_with_sigkill_resumes_and_refuses_a_changed_target() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let [(a, data_a), (b, data_b)] = two_snapshots(dir.path(), &repo, 4700);
     let out = dir.path().join("out.raw");
     ok_json(&restore_args(s(&repo), &a, &out, &[]));
@@ -178,8 +177,7 @@ impl Drop for Loop {
 #[test]
 fn restore_onto_a_block_device() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     // 24 MiB random then 16 MiB of zeros.
     let data = write_volume(&vol, 40 * MIB, 24 * MIB, 4800);
@@ -262,8 +260,7 @@ fn restore_onto_a_block_device() {
 #[test]
 fn stale_qcow2_temps_of_other_snapshots_are_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     let data = write_volume(&vol, 8 * MIB, 8 * MIB, 4900);
     let id = str_field(&backup(s(&repo), "vm", &vol), "id").to_string();

@@ -57,6 +57,15 @@ pub fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// Directory repositories `dir/NAME`, each initialised (`island init`).
+pub fn init_repos<const N: usize>(dir: &Path, names: [&str; N]) -> [PathBuf; N] {
+    names.map(|n| {
+        let repo = dir.join(n);
+        ok(&["init", s(&repo)]);
+        repo
+    })
+}
+
 /// The repositories of a killed-copy test: source `a` with one backup (`id`) of a volume
 /// of `size` random bytes (`data`), target `b` (killed into, then the re-run) and
 /// `reference` (an uninterrupted copy, to compare uploads with).
@@ -70,10 +79,7 @@ pub struct CopyRepos {
 
 impl CopyRepos {
     pub fn new(dir: &Path, size: u64, seed: u64) -> CopyRepos {
-        let (a, b, reference) = (dir.join("a"), dir.join("b"), dir.join("ref"));
-        for x in [&a, &b, &reference] {
-            ok(&["init", s(x)]);
-        }
+        let [a, b, reference] = init_repos(dir, ["a", "b", "ref"]);
         let vol = dir.join("vol.raw");
         let data = write_volume(&vol, size, size, seed);
         let id = str_field(&backup(s(&a), "vm", &vol), "id").to_string();
