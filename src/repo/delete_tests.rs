@@ -1,106 +1,45 @@
-//! Deletes that lose tombstone races: to void tombstones (a deleter stalled past its
-//! lease) they retry with a pause and, past the bound, fail with a temporary error naming
-//! the snapshot; their progress, and forget's, counts each snapshot once.
+//! Deletes that lose tombstone races (the racer is a [`MemStore::before_create`] hook):
+//! to void tombstones (a deleter stalled past its lease) they retry with a pause and, past
+//! the bound, fail with a temporary error naming the snapshot; their progress, and
+//! forget's, counts each snapshot once.
 
 use super::DeleteOptions;
 use crate::repo::ids::now_rfc3339;
 use crate::repo::lease::unix_ms;
 use crate::repo::manifest::{tombstone_key_gen, Tombstone};
-use crate::repo::testing::{back_up_pattern, mem_repo, MemStore};
-use crate::repo::{CheckOptions, ForgetOptions, ForgetPolicy, Progress, RepoError, Repository};
-use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError};
-use async_trait::async_trait;
+use crate::repo::testing::{back_up_pattern, mem_repo, CreateHook, MemStore};
+use crate::repo::{CheckOptions, ForgetOptions, ForgetPolicy, Progress, RepoError};
 use bytes::Bytes;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 const MIB: usize = 1 << 20;
 
-/// A store on which another deleter always creates a tombstone first: right before each
-/// tombstone create-if-absent (up to `losses` of them) it puts one at that key, void
+/// Another deleter that always creates a tombstone first: right before each tombstone
+/// create-if-absent on `mem` (up to `losses` of them) it puts one at that key, void
 /// (`lease_time_ms` 0: renewed long before its store time) or valid.
-#[derive(Debug)]
-struct Racer {
-    mem: Arc<MemStore>,
-    volume: String,
-    id: String,
-    losses: AtomicU32,
-    void: bool,
-}
-
-impl Racer {
-    fn new(mem: &Arc<MemStore>, volume: &str, id: &str, losses: u32, void: bool) -> Arc<Self> {
-        Arc::new(Racer {
-            mem: mem.clone(),
-            volume: volume.into(),
-            id: id.into(),
-            losses: AtomicU32::new(losses),
-            void,
-        })
-    }
-
-    async fn race(&self, key: &str) {
-        let left = self.losses.load(Ordering::SeqCst);
-        if !key.starts_with("tombstones/") || left == 0 {
+fn racer(mem: &MemStore, volume: &str, id: &str, losses: u32, void: bool) {
+    let (volume, id) = (volume.to_string(), id.to_string());
+    let left = AtomicU32::new(losses);
+    let hook = move |m: &MemStore, key: &str| {
+        let n = left.load(Ordering::SeqCst);
+        if !key.starts_with("tombstones/") || n == 0 {
             return;
         }
-        self.losses.store(left - 1, Ordering::SeqCst);
+        left.store(n - 1, Ordering::SeqCst);
         let t = Tombstone {
-            volume: self.volume.clone(),
-            id: self.id.clone(),
+            volume: volume.clone(),
+            id: id.clone(),
             deleted: now_rfc3339(),
             holder: "racer".into(),
-            lease_time_ms: if self.void {
-                0
-            } else {
-                unix_ms(SystemTime::now())
-            },
+            lease_time_ms: if void { 0 } else { unix_ms(SystemTime::now()) },
         };
-        let won = self.mem.put_if_absent(key, Bytes::from(t.encode())).await;
-        assert!(matches!(won, Ok(PutOutcome::Created)), "{key}: {won:?}");
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Racer {
-    fn location(&self) -> String {
-        self.mem.location()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.mem.capabilities()
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.mem.put(key, data).await
-    }
-    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
-        self.race(key).await;
-        self.mem.put_if_absent(key, data).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.mem.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.mem.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.mem.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.mem.list(prefix, start_after, limit).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.mem.delete(key).await
-    }
-    async fn delete_batch(&self, keys: &[String]) -> Result<(), StoreError> {
-        self.mem.delete_batch(keys).await
-    }
+        let body = (Bytes::from(t.encode()), SystemTime::now());
+        let old = m.objects.lock().unwrap().insert(key.to_string(), body);
+        assert!(old.is_none(), "{key} existed");
+    };
+    *mem.before_create.lock().unwrap() = CreateHook(Some(Arc::new(hook)));
 }
 
 /// Stages started and units advanced.
@@ -134,10 +73,8 @@ fn tombstones(volume: &str, id: &str, gens: u64) -> Vec<String> {
 async fn losing_every_attempt_to_void_tombstones_is_a_temporary_error() {
     let (mem, repo) = mem_repo(65536).await;
     let id = back_up_pattern(&repo, "a", 1, MIB).await;
-    let racing = Repository::open(Racer::new(&mem, "a", &id, u32::MAX, true))
-        .await
-        .unwrap();
-    let err = racing.delete_snapshot("a", &id).await.unwrap_err();
+    racer(&mem, "a", &id, u32::MAX, true);
+    let err = repo.delete_snapshot("a", &id).await.unwrap_err();
     let crate::Error::Repo(e @ RepoError::DeleteContended { .. }) = &err else {
         panic!("expected DeleteContended, got {err:?}");
     };
@@ -149,6 +86,7 @@ async fn losing_every_attempt_to_void_tombstones_is_a_temporary_error() {
     );
     assert_eq!(mem.keys("tombstones/"), tombstones("a", &id, 5));
     assert_eq!(repo.snapshots(Some("a")).await.unwrap().len(), 1, "kept");
+    *mem.before_create.lock().unwrap() = CreateHook(None);
 
     let d = repo.delete_snapshot("a", &id).await.expect("no racer now");
     assert!(d.freed_blobs > 0);
@@ -165,15 +103,13 @@ async fn a_delete_that_retries_reports_its_walk_once() {
     let (mem, repo) = mem_repo(65536).await;
     let id = back_up_pattern(&repo, "a", 2, 3 * MIB).await;
     back_up_pattern(&repo, "b", 3, MIB).await;
-    let racing = Repository::open(Racer::new(&mem, "a", &id, 2, true))
-        .await
-        .unwrap();
+    racer(&mem, "a", &id, 2, true);
     let rec = Recorder::default();
     let opts = DeleteOptions {
         progress: Some(&rec),
         ..Default::default()
     };
-    racing.delete_snapshot_with("a", &id, opts).await.unwrap();
+    repo.delete_snapshot_with("a", &id, opts).await.unwrap();
     assert_eq!(mem.keys("tombstones/"), tombstones("a", &id, 3));
     let stages = rec.stages.lock().unwrap().clone();
     assert_eq!(stages, vec![("delete".to_string(), 3 * MIB as u64)]);
@@ -189,9 +125,7 @@ async fn forget_progress_counts_a_snapshot_once_when_its_delete_loses_a_race() {
         let (mem, repo) = mem_repo(65536).await;
         let old = back_up_pattern(&repo, "a", 4, 2 * MIB).await;
         back_up_pattern(&repo, "a", 5, 2 * MIB).await;
-        let racing = Repository::open(Racer::new(&mem, "a", &old, 1, void))
-            .await
-            .unwrap();
+        racer(&mem, "a", &old, 1, void);
         let rec = Recorder::default();
         let opts = ForgetOptions {
             volume: None,
@@ -201,10 +135,7 @@ async fn forget_progress_counts_a_snapshot_once_when_its_delete_loses_a_race() {
             },
             dry_run: false,
         };
-        let r = racing
-            .forget_with_progress(&opts, Some(&rec))
-            .await
-            .unwrap();
+        let r = repo.forget_with_progress(&opts, Some(&rec)).await.unwrap();
         assert_eq!(r.removed.len(), 1, "void {void}: {r:?}");
         let stages = rec.stages.lock().unwrap().clone();
         assert_eq!(stages, vec![("forget".to_string(), 2 * MIB as u64)]);

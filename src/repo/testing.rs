@@ -17,6 +17,22 @@ pub struct MemStore {
     pub objects: Mutex<BTreeMap<String, (Bytes, SystemTime)>>,
     /// Added to the store clock (simulates time passing for lease expiry).
     pub clock_offset: Mutex<Duration>,
+    /// Runs before each create-if-absent, with the key: a concurrent writer that gets
+    /// there first (it may insert into `objects`).
+    pub before_create: Mutex<CreateHook>,
+}
+
+/// A test's action before a create-if-absent of `key` on the store.
+pub type CreateFn = dyn Fn(&MemStore, &str) + Send + Sync;
+
+/// See [`MemStore::before_create`].
+#[derive(Clone, Default)]
+pub struct CreateHook(pub Option<Arc<CreateFn>>);
+
+impl std::fmt::Debug for CreateHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "hook" } else { "none" })
+    }
 }
 
 impl MemStore {
@@ -58,6 +74,10 @@ impl ObjectStore for MemStore {
         Ok(())
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let hook = self.before_create.lock().unwrap().clone();
+        if let Some(h) = hook.0 {
+            h(self, key);
+        }
         let now = self.now();
         let mut m = self.objects.lock().unwrap();
         if m.contains_key(key) {
