@@ -33,6 +33,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Neighbouring frames closer than this are fetched in one GET (the gap is discarded).
 const COALESCE_GAP: u64 = 256 << 10;
@@ -47,6 +48,15 @@ const IMAGE_FLUSH_BYTES: u64 = 16 << 20;
 /// A raw restore records its progress (after an fsync) at least every this many bytes of
 /// the snapshot walked.
 const PROGRESS_BYTES: u64 = 1 << 30;
+/// ... and about this often: a window closes once it holds what the last one fetched in
+/// this time (or this time has passed), so a killed restore of any size or speed loses
+/// at most this much work to re-verification.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Frame bytes of the first window, before a fetch rate is known; no window is sized
+/// below it (a tiny window's rate is noise, and its GETs coalesce poorly).
+const MIN_WINDOW_BYTES: u64 = 16 << 20;
+/// Chunk entries of a leaf taken at a time: where a window may close inside a leaf.
+const SLICE_CHUNKS: usize = 256;
 
 /// Where to restore.
 #[derive(Clone, Debug)]
@@ -414,89 +424,94 @@ async fn restore_to(
         resumed,
         ..Default::default()
     };
-    let mut wanted: Vec<(u64, BlobId, Location)> = Vec::new();
-    let mut pending_progress = 0u64;
+    let mut window = Window {
+        wanted: Vec::new(),
+        bytes: 0,
+        walked: 0,
+        target: MIN_WINDOW_BYTES,
+        opened: Instant::now(),
+        size: m.size,
+        progress,
+        resume,
+    };
     loop {
         let leaf = walk.next(repo, &set).await?;
-        // Chunks are fetched per window of many leaves, not per leaf: a snapshot after many
-        // increments has its changed chunks spread over many small packs, and a wide window
-        // lets the frames of one pack coalesce into one GET (restore time independent of age).
-        if leaf.is_none() || wanted.len() >= WINDOW_CHUNKS || pending_progress >= PROGRESS_BYTES {
-            let batch = std::mem::take(&mut wanted);
-            let (written, verified) = fetch_and_write(repo, &sink, &path, batch, m.size).await?;
-            report.bytes_written += written;
-            report.chunks_verified += verified;
-            let walked = std::mem::take(&mut pending_progress);
-            if let Some(p) = &progress {
-                p.advance(walked);
+        let Some(leaf) = leaf else {
+            window
+                .flush(repo, &sink, &path, &mut report, m.size)
+                .await?;
+            break;
+        };
+        // A leaf is taken in slices so the window can close (and the resume point be
+        // recorded) inside a leaf that covers more than one window's worth.
+        for start in (0..leaf.b.len()).step_by(SLICE_CHUNKS) {
+            if window.full() {
+                let done = (leaf.first_chunk + start as u64) * cs;
+                window.flush(repo, &sink, &path, &mut report, done).await?;
             }
-            // Every leaf before this one is written: record it for a re-run.
-            if let (Some(r), Sink::File(f)) = (resume.as_mut(), &*sink) {
-                let done = leaf.as_ref().map_or(m.size, |l| l.first_chunk * cs);
-                r.progress(f, &path, done)?;
-            }
-        }
-        let Some(leaf) = leaf else { break };
-        pending_progress += leaf.b.len() as u64 * cs;
-        let mut local: Vec<(u64, u64, BlobId)> = Vec::new();
-        let mut zeros: Vec<(u64, u64)> = Vec::new();
-        for (j, (old, new)) in leaf.a.iter().zip(leaf.b.iter()).enumerate() {
-            if old == new && !(zero_unknown && new.is_zero()) {
-                continue;
-            }
-            let idx = leaf.first_chunk + j as u64;
-            let off = idx * cs;
-            let len = cs.min(m.size - off);
-            if off + len <= done_below {
-                report.bytes_done_before += len;
-                continue;
-            }
-            if new.is_zero() {
-                match zeros.last_mut() {
-                    Some(z) if z.0 + z.1 == off => z.1 += len,
-                    _ => zeros.push((off, len)),
+            let end = (start + SLICE_CHUNKS).min(leaf.b.len());
+            window.walked += (end - start) as u64 * cs;
+            let mut local: Vec<(u64, u64, BlobId)> = Vec::new();
+            let mut zeros: Vec<(u64, u64)> = Vec::new();
+            for j in start..end {
+                let (old, new) = (&leaf.a[j], &leaf.b[j]);
+                if old == new && !(zero_unknown && new.is_zero()) {
+                    continue;
                 }
-                report.chunks_zeroed += 1;
-                continue;
+                let idx = leaf.first_chunk + j as u64;
+                let off = idx * cs;
+                let len = cs.min(m.size - off);
+                if off + len <= done_below {
+                    report.bytes_done_before += len;
+                    continue;
+                }
+                if new.is_zero() {
+                    match zeros.last_mut() {
+                        Some(z) if z.0 + z.1 == off => z.1 += len,
+                        _ => zeros.push((off, len)),
+                    }
+                    report.chunks_zeroed += 1;
+                    continue;
+                }
+                local.push((off, len, *new));
             }
-            local.push((off, len, *new));
-        }
-        if !zeros.is_empty() {
-            let (sk, p) = (sink.clone(), path.clone());
-            tokio::task::spawn_blocking(move || {
-                zeros
-                    .into_iter()
-                    .try_for_each(|(off, len)| sk.punch(&p, off, len))
-            })
-            .await
-            .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
-        }
-        if resumed && !local.is_empty() {
-            let (sk, p, chunks) = (sink.clone(), path.clone(), local);
-            let (there, chunks) = tokio::task::spawn_blocking(move || {
-                already_there(&sk, &p, &chunks).map(|t| (t, chunks))
-            })
-            .await
-            .map_err(|e| RepoError::Task(format!("verify: {e}")))??;
-            local = Vec::with_capacity(chunks.len());
-            for (c, kept) in chunks.into_iter().zip(there) {
-                if kept {
-                    report.chunks_kept += 1;
-                    report.bytes_kept += c.1;
-                } else {
-                    local.push(c);
+            if !zeros.is_empty() {
+                let (sk, p) = (sink.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    zeros
+                        .into_iter()
+                        .try_for_each(|(off, len)| sk.punch(&p, off, len))
+                })
+                .await
+                .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
+            }
+            if resumed && !local.is_empty() {
+                let (sk, p, chunks) = (sink.clone(), path.clone(), local);
+                let (there, chunks) = tokio::task::spawn_blocking(move || {
+                    already_there(&sk, &p, &chunks).map(|t| (t, chunks))
+                })
+                .await
+                .map_err(|e| RepoError::Task(format!("verify: {e}")))??;
+                local = Vec::with_capacity(chunks.len());
+                for (c, kept) in chunks.into_iter().zip(there) {
+                    if kept {
+                        report.chunks_kept += 1;
+                        report.bytes_kept += c.1;
+                    } else {
+                        local.push(c);
+                    }
                 }
             }
-        }
-        for (off, _, new) in local {
-            let loc = repo
-                .locate(&set, &new)
-                .await?
-                .ok_or_else(|| RepoError::MissingBlob {
-                    id: new.to_hex(),
-                    context: format!("{volume}/{id} chunk {}", off / cs),
-                })?;
-            wanted.push((off, new, loc));
+            for (off, _, new) in local {
+                let loc = repo
+                    .locate(&set, &new)
+                    .await?
+                    .ok_or_else(|| RepoError::MissingBlob {
+                        id: new.to_hex(),
+                        context: format!("{volume}/{id} chunk {}", off / cs),
+                    })?;
+                window.push(off, new, loc);
+            }
         }
     }
     let (sk, p) = (sink.clone(), path.clone());
@@ -506,13 +521,74 @@ async fn restore_to(
     if let Ok(Sink::Image(img)) = Arc::try_unwrap(sink) {
         img.close()?;
     }
-    if let Some(r) = &resume {
+    if let Some(r) = &window.resume {
         r.finish()?;
     }
     let used = repo.counts().since(&before);
     report.bytes_downloaded = used.bytes_downloaded;
     report.requests = used.total();
     Ok(report)
+}
+
+/// Chunks located and waiting for their GETs. Closing it fetches and writes them, then
+/// records the resume point: every chunk below it is written.
+struct Window {
+    wanted: Vec<(u64, BlobId, Location)>,
+    /// Frame bytes of `wanted`.
+    bytes: u64,
+    /// Volume bytes walked into this window (progress advances when they are written).
+    walked: u64,
+    /// Frame bytes at which the window closes: what the last one fetched in SAVE_INTERVAL.
+    target: u64,
+    opened: Instant,
+    size: u64,
+    progress: Option<Arc<dyn Progress>>,
+    resume: Option<Resume>,
+}
+
+impl Window {
+    fn full(&self) -> bool {
+        self.wanted.len() >= WINDOW_CHUNKS
+            || self.walked >= PROGRESS_BYTES
+            || self.bytes >= self.target
+            || self.opened.elapsed() >= SAVE_INTERVAL
+    }
+
+    fn push(&mut self, off: u64, id: BlobId, loc: Location) {
+        self.bytes += u64::from(loc.frame_len);
+        self.wanted.push((off, id, loc));
+    }
+
+    /// Fetch and write the window, then record that everything below `done` is written.
+    async fn flush(
+        &mut self,
+        repo: &Repository,
+        sink: &Arc<Sink>,
+        path: &Path,
+        report: &mut RestoreReport,
+        done: u64,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let fetched = std::mem::take(&mut self.bytes);
+        let batch = std::mem::take(&mut self.wanted);
+        let (written, verified) = fetch_and_write(repo, sink, path, batch, self.size).await?;
+        report.bytes_written += written;
+        report.chunks_verified += verified;
+        let walked = std::mem::take(&mut self.walked);
+        if let Some(p) = &self.progress {
+            p.advance(walked);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        if fetched >= MIN_WINDOW_BYTES && secs > 0.0 {
+            let rate = fetched as f64 / secs;
+            self.target = ((rate * SAVE_INTERVAL.as_secs_f64()) as u64).max(MIN_WINDOW_BYTES);
+        }
+        self.opened = Instant::now();
+        if let (Some(r), Sink::File(f)) = (self.resume.as_mut(), &**sink) {
+            r.progress(f, path, done)?;
+        }
+        Ok(())
+    }
 }
 
 /// One coalesced GET: a pack byte range and the chunks inside it.

@@ -520,8 +520,12 @@ async fn restore(a: RestoreArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
 async fn delete(a: DeleteArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     let repo = open_repo(&a.repo.repo, store_args).await?;
     let progress = ProgressAdapter(CliProgress::new(ProgressMode::choose(a.json)));
+    let opts = island::repo::DeleteOptions {
+        progress: Some(&progress),
+        ..Default::default()
+    };
     let report = repo
-        .delete_snapshot_with_progress(&a.volume, &a.snapshot, Some(&progress))
+        .delete_snapshot_with(&a.volume, &a.snapshot, opts)
         .await;
     progress.0.finish();
     let report =

@@ -32,11 +32,11 @@ pub struct Image {
     snap_l1: Mutex<Vec<SnapL1>>,
     writable: bool,
     path: PathBuf,
-    /// A duplicate descriptor of the locked open file description (None for storage the
-    /// caller provides), so dropping the image releases the locks explicitly: closing
+    /// The locks of the image's open file description (None for storage the caller
+    /// provides), released explicitly when the image is dropped, after its flush: closing
     /// the descriptor alone leaves them held while a child forked by another thread still
-    /// shares the description (see `lock::unlock`).
-    lock: Option<File>,
+    /// shares the description (see `lock::Held`).
+    lock: Option<super::lock::Held>,
 }
 
 fn io_err<'a>(
@@ -64,11 +64,6 @@ fn open_file(path: &Path, write: bool, create: bool, cache: CacheMode) -> Result
         .truncate(false)
         .open(path)
         .map_err(io_err(path, if create { "create" } else { "open" }, 0))
-}
-
-/// A second descriptor of `file`'s open file description, for releasing its locks.
-fn lock_handle(file: &File, path: &Path) -> Result<File, ImageError> {
-    file.try_clone().map_err(io_err(path, "dup", 0))
 }
 
 /// The engine's storage over a locked file.
@@ -103,8 +98,18 @@ impl Image {
     ) -> Result<Image, ImageError> {
         let path = path.as_ref();
         let file = open_file(path, true, true, cache)?;
-        super::lock::lock(&file, path, OpenMode::ReadWrite)?;
-        let lock = lock_handle(&file, path)?;
+        Image::create_locked(file, path, opts, cache)
+    }
+
+    /// [`Image::create_with`] on the file it opened: lock, then lay out the image.
+    pub(super) fn create_locked(
+        file: File,
+        path: &Path,
+        opts: &CreateOptions,
+        cache: CacheMode,
+    ) -> Result<Image, ImageError> {
+        // Dropped on any failure below: the locks are released, not left to the file.
+        let lock = super::lock::lock(&file, path, OpenMode::ReadWrite)?;
         file.set_len(0).map_err(io_err(path, "truncate", 0))?;
         let mut img = Image::create_on(storage(file, path, cache)?, &path.to_string_lossy(), opts)?;
         img.lock = Some(lock);
@@ -123,10 +128,20 @@ impl Image {
         cache: CacheMode,
     ) -> Result<Image, ImageError> {
         let path = path.as_ref();
+        let file = open_file(path, mode == OpenMode::ReadWrite, false, cache)?;
+        Image::open_locked(file, path, mode, cache)
+    }
+
+    /// [`Image::open_with`] on the file it opened: lock, then read the image.
+    pub(super) fn open_locked(
+        file: File,
+        path: &Path,
+        mode: OpenMode,
+        cache: CacheMode,
+    ) -> Result<Image, ImageError> {
         let writable = mode == OpenMode::ReadWrite;
-        let file = open_file(path, writable, false, cache)?;
-        super::lock::lock(&file, path, mode)?;
-        let lock = lock_handle(&file, path)?;
+        // Dropped on any failure below: the locks are released, not left to the file.
+        let lock = super::lock::lock(&file, path, mode)?;
         let file = storage(file, path, cache)?;
         let name = path.to_string_lossy();
         let mut img = if mode == OpenMode::ReadOnlyShared {
@@ -619,14 +634,7 @@ impl Drop for Image {
                 tracing::error!("{}: flush on drop failed: {e}", self.path.display());
             }
         }
-        if let Some(f) = &self.lock {
-            if let Err(e) = super::lock::unlock(f) {
-                tracing::error!(
-                    "{}: releasing the image locks failed: {e}",
-                    self.path.display()
-                );
-            }
-        }
+        // `lock`, a field, is dropped after this: the locks go once the flush is done.
     }
 }
 

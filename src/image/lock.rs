@@ -8,7 +8,7 @@ use super::error::ImageError;
 use super::OpenMode;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const PERM_BASE: i64 = 100;
 const SHARED_BASE: i64 = 200;
@@ -62,17 +62,48 @@ fn perms(mode: OpenMode) -> (u32, u32) {
     }
 }
 
+/// The lock bytes of one open file description, released explicitly ([`unlock`]) when
+/// dropped: by a closed image, and just as much by an open or create that fails after
+/// taking them, since a child forked meanwhile by another thread keeps the description
+/// (and so the locks) alive until its exec.
+pub struct Held {
+    /// A second descriptor of the locked description.
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = unlock(&self.file) {
+            tracing::error!(
+                "{}: releasing the image locks failed: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
 /// Take the lock bytes for `mode` on `file`, then verify nobody conflicts. The locks live
 /// as long as the open file description, which is not the same as our descriptor: a
 /// child forked by another thread shares it until its exec closes the (CLOEXEC) copy, so
-/// closing the image releases them explicitly with [`unlock`].
-pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<(), ImageError> {
+/// they are released explicitly when the returned [`Held`] is dropped — also when this
+/// fails after taking some of them.
+pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<Held, ImageError> {
     let (held, shared) = perms(mode);
     let io = |source: std::io::Error, offset: u64| ImageError::Io {
         path: path.to_path_buf(),
         op: "lock",
         offset,
         source,
+    };
+    let guard = Held {
+        file: file.try_clone().map_err(|e| ImageError::Io {
+            path: path.to_path_buf(),
+            op: "dup",
+            offset: 0,
+            source: e,
+        })?,
+        path: path.to_path_buf(),
     };
     for bit in 0..4 {
         let mask = 1u32 << bit;
@@ -107,7 +138,7 @@ pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<(), ImageError> 
             });
         }
     }
-    Ok(())
+    Ok(guard)
 }
 
 /// Release every lock byte held through `file`'s open file description. Unlike closing

@@ -5,11 +5,23 @@ use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-fn qemu_check(path: &Path) {
+/// A new 1 MiB image with 64 KiB clusters at `dir/name`, open read-write.
+pub(super) fn small_image(dir: &Path, name: &str) -> (PathBuf, Image) {
+    let path = dir.join(name);
+    let opts = CreateOptions {
+        size: 1 << 20,
+        cluster_size: 65536,
+    };
+    let img = Image::create(&path, &opts).unwrap();
+    (path, img)
+}
+
+/// `qemu-img check` finds no errors in the image at `path`.
+pub(super) fn qemu_check(path: &Path) {
     let out = Command::new("qemu-img")
         .args(["check", "-f", "qcow2"])
         .arg(path)
@@ -238,15 +250,7 @@ fn refcount_table_growth_4k_clusters() {
 #[test]
 fn zero_flag_and_extents() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("z.qcow2");
-    let img = Image::create(
-        &path,
-        &CreateOptions {
-            size: 1 << 20,
-            cluster_size: 65536,
-        },
-    )
-    .unwrap();
+    let (path, img) = small_image(dir.path(), "z.qcow2");
     img.write_at(&vec![1u8; 4 * 65536], 0).unwrap();
     img.write_zeroes(65536, 2 * 65536).unwrap();
     img.write_zeroes(10, 20).unwrap();
@@ -357,15 +361,7 @@ fn grown_image_changed_tail_and_errors() {
 #[test]
 fn locks_exclude_second_writer_and_consistent_reader() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.qcow2");
-    let img = Image::create(
-        &path,
-        &CreateOptions {
-            size: 1 << 20,
-            cluster_size: 65536,
-        },
-    )
-    .unwrap();
+    let (path, img) = small_image(dir.path(), "l.qcow2");
     assert!(matches!(
         Image::open(&path, OpenMode::ReadWrite),
         Err(ImageError::Locked { .. })
@@ -397,17 +393,8 @@ fn locks_exclude_second_writer_and_consistent_reader() {
 #[test]
 fn corrupt_headers_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.qcow2");
-    Image::create(
-        &path,
-        &CreateOptions {
-            size: 1 << 20,
-            cluster_size: 65536,
-        },
-    )
-    .unwrap()
-    .close()
-    .unwrap();
+    let (path, img) = small_image(dir.path(), "c.qcow2");
+    img.close().unwrap();
     let good = std::fs::read(&path).unwrap();
     let cases: Vec<(usize, Vec<u8>)> = vec![
         (0, b"XXXX".to_vec()),

@@ -11,7 +11,8 @@
 use super::gc::{flag_contribution, segment_records};
 use super::repository::SegmentSet;
 use super::segment::{self, Location, FREED, REFS_RECORD};
-use super::table::{span, Geometry, FANOUT};
+use super::table::Geometry;
+use super::walk::{walk_tree, TreeVisitor};
 use super::{BlobId, Progress, Repository, SnapshotManifest};
 use crate::Result;
 use futures::stream::{self, StreamExt};
@@ -105,13 +106,6 @@ pub(crate) fn child_weight(stored: &HashMap<BlobId, StoredCount>, table: &BlobId
     stored.get(table).map_or(1, |s| s.contribution.max(1))
 }
 
-/// Chunks of the volume covered by table `index` at `level` (the last tables are shorter).
-pub(crate) fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
-    let per = span(level + 1);
-    let first = index.saturating_mul(per);
-    geo.chunks.saturating_sub(first).min(per)
-}
-
 /// State of one check run.
 struct Walk<'a> {
     repo: &'a Repository,
@@ -131,15 +125,11 @@ struct Walk<'a> {
     packs: HashMap<String, Result<u64, String>>,
     /// Chunks waiting for verification: (id, re-read it, first snapshot naming it).
     pending: Vec<(BlobId, bool, String)>,
+    /// `volume/id` of the snapshot being walked.
+    snap: String,
 }
 
 impl Walk<'_> {
-    fn advance(&self, chunks: u64) {
-        if let Some(p) = self.progress {
-            p.advance(chunks.saturating_mul(self.chunk_bytes));
-        }
-    }
-
     fn damaged(&mut self, object: String, problem: String, snap: &str) {
         self.bad
             .entry(object)
@@ -151,61 +141,9 @@ impl Walk<'_> {
     /// Walk one snapshot, descending only into tables no earlier snapshot had.
     async fn snapshot(&mut self, m: &SnapshotManifest) -> Result<()> {
         self.report.snapshots_checked += 1;
-        let snap = format!("{}/{}", m.volume, m.id);
-        let geo = Geometry::new(m.size, m.chunk_size);
+        self.snap = format!("{}/{}", m.volume, m.id);
         self.chunk_bytes = m.chunk_size as u64;
-        let mut stack = Vec::new();
-        for (i, id) in m.top_ids()?.into_iter().enumerate() {
-            if id.is_zero() {
-                self.advance(coverage(&geo, geo.depth - 1, i as u64));
-            } else {
-                *self.expected.entry(id).or_default() += 1;
-                stack.push((id, geo.depth - 1, i as u64));
-            }
-        }
-        while let Some((id, level, index)) = stack.pop() {
-            if !self.tables_seen.insert(id) {
-                self.advance(coverage(&geo, level, index));
-                continue;
-            }
-            let count = geo.table_len(level, index);
-            let entries = match self.repo.read_table(self.set, &id, level, count).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    self.damaged(id.to_hex(), format!("table: {e}"), &snap);
-                    self.advance(coverage(&geo, level, index));
-                    continue;
-                }
-            };
-            self.report.tables_checked += 1;
-            let weight = child_weight(self.stored, &id);
-            for (j, c) in entries.into_iter().enumerate() {
-                let child = index * FANOUT + j as u64;
-                if c.is_zero() {
-                    if level > 0 {
-                        self.advance(coverage(&geo, level - 1, child));
-                    }
-                    continue;
-                }
-                let n = self.expected.entry(c).or_default();
-                let first = *n == 0;
-                *n += weight;
-                if level > 0 {
-                    stack.push((c, level - 1, child));
-                } else if first {
-                    self.report.chunks_referenced += 1;
-                    let read = self.read_data && rand::rng().random::<f64>() < self.sample;
-                    self.pending.push((c, read, snap.clone()));
-                    if self.pending.len() >= VERIFY_BATCH {
-                        self.verify_pending().await?;
-                    }
-                }
-            }
-            if level == 0 {
-                self.advance(count as u64);
-            }
-        }
-        Ok(())
+        walk_tree(m, self).await
     }
 
     /// Verify the pending chunks: locate each, re-hash those chosen for reading, and check
@@ -275,33 +213,92 @@ impl Walk<'_> {
     /// the first one). Walks all snapshots in full, so it runs only when there is damage.
     async fn attribute(&mut self, roots: &[Arc<SnapshotManifest>]) -> Result<()> {
         for m in roots {
-            let snap = format!("{}/{}", m.volume, m.id);
-            let geo = Geometry::new(m.size, m.chunk_size);
-            let mut stack: Vec<(BlobId, u8, u64)> = Vec::new();
-            for (i, id) in m.top_ids()?.into_iter().enumerate() {
-                if !id.is_zero() {
-                    stack.push((id, geo.depth - 1, i as u64));
-                }
+            let mut a = Attribution {
+                repo: self.repo,
+                set: self.set,
+                bad: &mut self.bad,
+                snap: format!("{}/{}", m.volume, m.id),
+            };
+            walk_tree(m, &mut a).await?;
+        }
+        Ok(())
+    }
+}
+
+impl TreeVisitor for Walk<'_> {
+    fn advance(&mut self, chunks: u64) {
+        if let Some(p) = self.progress {
+            p.advance(chunks.saturating_mul(self.chunk_bytes));
+        }
+    }
+
+    fn top(&mut self, id: &BlobId) {
+        *self.expected.entry(*id).or_default() += 1;
+    }
+
+    fn first(&mut self, id: &BlobId) -> bool {
+        self.tables_seen.insert(*id)
+    }
+
+    async fn table(&mut self, id: &BlobId, level: u8, count: usize) -> Result<Option<Vec<BlobId>>> {
+        match self.repo.read_table(self.set, id, level, count).await {
+            Ok(entries) => {
+                self.report.tables_checked += 1;
+                Ok(Some(entries))
             }
-            while let Some((id, level, index)) = stack.pop() {
-                if let Some(e) = self.bad.get_mut(&id.to_hex()) {
-                    e.1.insert(snap.clone());
-                    continue;
-                }
-                let count = geo.table_len(level, index);
-                let Ok(entries) = self.repo.read_table(self.set, &id, level, count).await else {
-                    continue;
-                };
-                for (j, c) in entries.into_iter().enumerate() {
-                    if c.is_zero() {
-                        continue;
-                    }
-                    if level > 0 {
-                        stack.push((c, level - 1, index * FANOUT + j as u64));
-                    } else if let Some(e) = self.bad.get_mut(&c.to_hex()) {
-                        e.1.insert(snap.clone());
-                    }
-                }
+            Err(e) => {
+                let snap = self.snap.clone();
+                self.damaged(id.to_hex(), format!("table: {e}"), &snap);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn entry(&mut self, parent: &BlobId, level: u8, c: BlobId) -> Result<()> {
+        let weight = child_weight(self.stored, parent);
+        let n = self.expected.entry(c).or_default();
+        let first = *n == 0;
+        *n += weight;
+        if level == 0 && first {
+            self.report.chunks_referenced += 1;
+            let read = self.read_data && rand::rng().random::<f64>() < self.sample;
+            self.pending.push((c, read, self.snap.clone()));
+            if self.pending.len() >= VERIFY_BATCH {
+                self.verify_pending().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The walk that names every snapshot reaching a damaged object: a damaged table's
+/// subtree is not descended into, unreadable tables are skipped.
+struct Attribution<'a> {
+    repo: &'a Repository,
+    set: &'a SegmentSet,
+    bad: &'a mut Findings,
+    snap: String,
+}
+
+impl TreeVisitor for Attribution<'_> {
+    fn advance(&mut self, _chunks: u64) {}
+
+    fn first(&mut self, _id: &BlobId) -> bool {
+        true
+    }
+
+    async fn table(&mut self, id: &BlobId, level: u8, count: usize) -> Result<Option<Vec<BlobId>>> {
+        if let Some(e) = self.bad.get_mut(&id.to_hex()) {
+            e.1.insert(self.snap.clone());
+            return Ok(None);
+        }
+        Ok(self.repo.read_table(self.set, id, level, count).await.ok())
+    }
+
+    async fn entry(&mut self, _parent: &BlobId, level: u8, c: BlobId) -> Result<()> {
+        if level == 0 {
+            if let Some(e) = self.bad.get_mut(&c.to_hex()) {
+                e.1.insert(self.snap.clone());
             }
         }
         Ok(())
@@ -356,6 +353,7 @@ impl Repository {
             bad: HashMap::new(),
             packs: HashMap::new(),
             pending: Vec::new(),
+            snap: String::new(),
         };
         for m in &roots {
             walk.snapshot(m).await?;

@@ -7,20 +7,23 @@
 //! numbered per attempt (`<id>`, `<id>.1`, …): a void (fenced) one never blocks a later
 //! delete, and at most one generation of a snapshot is non-void (format-spec §6).
 
-use super::check::coverage;
 use super::ids::{new_time_id, now_rfc3339};
 use super::lease::{ensure_not_fenced, fenced, Lease};
 use super::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::segment::FREED;
 use super::table::{Geometry, FANOUT};
+use super::walk::coverage;
 use super::writer::Writer;
 use super::{create_exclusive, BlobId, Progress, RepoError, Repository};
 use crate::store::{PutOutcome, StoreErrorKind};
 use crate::Result;
 use bytes::Bytes;
+use rand::Rng;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// What a delete did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -132,7 +135,7 @@ async fn walk(
         if let (true, Some(l)) = (contribution > 0, level) {
             match repo.read_table(set, &id, l, geo.table_len(l, index)).await {
                 Ok(e) => entries = e,
-                Err(e) if tolerate_unreadable && super::copy::is_damage(&e) => {
+                Err(e) if tolerate_unreadable && super::error::is_damage(&e) => {
                     tracing::warn!(
                         "delete of {}/{}: table {id} unreadable, its subtree left as a leak: {e}",
                         m.volume,
@@ -188,14 +191,87 @@ enum Attempt {
     LostToVoid,
 }
 
-/// Attempts of one `delete_snapshot` call: each retry follows a concurrent delete whose
-/// tombstone was void, which takes a writer stalled past its lease (rare).
-const DELETE_ATTEMPTS: u32 = 3;
+/// Attempts of one delete. Each retry follows a concurrent delete whose tombstone was
+/// void (a deleter stalled past its lease: rare), so a few attempts with growing pauses
+/// outlast any burst of them; past that the delete fails as temporary
+/// ([`RepoError::DeleteContended`]), never as a lease problem of its own.
+const DELETE_ATTEMPTS: u32 = 5;
+/// Pause before the first retry; it doubles for each later one (half of it jittered), so
+/// deleters that lost together spread out: at most ~0.75 s in all.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The pause before retry `n` (1-based).
+fn retry_pause(n: u32) -> Duration {
+    let full = RETRY_PAUSE * (1 << (n - 1).min(8));
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Progress of one delete over its attempts. Every attempt walks the whole snapshot again;
+/// only what goes past the furthest attempt so far is passed on, so a stage counts each
+/// snapshot once however many attempts its delete took.
+pub(crate) struct AttemptProgress<'a> {
+    inner: Option<&'a dyn Progress>,
+    /// Advanced by the current attempt.
+    attempt: AtomicU64,
+    /// Passed on to `inner` so far.
+    passed: AtomicU64,
+}
+
+impl<'a> AttemptProgress<'a> {
+    pub(crate) fn new(inner: Option<&'a dyn Progress>) -> Self {
+        AttemptProgress {
+            inner,
+            attempt: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
+        }
+    }
+
+    fn new_attempt(&self) {
+        self.attempt.store(0, Ordering::Relaxed);
+    }
+
+    /// Pass on what is left of `total` (a delete that ended without finishing its walk).
+    pub(crate) fn top_up(&self, total: u64) {
+        let before = self.passed.fetch_max(total, Ordering::Relaxed);
+        if let (Some(p), true) = (self.inner, total > before) {
+            p.advance(total - before);
+        }
+    }
+}
+
+impl Progress for AttemptProgress<'_> {
+    fn stage(&self, name: &str, total: u64) {
+        if let Some(p) = self.inner {
+            p.stage(name, total);
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.attempt.fetch_add(n, Ordering::Relaxed) + n;
+        self.top_up(done);
+    }
+}
+
+/// How a delete runs: passed once from the public entry points down to each attempt.
+#[derive(Clone, Copy, Default)]
+pub struct DeleteOptions<'a> {
+    /// Told of the delete walk in logical bytes of the snapshot's volume (whole chunks): a
+    /// subtree other snapshots still hold counts at once.
+    pub progress: Option<&'a dyn Progress>,
+    /// Advance a stage the caller started (forget's, over all the snapshots it removes)
+    /// instead of starting stage `delete`.
+    pub in_callers_stage: bool,
+    /// Leave the subtree of a freed table that cannot be read (a damaged snapshot) as a
+    /// leak instead of failing the delete; see [`Repository::delete_damaged_snapshot`].
+    pub tolerate_unreadable: bool,
+}
 
 impl Repository {
     /// Delete a snapshot: its exclusive blobs become garbage that `gc` reclaims.
     pub async fn delete_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
-        self.delete_snapshot_with_progress(volume, id, None).await
+        self.delete_snapshot_with(volume, id, DeleteOptions::default())
+            .await
     }
 
     /// Delete a damaged snapshot whose tables may be missing or corrupt (the fallback of
@@ -203,48 +279,35 @@ impl Repository {
     /// [`Repository::delete_snapshot`]; the subtree of an unreadable table keeps its
     /// counts (a leak `check --repair` reclaims) instead of failing the delete.
     pub async fn delete_damaged_snapshot(&self, volume: &str, id: &str) -> Result<DeleteReport> {
-        self.delete_impl(volume, id, None, true, true).await
+        let opts = DeleteOptions {
+            tolerate_unreadable: true,
+            ..Default::default()
+        };
+        self.delete_snapshot_with(volume, id, opts).await
     }
 
-    /// `delete_snapshot` reporting one stage, `delete`, in logical bytes of the snapshot's
-    /// volume (whole chunks): a subtree other snapshots still hold counts at once.
-    pub async fn delete_snapshot_with_progress(
+    /// Delete a snapshot as `opts` says (progress, whose stage, damaged tables).
+    pub async fn delete_snapshot_with(
         &self,
         volume: &str,
         id: &str,
-        progress: Option<&dyn Progress>,
-    ) -> Result<DeleteReport> {
-        self.delete_in_stage(volume, id, progress, true).await
-    }
-
-    /// The delete; with `start_stage` false the walk advances a stage the caller started
-    /// (forget's, over all the snapshots it removes).
-    pub(crate) async fn delete_in_stage(
-        &self,
-        volume: &str,
-        id: &str,
-        progress: Option<&dyn Progress>,
-        start_stage: bool,
-    ) -> Result<DeleteReport> {
-        self.delete_impl(volume, id, progress, start_stage, false)
-            .await
-    }
-
-    async fn delete_impl(
-        &self,
-        volume: &str,
-        id: &str,
-        progress: Option<&dyn Progress>,
-        start_stage: bool,
-        tolerate: bool,
+        opts: DeleteOptions<'_>,
     ) -> Result<DeleteReport> {
         check_names(volume, id)?;
         let before = self.counts();
-        for _ in 0..DELETE_ATTEMPTS {
-            if let Attempt::Deleted(walk) = self
-                .delete_attempt(volume, id, progress, start_stage, tolerate)
-                .await?
-            {
+        let tracked = AttemptProgress::new(opts.progress);
+        let mut each = DeleteOptions {
+            progress: Some(&tracked),
+            ..opts
+        };
+        for attempt in 0..DELETE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(retry_pause(attempt)).await;
+                // The first attempt started the stage; later ones advance it.
+                each.in_callers_stage = true;
+            }
+            tracked.new_attempt();
+            if let Attempt::Deleted(walk) = self.delete_attempt(volume, id, &each).await? {
                 let used = self.counts().since(&before);
                 return Ok(DeleteReport {
                     volume: volume.into(),
@@ -257,8 +320,10 @@ impl Repository {
                 });
             }
         }
-        Err(RepoError::LeaseExpired {
-            holder: format!("concurrent deleters of {volume}/{id}"),
+        Err(RepoError::DeleteContended {
+            volume: volume.into(),
+            id: id.into(),
+            attempts: DELETE_ATTEMPTS,
         }
         .into())
     }
@@ -269,9 +334,7 @@ impl Repository {
         &self,
         volume: &str,
         id: &str,
-        progress: Option<&dyn Progress>,
-        start_stage: bool,
-        tolerate: bool,
+        opts: &DeleteOptions<'_>,
     ) -> Result<Attempt> {
         let set = self.load_segments().await?;
         if set.markers.is_deleted(volume, id) {
@@ -284,7 +347,7 @@ impl Repository {
         // Void tombstones of earlier attempts keep their keys: number past them.
         let tkey = tombstone_key_gen(volume, id, set.markers.next_tombstone_gen(volume, id));
         let m = self.read_root(volume, id).await?;
-        if let Some(p) = progress.filter(|_| start_stage) {
+        if let Some(p) = opts.progress.filter(|_| !opts.in_callers_stage) {
             p.stage("delete", walk_bytes(&m));
         }
         let holder = new_time_id();
@@ -297,8 +360,8 @@ impl Repository {
                 &m,
                 Some(&mut w),
                 &mut HashMap::new(),
-                progress,
-                tolerate,
+                opts.progress,
+                opts.tolerate_unreadable,
             )
             .await?;
             w.flush().await?;
@@ -351,3 +414,7 @@ impl Repository {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "delete_tests.rs"]
+mod tests;

@@ -1,3 +1,4 @@
+use crate::store::StoreErrorKind;
 use thiserror::Error;
 
 /// Errors from the repository format and protocol, naming the object, volume or snapshot
@@ -36,6 +37,15 @@ pub enum RepoError {
     /// someone else, or a re-run adopted it. It must stop writing; nothing was committed.
     #[error("lease {holder} fenced ({reason}); operation aborted without committing")]
     LeaseFenced { holder: String, reason: String },
+    /// Every attempt of a delete lost its tombstone generation to a concurrent delete whose
+    /// tombstone turned out void (its deleter stalled past its lease); nothing was deleted.
+    /// Temporary: a later retry succeeds once those deleters are gone.
+    #[error("snapshot {volume}/{id}: delete lost {attempts} attempts to concurrent deletes whose tombstones were void; nothing was deleted (temporary, retry)")]
+    DeleteContended {
+        volume: String,
+        id: String,
+        attempts: u32,
+    },
     /// Another gc committed first; this one stopped without deleting anything.
     #[error("another gc ({other}) is running or committed concurrently")]
     GcConflict { other: String },
@@ -54,10 +64,34 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    /// Whether retrying the same operation later may succeed: the repository is fine, a
+    /// race with other processes was lost.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, RepoError::DeleteContended { .. })
+    }
+
     pub(crate) fn corrupt(key: &str, reason: impl Into<String>) -> Self {
         RepoError::Corrupt {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Errors that mean "this object is damaged" rather than "the store failed": a missing
+/// blob or pack, a range past the end of a truncated pack, a corrupt frame or table.
+pub(crate) fn is_damage(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::Repo(
+            RepoError::Corrupt { .. }
+            | RepoError::HashMismatch { .. }
+            | RepoError::MissingBlob { .. }
+            | RepoError::Unsupported { .. },
+        ) => true,
+        crate::Error::Store(s) => matches!(
+            s.kind,
+            StoreErrorKind::NotFound | StoreErrorKind::InvalidRange
+        ),
+        _ => false,
     }
 }

@@ -400,7 +400,7 @@ impl Repository {
             // heals). gc skips it — deleting nothing — instead of failing on every run.
             let entries = match pack_entries(self, name).await {
                 Ok(entries) => entries,
-                Err(e) if super::copy::is_damage(&e) => {
+                Err(e) if super::error::is_damage(&e) => {
                     tracing::warn!("gc: pack {name} unreadable, its garbage skipped: {e}");
                     report.packs_unreadable += 1;
                     advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());

@@ -37,13 +37,14 @@ pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod tree;
+mod walk;
 pub(crate) mod writer;
 
 pub use check::{CheckIssue, CheckOptions, CheckReport};
 pub use config::InitOptions;
 pub use copy::{copy, CopyOptions, CopyReport};
 pub use copy::{heal, HealReport};
-pub use delete::DeleteReport;
+pub use delete::{DeleteOptions, DeleteReport};
 pub use diff::DiffRange;
 pub use error::RepoError;
 pub use exclusive::{create_exclusive, create_own};

@@ -2,12 +2,14 @@
 //! `store`; this one only has to honour the trait's contract, including create-if-absent
 //! and Last-Modified, which lease tests can move forward).
 
+use crate::backup::{backup, BackupOptions, RawSource};
+use crate::repo::{InitOptions, Repository};
 use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Default)]
@@ -15,6 +17,22 @@ pub struct MemStore {
     pub objects: Mutex<BTreeMap<String, (Bytes, SystemTime)>>,
     /// Added to the store clock (simulates time passing for lease expiry).
     pub clock_offset: Mutex<Duration>,
+    /// Runs before each create-if-absent, with the key: a concurrent writer that gets
+    /// there first (it may insert into `objects`).
+    pub before_create: Mutex<CreateHook>,
+}
+
+/// A test's action before a create-if-absent of `key` on the store.
+pub type CreateFn = dyn Fn(&MemStore, &str) + Send + Sync;
+
+/// See [`MemStore::before_create`].
+#[derive(Clone, Default)]
+pub struct CreateHook(pub Option<Arc<CreateFn>>);
+
+impl std::fmt::Debug for CreateHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "hook" } else { "none" })
+    }
 }
 
 impl MemStore {
@@ -56,6 +74,10 @@ impl ObjectStore for MemStore {
         Ok(())
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let hook = self.before_create.lock().unwrap().clone();
+        if let Some(h) = hook.0 {
+            h(self, key);
+        }
         let now = self.now();
         let mut m = self.objects.lock().unwrap();
         if m.contains_key(key) {
@@ -119,4 +141,40 @@ impl ObjectStore for MemStore {
         }
         Ok(())
     }
+}
+
+/// A fresh repository of `chunk_size` on a new [`MemStore`].
+pub async fn mem_repo(chunk_size: u32) -> (Arc<MemStore>, Repository) {
+    let mem = Arc::new(MemStore::default());
+    let r = Repository::init(mem.clone(), &InitOptions { chunk_size })
+        .await
+        .unwrap();
+    (mem, r)
+}
+
+/// Back up `len` bytes of [`pattern`] `seed` as `volume`; the snapshot id.
+pub async fn back_up_pattern(repo: &Repository, volume: &str, seed: u32, len: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol.raw");
+    std::fs::write(&path, pattern(seed, len)).unwrap();
+    let src = Arc::new(RawSource::open(&path).unwrap());
+    let opts = BackupOptions {
+        volume: volume.into(),
+        ..Default::default()
+    };
+    backup(repo, src, &opts).await.unwrap().id
+}
+
+/// `len` bytes of an xorshift stream: no two chunks alike.
+pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
 }

@@ -22,7 +22,7 @@ fn credentials(test: &str) -> Option<SwiftCredentials> {
 }
 
 /// Settings for the test container under a fresh prefix, or `None` (skip).
-fn config(test: &str) -> Option<SwiftConfig> {
+pub(crate) fn config(test: &str) -> Option<SwiftConfig> {
     Some(SwiftConfig {
         container: setting(test, "ISLAND_TEST_SWIFT_CONTAINER")?,
         prefix: unique_prefix(test),
@@ -246,21 +246,27 @@ async fn swift_expired_token_logs_in_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swift_url_with_all_layers_round_trip() {
     let test = "swift_url_layers";
-    let (Some(container), Some(auth), Some(user), Some(key)) = (
-        setting(test, "ISLAND_TEST_SWIFT_CONTAINER"),
-        setting(test, "ISLAND_TEST_SWIFT_AUTH_URL"),
-        setting(test, "ISLAND_TEST_SWIFT_USER"),
-        setting(test, "ISLAND_TEST_SWIFT_KEY"),
-    ) else {
+    let Some(SwiftConfig {
+        container,
+        prefix,
+        credentials:
+            Some(SwiftCredentials::V1 {
+                auth_url,
+                user,
+                key,
+            }),
+        ..
+    }) = config(test)
+    else {
         return;
     };
     let opts = StoreOptions {
-        swift_auth_url: Some(auth),
+        swift_auth_url: Some(auth_url),
         swift_user: Some(user),
         swift_key: Some(key),
         ..StoreOptions::default()
     };
-    let url = format!("swift://{container}/{}", unique_prefix(test));
+    let url = format!("swift://{container}/{prefix}");
     let store = open_store(&url, &opts).await.expect("open swift URL");
     assert!(!store.capabilities().atomic_create);
     basic_round_trip(store.as_ref()).await;

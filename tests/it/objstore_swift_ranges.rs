@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use island::store::s3::HttpTimeouts;
-use island::store::swift::{open_swift, SwiftConfig, SwiftCredentials};
+use island::store::swift::open_swift;
 use island::store::{ObjectStore, StoreErrorKind};
 
-use crate::objstore_common::{payload, setting, unique_prefix};
+use crate::objstore_common::{payload, setting};
+use crate::objstore_swift::config;
 
 /// Concurrent readers; each has a read in flight most of the time, so some read straddles
 /// the moment the token expires.
@@ -25,28 +25,10 @@ async fn swift_past_end_reads_stay_invalid_range_across_token_expiry() {
     };
     let life: u64 = life.parse().expect("token life in seconds");
     assert!(life <= 120, "token life {life}s too long for this test");
-    let (Some(container), Some(auth_url), Some(user), Some(key)) = (
-        setting(test, "ISLAND_TEST_SWIFT_CONTAINER"),
-        setting(test, "ISLAND_TEST_SWIFT_AUTH_URL"),
-        setting(test, "ISLAND_TEST_SWIFT_USER"),
-        setting(test, "ISLAND_TEST_SWIFT_KEY"),
-    ) else {
+    let Some(mut cfg) = config(test) else {
         return;
     };
-    let cfg = SwiftConfig {
-        container,
-        prefix: unique_prefix(test),
-        credentials: Some(SwiftCredentials::V1 {
-            auth_url,
-            user,
-            key,
-        }),
-        timeouts: HttpTimeouts {
-            connect: Duration::from_secs(2),
-            request: Duration::from_secs(20),
-        },
-        create_settle: Duration::from_secs(2),
-    };
+    cfg.create_settle = Duration::from_secs(2);
     let store = Arc::new(open_swift(&cfg).await.expect("open swift container"));
     store.put("pack", payload(1, 4096)).await.expect("put");
     let short = payload(2, 1000);

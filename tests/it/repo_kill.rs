@@ -9,7 +9,9 @@
 //! of the killed processes (`LEASE_TTL + SKEW`) and let gc process a delete, the tests age
 //! `leases/` and `tombstones/` by two hours, as the documented expiry would.
 
-use crate::common::kill::{age, assert_check_clean, kill_after, spawn};
+use crate::common::kill::{
+    age, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
+};
 use crate::common::rng;
 use crate::repo_ops_util::*;
 use island::image::{Image, OpenMode};
@@ -52,9 +54,7 @@ fn backup_args<'a>(repo: &'a str, vol: &'a str, extra: &[&'a str]) -> Vec<&'a st
 #[test]
 fn backup_killed_with_sigkill_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repo, reference) = (dir.path().join("repo"), dir.path().join("ref"));
-    ok(&["init", s(&repo)]);
-    ok(&["init", s(&reference)]);
+    let [repo, reference] = init_repos(dir.path(), ["repo", "ref"]);
     let vol = dir.path().join("vol.raw");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     let mut killed = 0;
@@ -195,8 +195,7 @@ fn killed_restore(repo: &str, id: &str, out: &Path, format: &str, seed: u64) -> 
 #[test]
 fn restore_killed_with_sigkill_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     let data = write_volume(&vol, 64 * MIB, 64 * MIB, 4100);
     let id = str_field(&backup(s(&repo), "vm", &vol), "id").to_string();
@@ -268,8 +267,7 @@ fn restore_killed_with_sigkill_resumes() {
 #[test]
 fn delete_and_gc_killed_with_sigkill_stay_consistent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     let mut live: Vec<(String, Vec<u8>)> = Vec::new();
     for i in 0..4u64 {
@@ -350,8 +348,7 @@ fn delete_and_gc_killed_with_sigkill_stay_consistent() {
 #[test]
 fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let (img, path) = crate::common::create_image(dir.path(), "vm.qcow2", 80 * MIB, 65536);
     let data = crate::common::random_bytes(&mut rng(4400), (64 * MIB) as usize);
     img.write_at(&data, 0).expect("write the image");
@@ -373,16 +370,13 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
         a.extend_from_slice(extra);
         a
     };
-    let mut child = spawn(&args(&["--limit-upload", "24M"]));
     let delay = Duration::from_millis(rng(4401).random_range(0..800));
-    assert!(
-        kill_after(
-            &mut child,
-            || !files_under(&repo, "checkpoints").is_empty(),
-            delay,
-            "qcow2 backup"
-        ),
-        "the qcow2 backup finished before the kill"
+    let ready = || !files_under(&repo, "checkpoints").is_empty();
+    spawn_and_kill(
+        &args(&["--limit-upload", "24M"]),
+        ready,
+        delay,
+        "qcow2 backup",
     );
     // The image is written after the kill: the resumed job still backs up the killed
     // run's snapshot; the next backup picks the change up incrementally.
@@ -422,43 +416,21 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
 #[test]
 fn copy_killed_within_a_snapshot_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b, r) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("ref"),
-    );
-    for x in [&a, &b, &r] {
-        ok(&["init", s(x)]);
-    }
-    let vol = dir.path().join("vol.raw");
-    let data = write_volume(&vol, 64 * MIB, 64 * MIB, 4500);
-    let id = str_field(&backup(s(&a), "vm", &vol), "id").to_string();
-    let copy = |to: &Path, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["copy", "--from", s(&a), "--to", s(to), "--volume", "vm"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        v.extend(["--checkpoint-interval", "0", "--json"].map(String::from));
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
+    let c = CopyRepos::new(dir.path(), 64 * MIB, 4500);
+    let (a, b, id) = (&c.a, &c.b, &c.id);
+    let copy = |to: &Path, extra: &[&str]| {
+        let mut more = vec!["--checkpoint-interval", "0"];
+        more.extend_from_slice(extra);
+        c.args(to, &more)
     };
-    let full = ok_json(&copy(&r, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let full = ok_json(&refs(&copy(&c.reference, &[])));
     let full_up = u64_field(&full, "bytes_uploaded");
-    let slow = copy(&b, &["--limit-upload", "24M"]);
-    let mut child = spawn(&slow.iter().map(String::as_str).collect::<Vec<_>>());
+    let slow = copy(b, &["--limit-upload", "24M"]);
     let delay = Duration::from_millis(rng(4501).random_range(0..600));
-    let ck = b.clone();
-    assert!(
-        kill_after(
-            &mut child,
-            || !files_under(&ck, "checkpoints").is_empty(),
-            delay,
-            "copy"
-        ),
-        "the copy finished before the kill"
-    );
-    assert_check_clean(s(&b));
-    let again = ok_json(&copy(&b, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let ready = || !files_under(b, "checkpoints").is_empty();
+    spawn_and_kill(&refs(&slow), ready, delay, "copy");
+    assert_check_clean(s(b));
+    let again = ok_json(&refs(&copy(b, &[])));
     let up = u64_field(&again, "bytes_uploaded");
     eprintln!("MEASURED copy re-run after a kill within the snapshot: uploaded {up} B of {full_up} B: {again}");
     assert_eq!(str_list(&again, "copied"), vec![id.clone()], "{again}");
@@ -468,8 +440,8 @@ fn copy_killed_within_a_snapshot_resumes() {
         "{again}"
     );
     assert!(up + 15 * MIB <= full_up, "uploaded {up} of {full_up}");
-    assert_check_clean(s(&b));
-    assert!(files_under(&b, "checkpoints").is_empty());
-    std::fs::remove_dir_all(&a).expect("remove the source");
-    assert_restores(s(&b), "vm", &id, &data, dir.path());
+    assert_check_clean(s(b));
+    assert!(files_under(b, "checkpoints").is_empty());
+    std::fs::remove_dir_all(a).expect("remove the source");
+    assert_restores(s(b), "vm", id, &c.data, dir.path());
 }

@@ -4,7 +4,9 @@
 //! what the killed run had not stored. A tail pack damaged on disk is ignored (the re-run
 //! uploads its data again) and reclaimed by gc with the killed run.
 
-use crate::common::kill::{age, assert_check_clean, kill_after, spawn};
+use crate::common::kill::{
+    age, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
+};
 use crate::common::rng;
 use crate::repo_ops_util::*;
 use rand::Rng;
@@ -19,11 +21,6 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
     let mut p = files_under(repo, "packs");
     p.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
     p
-}
-
-/// Borrowed arguments for `island`.
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// Flip one byte of a pack's footer (just before its 24-byte trailer).
@@ -42,9 +39,7 @@ fn damage_footer(pack: &Path) {
 #[test]
 fn backup_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repo, reference) = (dir.path().join("repo"), dir.path().join("ref"));
-    ok(&["init", s(&repo)]);
-    ok(&["init", s(&reference)]);
+    let [repo, reference] = init_repos(dir.path(), ["repo", "ref"]);
     let vol = dir.path().join("vol.raw");
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
     let mut damaged: Option<PathBuf> = None;
@@ -143,42 +138,20 @@ fn backup_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
 #[test]
 fn copy_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b, r) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("ref"),
-    );
-    for x in [&a, &b, &r] {
-        ok(&["init", s(x)]);
-    }
-    let vol = dir.path().join("vol.raw");
-    let data = write_volume(&vol, 80 * MIB, 80 * MIB, 4650);
-    let id = str_field(&backup(s(&a), "vm", &vol), "id").to_string();
-    let copy = |to: &Path, extra: &[&'static str]| -> Vec<String> {
-        let mut v: Vec<String> = ["copy", "--from", s(&a), "--to", s(to), "--volume", "vm"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        v.push("--json".into());
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
-    };
+    let c = CopyRepos::new(dir.path(), 80 * MIB, 4650);
+    let (a, b, id) = (&c.a, &c.b, &c.id);
     let run = |v: Vec<String>| ok_json(&refs(&v));
-    let full_up = u64_field(&run(copy(&r, &[])), "bytes_uploaded");
-    let slow = copy(&b, &["--limit-upload", "24M"]);
-    let mut child = spawn(&refs(&slow));
-    let b2 = b.clone();
-    assert!(
-        kill_after(&mut child, || packs(&b2).len() >= 4, Duration::ZERO, "copy"),
-        "the copy finished before the kill"
-    );
-    assert_check_clean(s(&b));
-    let again = run(copy(&b, &[]));
+    let full_up = u64_field(&run(c.args(&c.reference, &[])), "bytes_uploaded");
+    let slow = c.args(b, &["--limit-upload", "24M"]);
+    let ready = || packs(b).len() >= 4;
+    spawn_and_kill(&refs(&slow), ready, Duration::ZERO, "copy");
+    assert_check_clean(s(b));
+    let again = run(c.args(b, &[]));
     let up = u64_field(&again, "bytes_uploaded");
     eprintln!("MEASURED copy re-run after a kill at 4 of 5 packs (default interval): uploaded {up} B of {full_up} B: {again}");
     assert_eq!(str_list(&again, "copied"), vec![id.clone()], "{again}");
     assert!(up + 44 * MIB <= full_up, "uploaded {up} of {full_up}");
-    assert_check_clean(s(&b));
-    std::fs::remove_dir_all(&a).expect("remove the source");
-    assert_restores(s(&b), "vm", &id, &data, dir.path());
+    assert_check_clean(s(b));
+    std::fs::remove_dir_all(a).expect("remove the source");
+    assert_restores(s(b), "vm", id, &c.data, dir.path());
 }

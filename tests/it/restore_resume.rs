@@ -4,7 +4,7 @@
 //! resize, zero chunks written, resume state kept in `--state-dir`, never in /dev), and
 //! the removal of stale temporary images of other snapshots' killed qcow2 restores.
 
-use crate::common::kill::{kill_after, spawn};
+use crate::common::kill::{init_repos, spawn_and_kill};
 use crate::common::{create_image, rng};
 use crate::repo_ops_util::*;
 use rand::Rng;
@@ -57,8 +57,7 @@ fn two_snapshots(dir: &Path, repo: &Path, seed: u64) -> [(String, Vec<u8>); 2] {
 #[test]
 fn restore_into_killed_with_sigkill_resumes_and_refuses_a_changed_target() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let [(a, data_a), (b, data_b)] = two_snapshots(dir.path(), &repo, 4700);
     let out = dir.path().join("out.raw");
     ok_json(&restore_args(s(&repo), &a, &out, &[]));
@@ -74,19 +73,15 @@ fn restore_into_killed_with_sigkill_resumes_and_refuses_a_changed_target() {
     ));
     let full_down = u64_field(&full, "bytes_downloaded");
 
+    // 48 MiB at 8 MiB/s: killed after the first window (16 MiB) is written and recorded.
     let slow = restore_args(
         s(&repo),
         &b,
         &out,
-        &["--into", "--base", &a, "--limit-download", "16M"],
+        &["--into", "--base", &a, "--limit-download", "8M"],
     );
-    let mut child = spawn(&slow);
-    let delay = Duration::from_millis(1200 + rng(4702).random_range(0..600));
-    let m = marker.clone();
-    assert!(
-        kill_after(&mut child, || m.exists(), delay, "restore --into"),
-        "the restore finished before the kill"
-    );
+    let delay = Duration::from_millis(3000 + rng(4702).random_range(0..600));
+    spawn_and_kill(&slow, || marker.exists(), delay, "restore --into");
     assert!(marker.exists(), "a killed --into restore leaves its marker");
     // OUT is neither A nor B now: restoring A -> B again from "A" or B -> A is refused.
     let err = fails(&restore_args(s(&repo), &a, &out, &["--into", "--base", &b]));
@@ -103,6 +98,12 @@ fn restore_into_killed_with_sigkill_resumes_and_refuses_a_changed_target() {
     );
     assert_eq!(r["resumed"], Value::Bool(true), "{r}");
     assert!(kept + before > 0 && down < full_down, "{r}");
+    // The resume point is saved per window, not only per 1 GiB: the re-run skips what
+    // lies below it instead of re-verifying everything the killed run wrote.
+    assert!(
+        before >= 16 * MIB,
+        "no resume point recorded inside the leaf: {r}"
+    );
     assert!(
         std::fs::read(&out).expect("read OUT") == data_b,
         "OUT is not B"
@@ -116,17 +117,8 @@ fn restore_into_killed_with_sigkill_resumes_and_refuses_a_changed_target() {
         &out,
         &["--into", "--base", &b, "--limit-download", "16M"],
     );
-    let mut child = spawn(&slow);
-    let m = marker.clone();
-    assert!(
-        kill_after(
-            &mut child,
-            || m.exists(),
-            Duration::from_millis(800),
-            "restore"
-        ),
-        "the restore finished before the kill"
-    );
+    let delay = Duration::from_millis(800);
+    spawn_and_kill(&slow, || marker.exists(), delay, "restore");
     let copy = dir.path().join("copy.raw");
     std::fs::copy(&out, &copy).expect("copy OUT");
     std::fs::rename(&copy, &out).expect("replace OUT");
@@ -185,8 +177,7 @@ impl Drop for Loop {
 #[test]
 fn restore_onto_a_block_device() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     // 24 MiB random then 16 MiB of zeros.
     let data = write_volume(&vol, 40 * MIB, 24 * MIB, 4800);
@@ -237,18 +228,9 @@ fn restore_onto_a_block_device() {
         &dev.dev,
         &["--state-dir", s(&state), "--limit-download", "8M"],
     );
-    let mut child = spawn(&slow);
-    let st = state.clone();
-    let ready = move || std::fs::read_dir(&st).is_ok_and(|d| d.count() > 0);
-    assert!(
-        kill_after(
-            &mut child,
-            ready,
-            Duration::from_millis(1500),
-            "device restore"
-        ),
-        "the device restore finished before the kill"
-    );
+    let ready = || std::fs::read_dir(&state).is_ok_and(|d| d.count() > 0);
+    let delay = Duration::from_millis(1500);
+    spawn_and_kill(&slow, ready, delay, "device restore");
     let r = ok_json(&restore_args(
         s(&repo),
         &id,
@@ -278,8 +260,7 @@ fn restore_onto_a_block_device() {
 #[test]
 fn stale_qcow2_temps_of_other_snapshots_are_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("repo");
-    ok(&["init", s(&repo)]);
+    let [repo] = init_repos(dir.path(), ["repo"]);
     let vol = dir.path().join("vol.raw");
     let data = write_volume(&vol, 8 * MIB, 8 * MIB, 4900);
     let id = str_field(&backup(s(&repo), "vm", &vol), "id").to_string();

@@ -5,8 +5,7 @@
 //! written into the attached local image, and that re-attaching on the other host
 //! restores it bit-exact; a volume created from a snapshot starts as that snapshot.
 
-use super::common::{pseudo_random, tempdir};
-use super::objstore_common::{setting, unique_prefix};
+use super::common::pseudo_random;
 use super::service_common::{files_under, read_image, write_image, Body, Site, ALICE, BOB};
 use reqwest::Method;
 use serde_json::json;
@@ -22,16 +21,9 @@ async fn two_hosts_share_volumes_attach_detach_and_restore_bit_exact() {
 /// the repository live in one bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_on_s3() {
-    let test = "service_api_s3";
-    let (Some(bucket), Some(_), Some(_)) = (
-        setting(test, "ISLAND_TEST_S3_BUCKET"),
-        setting(test, "AWS_ENDPOINT_URL"),
-        setting(test, "AWS_ACCESS_KEY_ID"),
-    ) else {
+    let Some(site) = Site::s3("service_api_s3") else {
         return;
     };
-    let url = format!("s3://{bucket}/{}", unique_prefix(test));
-    let site = Site::init(tempdir(), url, vec!["--s3-path-style".into()]);
     scenario(&site).await;
 }
 

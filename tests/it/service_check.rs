@@ -6,26 +6,11 @@
 //! one generation, and its next attach restoring the intact older snapshot bit-exact.
 
 use super::common::pseudo_random;
-use super::service_common::{files_under, read_image, write_image, Server, Site, ALICE, BOB};
+use super::service_common::{files_under, read_image, session, write_image, Site, ALICE, BOB};
 use serde_json::json;
 use std::collections::BTreeSet;
 
 const MIB: u64 = 1 << 20;
-
-/// Attach read-write, let `f` use the image path, detach (one snapshot).
-async fn session(s: &Server, uuid: &str, f: impl FnOnce(&str)) -> String {
-    let att = s.vm("attach", uuid, ALICE, "n1", "1").await.expect(200);
-    f(att["path"].as_str().expect("path"));
-    s.post("/api/detach", ALICE, json!({"node": "n1", "vm_id": "1"}))
-        .await
-        .expect(200);
-    let list = s
-        .get(&format!("/api/disks/{uuid}/snapshots"), ALICE)
-        .await
-        .expect(200);
-    let last = list.as_array().expect("array").last().expect("a snapshot");
-    last["id"].as_str().expect("id").to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_proposes_fixes_and_fix_mends_a_broken_volume() {
@@ -39,10 +24,10 @@ async fn check_proposes_fixes_and_fix_mends_a_broken_volume() {
         )
         .await;
     let first = pseudo_random(81, 2 << 20);
-    let s1 = session(&a, &uuid, |p| write_image(p, 0, &first)).await;
+    let (s1, _) = session(&a, &uuid, "1", |p| write_image(p, 0, &first)).await;
     let packs_before: BTreeSet<String> = files_under(&repo.join("packs")).into_iter().collect();
     let second = pseudo_random(82, 2 << 20);
-    let s2 = session(&a, &uuid, |p| write_image(p, 100 * MIB, &second)).await;
+    let (s2, _) = session(&a, &uuid, "1", |p| write_image(p, 100 * MIB, &second)).await;
     let new_packs: Vec<String> = files_under(&repo.join("packs"))
         .into_iter()
         .filter(|p| !packs_before.contains(p))

@@ -1,6 +1,8 @@
 //! Shared by the `island serve` tests: spawn real server processes on loopback sharing one
 //! local repository, and talk to them with a real HTTP client.
 
+use super::common::tempdir;
+use super::objstore_common::{setting, unique_prefix};
 use island::image::{Image, OpenMode};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -278,4 +280,37 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+impl Site {
+    /// A site whose repository is a fresh prefix of the test bucket on the real S3 (path
+    /// style), or `None` when ISLAND_TEST_S3_* is not set (skipped, reason printed).
+    pub fn s3(test: &str) -> Option<Site> {
+        setting(test, "AWS_ENDPOINT_URL")?;
+        setting(test, "AWS_ACCESS_KEY_ID")?;
+        let bucket = setting(test, "ISLAND_TEST_S3_BUCKET")?;
+        let url = format!("s3://{bucket}/{}", unique_prefix(test));
+        Some(Site::init(tempdir(), url, vec!["--s3-path-style".into()]))
+    }
+}
+
+/// Attach read-write on `s` as vm `vm` of node n1, run `f` on the image path, detach; the
+/// new snapshot's id and the attach reply.
+pub async fn session(s: &Server, uuid: &str, vm: &str, f: impl FnOnce(&str)) -> (String, Value) {
+    let att = s.vm("attach", uuid, ALICE, "n1", vm).await.expect(200);
+    assert_eq!(att["mode"], "read-write");
+    f(att["path"].as_str().expect("path"));
+    s.post(
+        "/api/detach",
+        ALICE,
+        serde_json::json!({"node": "n1", "vm_id": vm}),
+    )
+    .await
+    .expect(200);
+    let list = s
+        .get(&format!("/api/disks/{uuid}/snapshots"), ALICE)
+        .await
+        .expect(200);
+    let last = list.as_array().expect("array").last().expect("a snapshot");
+    (last["id"].as_str().expect("id").to_string(), att)
 }

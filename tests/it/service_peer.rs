@@ -14,31 +14,15 @@
 //!
 //! Run on local directories, and region A and B on a real S3 when ISLAND_TEST_S3_* is set.
 
-use super::common::{pseudo_random, tempdir};
-use super::objstore_common::{setting, unique_prefix};
-use super::service_common::{files_under, read_image, write_image, Server, Site, ALICE, BOB};
+use super::common::pseudo_random;
+use super::service_common::{
+    files_under, read_image, session, write_image, Server, Site, ALICE, BOB,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 
 const MIB: u64 = 1 << 20;
-
-/// Attach read-write on `s` as vm `vm`, run `f` on the image path, detach; the new
-/// snapshot's id and the attach reply.
-async fn session(s: &Server, uuid: &str, vm: &str, f: impl FnOnce(&str)) -> (String, Value) {
-    let att = s.vm("attach", uuid, ALICE, "n1", vm).await.expect(200);
-    assert_eq!(att["mode"], "read-write");
-    f(att["path"].as_str().expect("path"));
-    s.post("/api/detach", ALICE, json!({"node": "n1", "vm_id": vm}))
-        .await
-        .expect(200);
-    let list = s
-        .get(&format!("/api/disks/{uuid}/snapshots"), ALICE)
-        .await
-        .expect(200);
-    let last = list.as_array().expect("array").last().expect("a snapshot");
-    (last["id"].as_str().expect("id").to_string(), att)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_in_region_b_from_a_snapshot_in_region_a() {
@@ -49,18 +33,9 @@ async fn create_in_region_b_from_a_snapshot_in_region_a() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_in_region_b_from_region_a_on_s3() {
     let test = "service_peer_s3";
-    let (Some(bucket), Some(_), Some(_)) = (
-        setting(test, "ISLAND_TEST_S3_BUCKET"),
-        setting(test, "AWS_ENDPOINT_URL"),
-        setting(test, "AWS_ACCESS_KEY_ID"),
-    ) else {
+    let (Some(region_a), Some(region_b)) = (Site::s3(test), Site::s3(test)) else {
         return;
     };
-    let flags = vec!["--s3-path-style".to_string()];
-    let a = format!("s3://{bucket}/{}", unique_prefix(test));
-    let b = format!("s3://{bucket}/{}", unique_prefix(test));
-    let region_a = Site::init(tempdir(), a, flags.clone());
-    let region_b = Site::init(tempdir(), b, flags);
     create_from_peer(&region_a, &region_b).await;
 }
 

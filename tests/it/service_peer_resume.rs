@@ -4,7 +4,7 @@
 //! and that volume attaches and reads back every byte the other region wrote.
 
 use super::common::pseudo_random;
-use super::service_common::{read_image, write_image, Site, ALICE};
+use super::service_common::{read_image, session, write_image, Site, ALICE};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -21,16 +21,7 @@ async fn create_from_a_peer_killed_mid_copy_resumes_after_restart() {
         )
         .await;
     let data = pseudo_random(96, (24 * MIB) as usize);
-    let att = a.vm("attach", &uuid, ALICE, "n", "1").await.expect(200);
-    write_image(att["path"].as_str().expect("path"), 0, &data);
-    a.post("/api/detach", ALICE, json!({"node": "n", "vm_id": "1"}))
-        .await
-        .expect(200);
-    let snaps = a
-        .get(&format!("/api/disks/{uuid}/snapshots"), ALICE)
-        .await
-        .expect(200);
-    let s1 = snaps[0]["id"].as_str().expect("id").to_string();
+    let (s1, _) = session(&a, &uuid, "1", |p| write_image(p, 0, &data)).await;
 
     // Region B copies in at 4 MiB/s: 24 MiB take about 6 s.
     let b = region_b.serve(

@@ -21,16 +21,17 @@
 //! peer and uploaded.
 
 use super::fetch;
+use crate::repo::error::is_damage;
 use crate::repo::gc::{commit_gc_marker, next_gc_marker};
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::Lease;
 use crate::repo::manifest::root_key;
 use crate::repo::repository::{check_names, SegmentSet};
-use crate::repo::table::{self, span, Geometry, FANOUT};
+use crate::repo::table::{self, Geometry};
+use crate::repo::walk::{walk_tree, TreeVisitor};
 use crate::repo::writer::Writer;
 use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
-use crate::store::StoreErrorKind;
-use crate::{Error, Result};
+use crate::Result;
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -62,24 +63,6 @@ pub struct HealReport {
     pub bytes_from_peer: u64,
     pub bytes_uploaded: u64,
     pub requests: u64,
-}
-
-/// Errors that mean "this object is damaged" rather than "the store failed": a missing
-/// blob or pack, a range past the end of a truncated pack, a corrupt frame or table.
-pub(crate) fn is_damage(e: &Error) -> bool {
-    match e {
-        Error::Repo(
-            RepoError::Corrupt { .. }
-            | RepoError::HashMismatch { .. }
-            | RepoError::MissingBlob { .. }
-            | RepoError::Unsupported { .. },
-        ) => true,
-        Error::Store(s) => matches!(
-            s.kind,
-            StoreErrorKind::NotFound | StoreErrorKind::InvalidRange
-        ),
-        _ => false,
-    }
 }
 
 /// The peer's side of a heal.
@@ -124,14 +107,6 @@ struct Walk<'a> {
     chunk_bytes: u64,
 }
 
-/// Chunk positions of the volume covered by table `index` at `level`.
-fn coverage(geo: &Geometry, level: u8, index: u64) -> u64 {
-    let per = span(level + 1);
-    geo.chunks
-        .saturating_sub(index.saturating_mul(per))
-        .min(per)
-}
-
 impl Walk<'_> {
     fn problem(&mut self, what: String) {
         self.damaged += 1;
@@ -140,64 +115,24 @@ impl Walk<'_> {
         }
     }
 
-    fn advance(&self, chunks: u64) {
-        if let Some(p) = &self.progress {
-            p.advance(chunks.saturating_mul(self.chunk_bytes));
-        }
-    }
-
     async fn run(&mut self, m: &crate::repo::SnapshotManifest, stage: &str) -> Result<()> {
-        let geo = Geometry::new(m.size, m.chunk_size);
         self.chunk_bytes = u64::from(m.chunk_size);
         if let Some(p) = &self.progress {
-            p.stage(stage, geo.chunks.saturating_mul(self.chunk_bytes));
+            let chunks = Geometry::new(m.size, m.chunk_size).chunks;
+            p.stage(stage, chunks.saturating_mul(self.chunk_bytes));
         }
-        let mut stack: Vec<(BlobId, u8, u64)> = Vec::new();
-        for (i, id) in m.top_ids()?.into_iter().enumerate() {
-            if id.is_zero() {
-                self.advance(coverage(&geo, geo.depth - 1, i as u64));
-            } else {
-                stack.push((id, geo.depth - 1, i as u64));
-            }
-        }
-        while let Some((id, level, index)) = stack.pop() {
-            if !self.tables.insert(id) {
-                self.advance(coverage(&geo, level, index));
-                continue;
-            }
-            let count = geo.table_len(level, index);
-            let Some(entries) = self.table(&id, level, count).await? else {
-                self.advance(coverage(&geo, level, index));
-                continue;
-            };
-            if level == 0 {
-                self.advance(count as u64);
-            }
-            for (j, c) in entries.into_iter().enumerate() {
-                if c.is_zero() {
-                    if level > 0 {
-                        self.advance(coverage(&geo, level - 1, index * FANOUT + j as u64));
-                    }
-                    continue;
-                }
-                if level > 0 {
-                    stack.push((c, level - 1, index * FANOUT + j as u64));
-                } else if self.chunks.insert(c) {
-                    let loc = self.repo.locate(self.set, &c).await?;
-                    self.pending_bytes += loc.as_ref().map_or(0, |l| l.frame_len as u64);
-                    self.pending.push((c, loc));
-                    if self.pending_bytes >= BATCH_BYTES {
-                        self.chunk_batch().await?;
-                    }
-                }
-            }
-        }
+        walk_tree(m, self).await?;
         self.chunk_batch().await
     }
 
     /// A table's entries; a damaged table is healed from the peer, or (verify only)
     /// counted and its subtree skipped (`None`).
-    async fn table(&mut self, id: &BlobId, level: u8, count: usize) -> Result<Option<Vec<BlobId>>> {
+    async fn read_table(
+        &mut self,
+        id: &BlobId,
+        level: u8,
+        count: usize,
+    ) -> Result<Option<Vec<BlobId>>> {
         self.report.tables_checked += 1;
         match self.repo.read_table(self.set, id, level, count).await {
             Ok(entries) => return Ok(Some(entries)),
@@ -261,6 +196,34 @@ impl Walk<'_> {
                 self.report.chunks_healed += 1;
             }
             lease.keep_alive().await?;
+        }
+        Ok(())
+    }
+}
+
+impl TreeVisitor for Walk<'_> {
+    fn advance(&mut self, chunks: u64) {
+        if let Some(p) = &self.progress {
+            p.advance(chunks.saturating_mul(self.chunk_bytes));
+        }
+    }
+
+    fn first(&mut self, id: &BlobId) -> bool {
+        self.tables.insert(*id)
+    }
+
+    async fn table(&mut self, id: &BlobId, level: u8, count: usize) -> Result<Option<Vec<BlobId>>> {
+        self.read_table(id, level, count).await
+    }
+
+    async fn entry(&mut self, _parent: &BlobId, level: u8, c: BlobId) -> Result<()> {
+        if level == 0 && self.chunks.insert(c) {
+            let loc = self.repo.locate(self.set, &c).await?;
+            self.pending_bytes += loc.as_ref().map_or(0, |l| l.frame_len as u64);
+            self.pending.push((c, loc));
+            if self.pending_bytes >= BATCH_BYTES {
+                self.chunk_batch().await?;
+            }
         }
         Ok(())
     }

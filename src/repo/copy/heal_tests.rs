@@ -4,49 +4,14 @@
 //! snapshot writes nothing; a re-chunked copy is refused; a snapshot whose tables are gone
 //! is deleted anyway, leaving a leak that repair reclaims.
 
-use super::{copy, heal, is_damage, CopyOptions};
-use crate::backup::{backup, BackupOptions, RawSource};
-use crate::repo::testing::MemStore;
-use crate::repo::{CheckOptions, InitOptions, RepoError, Repository};
+use super::{copy, heal, CopyOptions};
+use crate::repo::error::is_damage;
+use crate::repo::testing::{back_up_pattern, mem_repo, pattern, MemStore};
+use crate::repo::{CheckOptions, RepoError, Repository};
 use crate::store::ObjectStore;
 use std::sync::Arc;
 
 const MIB: usize = 1 << 20;
-
-async fn repo(chunk_size: u32) -> (Arc<MemStore>, Repository) {
-    let mem = Arc::new(MemStore::default());
-    let r = Repository::init(mem.clone(), &InitOptions { chunk_size })
-        .await
-        .unwrap();
-    (mem, r)
-}
-
-/// Back up `len` bytes of pattern `seed` as `volume`; the snapshot id.
-async fn snapshot(repo: &Repository, volume: &str, seed: u32, len: usize) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vol.raw");
-    std::fs::write(&path, pattern(seed, len)).unwrap();
-    let src = Arc::new(RawSource::open(&path).unwrap());
-    let opts = BackupOptions {
-        volume: volume.into(),
-        ..Default::default()
-    };
-    backup(repo, src, &opts).await.unwrap().id
-}
-
-/// `len` bytes of an xorshift stream: no two chunks alike.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// The packs of `mem`, smallest first.
 fn packs_by_size(mem: &MemStore) -> Vec<String> {
@@ -91,9 +56,9 @@ async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
 
 #[tokio::test]
 async fn heal_from_a_copy_then_gc_compaction_keeps_it_whole() {
-    let (mem_a, a) = repo(65536).await;
-    let (_, b) = repo(65536).await;
-    let id = snapshot(&a, "vm", 1, 4 * MIB).await;
+    let (mem_a, a) = mem_repo(65536).await;
+    let (_, b) = mem_repo(65536).await;
+    let id = back_up_pattern(&a, "vm", 1, 4 * MIB).await;
     let opts = CopyOptions {
         volume: "vm".into(),
         ..Default::default()
@@ -151,7 +116,7 @@ async fn heal_from_a_copy_then_gc_compaction_keeps_it_whole() {
     // More segments, then a gc that compacts them: the healed locations win and the
     // shadowed packs go.
     for v in 0..4 {
-        snapshot(&a, &format!("other{v}"), 10 + v, MIB).await;
+        back_up_pattern(&a, &format!("other{v}"), 10 + v, MIB).await;
     }
     let g = a.gc().await.unwrap();
     assert!(g.segments_compacted > 0, "{g:?}");
@@ -166,10 +131,10 @@ async fn heal_from_a_copy_then_gc_compaction_keeps_it_whole() {
 
 #[tokio::test]
 async fn heal_refuses_a_rechunked_copy_and_a_peer_without_the_snapshot() {
-    let (_, a) = repo(65536).await;
-    let (_, b) = repo(131072).await;
-    let (_, empty) = repo(65536).await;
-    let id = snapshot(&a, "vm", 2, 2 * MIB).await;
+    let (_, a) = mem_repo(65536).await;
+    let (_, b) = mem_repo(131072).await;
+    let (_, empty) = mem_repo(65536).await;
+    let id = back_up_pattern(&a, "vm", 2, 2 * MIB).await;
     let opts = CopyOptions {
         volume: "vm".into(),
         ..Default::default()
@@ -189,8 +154,8 @@ async fn heal_refuses_a_rechunked_copy_and_a_peer_without_the_snapshot() {
 
 #[tokio::test]
 async fn a_snapshot_with_its_tables_gone_is_deleted_leaving_a_leak_for_repair() {
-    let (mem, a) = repo(65536).await;
-    let id = snapshot(&a, "vm", 3, 2 * MIB).await;
+    let (mem, a) = mem_repo(65536).await;
+    let id = back_up_pattern(&a, "vm", 3, 2 * MIB).await;
     let packs = packs_by_size(&mem);
     mem.delete(&packs[0]).await.unwrap();
     let e = a.delete_snapshot("vm", &id).await.unwrap_err();
@@ -211,11 +176,11 @@ async fn a_snapshot_with_its_tables_gone_is_deleted_leaving_a_leak_for_repair() 
 /// reclaim), every later gc still runs, and what remains collectable is collected.
 #[tokio::test]
 async fn gc_skips_garbage_in_a_missing_pack_instead_of_failing_forever() {
-    let (mem, a) = repo(65536).await;
-    let id = snapshot(&a, "vm", 4, 2 * MIB).await;
+    let (mem, a) = mem_repo(65536).await;
+    let id = back_up_pattern(&a, "vm", 4, 2 * MIB).await;
     // The largest pack of the first backup: its chunk data.
     let data = packs_by_size(&mem).pop().unwrap();
-    let keep = snapshot(&a, "other", 5, 2 * MIB).await;
+    let keep = back_up_pattern(&a, "other", 5, 2 * MIB).await;
     mem.delete(&data).await.unwrap();
     a.delete_snapshot("vm", &id).await.unwrap();
     mem.advance(std::time::Duration::from_secs(7200));

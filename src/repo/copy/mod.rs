@@ -21,7 +21,6 @@ mod heal;
 mod heal_tests;
 mod rechunk;
 
-pub(crate) use heal::is_damage;
 pub use heal::{heal, HealReport};
 
 use super::checkpoint;

@@ -7,7 +7,7 @@ mod policy;
 
 pub use policy::ForgetPolicy;
 
-use super::delete::{walk_bytes, walk_delete_with};
+use super::delete::{walk_bytes, walk_delete_with, AttemptProgress, DeleteOptions};
 use super::{Progress, RepoError, Repository};
 use crate::Result;
 use serde::Serialize;
@@ -126,16 +126,19 @@ impl Repository {
                     .await?
                     .freed_bytes
             } else {
-                match self
-                    .delete_in_stage(&m.volume, &m.id, progress, false)
-                    .await
-                {
+                // A delete that loses its tombstone to a concurrent one has advanced part
+                // of its walk: only the rest of this snapshot's bytes is added.
+                let tracked = AttemptProgress::new(progress);
+                let delete = DeleteOptions {
+                    progress: Some(&tracked),
+                    in_callers_stage: true,
+                    ..Default::default()
+                };
+                match self.delete_snapshot_with(&m.volume, &m.id, delete).await {
                     Ok(d) => d.freed_bytes,
                     // Deleted concurrently by someone else: already gone.
                     Err(crate::Error::Repo(RepoError::SnapshotNotFound { .. })) => {
-                        if let Some(p) = progress {
-                            p.advance(walk_bytes(&m));
-                        }
+                        tracked.top_up(walk_bytes(&m));
                         0
                     }
                     Err(e) => return Err(e),

@@ -2,9 +2,10 @@
 //! it left (issue 4's multi-process crash tests: `repo_kill`, `repo_kill_tail`,
 //! `restore_resume`).
 
-use super::cli::{island_cmd, ok_json};
+use super::cli::{island_cmd, ok, ok_json};
+use crate::repo_ops_util::{backup, s, str_field, write_volume};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +39,77 @@ pub fn kill_after(
     child.kill().expect("SIGKILL");
     child.wait().expect("reap the child");
     !finished
+}
+
+/// Spawn `island ARGS` and SIGKILL it `extra` after `ready()` holds. Panics when it
+/// finished first: the test's re-run would then prove nothing about resuming.
+#[track_caller]
+pub fn spawn_and_kill(args: &[&str], ready: impl Fn() -> bool, extra: Duration, what: &str) {
+    let mut child = spawn(args);
+    assert!(
+        kill_after(&mut child, ready, extra, what),
+        "the {what} finished before the kill"
+    );
+}
+
+/// Borrowed arguments for `island`.
+pub fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Directory repositories `dir/NAME`, each initialised (`island init`).
+pub fn init_repos<const N: usize>(dir: &Path, names: [&str; N]) -> [PathBuf; N] {
+    names.map(|n| {
+        let repo = dir.join(n);
+        ok(&["init", s(&repo)]);
+        repo
+    })
+}
+
+/// The repositories of a killed-copy test: source `a` with one backup (`id`) of a volume
+/// of `size` random bytes (`data`), target `b` (killed into, then the re-run) and
+/// `reference` (an uninterrupted copy, to compare uploads with).
+pub struct CopyRepos {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    pub reference: PathBuf,
+    pub id: String,
+    pub data: Vec<u8>,
+}
+
+impl CopyRepos {
+    pub fn new(dir: &Path, size: u64, seed: u64) -> CopyRepos {
+        let [a, b, reference] = init_repos(dir, ["a", "b", "ref"]);
+        let vol = dir.join("vol.raw");
+        let data = write_volume(&vol, size, size, seed);
+        let id = str_field(&backup(s(&a), "vm", &vol), "id").to_string();
+        CopyRepos {
+            a,
+            b,
+            reference,
+            id,
+            data,
+        }
+    }
+
+    /// `copy --from a --to TO --volume vm --json EXTRA...`
+    pub fn args(&self, to: &Path, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "copy",
+            "--from",
+            s(&self.a),
+            "--to",
+            s(to),
+            "--volume",
+            "vm",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.push("--json".into());
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    }
 }
 
 #[track_caller]
