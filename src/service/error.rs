@@ -24,7 +24,7 @@ pub enum ServiceError {
     Conflict(String),
     /// A catalog object could not be read, written or understood.
     #[error(transparent)]
-    Engine(#[from] crate::Error),
+    Engine(crate::Error),
     /// A local file of the service (data dir, operation record) failed.
     #[error("{path}: {op}: {source}")]
     Io {
@@ -43,7 +43,18 @@ impl From<crate::store::StoreError> for ServiceError {
 
 impl From<crate::repo::RepoError> for ServiceError {
     fn from(e: crate::repo::RepoError) -> Self {
-        ServiceError::Engine(e.into())
+        crate::Error::from(e).into()
+    }
+}
+
+impl From<crate::Error> for ServiceError {
+    /// A temporary repository error (a delete that kept losing races to other writers) is
+    /// a conflict the client may retry, not an engine failure.
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Repo(r) if r.is_temporary() => ServiceError::Conflict(r.to_string()),
+            e => ServiceError::Engine(e),
+        }
     }
 }
 
@@ -60,4 +71,28 @@ pub(crate) fn io_err(
 ) -> impl FnOnce(std::io::Error) -> ServiceError {
     let path = path.display().to_string();
     move |source| ServiceError::Io { path, op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+    use crate::repo::RepoError;
+
+    #[test]
+    fn a_contended_delete_is_a_retryable_conflict_and_corruption_stays_an_engine_error() {
+        let contended = RepoError::DeleteContended {
+            volume: "v".into(),
+            id: "s".into(),
+            attempts: 5,
+        };
+        match ServiceError::from(crate::Error::from(contended)) {
+            ServiceError::Conflict(m) => assert!(m.contains("v/s") && m.contains("retry"), "{m}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let corrupt = RepoError::corrupt("index/x", "bad crc");
+        assert!(matches!(
+            ServiceError::from(corrupt),
+            ServiceError::Engine(_)
+        ));
+    }
 }
