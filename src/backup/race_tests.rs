@@ -32,13 +32,7 @@ impl BlockSource for Gated {
         }
         Ok(())
     }
-    fn changed_since(&self, _: &BaseIdentity) -> Option<Vec<SourceRange>> {
-        None
-    }
     fn identity(&self) -> Option<BaseIdentity> {
-        None
-    }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
         None
     }
 }

@@ -36,9 +36,6 @@ impl BlockSource for Dying {
     fn identity(&self) -> Option<BaseIdentity> {
         self.inner.identity()
     }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
-        None
-    }
     fn resume_token(&self) -> Option<String> {
         Some(self.token.clone())
     }

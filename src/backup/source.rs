@@ -25,11 +25,19 @@ pub trait BlockSource: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     /// Ranges that may differ from the state identified by `base`; `None` when the source
     /// cannot tell (the backup then reads everything, still uploading only new chunks).
-    fn changed_since(&self, base: &BaseIdentity) -> Option<Vec<SourceRange>>;
-    /// What to record so the next backup can be incremental (`None`: nothing to record).
-    fn identity(&self) -> Option<BaseIdentity>;
-    /// Sparse map if cheaply known (ranges not listed read as zeros), else `None`.
-    fn allocated(&self) -> Option<Vec<SourceRange>>;
+    fn changed_since(&self, _base: &BaseIdentity) -> Option<Vec<SourceRange>> {
+        None
+    }
+    /// What to record so the next backup can be incremental (`None`, the default: nothing
+    /// to record).
+    fn identity(&self) -> Option<BaseIdentity> {
+        None
+    }
+    /// Sparse map if cheaply known (ranges not listed read as zeros), else `None` (the
+    /// default).
+    fn allocated(&self) -> Option<Vec<SourceRange>> {
+        None
+    }
     /// Called after the last read and before the commit: an error aborts the backup
     /// without committing. A source whose data can vanish under the reader (an internal
     /// snapshot another process may delete, its clusters then reused) proves here that
@@ -86,14 +94,6 @@ impl BlockSource for RawSource {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.file.read_exact_at(buf, offset)
-    }
-
-    fn changed_since(&self, _base: &BaseIdentity) -> Option<Vec<SourceRange>> {
-        None
-    }
-
-    fn identity(&self) -> Option<BaseIdentity> {
-        None
     }
 
     /// Regular files only: device, inode, size and modification and change times (any

@@ -65,9 +65,6 @@ impl BlockSource for MemSource {
             ..Default::default()
         })
     }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
-        None
-    }
 }
 
 pub(crate) async fn new_repo(cs: u32) -> (Arc<MemStore>, Repository) {

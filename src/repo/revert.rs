@@ -76,7 +76,7 @@ impl Repository {
 
 #[cfg(test)]
 mod tests {
-    use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource, SourceRange};
+    use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
     use crate::repo::testing::MemStore;
     use crate::repo::{InitOptions, Repository};
     use crate::restore::{restore, RestoreTarget};
@@ -93,13 +93,7 @@ mod tests {
             buf.copy_from_slice(&self.0[at..at + buf.len()]);
             Ok(())
         }
-        fn changed_since(&self, _: &BaseIdentity) -> Option<Vec<SourceRange>> {
-            None
-        }
         fn identity(&self) -> Option<BaseIdentity> {
-            None
-        }
-        fn allocated(&self) -> Option<Vec<SourceRange>> {
             None
         }
     }

@@ -4,7 +4,7 @@
 //! collects it. Also: a copy killed after uploading is cleaned by gc once its lease
 //! expires, even though a re-run committed the same root.
 
-use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource, SourceRange};
+use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
 use crate::repo::envelope::{self, MAGIC_GC};
 use crate::repo::gc::GcMarker;
 use crate::repo::ids::new_time_id;
@@ -29,13 +29,7 @@ impl BlockSource for VecSource {
         buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
         Ok(())
     }
-    fn changed_since(&self, _: &BaseIdentity) -> Option<Vec<SourceRange>> {
-        None
-    }
     fn identity(&self) -> Option<BaseIdentity> {
-        None
-    }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
         None
     }
 }
@@ -207,13 +201,7 @@ impl BlockSource for Gated {
         }
         Ok(())
     }
-    fn changed_since(&self, _: &BaseIdentity) -> Option<Vec<SourceRange>> {
-        None
-    }
     fn identity(&self) -> Option<BaseIdentity> {
-        None
-    }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
         None
     }
 }

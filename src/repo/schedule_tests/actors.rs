@@ -121,9 +121,6 @@ impl BlockSource for VersionSource {
             l1_digest: String::new(),
         })
     }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
-        None
-    }
 }
 
 /// Chunk content: a shared pattern (dedups everywhere), fresh random bytes, or zeros.

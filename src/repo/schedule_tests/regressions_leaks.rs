@@ -4,7 +4,7 @@
 
 use super::actors::{VersionSource, CS};
 use super::regressions::{random, setup};
-use crate::backup::{backup, BackupOptions, BlockSource, SourceRange};
+use crate::backup::{backup, BackupOptions, BlockSource};
 use crate::repo::envelope::{self, MAGIC_INTENT};
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::{Lease, LEASE_TTL, SKEW};
@@ -35,13 +35,7 @@ impl BlockSource for Dying {
         buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
         Ok(())
     }
-    fn changed_since(&self, _: &BaseIdentity) -> Option<Vec<SourceRange>> {
-        None
-    }
     fn identity(&self) -> Option<BaseIdentity> {
-        None
-    }
-    fn allocated(&self) -> Option<Vec<SourceRange>> {
         None
     }
 }
