@@ -20,6 +20,7 @@ mod stale;
 mod state;
 
 use crate::image::{CreateOptions, Image, OpenMode};
+use crate::repo::repository::SegmentSet;
 use crate::repo::table::Geometry;
 use crate::repo::tree::PairWalk;
 use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
@@ -438,7 +439,7 @@ async fn restore_to(
         let leaf = walk.next(repo, &set).await?;
         let Some(leaf) = leaf else {
             window
-                .flush(repo, &sink, &path, &mut report, m.size)
+                .flush(repo, &set, &sink, &path, &mut report, m.size)
                 .await?;
             break;
         };
@@ -447,7 +448,7 @@ async fn restore_to(
         for start in (0..leaf.b.len()).step_by(SLICE_CHUNKS) {
             if window.full() {
                 let done = (leaf.first_chunk + start as u64) * cs;
-                window.flush(repo, &sink, &path, &mut report, done).await?;
+                window.flush(repo, &set, &sink, &path, &mut report, done).await?;
             }
             let end = (start + SLICE_CHUNKS).min(leaf.b.len());
             window.walked += (end - start) as u64 * cs;
@@ -563,6 +564,7 @@ impl Window {
     async fn flush(
         &mut self,
         repo: &Repository,
+        set: &SegmentSet,
         sink: &Arc<Sink>,
         path: &Path,
         report: &mut RestoreReport,
@@ -571,7 +573,7 @@ impl Window {
         let started = Instant::now();
         let fetched = std::mem::take(&mut self.bytes);
         let batch = std::mem::take(&mut self.wanted);
-        let (written, verified) = fetch_and_write(repo, sink, path, batch, self.size).await?;
+        let (written, verified) = fetch_and_write(repo, set, sink, path, batch, self.size).await?;
         report.bytes_written += written;
         report.chunks_verified += verified;
         let walked = std::mem::take(&mut self.walked);
@@ -601,6 +603,7 @@ struct Run {
 
 async fn fetch_and_write(
     repo: &Repository,
+    set: &SegmentSet,
     sink: &Arc<Sink>,
     path: &Path,
     mut wanted: Vec<(u64, BlobId, Location)>,
@@ -633,15 +636,25 @@ async fn fetch_and_write(
         let path = path.to_path_buf();
         async move {
             let key = crate::repo::pack_key_of(&run.pack);
-            let bytes = repo.store().get_range(&key, run.start..run.end).await?;
+            let bytes = match repo.store().get_range(&key, run.start..run.end).await {
+                Ok(b) => Some(b),
+                // A gc may have repacked it since the view: each chunk follows it.
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
             let (mut written, mut verified) = (0u64, 0u64);
             for (off, id, loc) in run.chunks {
-                let lo = (loc.offset as u64 - run.start) as usize;
-                let hi = lo + loc.frame_len as usize;
-                let frame = bytes
-                    .get(lo..hi)
-                    .ok_or_else(|| RepoError::corrupt(&key, "short ranged read"))?;
-                let (_, _, plain) = crate::repo::decode_blob(&key, frame, id)?;
+                let plain = match &bytes {
+                    Some(bytes) => {
+                        let lo = (loc.offset as u64 - run.start) as usize;
+                        let hi = lo + loc.frame_len as usize;
+                        let frame = bytes
+                            .get(lo..hi)
+                            .ok_or_else(|| RepoError::corrupt(&key, "short ranged read"))?;
+                        crate::repo::decode_blob(&key, frame, id)?.2
+                    }
+                    None => repo.read_following(set, &id, loc).await?.2,
+                };
                 let len = (plain.len() as u64).min(size - off) as usize;
                 let (sk, p) = (sink.clone(), path.clone());
                 tokio::task::spawn_blocking(move || sk.write_at(&p, &plain[..len], off))

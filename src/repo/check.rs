@@ -305,6 +305,9 @@ impl TreeVisitor for Attribution<'_> {
     }
 }
 
+/// Checks run, each on a fresh view, while gc runs overtake them (`check_with_progress`).
+const CHECK_ATTEMPTS: usize = 3;
+
 impl Repository {
     /// Verify the repository (see module docs).
     pub async fn check(&self, opts: &CheckOptions) -> Result<CheckReport> {
@@ -318,8 +321,23 @@ impl Repository {
         opts: &CheckOptions,
         progress: Option<&dyn Progress>,
     ) -> Result<CheckReport> {
-        let set = self.load_segments().await?;
-        Ok(self.check_view(&set, opts, progress).await?.0)
+        // A check that lost a race with a gc committed after its view (a superseded
+        // segment or a repacked pack is gone, or its reads followed the gc to a newer view,
+        // `follow.rs`) is run again on a fresh view; what a check reports after a view no
+        // gc overtook, or after the last attempt, is reported as it is.
+        let mut attempt = 1;
+        loop {
+            let set = self.load_segments().await?;
+            let r = self.check_view(&set, opts, progress).await.map(|r| r.0);
+            let clean = matches!(&r, Ok(report) if report.is_clean()) && !set.followed();
+            if clean
+                || attempt == CHECK_ATTEMPTS
+                || self.newest_gc_seq().await? <= set.markers.gc_seq_max
+            {
+                return r;
+            }
+            attempt += 1;
+        }
     }
 
     /// `check` of one view, handing back the stored counts it summed so `check --repair`

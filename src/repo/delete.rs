@@ -189,6 +189,9 @@ enum Attempt {
     /// A concurrent delete created the same tombstone generation first, and that tombstone
     /// is void: the snapshot is still there and the next attempt numbers past it.
     LostToVoid,
+    /// A gc committed during the walk and some of its reads followed it to a newer view
+    /// (`follow.rs`): the counts came from two views, so the next attempt walks one.
+    LostToGc,
 }
 
 /// Attempts of one delete. Each retry follows a concurrent delete whose tombstone was
@@ -364,6 +367,9 @@ impl Repository {
                 opts.tolerate_unreadable,
             )
             .await?;
+            if set.followed() {
+                return Ok(Attempt::LostToGc);
+            }
             w.flush().await?;
             let lease_time = lease.check_before_commit().await?;
             let t = Tombstone {

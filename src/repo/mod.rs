@@ -20,6 +20,9 @@ mod error;
 mod exclusive;
 #[cfg(test)]
 mod fetch_tests;
+mod follow;
+#[cfg(test)]
+mod follow_tests;
 mod forget;
 mod gc;
 pub(crate) mod ids;

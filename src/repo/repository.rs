@@ -130,6 +130,8 @@ pub(crate) struct SegmentSet {
     /// Listed segments that do not count (uncommitted, or their marker is void): gc's
     /// sweep of unleased holders starts from them (`stale.rs`).
     pub uncounted: Vec<ObjectMeta>,
+    /// The newer view reads follow after losing a race with gc (`follow.rs`).
+    pub successor: super::follow::Successor,
 }
 
 /// Writer id from a segment key `index/<writer>-<seq>`.
@@ -327,7 +329,7 @@ impl Repository {
     }
 
     /// The highest `gc/<seq>` now present.
-    async fn newest_gc_seq(&self) -> Result<Option<u64>> {
+    pub(crate) async fn newest_gc_seq(&self) -> Result<Option<u64>> {
         Ok(self
             .list_all("gc/")
             .await?
@@ -479,12 +481,38 @@ impl Repository {
         Ok(None)
     }
 
+    /// Newest location of `id` in the view, following gc (`follow.rs`).
     pub(crate) async fn locate(&self, set: &SegmentSet, id: &BlobId) -> Result<Option<Location>> {
-        self.locate_in(&set.index, &set.dead_packs, id).await
+        let mut attempt = 0;
+        loop {
+            let view = set.current();
+            let e = match self.locate_in(&view.index, &view.dead_packs, id).await {
+                Err(e) => e,
+                r => return r,
+            };
+            if !self.follow_gc(set, &view, &e, &mut attempt).await? {
+                return Err(e);
+            }
+        }
     }
 
-    /// Committed reference count of `id` (sum of deltas of counted segments).
+    /// Committed reference count of `id` (sum of deltas of counted segments), following
+    /// gc (`follow.rs`).
     pub(crate) async fn refcount(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
+        let mut attempt = 0;
+        loop {
+            let view = set.current();
+            let e = match self.refcount_in(&view, id).await {
+                Err(e) => e,
+                r => return r,
+            };
+            if !self.follow_gc(set, &view, &e, &mut attempt).await? {
+                return Err(e);
+            }
+        }
+    }
+
+    async fn refcount_in(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
         let mut sum = 0i64;
         for h in &set.refs {
             let bucket = self.bucket(h, id.0[0]).await?;
@@ -496,8 +524,23 @@ impl Repository {
     }
 
     /// Whether a table's children are currently counted: the sum of stored/revived (+1)
-    /// and freed (−1) flags over counted segments (1 = counted, 0 = not).
+    /// and freed (−1) flags over counted segments (1 = counted, 0 = not), following gc
+    /// (`follow.rs`).
     pub(crate) async fn children_contribution(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
+        let mut attempt = 0;
+        loop {
+            let view = set.current();
+            let e = match self.contribution_in(&view, id).await {
+                Err(e) => e,
+                r => return r,
+            };
+            if !self.follow_gc(set, &view, &e, &mut attempt).await? {
+                return Err(e);
+            }
+        }
+    }
+
+    async fn contribution_in(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
         let mut sum = 0i64;
         for h in &set.refs {
             let bucket = self.bucket(h, id.0[0]).await?;
@@ -545,7 +588,7 @@ impl Repository {
                 id: id.to_hex(),
                 context: format!("table level {level}"),
             })?;
-        let plain = self.read_blob(&loc, id).await?;
+        let (loc, _, plain) = self.read_following(set, id, loc).await?;
         table::decode(&pack::pack_key(&loc.pack), &plain, level, count).map_err(Into::into)
     }
 

@@ -20,6 +20,23 @@ pub struct MemStore {
     /// Runs before each create-if-absent, with the key: a concurrent writer that gets
     /// there first (it may insert into `objects`).
     pub before_create: Mutex<CreateHook>,
+    /// Runs before each GET and ranged GET, with the key and range (`None`: whole
+    /// object): a concurrent writer (e.g. a gc) that acts between a reader's view and
+    /// its read.
+    pub before_read: Mutex<ReadHook>,
+}
+
+/// A test's action before a read of `key` (and range) on the store.
+pub type ReadFn = dyn Fn(&MemStore, &str, Option<&Range<u64>>) + Send + Sync;
+
+/// See [`MemStore::before_read`].
+#[derive(Clone, Default)]
+pub struct ReadHook(pub Option<Arc<ReadFn>>);
+
+impl std::fmt::Debug for ReadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "hook" } else { "none" })
+    }
 }
 
 /// A test's action before a create-if-absent of `key` on the store.
@@ -54,6 +71,18 @@ impl MemStore {
     pub fn advance(&self, d: Duration) {
         *self.clock_offset.lock().unwrap() += d;
     }
+    fn read(&self, key: &str, range: Option<&Range<u64>>) -> Result<Bytes, StoreError> {
+        let hook = self.before_read.lock().unwrap().clone();
+        if let Some(h) = hook.0 {
+            h(self, key, range);
+        }
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|e| e.0.clone())
+            .ok_or_else(|| Self::err(StoreErrorKind::NotFound, "get", key))
+    }
 }
 
 #[async_trait]
@@ -87,15 +116,10 @@ impl ObjectStore for MemStore {
         Ok(PutOutcome::Created)
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|e| e.0.clone())
-            .ok_or_else(|| Self::err(StoreErrorKind::NotFound, "get", key))
+        self.read(key, None)
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        let b = self.get(key).await?;
+        let b = self.read(key, Some(&range))?;
         if range.end > b.len() as u64 || range.start > range.end {
             return Err(Self::err(StoreErrorKind::InvalidRange, "get_range", key));
         }

@@ -2,8 +2,9 @@
 //! by pack and offset and neighbouring frames share one ranged GET (as restore does), so
 //! copying a snapshot costs about one request per run of frames, not one per chunk.
 
-use crate::repo::chunk::decode_frame;
+use crate::repo::follow::verify_frame;
 use crate::repo::pack::pack_key;
+use crate::repo::repository::SegmentSet;
 use crate::repo::{BlobId, Frame, Location, RepoError, Repository};
 use crate::Result;
 use futures::StreamExt;
@@ -29,10 +30,12 @@ struct Run {
     blobs: Vec<(BlobId, Location)>,
 }
 
-/// Fetch and verify (crc, BLAKE3 = id, kind) every blob in `wanted`. Output order is by
-/// pack and offset, not input order.
+/// Fetch and verify (crc, BLAKE3 = id, kind) every blob in `wanted`, located through
+/// `set` (a pack a gc removed since is followed, `follow.rs`). Output order is by pack and
+/// offset, not input order.
 pub(crate) async fn fetch(
     repo: &Repository,
+    set: &SegmentSet,
     mut wanted: Vec<(BlobId, Location)>,
 ) -> Result<Vec<Fetched>> {
     wanted.sort_by(|a, b| (&a.1.pack, a.1.offset).cmp(&(&b.1.pack, b.1.offset)));
@@ -63,17 +66,28 @@ pub(crate) async fn fetch(
     }
     let mut out = Vec::new();
     let mut results =
-        futures::stream::iter(runs.into_iter().map(|r| fetch_run(repo, r))).buffered(PARALLEL_GETS);
+        futures::stream::iter(runs.into_iter().map(|r| fetch_run(repo, set, r))).buffered(PARALLEL_GETS);
     while let Some(r) = results.next().await {
         out.extend(r?);
     }
     Ok(out)
 }
 
-async fn fetch_run(repo: &Repository, run: Run) -> Result<Vec<Fetched>> {
+async fn fetch_run(repo: &Repository, set: &SegmentSet, run: Run) -> Result<Vec<Fetched>> {
     let key = pack_key(&run.pack);
-    let bytes = repo.store().get_range(&key, run.start..run.end).await?;
     let mut out = Vec::with_capacity(run.blobs.len());
+    let bytes = match repo.store().get_range(&key, run.start..run.end).await {
+        Ok(b) => b,
+        // A gc may have repacked it since the view: each blob follows it.
+        Err(e) if e.is_not_found() => {
+            for (id, loc) in run.blobs {
+                let (loc, frame, plain) = repo.read_following(set, &id, loc).await?;
+                out.push(fetched(id, &loc, &frame, plain));
+            }
+            return Ok(out);
+        }
+        Err(e) => return Err(e.into()),
+    };
     for (id, loc) in run.blobs {
         let lo = (loc.offset as u64 - run.start) as usize;
         let hi = lo + loc.frame_len as usize;
@@ -83,23 +97,20 @@ async fn fetch_run(repo: &Repository, run: Run) -> Result<Vec<Fetched>> {
                 format!("frame of {id} at {} past the end of the GET", loc.offset),
             )
         })?;
-        let (_, kind, plain) = decode_frame(&key, raw, Some(id))?;
-        if kind != loc.kind {
-            return Err(RepoError::corrupt(
-                &key,
-                format!("blob {id} has kind {kind:?}, index says {:?}", loc.kind),
-            )
-            .into());
-        }
-        out.push(Fetched {
-            frame: Frame {
-                id,
-                kind,
-                plain_len: plain.len() as u32,
-                bytes: raw.to_vec(),
-            },
-            plain,
-        });
+        let plain = verify_frame(&key, &loc, &id, raw)?;
+        out.push(fetched(id, &loc, raw, plain));
     }
     Ok(out)
+}
+
+fn fetched(id: BlobId, loc: &Location, raw: &[u8], plain: Vec<u8>) -> Fetched {
+    Fetched {
+        frame: Frame {
+            id,
+            kind: loc.kind,
+            plain_len: plain.len() as u32,
+            bytes: raw.to_vec(),
+        },
+        plain,
+    }
 }

@@ -86,7 +86,7 @@ impl Peer<'_> {
                     })?;
             wanted.push((*id, loc));
         }
-        fetch::fetch(self.repo, wanted).await
+        fetch::fetch(self.repo, &self.set, wanted).await
     }
 }
 
@@ -167,7 +167,7 @@ impl Walk<'_> {
                 None => bad.push((id, "not in the index".into())),
             }
         }
-        match fetch::fetch(self.repo, located.clone()).await {
+        match fetch::fetch(self.repo, self.set, located.clone()).await {
             Ok(_) => {}
             Err(e) if is_damage(&e) => {
                 let repo = self.repo;

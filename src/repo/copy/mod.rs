@@ -302,22 +302,23 @@ async fn copy_tree(
             pending.ids.insert(c);
             pending.blobs.push((c, loc));
             if pending.bytes >= BATCH_BYTES {
-                add_fetched(from, w, std::mem::take(&mut pending), report).await?;
+                add_fetched(from, src_set, w, std::mem::take(&mut pending), report).await?;
                 ck.maybe(to, w, &m.volume).await?;
             }
         }
     }
-    add_fetched(from, w, pending, report).await
+    add_fetched(from, src_set, w, pending, report).await
 }
 
 /// Fetch a batch of source chunks (verified) and add their frames verbatim.
 async fn add_fetched(
     from: &Repository,
+    src_set: &SegmentSet,
     w: &mut Writer,
     pending: Pending,
     report: &mut CopyReport,
 ) -> Result<()> {
-    for f in fetch::fetch(from, pending.blobs).await? {
+    for f in fetch::fetch(from, src_set, pending.blobs).await? {
         w.add(&f.frame).await?;
         report.chunks_new += 1;
     }

@@ -127,7 +127,7 @@ pub(super) async fn rechunk(
                         })?;
                 wanted.push((*id, loc));
             }
-            let plain: HashMap<BlobId, Vec<u8>> = fetch::fetch(from, wanted)
+            let plain: HashMap<BlobId, Vec<u8>> = fetch::fetch(from, src_set, wanted)
                 .await?
                 .into_iter()
                 .map(|f| (f.frame.id, f.plain))
