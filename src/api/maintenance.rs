@@ -56,7 +56,9 @@ pub async fn copy(
     };
     // Refuse a bad request before recording an operation.
     s.service.copy_target(&req)?;
-    s.service.get_volume(&user, &uuid).await?;
+    let v = s.service.get_volume(&user, &uuid).await?;
+    s.service
+        .check_may_change(&v, &user, "copies it to another repository")?;
     let spec = OpSpec {
         kind: "copy".into(),
         user: user.clone(),

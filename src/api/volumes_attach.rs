@@ -81,9 +81,17 @@ async fn vm_op(
     what: VmOp,
 ) -> Result<Response, ApiError> {
     let a = vm_args(input, what == VmOp::HotAttach)?;
-    // Refuse an unknown or invisible volume before recording an operation.
+    // Refuse an unknown or invisible volume, and a detach of an attachment that is not
+    // the caller's to detach (403), before recording an operation.
     if let Some(uuid) = &uuid {
-        s.service.get_volume(&user, uuid).await?;
+        let v = s.service.get_volume(&user, uuid).await?;
+        let vm = |x: &&crate::service::Attachment| x.node == a.node && x.vm_id == a.vm_id;
+        if let (VmOp::HotDetach, Some(x)) = (what, v.attachments.iter().find(vm)) {
+            s.service.check_may_detach(&v, x, &user)?;
+        }
+    }
+    if what == VmOp::Detach {
+        s.service.detachable(&user, &a.node, &a.vm_id).await?;
     }
     let spec = OpSpec {
         kind: what.kind().into(),
@@ -256,7 +264,8 @@ pub async fn snapshot(
     let wait = f.boolean("wait").unwrap_or(true);
     f.only(&["wait"]);
     f.finish()?;
-    s.service.get_volume(&user, &uuid).await?;
+    let v = s.service.get_volume(&user, &uuid).await?;
+    s.service.check_may_change(&v, &user, "snapshots it")?;
     let spec = OpSpec {
         kind: "snapshot".into(),
         user: user.clone(),

@@ -92,6 +92,7 @@ pub fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         let repo = open_repo(&a.repo, store_args).await?;
         let mut cfg = ServiceConfig::new(&a.data_dir, a.server_id.unwrap_or_else(host_name));
         cfg.default_user_limit = a.user_limit;
+        cfg.admins = users.admins.clone();
         cfg.catalog_grace = std::time::Duration::from_secs(a.catalog_grace_secs);
         let heartbeat = seconds("operation-heartbeat-secs", a.operation_heartbeat_secs)?;
         cfg.operations = OpTiming {

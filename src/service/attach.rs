@@ -81,8 +81,9 @@ impl Service {
     }
 
     /// Attach volume `uuid` to vm `vm_id` on `node`, with its local image on this host:
-    /// read-write if no attachment writes it yet, else a read-only copy of its head
-    /// snapshot. Refused past the volume's user limit. A hot plug records the device name
+    /// read-write if no attachment writes it yet and `user` may change it (its owner or an
+    /// admin), else a read-only copy of its head snapshot. Refused past the volume's user
+    /// limit. A hot plug records the device name
     /// the frontend reported (StratusLab's `target`) on the attachment.
     pub async fn attach(
         &self,
@@ -104,6 +105,7 @@ impl Service {
             )]));
         }
         self.get_volume(user, uuid).await?;
+        let admin = self.is_admin(user);
         let lock = self.local_lock(uuid);
         let _guard = lock.lock().await;
         op.enter(1, "claim");
@@ -122,8 +124,8 @@ impl Service {
                 )));
             }
             let mode = match v.writer() {
-                None => AccessMode::ReadWrite,
-                Some(_) => AccessMode::ReadOnly,
+                None if v.may_change(user, admin) => AccessMode::ReadWrite,
+                _ => AccessMode::ReadOnly,
             };
             let a = Attachment {
                 node: node.to_string(),
@@ -138,6 +140,7 @@ impl Service {
                 from_snapshot: None,
                 since: now_rfc3339(),
                 target: device.map(str::to_string),
+                user: Some(user.to_string()),
             };
             v.attachments.push(a.clone());
             claimed = Some(a);
@@ -308,7 +311,8 @@ impl Service {
     }
 
     /// Detach every volume `user` can see from vm `vm_id` on `node` (the VM is gone).
-    /// Returns the detached volumes' uuids.
+    /// Returns the detached volumes' uuids. Refused (403, nothing detached) when one of
+    /// those attachments is not `user`'s to detach ([`Volume::may_detach`]).
     pub async fn detach_vm(
         &self,
         user: &str,
@@ -316,15 +320,31 @@ impl Service {
         vm_id: &str,
         op: &OpHandle,
     ) -> Result<Vec<String>, ServiceError> {
-        check_vm(node, vm_id)?;
         let mut done = Vec::new();
-        for v in self.list_volumes(user).await? {
-            if let Some(a) = v.attachments.iter().find(|a| same_vm(a, node, vm_id)) {
-                self.detach_one(&v.uuid, a, op).await?;
-                done.push(v.uuid.clone());
-            }
+        for (uuid, a) in self.detachable(user, node, vm_id).await? {
+            self.detach_one(&uuid, &a, op).await?;
+            done.push(uuid);
         }
         Ok(done)
+    }
+
+    /// The attachments of vm `vm_id` on `node` to the volumes `user` can see, each with
+    /// its volume's uuid; refused (403) if one of them is not `user`'s to detach.
+    pub(crate) async fn detachable(
+        &self,
+        user: &str,
+        node: &str,
+        vm_id: &str,
+    ) -> Result<Vec<(String, Attachment)>, ServiceError> {
+        check_vm(node, vm_id)?;
+        let mut mine = Vec::new();
+        for v in self.list_volumes(user).await? {
+            if let Some(a) = v.attachments.iter().find(|a| same_vm(a, node, vm_id)) {
+                self.check_may_detach(&v, a, user)?;
+                mine.push((v.uuid.clone(), a.clone()));
+            }
+        }
+        Ok(mine)
     }
 
     /// Detach a hot-plugged volume from a running VM.
@@ -347,12 +367,33 @@ impl Service {
                     "volume {uuid} is not attached to vm {vm_id} on node {node}"
                 ))
             })?;
+        self.check_may_detach(&v, a, user)?;
         if !a.hot {
             return Err(ServiceError::Conflict(format!(
                 "volume {uuid} was attached at VM start, not hot-plugged; it detaches with the VM"
             )));
         }
         self.detach_one(uuid, a, op).await
+    }
+
+    /// Refuse (403) a detach of `a` by `user` unless [`Volume::may_detach`] allows it.
+    pub(crate) fn check_may_detach(&self, v: &Volume, a: &Attachment, user: &str) -> Result<(), ServiceError> {
+        if v.may_detach(a, user, self.is_admin(user)) {
+            return Ok(());
+        }
+        Err(ServiceError::Forbidden(format!(
+            "volume {} belongs to {}: its {} attachment to vm {} on node {} is not yours to \
+             detach (only the volume's owner or an admin detaches another user's \
+             attachment, and a read-write one)",
+            v.uuid,
+            v.owner,
+            match a.mode {
+                AccessMode::ReadWrite => "read-write",
+                AccessMode::ReadOnly => "read-only",
+            },
+            a.vm_id,
+            a.node
+        )))
     }
 
     /// Uuids of the volumes `user` can see that are attached to vm `vm_id` on `node`.
@@ -380,6 +421,7 @@ impl Service {
         op: &OpHandle,
     ) -> Result<BackupReport, ServiceError> {
         let v = self.get_volume(user, uuid).await?;
+        self.check_may_change(&v, user, "snapshots it")?;
         let Some(a) = v.writer() else {
             return Err(ServiceError::Conflict(format!(
                 "volume {uuid} has no read-write attachment; its last snapshot is current"

@@ -100,6 +100,8 @@ impl Service {
     ) -> Result<CopyDone, ServiceError> {
         let target = self.copy_target(req)?;
         let v = self.get_volume(user, uuid).await?;
+        // The copy commits snapshots of this volume, and its record, in the target.
+        self.check_may_change(&v, user, "copies it to another repository")?;
         let snapshot = match &req.snapshot {
             Some(id) => id.clone(),
             None => match self.head(&v).await? {

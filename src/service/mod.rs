@@ -86,6 +86,8 @@ pub struct ServiceConfig {
     /// How often operation records are written to the store and when a silent owner
     /// counts as gone or its records are pruned (see [`ops_shared`]).
     pub operations: OpTiming,
+    /// Users who may change any volume, as its owner may (the users file's `admins`).
+    pub admins: Vec<String>,
 }
 
 impl ServiceConfig {
@@ -97,6 +99,7 @@ impl ServiceConfig {
             default_user_limit: DEFAULT_USER_LIMIT,
             catalog_grace: DEFAULT_CATALOG_GRACE,
             operations: OpTiming::default(),
+            admins: Vec::new(),
         }
     }
 }
@@ -298,6 +301,29 @@ impl Service {
         }
     }
 
+    /// Is `user` an admin (`ServiceConfig::admins`)?
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.cfg.admins.iter().any(|a| a == user)
+    }
+
+    /// Refuse (403) a change of `v` by `user` unless they are its owner or an admin
+    /// ([`Volume::may_change`]); `what` completes "only its owner or an admin …".
+    pub(crate) fn check_may_change(
+        &self,
+        v: &Volume,
+        user: &str,
+        what: &str,
+    ) -> Result<(), ServiceError> {
+        if v.may_change(user, self.is_admin(user)) {
+            return Ok(());
+        }
+        Err(ServiceError::Forbidden(format!(
+            "volume {} belongs to {}; only its owner or an admin {what} (others may read a \
+             public volume and attach it read-only)",
+            v.uuid, v.owner
+        )))
+    }
+
     /// Every live volume `user` may see, in uuid order.
     pub async fn list_volumes(&self, user: &str) -> Result<Vec<Volume>, ServiceError> {
         let mut all = catalog::all(self.store()).await?;
@@ -315,7 +341,7 @@ impl Service {
         Ok(self.repo.snapshots(Some(&v.uuid)).await?)
     }
 
-    /// Delete snapshot `id` of volume `uuid` (owner only); its data is freed by the next
+    /// Delete snapshot `id` of volume `uuid` (owner or admin); its data is freed by the next
     /// gc. An attached image's next upload then reads against the newest remaining one.
     pub async fn delete_snapshot(
         &self,
@@ -324,12 +350,7 @@ impl Service {
         id: &str,
     ) -> Result<crate::repo::DeleteReport, ServiceError> {
         let v = self.get_volume(user, uuid).await?;
-        if v.owner != user {
-            return Err(ServiceError::Forbidden(format!(
-                "volume {uuid} belongs to {}; only its owner deletes snapshots",
-                v.owner
-            )));
-        }
+        self.check_may_change(&v, user, "deletes its snapshots")?;
         if !crate::repo::ids::is_time_id(id) {
             return Err(ServiceError::NotFound(format!("snapshot {uuid}/{id}")));
         }
@@ -342,7 +363,7 @@ impl Service {
         }
     }
 
-    /// Delete a volume: only its owner, never while attached, and while it has snapshots
+    /// Delete a volume: only its owner or an admin, never while attached, and while it has snapshots
     /// only when `force` (which deletes them too; gc frees their data).
     pub async fn delete_volume(
         &self,
@@ -351,12 +372,7 @@ impl Service {
         force: bool,
     ) -> Result<DeletedVolume, ServiceError> {
         let v = self.get_volume(user, uuid).await?;
-        if v.owner != user {
-            return Err(ServiceError::Forbidden(format!(
-                "volume {uuid} belongs to {}; only its owner deletes it",
-                v.owner
-            )));
-        }
+        self.check_may_change(&v, user, "deletes it")?;
         refuse_attached(&v)?;
         let has_snapshots = self.repo.latest(uuid).await?.is_some();
         if has_snapshots && !force {

@@ -13,9 +13,13 @@ pub const MAX_VOLUME_SIZE: u64 = (16 << 40) - (1 << 20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
-    /// Only the owner sees, reads, writes and deletes it.
+    /// Only the owner sees, reads, writes and deletes it (an admin sees it no more than
+    /// anyone else).
     Private,
-    /// Everyone sees, reads and writes it; only the owner deletes it.
+    /// Everyone sees and reads it and may attach it read-only. Only the owner or an
+    /// admin changes it: attaches it read-write, snapshots, reverts, copies it to another
+    /// repository, detaches an attachment of another user, deletes it or its snapshots
+    /// ([`Volume::may_change`]).
     Public,
 }
 
@@ -70,6 +74,10 @@ pub struct Attachment {
     /// the StratusLab API's `target`; `None` until reported.
     #[serde(default)]
     pub target: Option<String>,
+    /// The user who attached it; `None` in records written before this field (only the
+    /// volume's owner or an admin detaches those).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The whole state of one volume at one generation.
@@ -129,9 +137,24 @@ pub struct SnapshotRef {
 }
 
 impl Volume {
-    /// May `user` see (and read, write, attach) this volume?
+    /// May `user` see (and read, attach read-only) this volume?
     pub fn visible_to(&self, user: &str) -> bool {
         !self.deleted && (self.visibility == Visibility::Public || self.owner == user)
+    }
+
+    /// May `user` (an admin when `admin`) change this volume: write it (a read-write
+    /// attachment), move its head (snapshot, revert), copy it to another repository,
+    /// delete it or its snapshots? Its owner and admins only, whatever its visibility.
+    pub fn may_change(&self, user: &str, admin: bool) -> bool {
+        admin || self.owner == user
+    }
+
+    /// May `user` (an admin when `admin`) detach attachment `a` of this volume? Its
+    /// owner and admins any; another user only a read-only attachment of their own (a
+    /// read-write one uploads a snapshot: a change of head).
+    pub fn may_detach(&self, a: &Attachment, user: &str, admin: bool) -> bool {
+        self.may_change(user, admin)
+            || (a.mode == AccessMode::ReadOnly && a.user.as_deref() == Some(user))
     }
 
     /// The read-write attachment, if any.
@@ -185,6 +208,54 @@ mod tests {
         assert!(!valid_uuid("EB198DEC-3560-4A9A-B3B4-5F043410A3DD"));
         assert!(!valid_uuid("eb198dec35604a9ab3b45f043410a3dd"));
         assert!(!valid_uuid("../config"));
+    }
+
+    /// The change and detach rules of a public volume: owner and admins change it and
+    /// detach anything; another user detaches only a read-only attachment they made.
+    #[test]
+    fn only_owner_or_admin_change_a_public_volume() {
+        let att = |mode, user: Option<&str>| Attachment {
+            node: "n".into(),
+            vm_id: "1".into(),
+            server: "s".into(),
+            mode,
+            hot: false,
+            path: "/p".into(),
+            from_snapshot: None,
+            since: String::new(),
+            target: None,
+            user: user.map(str::to_string),
+        };
+        let v = Volume {
+            uuid: "eb198dec-3560-4a9a-b3b4-5f043410a3dd".into(),
+            generation: 0,
+            owner: "alice".into(),
+            tag: String::new(),
+            visibility: Visibility::Public,
+            size: MIN_VOLUME_SIZE,
+            created: String::new(),
+            user_limit: 4,
+            attachments: Vec::new(),
+            deleted: false,
+            source: None,
+            last_revert: None,
+            head: None,
+        };
+        assert!(v.visible_to("bob"));
+        assert!(v.may_change("alice", false) && v.may_change("carol", true));
+        assert!(!v.may_change("bob", false));
+        let bobs_ro = att(AccessMode::ReadOnly, Some("bob"));
+        let alices_rw = att(AccessMode::ReadWrite, Some("alice"));
+        let bobs_old_rw = att(AccessMode::ReadWrite, Some("bob"));
+        let unknown_ro = att(AccessMode::ReadOnly, None);
+        assert!(v.may_detach(&bobs_ro, "bob", false));
+        assert!(v.may_detach(&bobs_ro, "alice", false));
+        assert!(!v.may_detach(&bobs_ro, "carol", false));
+        assert!(!v.may_detach(&alices_rw, "bob", false));
+        assert!(v.may_detach(&alices_rw, "carol", true));
+        assert!(!v.may_detach(&bobs_old_rw, "bob", false));
+        assert!(!v.may_detach(&unknown_ro, "bob", false));
+        assert!(v.may_detach(&unknown_ro, "alice", false));
     }
 
     #[test]

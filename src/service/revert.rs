@@ -18,7 +18,8 @@ use crate::repo::ids::now_rfc3339;
 use crate::repo::RepoError;
 
 impl Service {
-    /// Revert volume `uuid` to its snapshot `to` (any user who may write the volume).
+    /// Revert volume `uuid` to its snapshot `to` (its owner or an admin: a revert moves
+    /// the head, which other users of a public volume may not).
     /// Returns the volume's new record; `last_revert.snapshot` names the new snapshot.
     ///
     /// ```no_run
@@ -31,6 +32,7 @@ impl Service {
     /// ```
     pub async fn revert(&self, user: &str, uuid: &str, to: &str) -> Result<Volume, ServiceError> {
         let before = self.get_volume(user, uuid).await?;
+        self.check_may_change(&before, user, "reverts it")?;
         refuse_writer(&before)?;
         if !crate::repo::ids::is_time_id(to) {
             return Err(ServiceError::Invalid(vec![format!(

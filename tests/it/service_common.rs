@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 
 pub const ALICE: &str = "alice-token-0001";
 pub const BOB: &str = "bob-token-000002";
+/// A third user, not an admin (owns volumes others try to change).
+pub const CAROL: &str = "carol-token-0003";
 
 /// A repository (a local directory, or an `s3://` URL) and a users file, shared by the
 /// servers of one test.
@@ -32,7 +34,7 @@ impl Site {
     }
 
     /// A fresh repository at `repo_url` (initialised through the CLI), users alice (an
-    /// admin) and bob.
+    /// admin), bob and carol.
     pub fn init(dir: tempfile::TempDir, repo_url: String, flags: Vec<String>) -> Site {
         let out = Command::new(env!("CARGO_BIN_EXE_island"))
             .args(&flags)
@@ -43,7 +45,7 @@ impl Site {
         std::fs::write(
             dir.path().join("users.toml"),
             format!(
-                "admins = [\"alice\"]\n[tokens]\n\"{ALICE}\" = \"alice\"\n\"{BOB}\" = \"bob\"\n"
+                "admins = [\"alice\"]\n[tokens]\n\"{ALICE}\" = \"alice\"\n\"{BOB}\" = \"bob\"\n\"{CAROL}\" = \"carol\"\n"
             ),
         )
         .expect("users file");
