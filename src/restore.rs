@@ -448,7 +448,9 @@ async fn restore_to(
         for start in (0..leaf.b.len()).step_by(SLICE_CHUNKS) {
             if window.full() {
                 let done = (leaf.first_chunk + start as u64) * cs;
-                window.flush(repo, &set, &sink, &path, &mut report, done).await?;
+                window
+                    .flush(repo, &set, &sink, &path, &mut report, done)
+                    .await?;
             }
             let end = (start + SLICE_CHUNKS).min(leaf.b.len());
             window.walked += (end - start) as u64 * cs;

@@ -110,7 +110,10 @@ impl Repository {
                 return Ok(false);
             }
             let newer = Arc::new(self.load_segments().await?);
-            *set.successor.newest.lock().map_err(super::repository::poisoned)? = Some(newer);
+            *set.successor
+                .newest
+                .lock()
+                .map_err(super::repository::poisoned)? = Some(newer);
         }
         let now = set.current();
         let counted = |h: &Arc<super::segment::SegmentHead>| h.key == key;
@@ -161,7 +164,12 @@ impl Repository {
 
 /// Decode `frame` (read from `key` at `loc`) and verify it is blob `id` of the kind the
 /// index says: its plain bytes.
-pub(crate) fn verify_frame(key: &str, loc: &Location, id: &BlobId, frame: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn verify_frame(
+    key: &str,
+    loc: &Location,
+    id: &BlobId,
+    frame: &[u8],
+) -> Result<Vec<u8>> {
     let (_, kind, plain) = super::chunk::decode_frame(key, frame, Some(*id))?;
     if kind != loc.kind {
         return Err(super::RepoError::corrupt(

@@ -121,7 +121,9 @@ async fn a_restore_follows_a_pack_repacked_after_its_view() {
     let (s2, data) = repackable(&mem, &repo).await;
     let reader = cold(&mem).await;
     let gc = gc_before(&mem, pack_read);
-    let got = restored(&reader, "a", &s2).await.expect("restore after repack");
+    let got = restored(&reader, "a", &s2)
+        .await
+        .expect("restore after repack");
     assert!(ran(&gc).packs_repacked > 0, "{:?}", ran(&gc));
     assert!(got == data, "restored bytes differ");
 }

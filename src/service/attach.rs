@@ -377,7 +377,12 @@ impl Service {
     }
 
     /// Refuse (403) a detach of `a` by `user` unless [`Volume::may_detach`] allows it.
-    pub(crate) fn check_may_detach(&self, v: &Volume, a: &Attachment, user: &str) -> Result<(), ServiceError> {
+    pub(crate) fn check_may_detach(
+        &self,
+        v: &Volume,
+        a: &Attachment,
+        user: &str,
+    ) -> Result<(), ServiceError> {
         if v.may_detach(a, user, self.is_admin(user)) {
             return Ok(());
         }

@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 
 /// What a refused change must leave untouched: the volume's record and its snapshots.
 async fn state(s: &Server, uuid: &str) -> (Value, Value) {
-    let disk = s.get(&format!("/api/disks/{uuid}"), CAROL).await.expect(200);
+    let disk = s
+        .get(&format!("/api/disks/{uuid}"), CAROL)
+        .await
+        .expect(200);
     let snaps = s
         .get(&format!("/api/disks/{uuid}/snapshots"), CAROL)
         .await
@@ -69,7 +72,10 @@ async fn only_the_owner_or_an_admin_changes_a_public_volume() {
             json!({"size": 1, "tag": "shared", "visibility": "public"}),
         )
         .await;
-    let att = s.vm("hotattach", &public, CAROL, "n", "1").await.expect(200);
+    let att = s
+        .vm("hotattach", &public, CAROL, "n", "1")
+        .await
+        .expect(200);
     assert_eq!(att["mode"], "read-write");
     let image = att["path"].as_str().expect("path").to_string();
     let first = pseudo_random(111, 1 << 20);
@@ -152,7 +158,9 @@ async fn only_the_owner_or_an_admin_changes_a_public_volume() {
     )
     .await
     .expect(200);
-    s.vm("hotdetach", &public, ALICE, "n", "1").await.expect(200);
+    s.vm("hotdetach", &public, ALICE, "n", "1")
+        .await
+        .expect(200);
 
     // With no writer left, bob still attaches read-only only (a copy of the head), and
     // may detach that attachment of his own; carol, the owner, may detach his too.
@@ -174,7 +182,10 @@ async fn only_the_owner_or_an_admin_changes_a_public_volume() {
         .await
         .refused(403, "owner or an admin");
     assert_eq!(state(&s, &public).await, before, "bob's revert changed it");
-    let r = s.post(&revert, ALICE, json!({"snapshot": s1})).await.expect(200);
+    let r = s
+        .post(&revert, ALICE, json!({"snapshot": s1}))
+        .await
+        .expect(200);
     s.post(&revert, CAROL, json!({"snapshot": s2}))
         .await
         .expect(200);

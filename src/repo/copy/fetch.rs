@@ -65,8 +65,8 @@ pub(crate) async fn fetch(
         }
     }
     let mut out = Vec::new();
-    let mut results =
-        futures::stream::iter(runs.into_iter().map(|r| fetch_run(repo, set, r))).buffered(PARALLEL_GETS);
+    let mut results = futures::stream::iter(runs.into_iter().map(|r| fetch_run(repo, set, r)))
+        .buffered(PARALLEL_GETS);
     while let Some(r) = results.next().await {
         out.extend(r?);
     }
