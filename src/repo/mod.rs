@@ -22,6 +22,7 @@ mod exclusive;
 mod fetch_tests;
 mod forget;
 mod gc;
+mod gc_select;
 pub(crate) mod ids;
 pub(crate) mod lease;
 pub(crate) mod manifest;
