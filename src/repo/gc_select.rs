@@ -82,7 +82,7 @@ pub(crate) async fn select(
     set: &SegmentSet,
     cutoff: SystemTime,
     w: &mut Writer,
-    advance: &dyn Fn(u64),
+    advance: &(dyn Fn(u64) + Sync),
 ) -> Result<Selection> {
     let mut s = Selection::default();
     for h in &set.refs {

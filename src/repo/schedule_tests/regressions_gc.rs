@@ -73,8 +73,7 @@ async fn racing_deletes(mem: &Arc<MemStore>, repo: &Repository, victims: &[(&str
         })
         .collect();
     for t in tasks {
-        let d = t.await.unwrap().unwrap();
-        assert!(d.freed_blobs > 0, "{d:?}");
+        t.await.unwrap().expect("both deletes commit");
     }
     *mem.before_create.lock().unwrap() = CreateHook(None);
 }
