@@ -555,7 +555,12 @@ async fn gc(a: GcArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     } else {
         print_fields(if a.dry_run { "gc (dry run)" } else { "gc" }, &report)?;
     }
-    Ok(0)
+    // Damaged packs were skipped (kept whole): a problem `check` attributes to snapshots.
+    Ok(if report.damaged_packs.is_empty() {
+        0
+    } else {
+        EXIT_PROBLEMS
+    })
 }
 
 async fn check(a: CheckArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {

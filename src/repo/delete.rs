@@ -2,10 +2,11 @@
 //! the cost is proportional to what the snapshot held exclusively. The same walk, without
 //! a writer, computes `exclusive_bytes` for listings.
 //!
-//! Crash ordering: refs segment (decrements + freed flags) → tombstone (create-if-absent,
-//! the commit point). Without the tombstone the segment is ignored. Tombstones are
-//! numbered per attempt (`<id>`, `<id>.1`, …): a void (fenced) one never blocks a later
-//! delete, and at most one generation of a snapshot is non-void (format-spec §6).
+//! Crash ordering: lease → view → refs segment (decrements + freed flags) → tombstone
+//! (create-if-absent, the commit point). Without the tombstone the segment is ignored.
+//! Tombstones are numbered per attempt (`<id>`, `<id>.1`, …): a void (fenced) one never
+//! blocks a later delete, and at most one generation of a snapshot is non-void
+//! (format-spec §6).
 
 use super::ids::{new_time_id, now_rfc3339};
 use super::lease::{ensure_not_fenced, fenced, Lease};
@@ -339,22 +340,37 @@ impl Repository {
         id: &str,
         opts: &DeleteOptions<'_>,
     ) -> Result<Attempt> {
-        let set = self.load_segments().await?;
-        if set.markers.is_deleted(volume, id) {
-            return Err(RepoError::SnapshotNotFound {
-                volume: volume.into(),
-                id: id.into(),
+        // Lease before view (format-spec §5): a gc that commits after the view was listed
+        // counts this lease as live, so its cutoff is before this delete's start and it
+        // cannot have acted on a view older than ours.
+        let holder = new_time_id();
+        let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
+        let viewed: Result<(SegmentSet, String, SnapshotManifest)> = async {
+            let set = self.load_segments().await?;
+            if set.markers.is_deleted(volume, id) {
+                return Err(RepoError::SnapshotNotFound {
+                    volume: volume.into(),
+                    id: id.into(),
+                }
+                .into());
             }
-            .into());
+            // Void tombstones of earlier attempts keep their keys: number past them.
+            let gen = set.markers.next_tombstone_gen(volume, id);
+            let m = self.read_root(volume, id).await?;
+            Ok((set, tombstone_key_gen(volume, id, gen), m))
         }
-        // Void tombstones of earlier attempts keep their keys: number past them.
-        let tkey = tombstone_key_gen(volume, id, set.markers.next_tombstone_gen(volume, id));
-        let m = self.read_root(volume, id).await?;
+        .await;
+        let (set, tkey, m) = match viewed {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing written yet: the lease is all there is to remove.
+                lease.release().await;
+                return Err(e);
+            }
+        };
         if let Some(p) = opts.progress.filter(|_| !opts.in_callers_stage) {
             p.stage("delete", walk_bytes(&m));
         }
-        let holder = new_time_id();
-        let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
         let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
         let result: Result<Attempt> = async {
             let walk = walk(

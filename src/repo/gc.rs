@@ -24,7 +24,6 @@ use crate::Result;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A pack is repacked when at least this fraction of its bytes is dead.
@@ -150,6 +149,17 @@ pub struct GcReport {
     pub packs_unreadable: u64,
     /// Freed tables whose children were re-counted because a backup reused them.
     pub tables_revived: u64,
+    /// Tables at count zero whose children were still counted on their behalf (racing
+    /// deletes each left them referenced): this run released the children, which a later
+    /// run collects (format-spec §7 item 1).
+    pub tables_released: u64,
+    /// Packs this run skipped because they are damaged (missing, a corrupt footer or a
+    /// corrupt live frame): kept whole, neither repacked nor deleted; `check` names the
+    /// snapshots they hurt. The CLI exits with 3 when this is not empty.
+    pub damaged_packs: Vec<String>,
+    /// Old gc markers this run deleted (format-spec §7 item 6: no segment names them any
+    /// more and they predate the cutoff).
+    pub gc_markers_deleted: u64,
     pub requests: u64,
 }
 
@@ -232,6 +242,45 @@ pub(crate) async fn pack_entries(
     Ok(parse_footer(&key, &footer, count, off, crc)?)
 }
 
+/// The live frames of a pack about to be repacked, each read with a ranged GET and
+/// verified (crc32c, BLAKE3 = its id); `None` when one is damaged or missing: the caller
+/// keeps the pack whole, so damage never stops gc (issue 13, defect 9) and gc never drops
+/// the only copy of a frame a heal could still repair.
+async fn live_frames(
+    repo: &Repository,
+    name: &str,
+    live: &[super::pack::PackEntry],
+) -> Result<Option<Vec<Frame>>> {
+    let key = pack_key(name);
+    let mut out = Vec::with_capacity(live.len());
+    for e in live {
+        let range = e.offset as u64..e.offset as u64 + e.frame_len as u64;
+        let decoded = match repo.store().get_range(&key, range).await {
+            Ok(bytes) => super::chunk::decode_frame(&key, &bytes, Some(e.id))
+                .map(|(id, kind, plain)| (id, kind, plain.len(), bytes))
+                .map_err(crate::Error::from),
+            Err(err) => Err(err.into()),
+        };
+        match decoded {
+            Ok((id, kind, plain_len, bytes)) => out.push(Frame {
+                id,
+                kind,
+                plain_len: plain_len as u32,
+                bytes: bytes.to_vec(),
+            }),
+            Err(err) if super::error::is_damage(&err) => {
+                tracing::warn!(
+                    "gc: pack {name} has a damaged live frame {}, kept: {err}",
+                    e.id
+                );
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(Some(out))
+}
+
 impl Repository {
     /// Collect garbage. Safe to run alongside backups and deletes; one gc at a time
     /// commits (a second one fails with `GcConflict` without deleting anything).
@@ -289,90 +338,24 @@ impl Repository {
             ..GcReport::default()
         };
 
-        // 1. Freed blobs of deletes old enough to process; recent frees stay protected.
-        let releases = |h: &SegmentHead| {
-            set.markers.tombstones.contains_key(&h.meta.commit)
-                || set.markers.gcs.get(&h.meta.commit).is_some_and(|g| g.freed)
-        };
-        stage(
-            "gc-scan",
-            set.refs
-                .iter()
-                .filter(|h| releases(h))
-                .map(|h| records_bytes(h))
-                .sum(),
-        );
-        let mut candidates: HashSet<BlobId> = HashSet::new();
-        let mut recent: HashSet<BlobId> = HashSet::new();
-        let mut processed_refs: Vec<Arc<SegmentHead>> = Vec::new();
-        for h in &set.refs {
-            let released_at = match set.markers.tombstones.get(&h.meta.commit) {
-                Some((_, meta)) => meta.last_modified,
-                None => match set.markers.gcs.get(&h.meta.commit) {
-                    Some(g) if g.freed => g.stored,
-                    _ => {
-                        processed_refs.push(h.clone());
-                        continue;
-                    }
-                },
-            };
-            let processable = released_at.is_some_and(|t| t < cutoff);
-            if processable {
-                processed_refs.push(h.clone());
-            }
-            let recs = segment_records(self, h).await?;
-            for r in recs.chunks_exact(REFS_RECORD) {
-                let (id, _, flags) = segment::decode_refs_record(h, r)?;
-                if flags & FREED != 0 {
-                    if processable {
-                        candidates.insert(id)
-                    } else {
-                        recent.insert(id)
-                    };
-                }
-            }
-            advance(records_bytes(h));
+        // 1. Candidates and protection (decrements of release segments), revival, and the
+        // release of tables at zero whose children are still counted (gc_select.rs).
+        stage("gc-scan", super::gc_select::scan_bytes(&set));
+        let mut sel = super::gc_select::select(self, &set, cutoff, &mut w, &advance).await?;
+        report.tables_revived = sel.revived;
+        report.tables_released = sel.released;
+        report.damaged_packs.extend(sel.damaged.iter().cloned());
+        if sel.halt {
+            // Unknown children counts: collect nothing this run (and keep the decrements
+            // identifiable: no compaction, below).
+            sel.candidates.clear();
         }
-        // 1b. Revival: a freed table that a backup running during the delete reused has a
-        // positive count again, but the delete already decremented its children. Their
-        // increments are restored once (children contribution = stored + revived − freed).
-        let mut keep: HashSet<BlobId> = HashSet::new();
-        let mut revived: HashSet<BlobId> = HashSet::new();
-        let mut stack: Vec<BlobId> = candidates.iter().copied().collect();
-        while let Some(id) = stack.pop() {
-            if revived.contains(&id)
-                || self.refcount(&set, &id).await? + w.own_delta(&id).await? <= 0
-            {
-                continue;
-            }
-            let Some(loc) = self.locate(&set, &id).await? else {
-                continue;
-            };
-            if loc.kind != BlobKind::Table {
-                continue;
-            }
-            let contribution = self.children_contribution(&set, &id).await?;
-            if contribution > 0 {
-                continue;
-            }
-            let plain = self.read_blob(&loc, &id).await?;
-            let entries = super::table::decode_any(&pack_key(&loc.pack), &plain)?;
-            revived.insert(id);
-            // Back to exactly one count on its behalf, whatever was released before.
-            let missing = 1 - contribution;
-            w.add_ref_with_contribution(id, 0, REVIVED, missing);
-            for c in entries.into_iter().filter(|c| !c.is_zero()) {
-                w.add_ref(c, missing, 0);
-                keep.insert(c);
-                stack.push(c);
-            }
-        }
-        report.tables_revived = revived.len() as u64;
+        let protected = &sel.protected;
+        let processed_refs = &sel.processed_refs;
         // 2. Garbage by pack.
         let mut by_pack: HashMap<String, Vec<(BlobId, Location)>> = HashMap::new();
-        for id in &candidates {
-            if recent.contains(id)
-                || keep.contains(id)
+        for id in &sel.candidates {
+            if protected.contains(id)
                 || self.refcount(&set, id).await? + w.own_delta(id).await? != 0
             {
                 continue;
@@ -403,6 +386,7 @@ impl Repository {
                 Err(e) if super::error::is_damage(&e) => {
                     tracing::warn!("gc: pack {name} unreadable, its garbage skipped: {e}");
                     report.packs_unreadable += 1;
+                    report.damaged_packs.push(name.clone());
                     advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());
                     continue;
                 }
@@ -419,8 +403,7 @@ impl Repository {
                         .locate(&set, &e.id)
                         .await?
                         .is_some_and(|l| &l.pack == name);
-                    here && (recent.contains(&e.id)
-                        || keep.contains(&e.id)
+                    here && (protected.contains(&e.id)
                         || self.refcount(&set, &e.id).await? + w.own_delta(&e.id).await? > 0)
                 };
                 if is_live {
@@ -435,20 +418,17 @@ impl Repository {
                 report.bytes_reclaimed += total;
                 w.dead_packs.push(name.clone());
             } else if dead_bytes as f64 >= REPACK_DEAD_FRACTION * total as f64 {
-                let key = pack_key(name);
-                for e in live.iter().filter(|_| !dry) {
-                    let bytes = self
-                        .store()
-                        .get_range(&key, e.offset as u64..e.offset as u64 + e.frame_len as u64)
-                        .await?;
-                    let (id, kind, plain) = super::chunk::decode_frame(&key, &bytes, Some(e.id))?;
-                    w.add(&Frame {
-                        id,
-                        kind,
-                        plain_len: plain.len() as u32,
-                        bytes: bytes.to_vec(),
-                    })
-                    .await?;
+                if !dry {
+                    // Every live frame is read and verified before any is written: one that
+                    // is damaged keeps the whole pack (neither repacked nor deleted).
+                    let Some(frames) = live_frames(self, name, &live).await? else {
+                        report.damaged_packs.push(name.clone());
+                        advance(garbage.iter().map(|(_, l)| u64::from(l.frame_len)).sum());
+                        continue;
+                    };
+                    for f in &frames {
+                        w.add(f).await?;
+                    }
                 }
                 report.blobs_collected += garbage.len() as u64;
                 report.bytes_rewritten += live.iter().map(|e| e.frame_len as u64).sum::<u64>();
@@ -471,7 +451,12 @@ impl Repository {
         dead_packs.extend(w.dead_packs.iter().cloned());
         // 4. Compaction (amortised: only when segments pile up).
         let mut superseded: Vec<String> = Vec::new();
-        let compacting = set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT;
+        // Not in a run that released tables: its own records must stay identifiable as
+        // decrements, and a compacted sum for the same blob would hide them (the
+        // writer keeps one record per blob). The next run compacts.
+        let compacting = !sel.halt
+            && sel.released == 0
+            && (set.index.len() > COMPACT_AT || set.refs.len() > COMPACT_AT);
         stage(
             "gc-compact",
             match compacting {
@@ -527,7 +512,7 @@ impl Repository {
                     continue;
                 }
                 let mut contribution: HashMap<BlobId, i64> = HashMap::new();
-                for h in &processed_refs {
+                for h in processed_refs {
                     let recs = bucket_records(self, h, lo, hi).await?;
                     for r in recs.chunks_exact(REFS_RECORD) {
                         let (id, delta, flags) = segment::decode_refs_record(h, r)?;
@@ -589,7 +574,10 @@ impl Repository {
             report.requests = self.counts().since(&before).total();
             return Ok(report);
         }
-        commit_gc_marker(self, &mut w, &lease, seq, &marker_key, false).await?;
+        // A run that released tables committed decrements: later runs must treat its refs
+        // segments as a release (protected until its marker is older than their cutoff).
+        let releases = sel.released > 0;
+        commit_gc_marker(self, &mut w, &lease, seq, &marker_key, releases).await?;
         // 5. Committed: physical deletes (idempotent; a crash here is finished next time).
         let mut doomed: Vec<String> = dead_packs.iter().map(|p| pack_key(p)).collect();
         for h in set.index.iter().chain(set.refs.iter()) {
@@ -630,10 +618,12 @@ impl Repository {
             .iter()
             .filter(|l| l.holder != holder && !l.live_at(now))
             .collect();
+        let retired = super::gc_select::retired_markers(&set, seq, cutoff);
         stage(
             "gc-delete",
             (doomed.len()
                 + tombstones.len()
+                + retired.len()
                 + dead_writers.len()
                 + orphans.as_ref().map_or(0, |o| o.keys.len())) as u64,
         );
@@ -658,6 +648,13 @@ impl Repository {
                     .put(super::stale::SWEEP_KEY, Bytes::from(body))
                     .await?;
             }
+        }
+        // 5b. gc markers that commit nothing any more (after everything above: a crash
+        // before this only leaves them for the next run).
+        if !retired.is_empty() {
+            self.store().delete_batch(&retired).await?;
+            advance(retired.len() as u64);
+            report.gc_markers_deleted = retired.len() as u64;
         }
         // 6. Dead writers.
         for l in dead_writers {

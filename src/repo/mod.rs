@@ -25,6 +25,7 @@ mod follow;
 mod follow_tests;
 mod forget;
 mod gc;
+mod gc_select;
 pub(crate) mod ids;
 pub(crate) mod lease;
 pub(crate) mod manifest;

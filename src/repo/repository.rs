@@ -88,6 +88,9 @@ pub(crate) struct Markers {
     /// Highest sequence number of any `gc/<seq>` key, fenced ones included: a void marker
     /// still occupies its key, so the next gc must number past it.
     pub gc_seq_max: Option<u64>,
+    /// Every listed `gc/<seq>` key (fenced ones included) with its sequence number and
+    /// store time: gc deletes old ones (format-spec §7 item 6).
+    pub gc_listed: Vec<(u64, ObjectMeta)>,
 }
 
 impl Markers {
@@ -132,6 +135,9 @@ pub(crate) struct SegmentSet {
     pub uncounted: Vec<ObjectMeta>,
     /// The newer view reads follow after losing a race with gc (`follow.rs`).
     pub successor: super::follow::Successor,
+    /// `meta.commit` of every listed segment, counted, superseded or not: a gc marker no
+    /// listed segment names commits nothing any more (format-spec §7 item 6).
+    pub named_commits: HashSet<String>,
 }
 
 /// Writer id from a segment key `index/<writer>-<seq>`.
@@ -260,6 +266,7 @@ impl Repository {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 m.gc_seq_max = m.gc_seq_max.max(Some(seq));
+                m.gc_listed.push((seq, o.clone()));
             }
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
@@ -353,6 +360,7 @@ impl Repository {
                     Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
+                set.named_commits.insert(h.meta.commit.clone());
                 if !set.markers.commits(&h.meta.commit, segment_writer(&h.key)) {
                     set.uncounted.push(o);
                     continue;

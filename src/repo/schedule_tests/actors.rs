@@ -1,4 +1,4 @@
-//! The actors of a schedule (backup writers, a deleter, a gc, a clock) and the log of what
+//! The actors of a schedule (backup writers, deleters, a gc, a clock) and the log of what
 //! each one was told, which is the oracle's model: a backup that reported success must
 //! restore bit-exact, whatever else ran.
 
@@ -235,7 +235,13 @@ pub(super) fn initial(rng: &mut StdRng, chunks: usize) -> Vec<u8> {
 }
 
 /// Deletes `n` snapshots picked from the listing it sees at that moment.
-pub(super) async fn deleter(log_: SharedLog, store: Arc<FaultStore>, n: u32, mut rng: StdRng) {
+pub(super) async fn deleter(
+    log_: SharedLog,
+    store: Arc<FaultStore>,
+    name: &'static str,
+    n: u32,
+    mut rng: StdRng,
+) {
     let Ok(repo) = Repository::open(store).await else {
         return;
     };
@@ -253,12 +259,12 @@ pub(super) async fn deleter(log_: SharedLog, store: Arc<FaultStore>, n: u32, mut
         log(&log_).maybe_deleted.insert(key.clone());
         log(&log_)
             .events
-            .push(format!("deleter: delete {}/{} starts", s.volume, s.id));
+            .push(format!("{name}: delete {}/{} starts", s.volume, s.id));
         match repo.delete_snapshot(&s.volume, &s.id).await {
             Ok(r) => {
                 let mut l = log(&log_);
                 l.events.push(format!(
-                    "deleter: deleted {}/{}, freed {}",
+                    "{name}: deleted {}/{}, freed {}",
                     s.volume, s.id, r.freed_blobs
                 ));
                 l.deleted.insert(key);
@@ -266,7 +272,7 @@ pub(super) async fn deleter(log_: SharedLog, store: Arc<FaultStore>, n: u32, mut
             Err(e) => {
                 let mut l = log(&log_);
                 l.deletes_failed += 1;
-                l.events.push(format!("deleter: delete failed: {e}"));
+                l.events.push(format!("{name}: delete failed: {e}"));
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Randomized schedule runner (issue 4): in each seeded schedule, three backup writers (two
-//! hosts on one volume, one on another), a deleter, a gc and a clock run concurrently on
+//! hosts on one volume, one on another), two deleters, a gc and a clock run concurrently on
 //! one in-memory repository. Every host sees its own seeded fault store: yields at each
 //! request interleave the tasks; some hosts also get request errors, lost
 //! acknowledgements or a crash (its unacknowledged writes lost); and some tasks are
@@ -24,6 +24,7 @@
 mod actors;
 mod regressions;
 mod regressions_fence;
+mod regressions_gc;
 mod regressions_leaks;
 
 use super::lease::{LEASE_TTL, SKEW};
@@ -102,14 +103,18 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             StdRng::seed_from_u64(rng.random()),
         )));
     }
-    let s = actors::host_store(&mem, &mut rng);
-    stores.push(s.clone());
-    tasks.push(tokio::spawn(actors::deleter(
-        shared.clone(),
-        s,
-        rng.random_range(1..=3),
-        StdRng::seed_from_u64(rng.random()),
-    )));
+    // Two deleters: racing deletes of snapshots sharing blobs (issue 20, finding 1).
+    for name in ["deleter1", "deleter2"] {
+        let s = actors::host_store(&mem, &mut rng);
+        stores.push(s.clone());
+        tasks.push(tokio::spawn(actors::deleter(
+            shared.clone(),
+            s,
+            name,
+            rng.random_range(1..=3),
+            StdRng::seed_from_u64(rng.random()),
+        )));
+    }
     let s = actors::host_store(&mem, &mut rng);
     stores.push(s.clone());
     tasks.push(tokio::spawn(actors::collector(
