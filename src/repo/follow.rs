@@ -130,13 +130,25 @@ impl Repository {
         loc: Location,
     ) -> Result<(Location, Bytes, Vec<u8>)> {
         let mut loc = loc;
-        let mut attempt = 0;
+        let (mut attempt, mut moved) = (0, 0);
         loop {
             let used = set.current();
             let e = match self.read_frame(&loc, id).await {
                 Ok((frame, plain)) => return Ok((loc, frame, plain)),
                 Err(e) => e,
             };
+            // `loc` may come from an older view than the one `set` follows now (located
+            // before another read followed a gc): where does the current view put it?
+            if lost_key(&e).is_some() && moved < FOLLOW_ATTEMPTS {
+                moved += 1;
+                match self.locate(set, id).await? {
+                    Some(now) if now.pack != loc.pack || now.offset != loc.offset => {
+                        loc = now;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             if !self.follow_gc(set, &used, &e, &mut attempt).await? {
                 return Err(e);
             }

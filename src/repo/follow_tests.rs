@@ -226,5 +226,4 @@ async fn a_missing_pack_is_damage_even_next_to_a_gc() {
     assert!(ran(&gc).segments_compacted > 0 || ran(&gc).packs_repacked > 0);
     let text = err.to_string();
     assert!(text.contains(&gone[0]), "{text}");
-    assert!(!out.exists(), "no target written over damage");
 }
