@@ -1,0 +1,111 @@
+//! Explicit-state model of Island's concurrency protocol (format-spec/repository.md §4–§7,
+//! §11, §12.2; the proof is format-spec/protocol-proof.md), checked exhaustively for small
+//! configurations. Independent of the crate: it models the spec, and each step names the
+//! code it stands for (`actors::step_name`).
+//!
+//! Properties: P1 no blob reachable from a committed, undeleted root is ever deleted; P2 a
+//! writer a gc judged dead has no non-void root; P3 after everyone crashes and a gc, a repair
+//! and a gc run alone, nothing leaks and counts are exact.
+//!
+//! Each issue-20 finding is a parameter: the pre-fix rule must give a counterexample (printed),
+//! the fixed rule none.
+
+mod actors;
+mod model;
+mod store;
+
+use model::{explore, Outcome};
+use store::*;
+
+const FIXED: Cfg = Cfg {
+    name: "",
+    gc_rule: GcRule::Decremented,
+    store_time: StoreTime::Visible,
+    verdicts: Verdicts::Recorded,
+    copy: false,
+    writers: &[W1],
+    deleters: &[],
+    gc: true,
+    repair: false,
+    adopt: false,
+    t0: 1,
+    tmax: 3,
+};
+
+fn run(cfg: &Cfg, check_p3: bool) -> Outcome {
+    let o = explore(cfg, check_p3, !check_p3);
+    println!(
+        "[{}] {} states, {} transitions, {} quiescence closures, {:.1} s",
+        cfg.name, o.states, o.transitions, o.quiescence_checks, o.seconds
+    );
+    if let Some((msg, trace)) = &o.violation {
+        println!("[{}] counterexample: {msg}", cfg.name);
+        for (i, l) in trace.iter().enumerate() {
+            println!("  {i:>3}. {l}");
+        }
+    }
+    o
+}
+
+fn assert_safe(cfg: &Cfg) {
+    let o = run(cfg, true);
+    if let Some((msg, _)) = o.violation {
+        panic!("[{}] {msg}", cfg.name);
+    }
+}
+
+fn assert_counterexample(cfg: &Cfg, property: &str) {
+    let o = run(cfg, false);
+    let (msg, _) = o.violation.unwrap_or_else(|| panic!("[{}] the pre-fix rule found no counterexample", cfg.name));
+    assert!(msg.starts_with(property), "[{}] expected a {property} violation, got {msg}", cfg.name);
+}
+
+/// Finding 1: two racing deletes leave X at 0 without FREED; the old rule lets gc collect X
+/// (its pack is processed for Z) while W1, which reused X, is still running.
+/// No clock ticks: the race needs none (t0 = 1 only puts the old delete before every cutoff).
+const RACING_DELETES: Cfg = Cfg { name: "racing deletes", deleters: &[D1, D2], tmax: 1, ..FIXED };
+
+#[test]
+fn racing_deletes_old_gc_rule_loses_a_reused_blob() {
+    assert_counterexample(&Cfg { name: "racing deletes, FREED-only protection", gc_rule: GcRule::FreedOnly, ..RACING_DELETES }, "P1");
+}
+
+#[test]
+fn racing_deletes_new_gc_rule_is_safe_and_leak_free() {
+    assert_safe(&RACING_DELETES);
+}
+
+/// Finding 2: a root created with its write time as Last-Modified passes fencing after gc
+/// cleaned its writer.
+const PAUSED_CREATE: Cfg = Cfg { name: "paused create", ..FIXED };
+
+#[test]
+fn paused_create_with_write_time_gives_a_phantom_root() {
+    assert_counterexample(&Cfg { name: "paused create, Last-Modified = write time", store_time: StoreTime::WriteTime, ..PAUSED_CREATE }, "P");
+}
+
+#[test]
+fn paused_create_with_visibility_time_is_fenced() {
+    assert_safe(&PAUSED_CREATE);
+}
+
+/// Finding 3: a copy resets Last-Modified; re-derived voidness turns committed roots void
+/// and gc/repair delete their blobs.
+const COPIED: Cfg = Cfg { name: "copied repository", copy: true, repair: true, tmax: 2, ..FIXED };
+
+#[test]
+fn copied_repository_with_rederived_voidness_loses_snapshots() {
+    assert_counterexample(&Cfg { name: "copied repository, voidness re-derived", verdicts: Verdicts::Rederive, ..COPIED }, "P1");
+}
+
+#[test]
+fn copied_repository_with_recorded_verdicts_is_safe() {
+    assert_safe(&COPIED);
+}
+
+/// Two writers of the shared volume: W2 may adopt W1's checkpoint (claim, transfer, W1's
+/// fencing by the claim), with gc judging either dead at any point.
+#[test]
+fn adoption_with_gc_is_safe_and_leak_free() {
+    assert_safe(&Cfg { name: "adoption", writers: &[W1, W2], adopt: true, tmax: 2, ..FIXED });
+}
