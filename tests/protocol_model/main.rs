@@ -11,10 +11,11 @@
 //! the fixed rule none.
 
 mod actors;
+mod collect;
 mod model;
 mod store;
 
-use model::{explore, Outcome};
+use model::*;
 use store::*;
 
 const FIXED: Cfg = Cfg {
@@ -47,65 +48,153 @@ fn run(cfg: &Cfg, check_p3: bool) -> Outcome {
     o
 }
 
-fn assert_safe(cfg: &Cfg) {
+/// Exhaustive check of P1–P3; `must_reach` (`model::REACHED_*`) guards against a vacuous pass.
+fn assert_safe(cfg: &Cfg, must_reach: u32) {
     let o = run(cfg, true);
     if let Some((msg, _)) = o.violation {
         panic!("[{}] {msg}", cfg.name);
     }
+    assert_eq!(
+        o.reached & must_reach,
+        must_reach,
+        "[{}] scenario not reached: {:#b} of {:#b}",
+        cfg.name,
+        o.reached,
+        must_reach
+    );
 }
 
 fn assert_counterexample(cfg: &Cfg, property: &str) {
     let o = run(cfg, false);
-    let (msg, _) = o.violation.unwrap_or_else(|| panic!("[{}] the pre-fix rule found no counterexample", cfg.name));
-    assert!(msg.starts_with(property), "[{}] expected a {property} violation, got {msg}", cfg.name);
+    let (msg, _) = o
+        .violation
+        .unwrap_or_else(|| panic!("[{}] the pre-fix rule found no counterexample", cfg.name));
+    assert!(
+        msg.starts_with(property),
+        "[{}] expected a {property} violation, got {msg}",
+        cfg.name
+    );
 }
 
 /// Finding 1: two racing deletes leave X at 0 without FREED; the old rule lets gc collect X
 /// (its pack is processed for Z) while W1, which reused X, is still running.
 /// No clock ticks: the race needs none (t0 = 1 only puts the old delete before every cutoff).
-const RACING_DELETES: Cfg = Cfg { name: "racing deletes", deleters: &[D1, D2], tmax: 1, ..FIXED };
+const RACING_DELETES: Cfg = Cfg {
+    name: "racing deletes",
+    deleters: &[D1, D2],
+    tmax: 1,
+    ..FIXED
+};
 
 #[test]
 fn racing_deletes_old_gc_rule_loses_a_reused_blob() {
-    assert_counterexample(&Cfg { name: "racing deletes, FREED-only protection", gc_rule: GcRule::FreedOnly, ..RACING_DELETES }, "P1");
+    assert_counterexample(
+        &Cfg {
+            name: "racing deletes, FREED-only protection",
+            gc_rule: GcRule::FreedOnly,
+            ..RACING_DELETES
+        },
+        "P1",
+    );
 }
 
 #[test]
 fn racing_deletes_new_gc_rule_is_safe_and_leak_free() {
-    assert_safe(&RACING_DELETES);
+    assert_safe(
+        &RACING_DELETES,
+        REACHED_RACING_DELETES_WITH_REUSE | REACHED_PACK_COLLECTED,
+    );
 }
 
 /// Finding 2: a root created with its write time as Last-Modified passes fencing after gc
 /// cleaned its writer.
-const PAUSED_CREATE: Cfg = Cfg { name: "paused create", ..FIXED };
+const PAUSED_CREATE: Cfg = Cfg {
+    name: "paused create",
+    ..FIXED
+};
 
 #[test]
 fn paused_create_with_write_time_gives_a_phantom_root() {
-    assert_counterexample(&Cfg { name: "paused create, Last-Modified = write time", store_time: StoreTime::WriteTime, ..PAUSED_CREATE }, "P");
+    assert_counterexample(
+        &Cfg {
+            name: "paused create, Last-Modified = write time",
+            store_time: StoreTime::WriteTime,
+            ..PAUSED_CREATE
+        },
+        "P",
+    );
 }
 
 #[test]
 fn paused_create_with_visibility_time_is_fenced() {
-    assert_safe(&PAUSED_CREATE);
+    assert_safe(
+        &PAUSED_CREATE,
+        REACHED_JUDGED_DEAD | REACHED_FENCED_ROOT | REACHED_PACK_COLLECTED,
+    );
 }
 
 /// Finding 3: a copy resets Last-Modified; re-derived voidness turns committed roots void
 /// and gc/repair delete their blobs.
-const COPIED: Cfg = Cfg { name: "copied repository", copy: true, repair: true, tmax: 2, ..FIXED };
+const COPIED: Cfg = Cfg {
+    name: "copied repository",
+    copy: true,
+    repair: true,
+    tmax: 2,
+    ..FIXED
+};
 
 #[test]
 fn copied_repository_with_rederived_voidness_loses_snapshots() {
-    assert_counterexample(&Cfg { name: "copied repository, voidness re-derived", verdicts: Verdicts::Rederive, ..COPIED }, "P1");
+    assert_counterexample(
+        &Cfg {
+            name: "copied repository, voidness re-derived",
+            verdicts: Verdicts::Rederive,
+            ..COPIED
+        },
+        "P1",
+    );
 }
 
 #[test]
 fn copied_repository_with_recorded_verdicts_is_safe() {
-    assert_safe(&COPIED);
+    assert_safe(
+        &COPIED,
+        REACHED_COPY_REFUSED | REACHED_REPAIR_RELEASE | REACHED_PACK_COLLECTED,
+    );
 }
 
 /// Two writers of the shared volume: W2 may adopt W1's checkpoint (claim, transfer, W1's
 /// fencing by the claim), with gc judging either dead at any point.
 #[test]
 fn adoption_with_gc_is_safe_and_leak_free() {
-    assert_safe(&Cfg { name: "adoption", writers: &[W1, W2], adopt: true, tmax: 2, ..FIXED });
+    let cfg = Cfg {
+        name: "adoption",
+        writers: &[W1, W2],
+        adopt: true,
+        tmax: 2,
+        ..FIXED
+    };
+    assert_safe(
+        &cfg,
+        REACHED_ADOPTED_COMMIT | REACHED_JUDGED_DEAD | REACHED_FENCED_ROOT,
+    );
+}
+
+/// Everything at once, without lease expiry: two writers of the shared volume (adoption
+/// enabled), two racing deletes, gc and repair.
+#[test]
+fn everything_racing_is_safe_and_leak_free() {
+    let cfg = Cfg {
+        name: "everything racing",
+        writers: &[W1, W2],
+        deleters: &[D1, D2],
+        repair: true,
+        adopt: true,
+        tmax: 1,
+        ..FIXED
+    };
+    assert_safe(
+        &cfg,
+        REACHED_ADOPTED_COMMIT | REACHED_RACING_DELETES_WITH_REUSE | REACHED_REPAIR_RELEASE,
+    );
 }

@@ -30,7 +30,10 @@ pub fn initial(cfg: &Cfg) -> State {
     let mut s = Store::default();
     s.put(Key::Config, 0, Body::Plain);
     s.put(Key::Pack(SZ), 0, Body::Pack(bit(X) | bit(Z)));
-    let idx = Body::Index { entries: vec![(X, SZ), (Z, SZ)], dead: 0 };
+    let idx = Body::Index {
+        entries: vec![(X, SZ), (Z, SZ)],
+        dead: 0,
+    };
     s.put(Key::Index(SZ), 0, idx);
     for (h, blobs) in [(SZ, bit(X) | bit(Z)), (S0, bit(X)), (S1, bit(X))] {
         let mut delta = [0i8; NB];
@@ -40,13 +43,34 @@ pub fn initial(cfg: &Cfg) -> State {
             }
         }
         s.put(Key::Refs(h), 0, Body::Refs { delta, freed: 0 });
-        s.put(Key::Root(h), 0, Body::Root { blobs, lease_time: 0 });
+        s.put(
+            Key::Root(h),
+            0,
+            Body::Root {
+                blobs,
+                lease_time: 0,
+            },
+        );
     }
     let mut delta = [0i8; NB];
     delta[X] = -1;
     delta[Z] = -1;
-    s.put(Key::Refs(DOLD), 0, Body::Refs { delta, freed: bit(Z) });
-    s.put(Key::Tomb(SZ), 0, Body::Tomb { holder: DOLD, lease_time: 0 });
+    s.put(
+        Key::Refs(DOLD),
+        0,
+        Body::Refs {
+            delta,
+            freed: bit(Z),
+        },
+    );
+    s.put(
+        Key::Tomb(SZ),
+        0,
+        Body::Tomb {
+            holder: DOLD,
+            lease_time: 0,
+        },
+    );
     let mut actors = Vec::new();
     for &w in cfg.writers {
         actors.push(Actor::new(Kind::Writer, w, 0));
@@ -60,7 +84,15 @@ pub fn initial(cfg: &Cfg) -> State {
     if cfg.repair {
         actors.push(Actor::new(Kind::Repair, R, 0));
     }
-    let mut st = State { now: cfg.t0, store: s, actors, copied: false, ever_valid: 0, judged_dead: 0, ever_deleted: 0 };
+    let mut st = State {
+        now: cfg.t0,
+        store: s,
+        actors,
+        copied: false,
+        ever_valid: 0,
+        judged_dead: 0,
+        ever_deleted: 0,
+    };
     update_ghosts(&mut st, cfg);
     st
 }
@@ -74,7 +106,12 @@ pub fn successor(st: &State, cfg: &Cfg, i: usize) -> Option<State> {
             return None;
         }
         let mut a = next.actors[i].clone();
-        let mut c = Ctx { s: &mut next.store, now: st.now, cfg, judged_dead: &mut next.judged_dead };
+        let mut c = Ctx {
+            s: &mut next.store,
+            now: st.now,
+            cfg,
+            judged_dead: &mut next.judged_dead,
+        };
         step(&mut c, &mut a);
         a.canonical();
         next.actors[i] = a;
@@ -113,7 +150,10 @@ pub fn label(st: &State, i: usize) -> String {
     } else if i == n {
         format!("tick → t={}", st.now + 1)
     } else {
-        format!("COPY the repository at t={} (every Last-Modified := {})", st.now, st.now)
+        format!(
+            "COPY the repository at t={} (every Last-Modified := {})",
+            st.now, st.now
+        )
     }
 }
 
@@ -144,7 +184,9 @@ pub fn safety(st: &State, cfg: &Cfg) -> Result<(), String> {
         _ => m,
     });
     for (k, o) in &st.store.objs {
-        let (Key::Root(h), Body::Root { blobs, .. }) = (k, &o.body) else { continue };
+        let (Key::Root(h), Body::Root { blobs, .. }) = (k, &o.body) else {
+            continue;
+        };
         let kept = st.ever_valid & hbit(*h) != 0 && st.ever_deleted & hbit(*h) == 0;
         let visible = v.committed & hbit(*h) != 0 && v.deleted & hbit(*h) == 0 && !st.copied;
         for b in 0..NB {
@@ -180,16 +222,28 @@ pub fn quiesce(st: &State, cfg: &Cfg) -> Result<(), String> {
             a.status = Status::Failed;
         }
     }
-    let runs = [(Kind::Gc, CLOSE[0]), (Kind::Repair, CLOSE[1]), (Kind::Gc, CLOSE[2])];
+    let runs = [
+        (Kind::Gc, CLOSE[0]),
+        (Kind::Repair, CLOSE[1]),
+        (Kind::Gc, CLOSE[2]),
+    ];
     for (kind, h) in runs {
         st.now += TTL + SKEW + 1;
         let mut a = Actor::new(kind, h, 0);
         while a.status == Status::Running {
-            let mut c = Ctx { s: &mut st.store, now: st.now, cfg, judged_dead: &mut st.judged_dead };
+            let mut c = Ctx {
+                s: &mut st.store,
+                now: st.now,
+                cfg,
+                judged_dead: &mut st.judged_dead,
+            };
             step(&mut c, &mut a);
         }
         if a.status != Status::Done {
-            return Err(format!("P3: the closing {:?} run {} failed", kind, HOLDER_NAMES[h as usize]));
+            return Err(format!(
+                "P3: the closing {:?} run {} failed",
+                kind, HOLDER_NAMES[h as usize]
+            ));
         }
     }
     let v = view(&st.store, cfg);
@@ -210,7 +264,10 @@ pub fn quiesce(st: &State, cfg: &Cfg) -> Result<(), String> {
             _ => false,
         };
         if leak {
-            return Err(format!("P3: after crash + gc + repair + gc, {k:?} is left over: {:?}", o.body));
+            return Err(format!(
+                "P3: after crash + gc + repair + gc, {k:?} is left over: {:?}",
+                o.body
+            ));
         }
     }
     for b in 0..NB {
@@ -234,7 +291,56 @@ fn fingerprint<T: Hash>(t: &T) -> u64 {
 /// fails instead of being reported as checked.
 const MAX_STATES: usize = 20_000_000;
 
+/// Facts a configuration must reach, so that a safe verdict is not vacuous.
+pub const REACHED_ADOPTED_COMMIT: u32 = 1;
+pub const REACHED_JUDGED_DEAD: u32 = 2;
+pub const REACHED_PACK_COLLECTED: u32 = 4;
+pub const REACHED_RACING_DELETES_WITH_REUSE: u32 = 8;
+pub const REACHED_REPAIR_RELEASE: u32 = 16;
+pub const REACHED_FENCED_ROOT: u32 = 32;
+pub const REACHED_COPY_REFUSED: u32 = 64;
+
+fn facts(st: &State, cfg: &Cfg) -> u32 {
+    let s = &st.store;
+    let valid = |k: Key| !void(s, cfg, k);
+    let mut f = 0;
+    if valid(Key::Root(W2))
+        && matches!(s.get(Key::Index(W2)).map(|o| &o.body), Some(Body::Index { entries, .. }) if entries.iter().any(|e| e.1 == W1))
+    {
+        f |= REACHED_ADOPTED_COMMIT;
+    }
+    if st.judged_dead != 0 {
+        f |= REACHED_JUDGED_DEAD;
+    }
+    if !s.has(Key::Pack(SZ)) {
+        f |= REACHED_PACK_COLLECTED;
+    }
+    if valid(Key::Tomb(S0)) && valid(Key::Tomb(S1)) && valid(Key::Root(W1)) {
+        f |= REACHED_RACING_DELETES_WITH_REUSE;
+    }
+    if s.objs
+        .iter()
+        .any(|(k, o)| matches!(o.body, Body::Gc { freed: true, .. }) && valid(*k))
+    {
+        f |= REACHED_REPAIR_RELEASE;
+    }
+    if s.has(Key::Root(W1)) && !valid(Key::Root(W1)) {
+        f |= REACHED_FENCED_ROOT;
+    }
+    if st.copied
+        && st.actors.iter().any(|a| {
+            matches!(a.kind, Kind::Gc | Kind::Repair) && a.status == Status::Failed && a.h != 0
+        })
+        && s.has(Key::Pack(SZ))
+    {
+        f |= REACHED_COPY_REFUSED;
+    }
+    f
+}
+
 pub struct Outcome {
+    /// OR of the `REACHED_*` facts over every explored state.
+    pub reached: u32,
     pub states: usize,
     pub transitions: usize,
     pub quiescence_checks: usize,
@@ -259,16 +365,20 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
     let mut transitions = 0;
     let n_actions = init.actors.len() + 2;
     let mut violation = None;
+    let mut reached = 0;
     let pop = |q: &mut VecDeque<(State, u32)>| if bfs { q.pop_front() } else { q.pop_back() };
     'bfs: while let Some((st, idx)) = pop(&mut queue) {
         for i in 0..n_actions {
-            let Some(next) = successor(&st, cfg, i) else { continue };
+            let Some(next) = successor(&st, cfg, i) else {
+                continue;
+            };
             transitions += 1;
             if !seen.insert(fingerprint(&next)) {
                 continue;
             }
             parents.push((idx, i as u8));
             let nidx = (parents.len() - 1) as u32;
+            reached |= facts(&next, cfg);
             let mut bad = safety(&next, cfg).err();
             if bad.is_none() && check_p3 && !next.copied {
                 let key = fingerprint(&(&next.store, next.now, next.judged_dead));
@@ -281,15 +391,25 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
                 break 'bfs;
             }
             if seen.len() > MAX_STATES {
-                panic!("[{}] more than {MAX_STATES} states: shrink the configuration", cfg.name);
+                panic!(
+                    "[{}] more than {MAX_STATES} states: shrink the configuration",
+                    cfg.name
+                );
             }
             if seen.len() % 1_000_000 == 0 {
-                println!("[{}] {} states, queue {}, {:.0} s", cfg.name, seen.len(), queue.len(), t0.elapsed().as_secs_f64());
+                println!(
+                    "[{}] {} states, queue {}, {:.0} s",
+                    cfg.name,
+                    seen.len(),
+                    queue.len(),
+                    t0.elapsed().as_secs_f64()
+                );
             }
             queue.push_back((next, nidx));
         }
     }
     Outcome {
+        reached,
         states: seen.len(),
         transitions,
         quiescence_checks: quiesced.len(),

@@ -77,17 +77,37 @@ pub enum Key {
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Body {
     Plain,
-    Intent { adopted: Option<H>, adopted_by: Option<H> },
+    Intent {
+        adopted: Option<H>,
+        adopted_by: Option<H>,
+    },
     Pack(Blobs),
     /// Index segment: blob → pack holder, and the packs a gc declared dead.
-    Index { entries: Vec<(Blob, H)>, dead: u16 },
+    Index {
+        entries: Vec<(Blob, H)>,
+        dead: u16,
+    },
     /// Refs segment: count deltas and FREED flags.
-    Refs { delta: [i8; NB], freed: Blobs },
-    Root { blobs: Blobs, lease_time: u8 },
-    Tomb { holder: H, lease_time: u8 },
+    Refs {
+        delta: [i8; NB],
+        freed: Blobs,
+    },
+    Root {
+        blobs: Blobs,
+        lease_time: u8,
+    },
+    Tomb {
+        holder: H,
+        lease_time: u8,
+    },
     /// gc marker; `freed` = a repair's release segment (§11.2); `verdicts` = the voidness of
     /// every marker this run judged (the recorded-verdict rule of finding 3).
-    Gc { holder: H, lease_time: u8, freed: bool, verdicts: Vec<(Key, bool)> },
+    Gc {
+        holder: H,
+        lease_time: u8,
+        freed: bool,
+        verdicts: Vec<(Key, bool)>,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -174,7 +194,15 @@ impl Store {
     /// location" needs); other objects get 0, so creation order does not split states.
     pub fn put(&mut self, k: Key, lm: u8, body: Body) {
         let cseq = match k {
-            Key::Index(_) => 1 + self.objs.iter().filter(|(k, _)| matches!(k, Key::Index(_))).map(|(_, o)| o.cseq).max().unwrap_or(0),
+            Key::Index(_) => {
+                1 + self
+                    .objs
+                    .iter()
+                    .filter(|(k, _)| matches!(k, Key::Index(_)))
+                    .map(|(_, o)| o.cseq)
+                    .max()
+                    .unwrap_or(0)
+            }
             _ => 0,
         };
         self.objs.insert(k, Obj { lm, cseq, body });
@@ -333,7 +361,15 @@ pub fn view(s: &Store, cfg: &Cfg) -> View {
             }
         }
     }
-    View { committed, releases, count, loc, named, live_roots, deleted }
+    View {
+        committed,
+        releases,
+        count,
+        loc,
+        named,
+        live_roots,
+        deleted,
+    }
 }
 
 impl View {
