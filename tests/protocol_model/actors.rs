@@ -49,6 +49,8 @@ pub struct Actor {
     pub leased: u16,
     pub dead: u16,
     pub committed: u16,
+    /// Packs a counted index segment names in gc's view (`stale::named_packs`).
+    pub named: u16,
     pub dead_packs: u16,
     pub moved: Blobs,
     pub orphans: u16,
@@ -82,6 +84,7 @@ impl Actor {
             leased: 0,
             dead: 0,
             committed: 0,
+            named: 0,
             dead_packs: 0,
             moved: 0,
             orphans: 0,

@@ -163,6 +163,7 @@ pub fn gc(c: &mut Ctx, a: &mut Actor) {
 fn gc_plan(s: &Store, cfg: &Cfg, a: &mut Actor) {
     let v = view(s, cfg);
     a.committed = v.committed;
+    a.named = v.named;
     a.seq = next_seq(s);
     a.verdicts = judge_all(s, cfg);
     let (mut cand, mut prot) = (0 as Blobs, 0 as Blobs);
@@ -251,12 +252,11 @@ fn probe(c: &mut Ctx, a: &Actor, t: H, adopted: Option<H>, adopted_by: Option<H>
     if a.committed & hbit(t) != 0 {
         return;
     }
-    let named = view(c.s, c.cfg).named;
     for p in [Some(t).filter(|_| adopted_by.is_none()), adopted]
         .into_iter()
         .flatten()
     {
-        if named & hbit(p) == 0 {
+        if a.named & hbit(p) == 0 {
             c.s.del(Key::Pack(p));
         }
     }

@@ -93,12 +93,13 @@ pub fn initial(cfg: &Cfg) -> State {
         judged_dead: 0,
         ever_deleted: 0,
     };
-    update_ghosts(&mut st, cfg);
+    let v = view(&st.store, cfg);
+    update_ghosts(&mut st, &v);
     st
 }
 
 /// One transition: `i < actors` steps actor `i`; then Tick; then Copy.
-pub fn successor(st: &State, cfg: &Cfg, i: usize) -> Option<State> {
+pub fn successor(st: &State, cfg: &Cfg, i: usize) -> Option<(State, View)> {
     let n = st.actors.len();
     let mut next = st.clone();
     if i < n {
@@ -138,8 +139,9 @@ pub fn successor(st: &State, cfg: &Cfg, i: usize) -> Option<State> {
             o.lm = st.now;
         }
     }
-    update_ghosts(&mut next, cfg);
-    Some(next)
+    let v = view(&next.store, cfg);
+    update_ghosts(&mut next, &v);
+    Some((next, v))
 }
 
 pub fn label(st: &State, i: usize) -> String {
@@ -157,18 +159,9 @@ pub fn label(st: &State, i: usize) -> String {
     }
 }
 
-fn update_ghosts(st: &mut State, cfg: &Cfg) {
-    for (k, _) in st.store.objs.iter() {
-        if let Key::Root(h) | Key::Tomb(h) = *k {
-            if !void(&st.store, cfg, *k) {
-                if matches!(k, Key::Root(_)) {
-                    st.ever_valid |= hbit(h);
-                } else {
-                    st.ever_deleted |= hbit(h);
-                }
-            }
-        }
-    }
+fn update_ghosts(st: &mut State, v: &View) {
+    st.ever_valid |= v.valid_roots;
+    st.ever_deleted |= v.deleted;
 }
 
 /// P1: no blob reachable from a committed root is deleted. (a) Every snapshot whose root was
@@ -177,8 +170,7 @@ fn update_ghosts(st: &mut State, cfg: &Cfg) {
 /// blob through its newest counted location (not judged after a copy: there readers must
 /// refuse until the operator's `--adopt-copy`, which is outside the model).
 /// P2: a writer a gc judged dead (and cleaned) has no non-void root.
-pub fn safety(st: &State, cfg: &Cfg) -> Result<(), String> {
-    let v = view(&st.store, cfg);
+pub fn safety(st: &State, v: &View, cfg: &Cfg) -> Result<(), String> {
     let stored: Blobs = st.store.objs.values().fold(0, |m, o| match o.body {
         Body::Pack(b) => m | b,
         _ => m,
@@ -300,9 +292,13 @@ pub const REACHED_REPAIR_RELEASE: u32 = 16;
 pub const REACHED_FENCED_ROOT: u32 = 32;
 pub const REACHED_COPY_REFUSED: u32 = 64;
 
-fn facts(st: &State, cfg: &Cfg) -> u32 {
+fn facts(st: &State, v: &View, cfg: &Cfg) -> u32 {
     let s = &st.store;
-    let valid = |k: Key| !void(s, cfg, k);
+    let valid = |k: Key| match k {
+        Key::Root(h) => v.valid_roots & hbit(h) != 0,
+        Key::Tomb(h) => v.deleted & hbit(h) != 0,
+        _ => !void(s, cfg, k),
+    };
     let mut f = 0;
     if valid(Key::Root(W2))
         && matches!(s.get(Key::Index(W2)).map(|o| &o.body), Some(Body::Index { entries, .. }) if entries.iter().any(|e| e.1 == W1))
@@ -369,7 +365,7 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
     let pop = |q: &mut VecDeque<(State, u32)>| if bfs { q.pop_front() } else { q.pop_back() };
     'bfs: while let Some((st, idx)) = pop(&mut queue) {
         for i in 0..n_actions {
-            let Some(next) = successor(&st, cfg, i) else {
+            let Some((next, v)) = successor(&st, cfg, i) else {
                 continue;
             };
             transitions += 1;
@@ -378,8 +374,8 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
             }
             parents.push((idx, i as u8));
             let nidx = (parents.len() - 1) as u32;
-            reached |= facts(&next, cfg);
-            let mut bad = safety(&next, cfg).err();
+            reached |= facts(&next, &v, cfg);
+            let mut bad = safety(&next, &v, cfg).err();
             if bad.is_none() && check_p3 && !next.copied {
                 let key = fingerprint(&(&next.store, next.now, next.judged_dead));
                 if quiesced.insert(key) {
@@ -429,7 +425,7 @@ fn trace(init: &State, cfg: &Cfg, parents: &[(u32, u8)], mut idx: u32) -> Vec<St
     let mut out = Vec::new();
     for i in path {
         out.push(label(&st, i));
-        st = successor(&st, cfg, i).expect("replayed step");
+        st = successor(&st, cfg, i).expect("replayed step").0;
     }
     out
 }

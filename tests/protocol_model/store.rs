@@ -294,11 +294,14 @@ pub struct View {
     pub named: u16,
     /// Snapshots with a non-void root and no non-void tombstone, and their blobs.
     pub live_roots: Vec<(H, Blobs)>,
+    /// Snapshots with a non-void root; with a non-void tombstone.
+    pub valid_roots: u16,
     pub deleted: u16,
 }
 
 pub fn view(s: &Store, cfg: &Cfg) -> View {
     let mut committed = 0u16;
+    let mut valid_roots = 0u16;
     let mut releases = Vec::new();
     let mut deleted = 0u16;
     for k in s.marker_keys() {
@@ -307,7 +310,10 @@ pub fn view(s: &Store, cfg: &Cfg) -> View {
         }
         let o = s.get(k).unwrap();
         match (&k, &o.body) {
-            (Key::Root(h), _) => committed |= hbit(*h),
+            (Key::Root(h), _) => {
+                committed |= hbit(*h);
+                valid_roots |= hbit(*h);
+            }
             (Key::Tomb(snap), Body::Tomb { holder, .. }) => {
                 committed |= hbit(*holder);
                 deleted |= hbit(*snap);
@@ -368,6 +374,7 @@ pub fn view(s: &Store, cfg: &Cfg) -> View {
         loc,
         named,
         live_roots,
+        valid_roots,
         deleted,
     }
 }
