@@ -235,15 +235,30 @@ fn writer(c: &mut Ctx, a: &mut Actor) {
                 return;
             }
             a.claim_t = c.now;
-            let newest =
+            let mut gens: Vec<(u8, u8)> =
                 c.s.objs
                     .iter()
-                    .filter(|(k, _)| matches!(k, Key::Lease(x, _) if *x == W1))
-                    .map(|(_, o)| o.lm)
-                    .max();
-            let ok = newest.is_some_and(|n| c.now - n <= TTL)
-                && c.s.has(Key::Checkpoint(W1))
-                && c.s.has(Key::Pack(W1));
+                    .filter_map(|(k, o)| match k {
+                        Key::Lease(x, g) if *x == W1 => Some((*g, o.lm)),
+                        _ => None,
+                    })
+                    .collect();
+            gens.sort();
+            let alive = match c.cfg.claim_rule {
+                ClaimRule::NewestGeneration => gens
+                    .iter()
+                    .map(|g| g.1)
+                    .max()
+                    .is_some_and(|n| c.now - n <= TTL),
+                ClaimRule::UnbrokenChain => {
+                    gens.push((u8::MAX, c.now));
+                    gens.len() > 1
+                        && gens
+                            .windows(2)
+                            .all(|w| w[1].1.saturating_sub(w[0].1) <= TTL)
+                }
+            };
+            let ok = alive && c.s.has(Key::Checkpoint(W1)) && c.s.has(Key::Pack(W1));
             if ok {
                 a.adopted = c.s.pack(W1);
                 a.pc = 3;

@@ -29,6 +29,7 @@ const FIXED: Cfg = Cfg {
     gc: true,
     repair: false,
     adopt: false,
+    claim_rule: ClaimRule::UnbrokenChain,
     t0: 1,
     tmax: 3,
 };
@@ -159,11 +160,7 @@ fn copied_repository_with_rederived_voidness_loses_snapshots() {
 
 #[test]
 fn copied_repository_with_recorded_verdicts_is_safe() {
-    assert_safe(
-        &COPIED,
-        REACHED_COPY_REFUSED | REACHED_REPAIR_RELEASE | REACHED_PACK_COLLECTED,
-        true,
-    );
+    assert_safe(&COPIED, REACHED_COPY_REFUSED | REACHED_PACK_COLLECTED, true);
 }
 
 /// Two writers of the shared volume: W2 may adopt W1's checkpoint (claim, transfer, W1's
@@ -181,21 +178,38 @@ fn adoption_with_gc_is_safe_and_leak_free() {
 }
 
 /// The same with two ticks, so that gc may judge W1 (adopted or not) or W2 dead at any
-/// point: P1 and P2 only (P3's closures would take minutes here).
+/// point. The claim rule of `checkpoint::claim` (newest generation within TTL) loses W1's
+/// pack: a gc lists W1 as dead, the zombie W1 writes a checkpoint and a fenced renewal (a
+/// fresh generation), W2's claim passes on that generation, gc's cleanup (from its earlier
+/// judgment, before W2 marks `intents/W1` adopted) deletes the pack W2 then commits.
+/// Millions of states (minutes): run with `-- --ignored`.
 #[test]
-fn adoption_with_lease_expiry_is_safe() {
+#[ignore]
+fn adoption_with_lease_expiry_current_claim_rule_loses_an_adopted_pack() {
     let cfg = Cfg {
-        name: "adoption, leases expire",
-        writers: &[W1, W2],
-        adopt: true,
-        tmax: 3,
-        ..FIXED
+        name: "adoption, leases expire, claim = newest generation",
+        claim_rule: ClaimRule::NewestGeneration,
+        ..ADOPTION_EXPIRY
     };
-    assert_safe(
-        &cfg,
-        REACHED_ADOPTED_COMMIT | REACHED_JUDGED_DEAD | REACHED_FENCED_ROOT,
-        false,
-    );
+    let o = run(&cfg, false, false);
+    let (msg, _) = o.violation.expect("a counterexample");
+    assert!(msg.starts_with("P1"), "{msg}");
+}
+
+const ADOPTION_EXPIRY: Cfg = Cfg {
+    name: "adoption, leases expire, claim = unbroken chain",
+    writers: &[W1, W2],
+    adopt: true,
+    tmax: 3,
+    ..FIXED
+};
+
+/// With the unbroken-chain claim rule: P1 and P2 (P3's closures would take far longer).
+#[test]
+#[ignore]
+fn adoption_with_lease_expiry_unbroken_chain_claim_is_safe() {
+    let all = REACHED_ADOPTED_COMMIT | REACHED_JUDGED_DEAD | REACHED_FENCED_ROOT;
+    assert_safe(&ADOPTION_EXPIRY, all, false);
 }
 
 /// The racing deletes with a repair racing them too.

@@ -150,6 +150,17 @@ pub enum Verdicts {
     Recorded,
 }
 
+/// How an adoption claim decides that the adopted holder was never judged dead (§12.2 step 1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ClaimRule {
+    /// `checkpoint::claim` today: claim time − newest other generation ≤ TTL. A zombie's
+    /// fenced renewal is a fresh generation, so it passes after a gc judged the holder dead.
+    NewestGeneration,
+    /// Proposed: the generations, in order and ending with the claim, are each at most TTL
+    /// after the previous one (a gap means the holder was fenced and may have been judged dead).
+    UnbrokenChain,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Cfg {
     pub name: &'static str,
@@ -165,6 +176,7 @@ pub struct Cfg {
     pub repair: bool,
     /// W2 may adopt W1's checkpoint (§12.2).
     pub adopt: bool,
+    pub claim_rule: ClaimRule,
     /// First and last tick of the clock (the initial repository's objects are at time 0).
     pub t0: u8,
     pub tmax: u8,
