@@ -405,9 +405,9 @@ fn repair_plan(s: &Store, cfg: &Cfg, a: &mut Actor) {
         }
     }
     a.freed = 0;
-    for b in 0..NB {
-        a.delta[b] = expected[b] - v.count[b];
-        if expected[b] == 0 && flagged & bit(b) == 0 && v.loc[b].is_some() {
+    for (b, &e) in expected.iter().enumerate() {
+        a.delta[b] = e - v.count[b];
+        if e == 0 && flagged & bit(b) == 0 && v.loc[b].is_some() {
             a.freed |= bit(b);
         }
     }

@@ -181,13 +181,13 @@ pub fn safety(st: &State, v: &View, cfg: &Cfg) -> Result<(), String> {
         };
         let kept = st.ever_valid & hbit(*h) != 0 && st.ever_deleted & hbit(*h) == 0;
         let visible = v.committed & hbit(*h) != 0 && v.deleted & hbit(*h) == 0 && !st.copied;
-        for b in 0..NB {
+        for (b, name) in BLOB_NAMES.iter().enumerate() {
             let gone = (kept && stored & bit(b) == 0) || (visible && !v.available(&st.store, b));
             let lost = blobs & bit(b) != 0 && gone;
             if lost {
                 return Err(format!(
-                    "P1: snapshot {} (committed, not deleted) references blob {} which is no longer stored",
-                    HOLDER_NAMES[*h as usize], BLOB_NAMES[b]
+                    "P1: snapshot {} (committed, not deleted) references blob {name} which is no longer stored",
+                    HOLDER_NAMES[*h as usize]
                 ));
             }
         }
@@ -392,7 +392,7 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
                     cfg.name
                 );
             }
-            if seen.len() % 1_000_000 == 0 {
+            if seen.len().is_multiple_of(1_000_000) {
                 println!(
                     "[{}] {} states, queue {}, {:.0} s",
                     cfg.name,

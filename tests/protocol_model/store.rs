@@ -311,6 +311,8 @@ pub struct View {
     pub deleted: u16,
 }
 
+type IndexSeg<'a> = (u8, &'a Vec<(Blob, H)>, u16);
+
 pub fn view(s: &Store, cfg: &Cfg) -> View {
     let mut committed = 0u16;
     let mut valid_roots = 0u16;
@@ -341,7 +343,8 @@ pub fn view(s: &Store, cfg: &Cfg) -> View {
         }
     }
     let mut count = [0i8; NB];
-    let mut idx: Vec<(u8, &Vec<(Blob, H)>, u16)> = Vec::new();
+    // (creation rank, entries, dead packs) of each counted index segment.
+    let mut idx: Vec<IndexSeg> = Vec::new();
     for (k, o) in &s.objs {
         match (k, &o.body) {
             (Key::Refs(h), Body::Refs { delta, .. }) if committed & hbit(*h) != 0 => {
