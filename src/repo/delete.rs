@@ -8,7 +8,7 @@
 //! delete, and at most one generation of a snapshot is non-void (format-spec §6).
 
 use super::ids::{new_time_id, now_rfc3339};
-use super::lease::{ensure_not_fenced, fenced, Lease};
+use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::segment::FREED;
@@ -337,6 +337,7 @@ impl Repository {
         opts: &DeleteOptions<'_>,
     ) -> Result<Attempt> {
         let set = self.load_segments().await?;
+        self.judge_markers(&set.markers, &new_time_id()).await?;
         if set.markers.is_deleted(volume, id) {
             return Err(RepoError::SnapshotNotFound {
                 volume: volume.into(),
@@ -406,10 +407,10 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         Ok(match self.get_opt(key).await? {
-            Some(bytes) => fenced(
-                meta.last_modified,
-                Tombstone::decode(key, &bytes)?.lease_time_ms,
-            ),
+            Some(bytes) => {
+                let t = Tombstone::decode(key, &bytes)?;
+                self.marker_void(&meta, &t.holder, t.lease_time_ms).await?
+            }
             None => false,
         })
     }

@@ -324,7 +324,15 @@ pub async fn ensure_not_fenced(
         }
         .into());
     }
-    Ok(())
+    // Record the judgment while the time is still the store's own (format-spec §6
+    // "Verdicts"): a copy of the repository re-stamps the marker but keeps this object.
+    let marker = super::verdict::Unjudged {
+        key: key.to_string(),
+        holder: holder.to_string(),
+        lease_time_ms,
+        stored,
+    };
+    super::verdict::record_valid(store, &marker, holder).await
 }
 
 /// Was a commit marker stored (`stored`, store time) more than `LEASE_TTL` after the

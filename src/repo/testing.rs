@@ -54,6 +54,21 @@ impl MemStore {
     pub fn advance(&self, d: Duration) {
         *self.clock_offset.lock().unwrap() += d;
     }
+
+    /// A copy of this store as `cp -r`, `aws s3 sync` or replication makes it: the same
+    /// keys and bytes, every object stamped with the copy's time (this store's clock now),
+    /// and the same clock.
+    pub fn copy_with_reset_times(&self) -> MemStore {
+        let now = self.now();
+        let objects = (self.objects.lock().unwrap().iter())
+            .map(|(k, (b, _))| (k.clone(), (b.clone(), now)))
+            .collect();
+        MemStore {
+            objects: Mutex::new(objects),
+            clock_offset: Mutex::new(*self.clock_offset.lock().unwrap()),
+            before_create: Mutex::new(CreateHook::default()),
+        }
+    }
 }
 
 #[async_trait]
