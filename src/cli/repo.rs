@@ -569,7 +569,10 @@ async fn check(a: CheckArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     }
     let repo = open_repo(&a.repo.repo, store_args).await?;
     if a.adopt_copy {
-        let n = repo.adopt_copy().await.context("adopting a copied repository")?;
+        let n = repo
+            .adopt_copy()
+            .await
+            .context("adopting a copied repository")?;
         if a.json {
             print_json(&serde_json::json!({ "verdicts_recorded": n }))?;
         } else {

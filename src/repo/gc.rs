@@ -656,7 +656,9 @@ impl Repository {
             .filter(|(k, _)| doomed.contains(k) || tombstones.contains(k))
             .map(|(k, h)| super::verdict::verdict_key(k, h))
             .collect();
-        self.store().delete_batch(&verdicts).await?;
+        if !verdicts.is_empty() {
+            self.store().delete_batch(&verdicts).await?;
+        }
         if let Some(o) = orphans {
             self.store().delete_batch(&o.keys).await?;
             advance(o.keys.len() as u64);

@@ -678,14 +678,22 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let root = self.read_root(volume, id).await?;
-        if self.marker_void(&meta, &root.writer, root.lease_time_ms).await? {
+        if self
+            .marker_void(&meta, &root.writer, root.lease_time_ms)
+            .await?
+        {
             return Err(not_found());
         }
         Ok(root)
     }
 
     /// One marker's voidness without a full listing: its verdict (one HEAD), else its time.
-    pub(crate) async fn marker_void(&self, o: &ObjectMeta, holder: &str, lease_time_ms: u64) -> Result<bool> {
+    pub(crate) async fn marker_void(
+        &self,
+        o: &ObjectMeta,
+        holder: &str,
+        lease_time_ms: u64,
+    ) -> Result<bool> {
         if !fenced(o.last_modified, lease_time_ms) {
             return Ok(false);
         }

@@ -22,7 +22,10 @@ async fn restores(repo: &Repository, volume: &str, id: &str, seed: u32) {
     restore(repo, volume, id, &RestoreTarget::Raw(out.clone()), None)
         .await
         .unwrap_or_else(|e| panic!("restore {volume}/{id}: {e}"));
-    assert!(std::fs::read(&out).unwrap() == pattern(seed, LEN), "{volume}/{id} bit-exact");
+    assert!(
+        std::fs::read(&out).unwrap() == pattern(seed, LEN),
+        "{volume}/{id} bit-exact"
+    );
 }
 
 /// Two volumes, an incremental, a delete: the roots, a tombstone and a gc marker.
@@ -34,17 +37,31 @@ async fn populated() -> (Arc<MemStore>, Repository, Vec<(String, String, u32)>) 
     let gone = back_up_pattern(&repo, "c", 4, LEN).await;
     repo.delete_snapshot("c", &gone).await.unwrap();
     repo.gc().await.unwrap();
-    let kept = vec![("a".into(), a1, 1), ("b".into(), b1, 2), ("a".into(), a2, 3)];
+    let kept = vec![
+        ("a".into(), a1, 1),
+        ("b".into(), b1, 2),
+        ("a".into(), a2, 3),
+    ];
     (mem, repo, kept)
 }
 
 async fn all_restore(repo: &Repository, kept: &[(String, String, u32)]) {
     let listed = repo.snapshots(None).await.unwrap();
-    assert_eq!(listed.len(), kept.len(), "every snapshot is listed: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        kept.len(),
+        "every snapshot is listed: {listed:?}"
+    );
     for (v, id, seed) in kept {
         restores(repo, v, id, *seed).await;
     }
-    let report = repo.check(&CheckOptions { read_data: true, ..Default::default() }).await.unwrap();
+    let report = repo
+        .check(&CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
 
@@ -118,7 +135,11 @@ async fn gc_records_the_verdicts_a_crashed_writer_did_not() {
     }
     mem.advance(Duration::from_secs(10 * 60));
     repo.gc().await.unwrap();
-    assert!(mem.keys("verdicts/").len() >= 5, "{:?}", mem.keys("verdicts/"));
+    assert!(
+        mem.keys("verdicts/").len() >= 5,
+        "{:?}",
+        mem.keys("verdicts/")
+    );
     mem.advance(Duration::from_secs(40 * 60));
     let repo = Repository::open(copied(&mem)).await.unwrap();
     all_restore(&repo, &kept).await;
@@ -141,27 +162,49 @@ async fn stray_keys_under_marker_prefixes_are_ignored() {
     let now = SystemTime::now();
     for (k, body) in [
         (stray, Bytes::from(t.encode())),
-        ("gc/notes.txt".to_string(), Bytes::from_static(b"not an envelope")),
+        (
+            "gc/notes.txt".to_string(),
+            Bytes::from_static(b"not an envelope"),
+        ),
         ("gc/12".to_string(), Bytes::from_static(b"short name")),
-        ("snapshots/v/README".to_string(), Bytes::from_static(b"hello")),
+        (
+            "snapshots/v/README".to_string(),
+            Bytes::from_static(b"hello"),
+        ),
     ] {
         mem.objects.lock().unwrap().insert(k, (body, now));
     }
-    assert_eq!(repo.snapshots(None).await.unwrap().len(), 1, "not deleted by the stray");
+    assert_eq!(
+        repo.snapshots(None).await.unwrap().len(),
+        1,
+        "not deleted by the stray"
+    );
     repo.snapshot("v", &id).await.unwrap();
-    assert!(repo.check(&CheckOptions::default()).await.unwrap().is_clean());
+    assert!(repo
+        .check(&CheckOptions::default())
+        .await
+        .unwrap()
+        .is_clean());
     repo.gc().await.unwrap();
     restores(&repo, "v", &id, 1).await;
 }
 
-/// Finding 6: restore by id refused a deleted snapshot but read a void root (its writer
-/// stalled past its lease inside the create; a gc may have collected its blobs).
-#[tokio::test]
-async fn a_void_root_is_not_readable_by_id() {
+/// Finding 2 (on a store that dates objects by visibility, R3) and finding 6: a backup
+/// whose root create stalls past its lease while a gc judges it dead and cleans it up
+/// fails, and its root, visible afterwards, is void everywhere — the listing, `check`,
+/// and reading it by id (which used to return it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_published_after_gc_cleaned_its_writer_is_void() {
     let (mem, repo) = mem_repo(CS).await;
-    let hook = |m: &MemStore, key: &str| {
+    let cleaned = Arc::new(std::sync::Mutex::new(None));
+    let (gc_repo, seen) = (repo.clone(), cleaned.clone());
+    let hook = move |m: &MemStore, key: &str| {
         if key.starts_with("snapshots/") {
-            m.advance(LEASE_TTL + Duration::from_secs(60));
+            m.advance(LEASE_TTL + SKEW + Duration::from_secs(60));
+            let report = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(gc_repo.gc())
+            });
+            *seen.lock().unwrap() = Some(report.expect("gc during the pause").dead_writers_cleaned);
         }
     };
     *mem.before_create.lock().unwrap() = CreateHook(Some(Arc::new(hook)));
@@ -169,12 +212,38 @@ async fn a_void_root_is_not_readable_by_id() {
     let path = dir.path().join("vol.raw");
     std::fs::write(&path, pattern(1, LEN)).unwrap();
     let src = Arc::new(crate::backup::RawSource::open(&path).unwrap());
-    let opts = crate::backup::BackupOptions { volume: "v".into(), ..Default::default() };
-    crate::backup::backup(&repo, src, &opts).await.expect_err("the root is fenced");
+    let opts = crate::backup::BackupOptions {
+        volume: "v".into(),
+        ..Default::default()
+    };
+    let outcome = crate::backup::backup(&repo, src, &opts).await;
+    assert!(outcome.is_err(), "the root is fenced");
+    *mem.before_create.lock().unwrap() = CreateHook::default();
+    assert_eq!(
+        *cleaned.lock().unwrap(),
+        Some(1),
+        "gc cleaned the paused writer"
+    );
     let roots = mem.keys("snapshots/v/");
     assert_eq!(roots.len(), 1, "the void root exists");
     let id = roots[0].rsplit('/').next().unwrap();
     assert!(repo.snapshots(None).await.unwrap().is_empty());
-    let e = repo.snapshot("v", id).await.expect_err("void root refused by id");
-    assert!(matches!(e, crate::Error::Repo(RepoError::SnapshotNotFound { .. })), "{e}");
+    let e = repo
+        .snapshot("v", id)
+        .await
+        .expect_err("void root refused by id");
+    assert!(
+        matches!(e, crate::Error::Repo(RepoError::SnapshotNotFound { .. })),
+        "{e}"
+    );
+    assert!(repo
+        .check(&CheckOptions::default())
+        .await
+        .unwrap()
+        .is_clean());
+    // Not a copy: gc and repair run, and a new backup of the volume works.
+    repo.gc().await.unwrap();
+    repo.repair().await.unwrap();
+    let next = back_up_pattern(&repo, "v", 2, LEN).await;
+    restores(&repo, "v", &next, 2).await;
 }

@@ -653,7 +653,12 @@ mod tests {
             .expect("create");
         assert_eq!(out, PutOutcome::Created);
         assert_eq!(*seen_during_pause.lock().unwrap(), Some(false));
-        let lm = s.head("snapshots/v/m").await.unwrap().last_modified.unwrap();
+        let lm = s
+            .head("snapshots/v/m")
+            .await
+            .unwrap()
+            .last_modified
+            .unwrap();
         assert!(
             lm >= started + pause - Duration::from_millis(200),
             "Last-Modified {lm:?} predates the moment the key appeared ({started:?} + {pause:?})"
@@ -662,8 +667,15 @@ mod tests {
         assert_eq!(listed[0].last_modified, Some(lm), "listing and HEAD agree");
         // The same for a plain put (rename).
         let started = SystemTime::now();
-        s.put("sweeps/orphans", Bytes::from_static(b"x")).await.unwrap();
-        let lm = s.head("sweeps/orphans").await.unwrap().last_modified.unwrap();
+        s.put("sweeps/orphans", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let lm = s
+            .head("sweeps/orphans")
+            .await
+            .unwrap()
+            .last_modified
+            .unwrap();
         assert!(lm >= started + pause - Duration::from_millis(200));
         // Nothing of the temporary files is left.
         let names: Vec<_> = fs::read_dir(dir.path().join("snapshots/v"))
@@ -679,8 +691,13 @@ mod tests {
     async fn an_unsettled_object_is_dated_by_the_link_stamp() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
-        s.put_if_absent("a/k", Bytes::from_static(b"v")).await.unwrap();
-        let f = OpenOptions::new().write(true).open(dir.path().join("a/k")).unwrap();
+        s.put_if_absent("a/k", Bytes::from_static(b"v"))
+            .await
+            .unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("a/k"))
+            .unwrap();
         f.set_modified(UNSETTLED).unwrap();
         let changed = ctime(&f.metadata().unwrap()).unwrap();
         let lm = s.head("a/k").await.unwrap().last_modified.unwrap();
@@ -711,16 +728,33 @@ mod tests {
         let before = young.head("p/marker").await.unwrap().last_modified.unwrap();
 
         assert_eq!(young.list("p/", None, 10).await.unwrap().len(), 2);
-        assert!(killed.exists() && linked_tmp.exists(), "young temporary files are kept");
+        assert!(
+            killed.exists() && linked_tmp.exists(),
+            "young temporary files are kept"
+        );
 
         std::thread::sleep(Duration::from_millis(20));
         let sweeping = store(dir.path()).with_stale_temp_age(Duration::from_millis(10));
         let listed = sweeping.list("p/", None, 10).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert!(!killed.exists(), "a stale temporary file is removed");
-        assert!(!linked_tmp.exists(), "a stale linked temporary name is removed");
-        let after = sweeping.head("p/marker").await.unwrap().last_modified.unwrap();
-        assert_eq!(before, after, "removing the temporary name did not move the time");
-        assert_eq!(sweeping.get("p/marker").await.unwrap(), Bytes::from_static(b"marker"));
+        assert!(
+            !linked_tmp.exists(),
+            "a stale linked temporary name is removed"
+        );
+        let after = sweeping
+            .head("p/marker")
+            .await
+            .unwrap()
+            .last_modified
+            .unwrap();
+        assert_eq!(
+            before, after,
+            "removing the temporary name did not move the time"
+        );
+        assert_eq!(
+            sweeping.get("p/marker").await.unwrap(),
+            Bytes::from_static(b"marker")
+        );
     }
 }

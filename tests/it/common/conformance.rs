@@ -431,7 +431,12 @@ async fn store_time_requirements(store: &Arc<dyn ObjectStore>, base: &str) {
         // R5: a listing started now shows it (and everything created before it).
         let listed = list_all(store, &format!("{base}times/"), 1000).await;
         assert_eq!(listed.len(), created.len() + 1, "listing after create {k}");
-        let lm = store.head(&k).await.expect("head").last_modified.expect("Last-Modified");
+        let lm = store
+            .head(&k)
+            .await
+            .expect("head")
+            .last_modified
+            .expect("Last-Modified");
         assert!(
             lm + granularity >= before && lm <= after + granularity,
             "R3: Last-Modified {lm:?} of {k} outside its create request {before:?}..{after:?}"
@@ -441,7 +446,10 @@ async fn store_time_requirements(store: &Arc<dyn ObjectStore>, base: &str) {
     tokio::time::sleep(granularity).await;
     for (k, lm) in &created {
         assert_eq!(
-            store.put_if_absent(k, pseudo_random(99, 10)).await.expect("lose"),
+            store
+                .put_if_absent(k, pseudo_random(99, 10))
+                .await
+                .expect("lose"),
             PutOutcome::AlreadyExists
         );
         store.get(k).await.expect("get");
@@ -454,8 +462,13 @@ async fn store_time_requirements(store: &Arc<dyn ObjectStore>, base: &str) {
     for (m, (k, lm)) in listed.iter().zip(&created) {
         assert_eq!(&m.key, k);
         let listed_lm = m.last_modified.expect("listing reports Last-Modified");
-        let apart = listed_lm.duration_since(*lm).unwrap_or_else(|e| e.duration());
-        assert!(apart < Duration::from_secs(1), "R4: listing {listed_lm:?} vs HEAD {lm:?}");
+        let apart = listed_lm
+            .duration_since(*lm)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            apart < Duration::from_secs(1),
+            "R4: listing {listed_lm:?} vs HEAD {lm:?}"
+        );
     }
     let relisted = list_all(store, &format!("{base}times/"), 1000).await;
     assert_eq!(relisted, listed, "R4: listings agree");
