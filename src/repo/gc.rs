@@ -652,9 +652,13 @@ impl Repository {
             advance(tombstones.len() as u64);
         }
         // Their verdicts last: a verdict outliving its marker is only a small leak.
-        let verdicts: Vec<String> = (set.markers.judged.iter())
-            .filter(|(k, _)| doomed.contains(k) || tombstones.contains(k))
+        let gone = |(k, _): &&(String, String)| doomed.contains(k) || tombstones.contains(k);
+        let verdicts: Vec<String> = (set.markers.judged.iter().filter(gone))
             .map(|(k, h)| super::verdict::verdict_key(k, h))
+            .chain(
+                (set.markers.judged_void.iter().filter(gone))
+                    .map(|(k, h)| super::verdict::void_verdict_key(k, h)),
+            )
             .collect();
         if !verdicts.is_empty() {
             self.store().delete_batch(&verdicts).await?;

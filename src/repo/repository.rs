@@ -90,6 +90,8 @@ pub(crate) struct Markers {
     pub gc_seq_max: Option<u64>,
     /// (marker key, holder) of every verdict listed (`verdict.rs`): those markers are valid.
     pub judged: HashSet<(String, String)>,
+    /// (marker key, holder) of every verdict "void" its own writer recorded.
+    pub judged_void: HashSet<(String, String)>,
     /// Markers without a verdict, valid or void by their store time: destructive
     /// operations record the valid ones' verdicts before acting (`judge_markers`).
     pub unjudged: Vec<super::verdict::Unjudged>,
@@ -99,8 +101,12 @@ impl Markers {
     /// Is the marker `o` (written by `holder` under `lease_time_ms`) void? Valid if it has
     /// a verdict; otherwise judged by its store time, and remembered as unjudged.
     fn void(&mut self, o: &ObjectMeta, holder: &str, lease_time_ms: u64) -> bool {
-        if self.judged.contains(&(o.key.clone(), holder.to_string())) {
+        let id = (o.key.clone(), holder.to_string());
+        if self.judged.contains(&id) {
             return false;
+        }
+        if self.judged_void.contains(&id) {
+            return true;
         }
         let u = super::verdict::Unjudged {
             key: o.key.clone(),
@@ -257,9 +263,11 @@ impl Repository {
     pub(crate) async fn load_markers(&self) -> Result<Markers> {
         let mut m = Markers::default();
         for o in self.list_all(super::verdict::VERDICTS).await? {
-            if let Some(judged) = super::verdict::parse_verdict_key(&o.key) {
-                m.judged.insert(judged);
-            }
+            match super::verdict::parse_verdict_key(&o.key) {
+                Some((marker, holder, false)) => m.judged.insert((marker, holder)),
+                Some((marker, holder, true)) => m.judged_void.insert((marker, holder)),
+                None => false,
+            };
         }
         for o in self.list_all("snapshots/").await? {
             if parse_root_key(&o.key).is_none() {

@@ -16,7 +16,10 @@
 //! finds an unrecorded void marker whose writer renewed its lease before the repository's
 //! `config` was (re)stamped refuses with [`RepoError::CopiedRepository`] — `config` is the
 //! first object of every repository, so a genuine marker's lease time is never older than
-//! it — until `check --adopt-copy` records verdicts for every unrecorded marker.
+//! it — until `check --adopt-copy` records verdicts for every unrecorded marker. A writer
+//! whose own HEAD check finds its marker fenced records `…/<holder>.void`, so adoption
+//! leaves that marker void (found by the schedule runner: a root published after gc
+//! cleaned its paused writer was adopted and broke the copy's listing).
 
 use super::envelope::{self, MAGIC_VERDICT};
 use super::lease::{fenced, unix_ms, SKEW};
@@ -52,14 +55,27 @@ pub(crate) fn verdict_key(marker_key: &str, holder: &str) -> String {
     format!("{VERDICTS}{marker_key}/{holder}")
 }
 
-/// (marker key, holder) of a verdict key; `None` for any other key (ignored).
-pub(crate) fn parse_verdict_key(key: &str) -> Option<(String, String)> {
+/// Suffix of the verdict "void" a writer records when its own HEAD check finds its marker
+/// fenced: `check --adopt-copy` then leaves that marker void.
+const VOID_SUFFIX: &str = ".void";
+
+/// `verdicts/<marker key>/<holder>.void`.
+pub(crate) fn void_verdict_key(marker_key: &str, holder: &str) -> String {
+    format!("{}{VOID_SUFFIX}", verdict_key(marker_key, holder))
+}
+
+/// (marker key, holder, void) of a verdict key; `None` for any other key (ignored).
+pub(crate) fn parse_verdict_key(key: &str) -> Option<(String, String, bool)> {
     let rest = key.strip_prefix(VERDICTS)?;
     let (marker, holder) = rest.rsplit_once('/')?;
+    let (holder, void) = match holder.strip_suffix(VOID_SUFFIX) {
+        Some(h) => (h, true),
+        None => (holder, false),
+    };
     if !super::ids::is_time_id(holder) || !marker.contains('/') {
         return None;
     }
-    Some((marker.to_string(), holder.to_string()))
+    Some((marker.to_string(), holder.to_string(), void))
 }
 
 /// A marker listed without a verdict (see [`Markers::unjudged`]).
@@ -77,12 +93,16 @@ impl Unjudged {
     }
 }
 
-/// Records the verdict "valid" for a marker (create-if-absent: the first record stays).
-pub(crate) async fn record_valid(
-    store: &dyn ObjectStore,
-    u: &Unjudged,
-    judged_by: &str,
-) -> Result<()> {
+/// Records the verdict "void" for the writer's own fenced marker (best effort: without it
+/// the marker is still void by its time, only an adopted copy would keep it).
+pub(crate) async fn record_void(store: &dyn ObjectStore, u: &Unjudged) {
+    let key = void_verdict_key(&u.key, &u.holder);
+    let _ = store
+        .put_if_absent(&key, Bytes::from(body(u, &u.holder)))
+        .await;
+}
+
+fn body(u: &Unjudged, judged_by: &str) -> Vec<u8> {
     let v = Verdict {
         marker: u.key.clone(),
         holder: u.holder.clone(),
@@ -90,7 +110,16 @@ pub(crate) async fn record_valid(
         marker_time_ms: u.stored.map_or(0, unix_ms),
         judged_by: judged_by.to_string(),
     };
-    let body = Bytes::from(envelope::seal(MAGIC_VERDICT, &v));
+    envelope::seal(MAGIC_VERDICT, &v)
+}
+
+/// Records the verdict "valid" for a marker (create-if-absent: the first record stays).
+pub(crate) async fn record_valid(
+    store: &dyn ObjectStore,
+    u: &Unjudged,
+    judged_by: &str,
+) -> Result<()> {
+    let body = Bytes::from(body(u, judged_by));
     store
         .put_if_absent(&verdict_key(&u.key, &u.holder), body)
         .await?;
@@ -177,7 +206,11 @@ mod tests {
         let k = verdict_key("tombstones/v/x.1", h);
         assert_eq!(
             parse_verdict_key(&k),
-            Some(("tombstones/v/x.1".to_string(), h.to_string()))
+            Some(("tombstones/v/x.1".to_string(), h.to_string(), false))
+        );
+        assert_eq!(
+            parse_verdict_key(&format!("{k}.void")),
+            Some(("tombstones/v/x.1".to_string(), h.to_string(), true))
         );
         assert_eq!(parse_verdict_key("verdicts/junk"), None);
         assert_eq!(parse_verdict_key("verdicts/gc/1/not-a-holder"), None);
