@@ -2,7 +2,8 @@
 //! scripts and the volume service depend on them (see README.md).
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (bad flags; clap's own code), 3 `check`
-//! found problems.
+//! found problems, 13 the repository looks copied with reset store times (gc, repair,
+//! delete and check refuse until `check --adopt-copy`).
 
 mod image;
 mod progress;
@@ -16,13 +17,16 @@ use std::process::ExitCode;
 const EXIT_FAILURE: u8 = 1;
 /// Exit code for `check` finding problems in the repository.
 const EXIT_PROBLEMS: u8 = 3;
+/// Exit code for a repository that looks copied with its store times reset.
+const EXIT_COPIED: u8 = 13;
 
 #[derive(Parser)]
 #[command(
     name = "island",
     version,
     about = "Incremental block snapshots to object storage",
-    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 check found problems.\n\
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 check found problems,\n\
+                  13 repository copied with reset times (run check --adopt-copy).\n\
                   Logs go to stderr, filtered by RUST_LOG (default: warn)."
 )]
 struct Cli {
@@ -54,8 +58,28 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit_code_of(&err))
         }
+    }
+}
+
+/// The exit code of a failed command: specific where a script must react differently.
+fn exit_code_of(err: &anyhow::Error) -> u8 {
+    let copied = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<island::Error>(),
+            Some(island::Error::Repo(
+                island::repo::RepoError::CopiedRepository { .. }
+            ))
+        ) || matches!(
+            e.downcast_ref::<island::repo::RepoError>(),
+            Some(island::repo::RepoError::CopiedRepository { .. })
+        )
+    });
+    if copied {
+        EXIT_COPIED
+    } else {
+        EXIT_FAILURE
     }
 }
 

@@ -206,6 +206,11 @@ pub struct CheckArgs {
     /// Rebuild refcounts from the snapshots and reclaim leaked objects.
     #[arg(long)]
     repair: bool,
+    /// This repository is a copy whose store times were reset (`cp -r`, `aws s3 sync`,
+    /// replication): record every commit marker without a verdict as valid, so gc,
+    /// repair and delete can run again (format-spec §6 "Verdicts").
+    #[arg(long, conflicts_with_all = ["repair", "read_data"])]
+    adopt_copy: bool,
     /// Print one JSON object with the report on stdout.
     #[arg(long)]
     json: bool,
@@ -568,6 +573,22 @@ async fn check(a: CheckArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
         return ops::repair_cmd(a, store_args).await;
     }
     let repo = open_repo(&a.repo.repo, store_args).await?;
+    if a.adopt_copy {
+        let n = repo
+            .adopt_copy()
+            .await
+            .context("adopting a copied repository")?;
+        if a.json {
+            print_json(&serde_json::json!({ "verdicts_recorded": n }))?;
+        } else {
+            println!("recorded {n} commit marker(s) as valid");
+        }
+        return Ok(0);
+    }
+    // A copy with reset times would make check report "no problems" over an empty set.
+    repo.refuse_if_copied_now()
+        .await
+        .context("checking the repository")?;
     let opts = CheckOptions {
         read_data: a.read_data,
         sample_pct: a.sample,

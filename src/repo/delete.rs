@@ -9,7 +9,7 @@
 //! (format-spec §6).
 
 use super::ids::{new_time_id, now_rfc3339};
-use super::lease::{ensure_not_fenced, fenced, Lease};
+use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
 use super::repository::{check_names, SegmentSet};
 use super::segment::FREED;
@@ -347,6 +347,7 @@ impl Repository {
         let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
         let viewed: Result<(SegmentSet, String, SnapshotManifest)> = async {
             let set = self.load_segments().await?;
+            self.judge_markers(&set.markers, &holder).await?;
             if set.markers.is_deleted(volume, id) {
                 return Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),
@@ -428,10 +429,10 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         Ok(match self.get_opt(key).await? {
-            Some(bytes) => fenced(
-                meta.last_modified,
-                Tombstone::decode(key, &bytes)?.lease_time_ms,
-            ),
+            Some(bytes) => {
+                let t = Tombstone::decode(key, &bytes)?;
+                self.marker_void(&meta, &t.holder, t.lease_time_ms).await?
+            }
             None => false,
         })
     }

@@ -19,6 +19,7 @@ pub(crate) const MAGIC_LEASE: &[u8; 4] = b"ISLS";
 pub(crate) const MAGIC_INTENT: &[u8; 4] = b"ISIN";
 pub(crate) const MAGIC_GC: &[u8; 4] = b"ISGC";
 pub(crate) const MAGIC_CHECKPOINT: &[u8; 4] = b"ISCP";
+pub(crate) const MAGIC_VERDICT: &[u8; 4] = b"ISVD";
 
 /// Serialize `value` into an envelope.
 pub(crate) fn seal<T: Serialize>(magic: &[u8; 4], value: &T) -> Vec<u8> {

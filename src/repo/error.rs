@@ -46,6 +46,11 @@ pub enum RepoError {
         id: String,
         attempts: u32,
     },
+    /// The repository's store times were re-stamped (a `cp -r`, `aws s3 sync`, replication
+    /// or provider restore): markers without a recorded verdict look void, and a gc, repair
+    /// or delete acting on that would destroy snapshots. Nothing was changed.
+    #[error("the repository looks copied with its store times reset: {markers} commit marker(s) without a recorded verdict look void (e.g. {example}); refusing to gc, repair or delete. If this is a copy, run `island check --adopt-copy` to record them as valid")]
+    CopiedRepository { markers: u64, example: String },
     /// Another gc committed first; this one stopped without deleting anything.
     #[error("another gc ({other}) is running or committed concurrently")]
     GcConflict { other: String },

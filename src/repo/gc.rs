@@ -331,6 +331,11 @@ impl Repository {
         let earliest = live.iter().map(|l| l.started).min().unwrap_or(now).min(now);
         let cutoff = earliest.checked_sub(SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
         let set = self.load_segments().await?;
+        if dry {
+            self.refuse_if_copied(&set.markers).await?;
+        } else {
+            self.judge_markers(&set.markers, &holder).await?;
+        }
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
         let mut report = GcReport {
@@ -635,6 +640,18 @@ impl Repository {
         if !tombstones.is_empty() {
             self.store().delete_batch(&tombstones).await?;
             advance(tombstones.len() as u64);
+        }
+        // Their verdicts last: a verdict outliving its marker is only a small leak.
+        let gone = |(k, _): &&(String, String)| doomed.contains(k) || tombstones.contains(k);
+        let verdicts: Vec<String> = (set.markers.judged.iter().filter(gone))
+            .map(|(k, h)| super::verdict::verdict_key(k, h))
+            .chain(
+                (set.markers.judged_void.iter().filter(gone))
+                    .map(|(k, h)| super::verdict::void_verdict_key(k, h)),
+            )
+            .collect();
+        if !verdicts.is_empty() {
+            self.store().delete_batch(&verdicts).await?;
         }
         if let Some(o) = orphans {
             self.store().delete_batch(&o.keys).await?;

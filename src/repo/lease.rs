@@ -318,13 +318,22 @@ pub async fn ensure_not_fenced(
     lease_time_ms: u64,
 ) -> Result<()> {
     let stored = store.head(key).await?.last_modified;
+    // Record the judgment while the time is still the store's own (format-spec §6
+    // "Verdicts"): a copy of the repository re-stamps the marker but keeps this object.
+    let marker = super::verdict::Unjudged {
+        key: key.to_string(),
+        holder: holder.to_string(),
+        lease_time_ms,
+        stored,
+    };
     if fenced(stored, lease_time_ms) {
+        super::verdict::record_void(store, &marker).await;
         return Err(RepoError::LeaseExpired {
             holder: holder.into(),
         }
         .into());
     }
-    Ok(())
+    super::verdict::record_valid(store, &marker, holder).await
 }
 
 /// Was a commit marker stored (`stored`, store time) more than `LEASE_TTL` after the

@@ -91,9 +91,37 @@ pub(crate) struct Markers {
     /// Every listed `gc/<seq>` key (fenced ones included) with its sequence number and
     /// store time: gc deletes old ones (format-spec §7 item 6).
     pub gc_listed: Vec<(u64, ObjectMeta)>,
+    /// (marker key, holder) of every verdict listed (`verdict.rs`): those markers are valid.
+    pub judged: HashSet<(String, String)>,
+    /// (marker key, holder) of every verdict "void" its own writer recorded.
+    pub judged_void: HashSet<(String, String)>,
+    /// Markers without a verdict, valid or void by their store time: destructive
+    /// operations record the valid ones' verdicts before acting (`judge_markers`).
+    pub unjudged: Vec<super::verdict::Unjudged>,
 }
 
 impl Markers {
+    /// Is the marker `o` (written by `holder` under `lease_time_ms`) void? Valid if it has
+    /// a verdict; otherwise judged by its store time, and remembered as unjudged.
+    fn void(&mut self, o: &ObjectMeta, holder: &str, lease_time_ms: u64) -> bool {
+        let id = (o.key.clone(), holder.to_string());
+        if self.judged.contains(&id) {
+            return false;
+        }
+        if self.judged_void.contains(&id) {
+            return true;
+        }
+        let u = super::verdict::Unjudged {
+            key: o.key.clone(),
+            holder: holder.to_string(),
+            lease_time_ms,
+            stored: o.last_modified,
+        };
+        let void = u.void();
+        self.unjudged.push(u);
+        void
+    }
+
     /// Does this commit key exist, written by `writer`?
     pub(crate) fn commits(&self, commit: &str, writer: &str) -> bool {
         if let Some((m, _)) = self.roots.get(commit) {
@@ -235,45 +263,59 @@ impl Repository {
         }
     }
 
+    /// Lists and reads the commit markers. Verdicts are listed first: a marker precedes
+    /// its verdict, so a verdict listed here names a marker the later listings show unless
+    /// a gc removed it. Keys under `snapshots/`, `tombstones/` and `gc/` that are not
+    /// marker names (§2) are ignored, as the spec says; a marker name with a bad body is
+    /// damage and fails the load.
     pub(crate) async fn load_markers(&self) -> Result<Markers> {
         let mut m = Markers::default();
+        for o in self.list_all(super::verdict::VERDICTS).await? {
+            match super::verdict::parse_verdict_key(&o.key) {
+                Some((marker, holder, false)) => m.judged.insert((marker, holder)),
+                Some((marker, holder, true)) => m.judged_void.insert((marker, holder)),
+                None => false,
+            };
+        }
         for o in self.list_all("snapshots/").await? {
+            if parse_root_key(&o.key).is_none() {
+                continue;
+            }
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
             let root = SnapshotManifest::decode(&o.key, &bytes)?;
-            if !fenced(o.last_modified, root.lease_time_ms) {
+            if !m.void(&o, &root.writer, root.lease_time_ms) {
                 m.roots.insert(o.key.clone(), (Arc::new(root), o));
             }
         }
         for o in self.list_all("tombstones/").await? {
+            let Some(gen) = parse_tombstone_key(&o.key).map(|(_, _, g)| g) else {
+                continue;
+            };
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
             let t = Tombstone::decode(&o.key, &bytes)?;
             let snapshot = (t.volume.clone(), t.id.clone());
-            let gen = parse_tombstone_key(&o.key).map_or(0, |(_, _, g)| g);
             (m.tombstone_keys.entry(snapshot.clone()).or_default()).push((gen, o.key.clone()));
-            if !fenced(o.last_modified, t.lease_time_ms) {
+            if !m.void(&o, &t.holder, t.lease_time_ms) {
                 m.deleted.insert(snapshot);
                 m.tombstones.insert(o.key.clone(), (t, o));
             }
         }
         for o in self.list_all("gc/").await? {
-            if let Some(seq) = o
-                .key
-                .strip_prefix("gc/")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                m.gc_seq_max = m.gc_seq_max.max(Some(seq));
-                m.gc_listed.push((seq, o.clone()));
-            }
+            let Some(seq) = parse_gc_key(&o.key) else {
+                continue;
+            };
+            m.gc_seq_max = m.gc_seq_max.max(Some(seq));
+            m.gc_listed.push((seq, o.clone()));
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
             let mut g = GcMarker::decode(&o.key, &bytes)?;
             g.stored = o.last_modified;
-            if !fenced(o.last_modified, g.lease_time_ms) {
+            if !m.void(&o, &g.holder, g.lease_time_ms) {
                 m.gcs.insert(o.key.clone(), g);
             }
         }
@@ -667,6 +709,13 @@ impl Repository {
     /// of a single tombstone key.
     pub async fn snapshot(&self, volume: &str, id: &str) -> Result<SnapshotManifest> {
         check_names(volume, id)?;
+        let not_found = || -> crate::Error {
+            RepoError::SnapshotNotFound {
+                volume: volume.into(),
+                id: id.into(),
+            }
+            .into()
+        };
         for o in self.list_all(&tombstone_key(volume, id)).await? {
             if parse_tombstone_key(&o.key).is_none() {
                 continue;
@@ -674,18 +723,45 @@ impl Repository {
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            if !fenced(
-                o.last_modified,
-                Tombstone::decode(&o.key, &bytes)?.lease_time_ms,
-            ) {
-                return Err(RepoError::SnapshotNotFound {
-                    volume: volume.into(),
-                    id: id.into(),
-                }
-                .into());
+            let t = Tombstone::decode(&o.key, &bytes)?;
+            if !self.marker_void(&o, &t.holder, t.lease_time_ms).await? {
+                return Err(not_found());
             }
         }
-        self.read_root(volume, id).await
+        // The root itself must not be void either (the listing's rule, §6 "Fencing"): a
+        // fenced writer's root may name blobs a gc already collected.
+        let key = root_key(volume, id);
+        let meta = match self.inner.store.head(&key).await {
+            Ok(m) => m,
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        let root = self.read_root(volume, id).await?;
+        if self
+            .marker_void(&meta, &root.writer, root.lease_time_ms)
+            .await?
+        {
+            return Err(not_found());
+        }
+        Ok(root)
+    }
+
+    /// One marker's voidness without a full listing: its verdict (one HEAD), else its time.
+    pub(crate) async fn marker_void(
+        &self,
+        o: &ObjectMeta,
+        holder: &str,
+        lease_time_ms: u64,
+    ) -> Result<bool> {
+        if !fenced(o.last_modified, lease_time_ms) {
+            return Ok(false);
+        }
+        let verdict = super::verdict::verdict_key(&o.key, holder);
+        match self.inner.store.head(&verdict).await {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The newest live snapshot of `volume`, if any.
@@ -697,6 +773,21 @@ impl Repository {
             .last()
             .map(|m| (**m).clone()))
     }
+}
+
+/// `gc/<seq 10 digits>` → seq; any other key under `gc/` is not a gc marker (ignored).
+pub(crate) fn parse_gc_key(key: &str) -> Option<u64> {
+    let digits = key.strip_prefix("gc/")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// `snapshots/<volume>/<id>` → (volume, id); any other key under `snapshots/` is ignored.
+pub(crate) fn parse_root_key(key: &str) -> Option<(&str, &str)> {
+    let (volume, id) = key.strip_prefix("snapshots/")?.split_once('/')?;
+    (valid_volume(volume) && is_time_id(id)).then_some((volume, id))
 }
 
 pub(crate) fn poisoned<T>(_: T) -> RepoError {

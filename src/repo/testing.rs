@@ -83,6 +83,22 @@ impl MemStore {
             .map(|e| e.0.clone())
             .ok_or_else(|| Self::err(StoreErrorKind::NotFound, "get", key))
     }
+
+    /// A copy of this store as `cp -r`, `aws s3 sync` or replication makes it: the same
+    /// keys and bytes, every object stamped with the copy's time (this store's clock now),
+    /// and the same clock.
+    pub fn copy_with_reset_times(&self) -> MemStore {
+        let now = self.now();
+        let objects = (self.objects.lock().unwrap().iter())
+            .map(|(k, (b, _))| (k.clone(), (b.clone(), now)))
+            .collect();
+        MemStore {
+            objects: Mutex::new(objects),
+            clock_offset: Mutex::new(*self.clock_offset.lock().unwrap()),
+            before_create: Mutex::new(CreateHook::default()),
+            before_read: Mutex::new(ReadHook::default()),
+        }
+    }
 }
 
 #[async_trait]

@@ -77,6 +77,7 @@ impl Repository {
         let listed = sweep::list_candidates(self).await?;
         let leased = sweep::leased_holders(self, &holder).await?;
         let set = self.load_segments().await?;
+        self.judge_markers(&set.markers, &holder).await?;
         // The check runs on the same view; its stored counts are what gets corrected.
         let (check, stored) = self
             .check_view(&set, &CheckOptions::default(), None)

@@ -48,6 +48,8 @@ pub(super) struct Log {
     /// and cleaned by gc may still write (an intent, a pack, segments) before its renewal
     /// fails. gc must reclaim those too (format-spec §5, zombies); printed on failure.
     pub leases_expired: bool,
+    /// Creates of commit markers paused past `LEASE_TTL + SKEW` (`copies.rs`).
+    pub paused_creates: u64,
     /// What happened, in order: printed when a schedule fails.
     pub events: Vec<String>,
 }

@@ -60,6 +60,8 @@ struct Totals {
     leases_expired: u64,
     /// Orphan packs the final sweep deleted (double-fault zombies: only with expired leases).
     orphans_swept: u64,
+    /// Pauses inside creates and copies with reset times (`copies.rs`).
+    copies: copies::CopyTotals,
 }
 
 type Outcome = Result<(), String>;
@@ -71,6 +73,9 @@ macro_rules! ensure {
         }
     };
 }
+
+// After `ensure!`, which it uses.
+mod copies;
 
 /// One schedule: set up, run the actors, then verify.
 async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
@@ -85,6 +90,7 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
     .await
     .map_err(|e| format!("init: {e}"))?;
     let shared: SharedLog = Arc::new(Mutex::new(Log::default()));
+    copies::maybe_pause_in_create(&mem, &shared, &mut rng);
     let (na, nb) = (rng.random_range(8..=24), rng.random_range(8..=24));
     let a = actors::initial(&mut rng, na);
     let b = actors::initial(&mut rng, nb);
@@ -167,7 +173,13 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
         ));
     }
     let l = std::mem::take(&mut *log(&shared));
+    *mem.before_create.lock().unwrap() = Default::default();
+    totals.copies.paused_creates += l.paused_creates;
+    let copy = Arc::new(mem.copy_with_reset_times());
     verify(&mem, &l, dir, totals)
+        .await
+        .map_err(|e| format!("{e}\nevents:\n  {}", l.events.join("\n  ")))?;
+    copies::verify_copy(copy, &l, dir, &mut totals.copies)
         .await
         .map_err(|e| format!("{e}\nevents:\n  {}", l.events.join("\n  ")))
 }

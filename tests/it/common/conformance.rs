@@ -28,6 +28,7 @@ pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
     delete_semantics(&store, &base).await;
     put_if_absent_semantics(&store, &base).await;
     racing_put_if_absent(&store, &base).await;
+    store_time_requirements(&store, &base).await;
     cleanup(&store, &base).await;
 }
 
@@ -406,6 +407,71 @@ async fn put_if_absent_semantics(store: &Arc<dyn ObjectStore>, base: &str) {
         "loser wrote nothing"
     );
     assert_eq!(store.head(&k).await.expect("head").size, 500);
+}
+
+/// The store requirements of format-spec/repository.md §6 "Store requirements" that a
+/// client can observe: (R3) a created object's Last-Modified is not before the create
+/// request began (nor after it was answered), within the store's timestamp granularity;
+/// (R4) it never changes — HEAD, listing, a losing create-if-absent and time passing
+/// leave it as it was; (R5) a listing begun after a create was acknowledged shows the
+/// object. Servers under test run on this host, so their clocks are ours.
+async fn store_time_requirements(store: &Arc<dyn ObjectStore>, base: &str) {
+    // Swift dates objects to the second; the kernel stamps files with a coarse clock.
+    let granularity = Duration::from_millis(1100);
+    let mut created = Vec::new();
+    for i in 0..5u64 {
+        let k = format!("{base}times/marker-{i}");
+        let before = SystemTime::now();
+        let out = store
+            .put_if_absent(&k, pseudo_random(40 + i, 300))
+            .await
+            .expect("create");
+        let after = SystemTime::now();
+        assert_eq!(out, PutOutcome::Created);
+        // R5: a listing started now shows it (and everything created before it).
+        let listed = list_all(store, &format!("{base}times/"), 1000).await;
+        assert_eq!(listed.len(), created.len() + 1, "listing after create {k}");
+        let lm = store
+            .head(&k)
+            .await
+            .expect("head")
+            .last_modified
+            .expect("Last-Modified");
+        assert!(
+            lm + granularity >= before && lm <= after + granularity,
+            "R3: Last-Modified {lm:?} of {k} outside its create request {before:?}..{after:?}"
+        );
+        created.push((k, lm));
+    }
+    tokio::time::sleep(granularity).await;
+    for (k, lm) in &created {
+        assert_eq!(
+            store
+                .put_if_absent(k, pseudo_random(99, 10))
+                .await
+                .expect("lose"),
+            PutOutcome::AlreadyExists
+        );
+        store.get(k).await.expect("get");
+        let again = store.head(k).await.expect("head").last_modified;
+        assert_eq!(again, Some(*lm), "R4: Last-Modified of {k} changed");
+    }
+    let listed = list_all(store, &format!("{base}times/"), 1000).await;
+    // S3 HEADs give whole seconds where its listings give milliseconds: the two agree to
+    // the second, and each is stable on its own.
+    for (m, (k, lm)) in listed.iter().zip(&created) {
+        assert_eq!(&m.key, k);
+        let listed_lm = m.last_modified.expect("listing reports Last-Modified");
+        let apart = listed_lm
+            .duration_since(*lm)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            apart < Duration::from_secs(1),
+            "R4: listing {listed_lm:?} vs HEAD {lm:?}"
+        );
+    }
+    let relisted = list_all(store, &format!("{base}times/"), 1000).await;
+    assert_eq!(relisted, listed, "R4: listings agree");
 }
 
 /// `RACERS` tasks released together call `create` on `key`, each with its own bytes;
