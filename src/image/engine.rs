@@ -4,7 +4,7 @@ use super::cache::{read_cluster, read_tolerant, Cache};
 use super::error::ImageError;
 use super::file::ImageFile;
 use super::header::{self, Header};
-use super::mapping::{Mapping, OFFSET_MASK};
+use super::mapping::Mapping;
 use super::snapshot::{self, SnapshotEntry};
 use super::state::State;
 use super::types::{GuestCluster, GuestOffset};
@@ -466,7 +466,7 @@ impl Image {
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         let mut st = self.write_state()?;
         self.check_range(offset, len, st.header.size)?;
-        let r = zero_range(&mut st, offset, len);
+        let r = st.zero_range(offset, len);
         r.map_err(|e| st.refuse(e))
     }
 
@@ -486,39 +486,6 @@ impl Image {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.flush_locked()
     }
-}
-
-/// The body of [`Image::write_zeroes`].
-fn zero_range(st: &mut State, offset: u64, len: u64) -> Result<(), ImageError> {
-    let cs = st.cs;
-    let end = offset + len;
-    let mut pos = offset;
-    let zeros = vec![0u8; cs as usize];
-    let mut scratch = Vec::new();
-    while pos < end {
-        let gc = GuestOffset(pos).cluster(st.cb);
-        let in_off = GuestOffset(pos).in_cluster(st.cb);
-        let n = (cs - in_off).min(end - pos);
-        let span = cs * (cs / 8);
-        let l1_idx = (pos / span) as usize;
-        if in_off == 0 && st.l1.get(l1_idx).is_none_or(|&e| e & OFFSET_MASK == 0) {
-            // No L2 table: the whole range it would map already reads as zeros.
-            pos = ((l1_idx as u64 + 1) * span).min(end);
-            continue;
-        }
-        if n == cs {
-            st.zero_cluster(gc)?;
-        } else if !st.active_mapping(gc)?.reads_zero() {
-            st.write_cluster(gc, in_off as usize, &zeros[..n as usize], &mut scratch)?;
-            st.data_dirty.store(true, Ordering::Release);
-        }
-        st.trim()?;
-        pos += n;
-    }
-    Ok(())
-}
-
-impl Image {
     /// Grow the virtual disk (shrinking is refused). Like create, the size is rounded up
     /// to a multiple of 512.
     pub fn grow(&self, new_size: u64) -> Result<(), ImageError> {

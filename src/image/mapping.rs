@@ -8,7 +8,7 @@ use super::cache::{read_tolerant, Cache, Kind};
 use super::error::ImageError;
 use super::overlap::Region;
 use super::state::State;
-use super::types::{GuestCluster, HostCluster};
+use super::types::{GuestCluster, GuestOffset, HostCluster};
 use std::path::Path;
 
 pub const OFLAG_COPIED: u64 = 1 << 63;
@@ -253,6 +253,38 @@ impl State {
         self.set_l2(l2, j, new | OFLAG_COPIED)?;
         if let Some(old) = m.owned() {
             self.pending.push(old >> self.cb);
+        }
+        Ok(())
+    }
+
+    /// The body of [`super::Image::write_zeroes`]: whole clusters get the zero flag,
+    /// partial ones explicit zero bytes; ranges without an L2 table are skipped.
+    pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
+        let cs = self.cs;
+        let end = offset + len;
+        let mut pos = offset;
+        let zeros = vec![0u8; cs as usize];
+        let mut scratch = Vec::new();
+        while pos < end {
+            let gc = GuestOffset(pos).cluster(self.cb);
+            let in_off = GuestOffset(pos).in_cluster(self.cb);
+            let n = (cs - in_off).min(end - pos);
+            let span = cs * (cs / 8);
+            let l1_idx = (pos / span) as usize;
+            if in_off == 0 && self.l1.get(l1_idx).is_none_or(|&e| e & OFFSET_MASK == 0) {
+                // No L2 table: the whole range it would map already reads as zeros.
+                pos = ((l1_idx as u64 + 1) * span).min(end);
+                continue;
+            }
+            if n == cs {
+                self.zero_cluster(gc)?;
+            } else if !self.active_mapping(gc)?.reads_zero() {
+                self.write_cluster(gc, in_off as usize, &zeros[..n as usize], &mut scratch)?;
+                self.data_dirty
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            self.trim()?;
+            pos += n;
         }
         Ok(())
     }

@@ -170,14 +170,28 @@ fn same_but_features(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a[..72] == b[..72] && a[80..] == b[80..]
 }
 
-/// What qemu reads from the active layer, if it reads it.
+/// What qemu reads from the active layer (or snapshot `snap`), if it reads it.
+fn qemu_read_view(img: &Path, snap: Option<&str>, out: &Path) -> Option<Vec<u8>> {
+    let mut c = qemu_img(["convert", "-f", "qcow2", "-O", "raw"]);
+    if let Some(s) = snap {
+        c.arg("-l").arg(format!("snapshot.name={s}"));
+    }
+    let o = qemu::output_unlocked(c.arg(img).arg(out));
+    let r = o.status.success().then(|| std::fs::read(out).unwrap());
+    let _ = std::fs::remove_file(out);
+    r
+}
+
 fn qemu_read(img: &Path, out: &Path) -> Option<Vec<u8>> {
-    let o = qemu::output_unlocked(
-        qemu_img(["convert", "-f", "qcow2", "-O", "raw"])
-            .arg(img)
-            .arg(out),
-    );
-    o.status.success().then(|| std::fs::read(out).unwrap())
+    qemu_read_view(img, None, out)
+}
+
+/// What qemu reads from the user's snapshots s1 and s2.
+fn snapshots_read(img: &Path, dir: &Path) -> Vec<Option<Vec<u8>>> {
+    ["s1", "s2"]
+        .iter()
+        .map(|s| qemu_read_view(img, Some(s), &dir.join(format!("snap-{s}.raw"))))
+        .collect()
 }
 
 /// Runs one case; returns the oracle violations found.
@@ -188,6 +202,7 @@ fn run_case(dir: &Path, repo: &str, n: usize, case: &str, bytes: &[u8]) -> Vec<S
     let s = img.display().to_string();
     let raw = dir.join(format!("c{n}.raw"));
     let qemu_says = qemu_read(&img, &dir.join(format!("q{n}.raw")));
+    let snaps = snapshots_read(&img, dir);
     let died = |bad: &mut Vec<String>, what: &str, o: &Output| {
         if matches!(code(o), None | Some(101)) {
             bad.push(format!("{case}: {what} died: {o:?}"));
@@ -241,6 +256,11 @@ fn run_case(dir: &Path, repo: &str, n: usize, case: &str, bytes: &[u8]) -> Vec<S
                 "{case}: backup exited 0 but its restore is not what qemu reads"
             ));
         }
+        if snapshots_read(&img, dir) != snaps {
+            bad.push(format!(
+                "{case}: backup exited 0 but changed the user's snapshots"
+            ));
+        }
     } else if !same_but_features(&std::fs::read(&img).unwrap(), bytes) {
         bad.push(format!("{case}: a refused backup changed the image"));
     }
@@ -259,6 +279,11 @@ fn run_case(dir: &Path, repo: &str, n: usize, case: &str, bytes: &[u8]) -> Vec<S
         if want.is_none() || now != want {
             bad.push(format!(
                 "{case}: write exited 0 but qemu then reads something else"
+            ));
+        }
+        if snapshots_read(&img, dir) != snaps {
+            bad.push(format!(
+                "{case}: write exited 0 but changed the user's snapshots"
             ));
         }
     } else if !same_but_features(&std::fs::read(&img).unwrap(), bytes) {

@@ -58,18 +58,22 @@ fn init_repo(dir: &Path) -> String {
 #[test]
 fn truncated_image_is_refused_and_left_alone() {
     let dir = tempdir();
-    let good = make(dir.path());
+    let good = dir.path().join("good.qcow2");
+    run(qemu_img(["create", "-q", "-f", "qcow2"])
+        .arg(&good)
+        .arg("8M"));
+    run(&mut qemu_io(&good, &["write -q -P 0x41 0 7M".into()]));
     let tr = dir.path().join("tr.qcow2");
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(&tr, &bytes[..1_000_000]).unwrap();
     let repo = init_repo(dir.path());
     let t = tr.display().to_string();
     let out = island(&["backup", "--repo", &repo, "--volume", "tr", &t, "--json"]);
-    assert!(
-        !out.status.success(),
-        "backup of a truncated image exited 0"
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "backup of a truncated image: {out:?}"
     );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("truncated"), "{err}");
     assert_eq!(
@@ -78,13 +82,8 @@ fn truncated_image_is_refused_and_left_alone() {
         "image changed"
     );
     let raw = dir.path().join("out.raw").display().to_string();
-    for args in [
-        vec!["image", "export", &t, &raw],
-        vec!["image", "changed", &t, "--since", "user"],
-    ] {
-        let out = island(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-    }
+    let out = island(&["image", "export", &t, &raw]);
+    assert_eq!(out.status.code(), Some(1), "export: {out:?}");
     let img = Image::open(&tr, OpenMode::ReadWrite).unwrap();
     assert!(
         img.create_snapshot("x").is_err(),
