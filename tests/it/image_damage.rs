@@ -167,7 +167,10 @@ fn code(o: &Output) -> Option<i32> {
 }
 
 fn same_but_features(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a[..72] == b[..72] && a[80..] == b[80..]
+    if a.len() < 80 || a.len() != b.len() {
+        return a == b;
+    }
+    a[..72] == b[..72] && a[80..] == b[80..]
 }
 
 /// What qemu reads from the active layer (or snapshot `snap`), if it reads it.
