@@ -15,7 +15,7 @@ pub use crate::repo::Progress;
 pub use qcow2::{
     backup_image, backup_image_snapshot, identity_of, ImageSnapshotSource, SNAPSHOT_PREFIX,
 };
-pub use source::{BaseIdentity, BlockSource, RawSource, SourceRange};
+pub use source::{check_source_kind, BaseIdentity, BlockSource, RawSource, SourceRange};
 
 use crate::repo::checkpoint::Counters;
 use crate::repo::ids::{new_time_id, now_rfc3339};

@@ -3,8 +3,9 @@
 //! Two ways in, as the Island blueprint describes:
 //! - [`backup_image`]: an image Island may write (no QEMU holds it). Island takes an
 //!   internal snapshot `island-<snapshot id>`, uploads the clusters changed since the
-//!   previous `island-*` snapshot (from pointer tables), commits, then deletes that previous
-//!   snapshot. Snapshots Island did not create are never touched.
+//!   base snapshot the repository recorded (from pointer tables), commits, then deletes
+//!   that base. Only snapshots Island can prove it made are ever deleted, whatever
+//!   their names.
 //! - [`backup_image_snapshot`]: an internal snapshot that already exists, e.g. one QEMU
 //!   took on a running VM with QMP `blockdev-snapshot-internal-sync`. The image is opened
 //!   shared read-only (QEMU keeps writing); a snapshot's tables and clusters are immutable
@@ -24,7 +25,8 @@ use std::path::Path;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
-/// Prefix of the internal snapshots Island creates (and may delete).
+/// Prefix of the internal snapshots Island creates. The prefix alone never makes a
+/// snapshot Island's to delete (see [`backup_image`]).
 pub const SNAPSHOT_PREFIX: &str = "island-";
 
 /// One internal snapshot of an open image, read as a [`BlockSource`].
@@ -174,13 +176,22 @@ impl BlockSource for ImageSnapshotSource {
 }
 
 /// Back up an image Island may write: snapshot it as `island-<id>`, upload what changed
-/// since the previous `island-*` snapshot, commit, then drop that previous snapshot.
+/// since the base the repository recorded, commit, then drop the snapshots Island can
+/// prove it made and no longer needs.
 ///
-/// Crash ordering: the new internal snapshot is durable before any upload; the previous
-/// one is deleted only after the repository commit, so a crash at any point leaves the
-/// base of the next increment in place (an orphaned `island-*` snapshot of a failed run
-/// is removed by the next successful run). A re-run after a kill whose checkpoint names
-/// the orphaned snapshot backs that snapshot up instead of taking a new one (resume).
+/// Which internal snapshots Island deletes (format-spec/image.md, "Snapshot ownership"):
+/// only (a) one whose full identity (name, id, date, VM clock, L1 digest) is the `base`
+/// a committed snapshot of this volume recorded, (b) one a checkpoint of a killed run of
+/// this volume names (its resume token), and (c) the one this run created, if the run
+/// fails. A name starting with `island-` proves nothing: a user may make one.
+///
+/// Crash ordering: the new internal snapshot is durable before any upload; old bases are
+/// deleted only after the repository commit, so a crash at any point leaves the base of
+/// the next increment in place. A re-run after a kill whose checkpoint names the
+/// orphaned snapshot backs that snapshot up instead of taking a new one (resume) only if
+/// the image was not written since it was taken: the commit is dated now, so it must
+/// hold the image as it is now. Otherwise the stale snapshot is deleted and a new one
+/// taken; the killed run's uploads are still adopted, only the read is repeated.
 pub async fn backup_image(
     repo: &Repository,
     path: &Path,
@@ -189,7 +200,8 @@ pub async fn backup_image(
     let image = Arc::new(Image::open(path, OpenMode::ReadWrite)?);
     let id = crate::repo::ids::new_time_id();
     let name = format!("{SNAPSHOT_PREFIX}{id}");
-    let (snap, created) = match resumable_snapshot(repo, &opts.volume, &image).await? {
+    let owned = Owned::load(repo, &opts.volume).await?;
+    let (snap, created) = match resumable_snapshot(&owned, &image)? {
         Some(s) => (s, false),
         None => (image.create_snapshot(&name)?, true),
     };
@@ -203,7 +215,7 @@ pub async fn backup_image(
     match &result {
         Ok(_) => {
             for old in image.snapshots() {
-                if old.name.starts_with(SNAPSHOT_PREFIX) && old.id != snap.id {
+                if old.id != snap.id && owned.is_base(&old) {
                     image.delete_snapshot(&old.id)?;
                 }
             }
@@ -220,30 +232,70 @@ pub async fn backup_image(
     result
 }
 
-/// The `island-*` snapshot of a killed run of this volume whose checkpoint is in the
-/// repository: a re-run backs it up (the killed job's point in time) instead of taking a new
-/// one, so what the killed run read is neither read nor uploaded again (format-spec §12).
-async fn resumable_snapshot(
-    repo: &Repository,
-    volume: &str,
-    image: &Image,
-) -> Result<Option<SnapshotInfo>> {
-    let mut ours: Vec<SnapshotInfo> = image
+/// What proves an internal snapshot is Island's: the base identities the volume's
+/// committed snapshots recorded, and the resume tokens its killed runs' checkpoints hold.
+struct Owned {
+    bases: Vec<BaseIdentity>,
+    tokens: Vec<String>,
+}
+
+impl Owned {
+    async fn load(repo: &Repository, volume: &str) -> Result<Owned> {
+        crate::repo::repository::check_volume(volume)?;
+        let markers = repo.load_markers().await?;
+        let bases = repo
+            .live_roots(&markers, Some(volume))
+            .iter()
+            .filter_map(|m| m.base.clone())
+            .collect();
+        let tokens = crate::repo::checkpoint::find(repo, volume, "")
+            .await?
+            .into_iter()
+            .filter_map(|c| c.job.source)
+            .collect();
+        Ok(Owned { bases, tokens })
+    }
+
+    fn is_base(&self, s: &SnapshotInfo) -> bool {
+        let id = identity_of(s);
+        self.bases.contains(&id)
+    }
+
+    fn checkpointed(&self, s: &SnapshotInfo) -> bool {
+        resume_token_of(s).is_some_and(|t| self.tokens.contains(&t))
+    }
+}
+
+/// The snapshot of a killed run of this volume to resume (format-spec §12): the newest
+/// one a checkpoint names, if the active layer is still exactly that snapshot (same size,
+/// no pointer-table difference: nothing was written since). Stale ones (written since,
+/// or older) are deleted: a checkpoint proves Island made them, no commit records them.
+fn resumable_snapshot(owned: &Owned, image: &Image) -> Result<Option<SnapshotInfo>> {
+    let killed: Vec<SnapshotInfo> = image
         .snapshots()
         .into_iter()
-        .filter(|s| s.name.starts_with(SNAPSHOT_PREFIX))
+        .filter(|s| owned.checkpointed(s) && !owned.is_base(s))
         .collect();
-    if ours.is_empty() {
-        return Ok(None);
+    let current = match killed.last() {
+        Some(s) if s.disk_size == image.size() => image.changed_ranges(&s.id, None)?.is_empty(),
+        _ => false,
+    };
+    let keep = if current {
+        killed.last().cloned()
+    } else {
+        None
+    };
+    for s in &killed {
+        if keep.as_ref().is_none_or(|k| k.id != s.id) {
+            tracing::info!(
+                "deleting {} ({}): a killed backup's snapshot, written since; taking a new one",
+                s.name,
+                s.id
+            );
+            image.delete_snapshot(&s.id)?;
+        }
     }
-    let checkpoints = crate::repo::checkpoint::find(repo, volume, "").await?;
-    ours.retain(|s| {
-        let token = resume_token_of(s);
-        checkpoints
-            .iter()
-            .any(|c| c.job.source.as_deref() == token.as_deref())
-    });
-    Ok(ours.pop())
+    Ok(keep)
 }
 
 fn resume_token_of(s: &SnapshotInfo) -> Option<String> {

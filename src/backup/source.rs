@@ -62,9 +62,73 @@ pub struct RawSource {
     size: u64,
 }
 
+/// Filesystems whose files are generated on read (their size says nothing about their
+/// content): a "backup" of one would be a 0-byte or arbitrary snapshot.
+const PSEUDO_FILESYSTEMS: [(i64, &str); 9] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x6367_7270, "cgroup2"),
+    (0x0027_e0eb, "cgroup"),
+    (0x7363_6673, "securityfs"),
+    (0x6265_6570, "configfs"),
+    (0xcafe_4a11, "bpf"),
+];
+
+/// Refuse a backup source that is not a regular file or a block device, before anything
+/// opens it for reading: a FIFO would block the open (or the read) forever, and a
+/// character device or a `/proc` file reports size 0 and would back up as an empty
+/// volume with exit status 0. `stat` and `statfs` never block on such files.
+pub fn check_source_kind(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let ft = std::fs::metadata(path)?.file_type();
+    let kind = if ft.is_file() || ft.is_block_device() {
+        None
+    } else if ft.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file or block device")
+    };
+    if let Some(kind) = kind {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is {kind}: only regular files and block devices can be backed up",
+                path.display()
+            ),
+        ));
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs fills the zeroed struct we own from a NUL-terminated path.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = fs.f_type as i64;
+    if let Some((_, name)) = PSEUDO_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is on {name}, a pseudo filesystem whose files are generated on read: not a volume to back up", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 impl RawSource {
-    /// Open `path` read-only.
+    /// Open `path` read-only; only a regular file or a block device (see
+    /// [`check_source_kind`]).
     pub fn open(path: &Path) -> std::io::Result<RawSource> {
+        check_source_kind(path)?;
         let file = File::open(path)?;
         let meta = file.metadata()?;
         let size = if meta.file_type().is_file() {

@@ -371,6 +371,9 @@ const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 fn is_qcow2(path: &std::path::Path) -> anyhow::Result<bool> {
     use std::io::Read;
+    // Before the open: opening a FIFO for reading blocks until a writer appears.
+    island::backup::check_source_kind(path)
+        .with_context(|| format!("backup source {}", path.display()))?;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut magic = [0u8; 4];
     match f.read_exact(&mut magic) {

@@ -5,6 +5,7 @@
 
 use super::error::ImageError;
 use super::file::ImageFile;
+use super::overlap::{Region, Regions};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -184,12 +185,14 @@ impl Cache {
     }
 
     /// Write every dirty entry of `kind` (in offset order) and mark it clean. The caller
-    /// issues the sync barrier.
+    /// issues the sync barrier. Each cluster must be recorded in `regions` as what it
+    /// holds (the overlap check): an entry that is not is refused, nothing written.
     pub fn write_dirty(
         &mut self,
         file: &dyn ImageFile,
         path: &Path,
         kind: Kind,
+        regions: &Regions,
     ) -> Result<bool, ImageError> {
         let mut offs: Vec<u64> = self
             .map
@@ -198,6 +201,27 @@ impl Cache {
             .map(|(o, _)| *o)
             .collect();
         offs.sort_unstable();
+        let region = match kind {
+            Kind::L2 => Region::L2,
+            Kind::Refblock => Region::RefBlock,
+        };
+        let cb = self.cluster_size.trailing_zeros();
+        for off in &offs {
+            if let Some((c, r)) = regions.conflict(off >> cb, 1, Some(region)) {
+                return Err(ImageError::Overlap {
+                    path: path.to_path_buf(),
+                    offset: *off,
+                    reason: format!(
+                        "writing {region} at cluster {c} would overwrite {}",
+                        if r == region {
+                            "a cluster not recorded as one".to_string()
+                        } else {
+                            r.to_string()
+                        }
+                    ),
+                });
+            }
+        }
         for off in &offs {
             if let Some(s) = self.map.get_mut(off) {
                 file.write_at(&s.data, *off)

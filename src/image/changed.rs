@@ -9,7 +9,7 @@
 
 use super::cache::Kind;
 use super::error::ImageError;
-use super::mapping::{classify, l1_target, Mapping};
+use super::mapping::Mapping;
 use super::state::State;
 use super::{ChangedRange, Extent, ExtentKind};
 
@@ -38,13 +38,7 @@ impl State {
         let Some(&e) = l1.get(i) else {
             return Ok(None);
         };
-        let l2 = l1_target(
-            e,
-            self.cs,
-            self.host_end_bytes(),
-            &self.path,
-            l1_off + i as u64 * 8,
-        )?;
+        let l2 = self.l1_target(e, l1_off + i as u64 * 8)?;
         if l2 == 0 {
             return Ok(None);
         }
@@ -61,13 +55,7 @@ impl State {
     fn mapping_at(&self, table: &L2Table, j: usize) -> Result<Mapping, ImageError> {
         match table {
             None => Ok(Mapping::Unallocated),
-            Some((l2, t)) => classify(
-                t[j],
-                self.cs,
-                self.host_end_bytes(),
-                &self.path,
-                l2 + j as u64 * 8,
-            ),
+            Some((l2, t)) => self.classify(t[j], l2 + j as u64 * 8),
         }
     }
 
@@ -86,13 +74,7 @@ impl State {
             let te = tl1.get(i).copied().unwrap_or(0) & super::mapping::OFFSET_MASK;
             if fe == te && base + span <= *fsize {
                 if fe != 0 {
-                    l1_target(
-                        tl1[i],
-                        cs,
-                        self.host_end_bytes(),
-                        &self.path,
-                        toff + i as u64 * 8,
-                    )?;
+                    self.l1_target(tl1[i], toff + i as u64 * 8)?;
                 }
                 continue;
             }

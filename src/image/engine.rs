@@ -4,7 +4,7 @@ use super::cache::{read_cluster, read_tolerant, Cache};
 use super::error::ImageError;
 use super::file::ImageFile;
 use super::header::{self, Header};
-use super::mapping::{Mapping, OFFSET_MASK};
+use super::mapping::Mapping;
 use super::snapshot::{self, SnapshotEntry};
 use super::state::State;
 use super::types::{GuestCluster, GuestOffset};
@@ -281,6 +281,9 @@ impl Image {
             free_hint: 1,
             host_end: len.div_ceil(cs),
             data_dirty: AtomicBool::new(false),
+            regions: Default::default(),
+            open_end: len.div_ceil(cs),
+            grown: Default::default(),
             header,
         };
         st.load_reftable()?;
@@ -299,6 +302,10 @@ impl Image {
             let now = st.file.len().map_err(io_err(&path, "stat", 0))?;
             st.host_end = st.host_end.max(now.div_ceil(cs));
         }
+        // Every mapping is validated against the metadata regions and the file's end
+        // before anything is read or written (format-spec/image.md, "Damage").
+        st.open_end = st.host_end;
+        st.build_regions(trust_active)?;
         if writable && st.header.autoclear != 0 {
             // Island maintains no autoclear feature (e.g. persistent bitmaps): clearing
             // the bits tells QEMU those structures are stale.
@@ -318,13 +325,27 @@ impl Image {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state for a change; refused when the image is read-only or was marked
+    /// corrupt by a refused write (nothing more is written to it, as with QEMU).
     pub(crate) fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>, ImageError> {
         if !self.writable {
             return Err(ImageError::ReadOnly {
                 path: self.path.clone(),
             });
         }
-        Ok(self.state.write().unwrap_or_else(|e| e.into_inner()))
+        let st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if st.marked_corrupt() {
+            return Err(self.marked());
+        }
+        Ok(st)
+    }
+
+    fn marked(&self) -> ImageError {
+        ImageError::Unsupported {
+            path: self.path.clone(),
+            feature: "corrupt bit set after a refused write; repair with `qemu-img check -r all`"
+                .into(),
+        }
     }
 
     /// Guest (virtual) size in bytes.
@@ -377,6 +398,16 @@ impl Image {
     /// Write guest bytes. Clusters owned exclusively (COPIED) are written in place under
     /// the shared lock; anything needing allocation or copy-on-write takes it exclusively.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
+        match self.write_inner(buf, offset) {
+            Err(e @ ImageError::Overlap { .. }) => {
+                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                Err(st.refuse(e))
+            }
+            r => r,
+        }
+    }
+
+    fn write_inner(&self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
         if !self.writable {
             return Err(ImageError::ReadOnly {
                 path: self.path.clone(),
@@ -384,6 +415,9 @@ impl Image {
         }
         {
             let st = self.read_state();
+            if st.marked_corrupt() {
+                return Err(self.marked());
+            }
             self.check_range(offset, buf.len() as u64, st.header.size)?;
             let mut targets = [0u64; 4];
             let mut n = 0;
@@ -408,7 +442,7 @@ impl Image {
                 for_each_piece(st.cb, offset, buf.len(), |_, in_off, at, len| {
                     let host = targets[k] + in_off as u64;
                     k += 1;
-                    st.write(&buf[at..at + len], host, "write data")
+                    st.write(&buf[at..at + len], host, "write data", None)
                 })?;
                 st.data_dirty.store(true, Ordering::Release);
                 return Ok(());
@@ -421,6 +455,7 @@ impl Image {
         let r = for_each_piece(cb, offset, buf.len(), |gc, in_off, at, len| {
             st.write_cluster(gc, in_off, &buf[at..at + len], &mut scratch)
         });
+        let r = r.map_err(|e| st.refuse(e));
         st.data_dirty.store(true, Ordering::Release);
         r?;
         st.trim()
@@ -431,32 +466,8 @@ impl Image {
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         let mut st = self.write_state()?;
         self.check_range(offset, len, st.header.size)?;
-        let cs = st.cs;
-        let end = offset + len;
-        let mut pos = offset;
-        let zeros = vec![0u8; cs as usize];
-        let mut scratch = Vec::new();
-        while pos < end {
-            let gc = GuestOffset(pos).cluster(st.cb);
-            let in_off = GuestOffset(pos).in_cluster(st.cb);
-            let n = (cs - in_off).min(end - pos);
-            let span = cs * (cs / 8);
-            let l1_idx = (pos / span) as usize;
-            if in_off == 0 && st.l1.get(l1_idx).is_none_or(|&e| e & OFFSET_MASK == 0) {
-                // No L2 table: the whole range it would map already reads as zeros.
-                pos = ((l1_idx as u64 + 1) * span).min(end);
-                continue;
-            }
-            if n == cs {
-                st.zero_cluster(gc)?;
-            } else if !st.active_mapping(gc)?.reads_zero() {
-                st.write_cluster(gc, in_off as usize, &zeros[..n as usize], &mut scratch)?;
-                st.data_dirty.store(true, Ordering::Release);
-            }
-            st.trim()?;
-            pos += n;
-        }
-        Ok(())
+        let r = st.zero_range(offset, len);
+        r.map_err(|e| st.refuse(e))
     }
 
     /// Discard: same as [`Image::write_zeroes`] (qcow2 v3 has the zero flag, so the range
@@ -470,9 +481,11 @@ impl Image {
         if !self.writable {
             return Ok(());
         }
-        self.write_state()?.flush_locked()
+        // Not `write_state`: after a refused write the validated changes before it are
+        // still made durable.
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        st.flush_locked()
     }
-
     /// Grow the virtual disk (shrinking is refused). Like create, the size is rounded up
     /// to a multiple of 512.
     pub fn grow(&self, new_size: u64) -> Result<(), ImageError> {
@@ -495,7 +508,8 @@ impl Image {
             }
             l1.resize(need as usize, 0);
         }
-        st.install_l1(l1, new_size)
+        let r = st.install_l1(l1, new_size);
+        r.map_err(|e| st.refuse(e))
     }
 
     /// Flush and release the locks.
@@ -516,7 +530,8 @@ impl Image {
     pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo, ImageError> {
         let mut st = self.write_state()?;
         self.clear_snap_l1();
-        let e = st.create_snapshot(name, now())?;
+        let r = st.create_snapshot(name, now());
+        let e = r.map_err(|e| st.refuse(e))?;
         Ok(snapshot_info(&st, &e, st.header.size))
     }
 
@@ -524,14 +539,16 @@ impl Image {
     pub fn delete_snapshot(&self, name_or_id: &str) -> Result<(), ImageError> {
         let mut st = self.write_state()?;
         self.clear_snap_l1();
-        st.delete_snapshot(name_or_id)
+        let r = st.delete_snapshot(name_or_id);
+        r.map_err(|e| st.refuse(e))
     }
 
     /// Make the active layer equal to a snapshot (QEMU's `snapshot -a`).
     pub fn revert_snapshot(&self, name_or_id: &str) -> Result<(), ImageError> {
         let mut st = self.write_state()?;
         self.clear_snap_l1();
-        st.revert_snapshot(name_or_id)
+        let r = st.revert_snapshot(name_or_id);
+        r.map_err(|e| st.refuse(e))
     }
 
     /// Test hook: shrink the metadata cache to exercise eviction and ordered flushes.
@@ -702,7 +719,7 @@ fn read_view(
         let m = {
             let mut cache = st.cache();
             let (e, ea) = super::mapping::lookup(st, &mut cache, l1, l1_off, gc)?;
-            super::mapping::classify(e, st.cs, st.host_end_bytes(), &st.path, ea)?
+            st.classify(e, ea)?
         };
         match m {
             Mapping::Data { host, .. } => {

@@ -23,6 +23,15 @@ pub enum ImageError {
         offset: u64,
         reason: String,
     },
+    /// A write would land on qcow2 metadata it is not (or a mapping points into metadata):
+    /// refused, and for a refused write the image is marked corrupt as QEMU does
+    /// (see `overlap.rs`).
+    #[error("{path}: metadata overlap at offset {offset}: {reason}; the image is damaged (qemu-img check)")]
+    Overlap {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// The image uses a qcow2 feature Island does not implement; it is refused, never misread.
     #[error("{path}: unsupported qcow2 feature: {feature}")]
     Unsupported { path: PathBuf, feature: String },

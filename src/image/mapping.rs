@@ -6,8 +6,9 @@
 
 use super::cache::{read_tolerant, Cache, Kind};
 use super::error::ImageError;
+use super::overlap::Region;
 use super::state::State;
-use super::types::{GuestCluster, HostCluster};
+use super::types::{GuestCluster, GuestOffset, HostCluster};
 use std::path::Path;
 
 pub const OFLAG_COPIED: u64 = 1 << 63;
@@ -111,13 +112,13 @@ pub fn lookup(
     l1_offset: u64,
     gc: GuestCluster,
 ) -> Result<(u64, u64), ImageError> {
-    let (file, path, cb, host_end) = (&*st.file, &st.path, st.cb, st.host_end_bytes());
+    let (file, path, cb) = (&*st.file, &st.path, st.cb);
     let l2_bits = cb - 3;
     let idx = (gc.0 >> l2_bits) as usize;
     let Some(&e) = l1.get(idx) else {
         return Ok((0, 0));
     };
-    let l2 = l1_target(e, 1 << cb, host_end, path, l1_offset + idx as u64 * 8)?;
+    let l2 = st.l1_target(e, l1_offset + idx as u64 * 8)?;
     if l2 == 0 {
         return Ok((0, 0));
     }
@@ -133,7 +134,7 @@ impl State {
     pub fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
         let mut cache = self.cache();
         let (e, at) = lookup(self, &mut cache, &self.l1, self.header.l1_table_offset, gc)?;
-        classify(e, self.cs, self.host_end_bytes(), &self.path, at)
+        self.classify(e, at)
     }
 
     /// The L2 table for L1 index `i`, made writable in place: allocated if missing,
@@ -141,7 +142,7 @@ impl State {
     fn writable_l2(&mut self, i: usize) -> Result<u64, ImageError> {
         let e = self.l1[i];
         let l1_at = self.header.l1_table_offset + i as u64 * 8;
-        let old = l1_target(e, self.cs, self.host_end_bytes(), &self.path, l1_at)?;
+        let old = self.l1_target(e, l1_at)?;
         if old != 0 && e & OFLAG_COPIED != 0 {
             return Ok(old);
         }
@@ -150,6 +151,7 @@ impl State {
             return Ok(old);
         }
         let new = self.alloc(1)?.0 << self.cb;
+        self.claim(new, 1, Region::L2)?;
         let mut data = vec![0u8; self.cs as usize].into_boxed_slice();
         if old != 0 {
             let mut cache = self.cache();
@@ -195,17 +197,7 @@ impl State {
             a.copy_from_slice(&t[j * 8..j * 8 + 8]);
             u64::from_be_bytes(a)
         };
-        Ok((
-            l2,
-            j,
-            classify(
-                e,
-                self.cs,
-                self.host_end_bytes(),
-                &self.path,
-                l2 + j as u64 * 8,
-            )?,
-        ))
+        Ok((l2, j, self.classify(e, l2 + j as u64 * 8)?))
     }
 
     /// Whether guest cluster `gc` can be written in place right now.
@@ -229,7 +221,7 @@ impl State {
         let source = match m {
             Mapping::Data { host, copied } => {
                 if copied || self.refcount(HostCluster(host >> self.cb))? == 1 {
-                    self.write(data, host + in_off as u64, "write data")?;
+                    self.write(data, host + in_off as u64, "write data", None)?;
                     if !copied {
                         self.set_l2(l2, j, host | OFLAG_COPIED)?;
                     }
@@ -242,7 +234,7 @@ impl State {
         };
         let new = self.alloc(1)?.0 << self.cb;
         if data.len() as u64 == self.cs {
-            self.write(data, new, "write data")?;
+            self.write(data, new, "write data", None)?;
         } else {
             scratch.clear();
             scratch.resize(self.cs as usize, 0);
@@ -256,11 +248,43 @@ impl State {
                 )?;
             }
             scratch[in_off..in_off + data.len()].copy_from_slice(data);
-            self.write(scratch, new, "write data")?;
+            self.write(scratch, new, "write data", None)?;
         }
         self.set_l2(l2, j, new | OFLAG_COPIED)?;
         if let Some(old) = m.owned() {
             self.pending.push(old >> self.cb);
+        }
+        Ok(())
+    }
+
+    /// The body of [`super::Image::write_zeroes`]: whole clusters get the zero flag,
+    /// partial ones explicit zero bytes; ranges without an L2 table are skipped.
+    pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
+        let cs = self.cs;
+        let end = offset + len;
+        let mut pos = offset;
+        let zeros = vec![0u8; cs as usize];
+        let mut scratch = Vec::new();
+        while pos < end {
+            let gc = GuestOffset(pos).cluster(self.cb);
+            let in_off = GuestOffset(pos).in_cluster(self.cb);
+            let n = (cs - in_off).min(end - pos);
+            let span = cs * (cs / 8);
+            let l1_idx = (pos / span) as usize;
+            if in_off == 0 && self.l1.get(l1_idx).is_none_or(|&e| e & OFFSET_MASK == 0) {
+                // No L2 table: the whole range it would map already reads as zeros.
+                pos = ((l1_idx as u64 + 1) * span).min(end);
+                continue;
+            }
+            if n == cs {
+                self.zero_cluster(gc)?;
+            } else if !self.active_mapping(gc)?.reads_zero() {
+                self.write_cluster(gc, in_off as usize, &zeros[..n as usize], &mut scratch)?;
+                self.data_dirty
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            self.trim()?;
+            pos += n;
         }
         Ok(())
     }
@@ -298,13 +322,7 @@ impl State {
     ) -> Result<(), ImageError> {
         let mut batch = Vec::new();
         for (i, &e) in l1.iter().enumerate() {
-            let l2 = l1_target(
-                e,
-                self.cs,
-                self.host_end_bytes(),
-                &self.path,
-                l1_offset + i as u64 * 8,
-            )?;
+            let l2 = self.l1_target(e, l1_offset + i as u64 * 8)?;
             if l2 == 0 {
                 continue;
             }
@@ -316,13 +334,7 @@ impl State {
                     let v = u64::from_be_bytes([
                         ent[0], ent[1], ent[2], ent[3], ent[4], ent[5], ent[6], ent[7],
                     ]);
-                    match classify(
-                        v,
-                        self.cs,
-                        self.host_end_bytes(),
-                        &self.path,
-                        l2 + j as u64 * 8,
-                    )? {
+                    match self.classify(v, l2 + j as u64 * 8)? {
                         Mapping::Compressed => {
                             return Err(ImageError::Unsupported {
                                 path: self.path.clone(),
@@ -355,13 +367,7 @@ impl State {
     pub fn fix_copied(&mut self) -> Result<(), ImageError> {
         for i in 0..self.l1.len() {
             let e = self.l1[i];
-            let l2 = l1_target(
-                e,
-                self.cs,
-                self.host_end_bytes(),
-                &self.path,
-                self.header.l1_table_offset + i as u64 * 8,
-            )?;
+            let l2 = self.l1_target(e, self.header.l1_table_offset + i as u64 * 8)?;
             if l2 == 0 {
                 continue;
             }
@@ -379,14 +385,7 @@ impl State {
             };
             let mut changes = Vec::new();
             for (j, &v) in entries.iter().enumerate() {
-                let Some(h) = classify(
-                    v,
-                    self.cs,
-                    self.host_end_bytes(),
-                    &self.path,
-                    l2 + j as u64 * 8,
-                )?
-                .owned() else {
+                let Some(h) = self.classify(v, l2 + j as u64 * 8)?.owned() else {
                     continue;
                 };
                 let copied = sole && self.refcount(HostCluster(h >> self.cb))? == 1;

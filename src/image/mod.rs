@@ -13,6 +13,7 @@ mod file;
 mod header;
 mod lock;
 mod mapping;
+mod overlap;
 mod refcount;
 mod shared;
 mod snapshot;

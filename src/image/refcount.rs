@@ -10,6 +10,7 @@
 use super::cache::{read_cluster, Kind};
 use super::error::ImageError;
 use super::header::MAX_REFTABLE_BYTES;
+use super::overlap::Region;
 use super::state::State;
 use super::types::HostCluster;
 
@@ -75,7 +76,7 @@ impl State {
     }
 
     /// Host offset of the refcount block covering `c`, or None if not allocated.
-    fn block_of(&self, c: HostCluster) -> Result<Option<u64>, ImageError> {
+    pub(super) fn block_of(&self, c: HostCluster) -> Result<Option<u64>, ImageError> {
         let idx = c.0 / self.rc_per_block();
         let Some(&e) = self.reftable.get(idx as usize) else {
             return Ok(None);
@@ -84,14 +85,26 @@ impl State {
         if off == 0 {
             return Ok(None);
         }
-        if e & !REFT_OFFSET_MASK != 0 || off % self.cs != 0 || off >= self.host_end_bytes() {
+        let at = self.header.refcount_table_offset + idx * 8;
+        if e & !REFT_OFFSET_MASK != 0 || off % self.cs != 0 {
             return Err(self.corrupt(
                 "refcount table entry",
-                self.header.refcount_table_offset + idx * 8,
+                at,
                 format!("invalid refcount block offset {e:#x}"),
             ));
         }
-        Ok(Some(off))
+        self.check_in_file(off, "refcount table entry", at)?;
+        match self.regions.get(off >> self.cb) {
+            Some(Region::RefBlock) => Ok(Some(off)),
+            other => Err(self.overlap(
+                at,
+                format!(
+                    "refcount table entry points at {}",
+                    other.map_or("a cluster not recorded as a refcount block".into(), |r| r
+                        .to_string())
+                ),
+            )),
+        }
     }
 
     /// Current refcount of host cluster `c` (0 if no block covers it).
@@ -105,9 +118,20 @@ impl State {
         Ok(get_entry(block, i, self.header.refcount_order))
     }
 
-    /// Add `delta` to the refcount of `c`. A cluster reaching 0 is dropped from the cache
-    /// and becomes allocatable again.
-    pub fn adjust(&mut self, c: HostCluster, delta: i64) -> Result<(), ImageError> {
+    /// Add `delta` to the refcount of `c` and return the old count. A cluster reaching 0
+    /// is dropped from the cache and the metadata regions and becomes allocatable again.
+    pub fn adjust(&mut self, c: HostCluster, delta: i64) -> Result<u64, ImageError> {
+        self.adjust_inner(c, delta, true)
+    }
+
+    /// [`State::adjust`]; `release` false only to undo an increment just made, which must
+    /// not drop what the cluster held before from the cache or the regions.
+    fn adjust_inner(
+        &mut self,
+        c: HostCluster,
+        delta: i64,
+        release: bool,
+    ) -> Result<u64, ImageError> {
         let Some(off) = self.block_of(c)? else {
             return Err(self.corrupt(
                 "refcount",
@@ -145,35 +169,77 @@ impl State {
                 ));
             };
             set_entry(block, i, order, new);
-            if new == 0 {
+            if new == 0 && release {
                 cache.forget(host);
             }
-            new
+            (old, new)
         };
+        let (old, new) = new;
+        if new == 0 && release {
+            self.regions.remove(c.0);
+        }
         if new == 0 && c.0 < self.free_hint {
             self.free_hint = c.0;
         }
-        Ok(())
+        Ok(old)
     }
 
     /// Apply `delta` to every cluster in `clusters` (duplicates count), one refcount block
-    /// at a time. Dirty blocks beyond the cache bound are written out as they go; callers
-    /// only use this where that ordering is already safe (increments before the pointers
-    /// exist, decrements after their removal is durable).
+    /// at a time, all or nothing: on an error the adjustments made are undone (in the
+    /// cache) before it is returned. An increment is for a cluster a table references, so
+    /// one from 0 is corruption (a referenced cluster the allocator may hand out), refused.
+    /// Dirty blocks beyond the cache bound are written out as they go; callers only use
+    /// this where that ordering is already safe (increments before the pointers exist,
+    /// decrements after their removal is durable).
     pub fn bulk_adjust(&mut self, clusters: &mut Vec<u64>, delta: i64) -> Result<(), ImageError> {
         clusters.sort_unstable();
         let per = self.rc_per_block();
         let mut last_block = u64::MAX;
+        let mut failed = None;
+        let mut done = 0;
         for &c in clusters.iter() {
             if c / per != last_block {
                 last_block = c / per;
                 if self.cache().over_capacity() {
                     let mut cache = self.cache();
-                    cache.write_dirty(&*self.file, &self.path, Kind::Refblock)?;
+                    let r =
+                        cache.write_dirty(&*self.file, &self.path, Kind::Refblock, &self.regions);
+                    if let Err(e) = r {
+                        failed = Some(e);
+                        break;
+                    }
                     cache.evict_clean(0);
                 }
             }
-            self.adjust(HostCluster(c), delta)?;
+            match self.adjust(HostCluster(c), delta) {
+                Ok(0) if delta > 0 => {
+                    done += 1;
+                    failed = Some(self.corrupt(
+                        "refcount",
+                        c << self.cb,
+                        "cluster referenced by an L1 or L2 table has refcount 0".into(),
+                    ));
+                    break;
+                }
+                Ok(_) => done += 1,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for &c in clusters[..done].iter().rev() {
+                if let Err(u) = self.adjust_inner(HostCluster(c), -delta, false) {
+                    tracing::error!(
+                        "{}: undoing a refcount change failed: {u}",
+                        self.path.display()
+                    );
+                    break;
+                }
+            }
+            clusters.clear();
+            return Err(e);
         }
         clusters.clear();
         Ok(())
@@ -240,6 +306,14 @@ impl State {
                     continue 'search;
                 }
             }
+            if let Some((c, r)) = self.regions.conflict(start, n, None) {
+                return Err(self.refuse(self.overlap(
+                    c << self.cb,
+                    format!(
+                        "cluster {c} has refcount 0 but holds {r}: a damaged refcount structure"
+                    ),
+                )));
+            }
             for c in start..start + n {
                 self.adjust(HostCluster(c), 1)?;
             }
@@ -249,6 +323,7 @@ impl State {
                 start + n
             };
             self.host_end = self.host_end.max(start + n);
+            self.grown.insert(start.max(self.open_end), start + n);
             return Ok(HostCluster(start));
         }
     }
@@ -276,10 +351,12 @@ impl State {
         let mut data = vec![0u8; self.cs as usize].into_boxed_slice();
         set_entry(&mut data, 0, self.header.refcount_order, 1);
         let off = p << self.cb;
+        self.claim(off, 1, Region::RefBlock)?;
         self.cache().insert_new(off, Kind::Refblock, data);
         self.reftable[b as usize] = off;
         self.reftable_dirty = true;
         self.host_end = self.host_end.max(p + 1);
+        self.grown.insert(p.max(self.open_end), p + 1);
         Ok(())
     }
 
@@ -323,6 +400,8 @@ impl State {
         }
         let k = blocks.len() as u64;
         let region = s..s + tc + k;
+        self.claim(s << self.cb, tc, Region::RefTable)?;
+        self.claim((s + tc) << self.cb, k, Region::RefBlock)?;
         let mut table = self.reftable.clone();
         table.resize((tc * entries_per_cluster) as usize, 0);
         let order = self.header.refcount_order;
@@ -333,11 +412,18 @@ impl State {
             for c in region.clone().filter(|c| c / per == b) {
                 set_entry(&mut data, (c % per) as usize, order, 1);
             }
-            self.write(&data, at << self.cb, "write refcount block")?;
+            self.write(
+                &data,
+                at << self.cb,
+                "write refcount block",
+                Some(Region::RefBlock),
+            )?;
         }
         // Region clusters covered by existing blocks: count them there.
         let old_table = std::mem::replace(&mut self.reftable, table);
         self.host_end = self.host_end.max(region.end);
+        self.grown
+            .insert(region.start.max(self.open_end), region.end);
         for c in region.clone() {
             if !blocks.contains(&(c / per)) {
                 self.adjust(HostCluster(c), 1)?;
@@ -345,13 +431,18 @@ impl State {
         }
         {
             let mut cache = self.cache();
-            cache.write_dirty(&*self.file, &self.path, Kind::Refblock)?;
+            cache.write_dirty(&*self.file, &self.path, Kind::Refblock, &self.regions)?;
         }
         let mut bytes = Vec::with_capacity((tc * self.cs) as usize);
         for e in &self.reftable {
             bytes.extend_from_slice(&e.to_be_bytes());
         }
-        self.write(&bytes, s << self.cb, "write refcount table")?;
+        self.write(
+            &bytes,
+            s << self.cb,
+            "write refcount table",
+            Some(Region::RefTable),
+        )?;
         self.sync()?;
         let old_off = self.header.refcount_table_offset;
         let old_clusters = u64::from(self.header.refcount_table_clusters);
@@ -410,6 +501,7 @@ impl State {
             &bytes,
             self.header.refcount_table_offset,
             "write refcount table",
+            Some(Region::RefTable),
         )?;
         self.reftable_dirty = false;
         Ok(true)

@@ -102,7 +102,7 @@ impl Image {
                         });
                     }
                 }
-                Err(e @ ImageError::Corrupt { .. }) if !last => {
+                Err(e @ (ImageError::Corrupt { .. } | ImageError::Overlap { .. })) if !last => {
                     tracing::debug!("{name}: metadata changed during a shared open, retrying: {e}");
                 }
                 Err(e) => return Err(e),

@@ -2,7 +2,9 @@
 //! change refcounts (create, delete, revert) live in the engine, which owns the ordering.
 
 use super::error::ImageError;
+use super::overlap::Region;
 use super::state::{strip_copied, State};
+use super::types::HostCluster;
 use std::path::Path;
 
 /// QEMU's QCOW_MAX_SNAPSHOTS.
@@ -11,6 +13,17 @@ pub const MAX_SNAPSHOTS: u32 = 65536;
 pub const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Extra data Island writes: vm_state_size_large, disk_size, icount.
 const EXTRA_WRITTEN: usize = 24;
+
+/// What a snapshot creation has done so far, for undoing it when a later step fails.
+#[derive(Default)]
+struct Undo {
+    /// Batches of the active tree whose refcounts went up (see `State::walk_tree`).
+    batches: usize,
+    /// Clusters allocated for the L1 copy: (first cluster, count).
+    l1_copy: Option<(u64, u64)>,
+    /// COPIED flags in the active tables may have been cleared.
+    fixed: bool,
+}
 
 /// One snapshot table entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +237,41 @@ impl State {
             });
         }
         self.flush_locked()?;
-        let l1 = strip_copied(&self.l1);
+        let active = self.l1.clone();
+        let active_off = self.header.l1_table_offset;
+        let before = self.header.nb_snapshots;
+        let mut undo = Undo::default();
+        let r = self.create_snapshot_steps(name, date, &active, &mut undo);
+        // Once the header may name the new table the snapshot exists: nothing is undone.
+        if r.is_err() && self.header.nb_snapshots == before {
+            if let Err(u) = self.undo_create(&active, active_off, &undo) {
+                tracing::error!(
+                    "{}: undoing a failed snapshot creation failed (clusters may leak): {u}",
+                    self.path.display()
+                );
+            }
+        }
+        r
+    }
+
+    /// The steps of [`State::create_snapshot`], recording in `undo` what they did. The
+    /// active tree's refcounts go up first, before anything is allocated: a cluster the
+    /// tree references with refcount 0 (a damaged refcount) is refused there, before the
+    /// allocator could hand it out for the L1 copy and overwrite guest data.
+    fn create_snapshot_steps(
+        &mut self,
+        name: &str,
+        date: (u32, u32),
+        active: &[u64],
+        undo: &mut Undo,
+    ) -> Result<SnapshotEntry, ImageError> {
+        let active_off = self.header.l1_table_offset;
+        self.walk_tree(active, active_off, |st, batch| {
+            st.bulk_adjust(batch, 1)?;
+            undo.batches += 1;
+            Ok(())
+        })?;
+        let l1 = strip_copied(active);
         let mut bytes = Vec::with_capacity(l1.len() * 8);
         for e in &l1 {
             bytes.extend_from_slice(&e.to_be_bytes());
@@ -234,14 +281,19 @@ impl State {
         } else {
             let n = (bytes.len() as u64).div_ceil(self.cs);
             let start = self.alloc(n)?.0 << self.cb;
+            undo.l1_copy = Some((start >> self.cb, n));
+            self.claim(start, n, Region::SnapL1)?;
             bytes.resize((n * self.cs) as usize, 0);
-            self.write(&bytes, start, "write snapshot L1 table")?;
+            self.write(
+                &bytes,
+                start,
+                "write snapshot L1 table",
+                Some(Region::SnapL1),
+            )?;
             start
         };
-        let active = self.l1.clone();
-        let active_off = self.header.l1_table_offset;
-        self.walk_tree(&active, active_off, |st, batch| st.bulk_adjust(batch, 1))?;
         self.flush_locked()?;
+        undo.fixed = true;
         self.fix_copied()?;
         self.flush_locked()?;
         let entry = SnapshotEntry::new(
@@ -256,6 +308,40 @@ impl State {
         entries.push(entry.clone());
         self.write_snapshot_table(entries)?;
         Ok(entry)
+    }
+
+    /// Take back what a failed snapshot creation did before the header named the new
+    /// table, so `qemu-img check` finds nothing leaked: the L1 copy's clusters (nothing
+    /// points at them) and the +1 of every batch of the active tree, then COPIED recomputed,
+    /// then one ordered flush.
+    fn undo_create(
+        &mut self,
+        active: &[u64],
+        active_off: u64,
+        undo: &Undo,
+    ) -> Result<(), ImageError> {
+        if let Some((first, n)) = undo.l1_copy {
+            for c in first..first + n {
+                self.adjust(HostCluster(c), -1)?;
+            }
+        }
+        let mut left = undo.batches;
+        let r = self.walk_tree(active, active_off, |st, batch| {
+            if left == 0 {
+                batch.clear();
+                return Ok(());
+            }
+            left -= 1;
+            st.bulk_adjust(batch, -1)
+        });
+        // The walk fails again where the creation failed, after the batches to undo.
+        if left > 0 {
+            r?;
+        }
+        if undo.fixed {
+            self.fix_copied()?;
+        }
+        self.flush_locked()
     }
 
     fn find_snapshot(&self, name_or_id: &str) -> Result<usize, ImageError> {

@@ -5,6 +5,7 @@ use super::error::ImageError;
 use super::file::ImageFile;
 use super::header::{self, Header};
 use super::mapping::OFLAG_COPIED;
+use super::overlap::{Grown, Region, Regions};
 use super::snapshot::{self, SnapshotEntry};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,12 @@ pub struct State {
     pub host_end: u64,
     /// Guest data was written since the last sync.
     pub data_dirty: AtomicBool,
+    /// Every metadata cluster, for the overlap checks (see `overlap.rs`).
+    pub regions: Regions,
+    /// Clusters in the file when it was opened: a pointer at or past this is valid only
+    /// if this open allocated the cluster (`grown`).
+    pub open_end: u64,
+    pub grown: Grown,
 }
 
 impl State {
@@ -57,7 +64,16 @@ impl State {
         }
     }
 
-    pub fn write(&self, buf: &[u8], offset: u64, op: &'static str) -> Result<(), ImageError> {
+    /// Write `buf` at `offset`, which must be all `region` (metadata) or, for `None`, no
+    /// metadata at all (guest data): the overlap check every host write passes.
+    pub fn write(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        op: &'static str,
+        region: Option<Region>,
+    ) -> Result<(), ImageError> {
+        self.check_write(offset, buf.len() as u64, region)?;
         self.file
             .write_at(buf, offset)
             .map_err(|source| ImageError::Io {
@@ -80,7 +96,7 @@ impl State {
     /// Write the header fields and sync.
     pub fn write_header(&mut self) -> Result<(), ImageError> {
         let bytes = self.header.encode();
-        self.write(&bytes, 0, "write header")?;
+        self.write(&bytes, 0, "write header", Some(Region::Header))?;
         self.sync()
     }
 
@@ -98,7 +114,7 @@ impl State {
     pub fn flush_locked(&mut self) -> Result<(), ImageError> {
         let wrote = {
             let mut cache = self.cache();
-            cache.write_dirty(&*self.file, &self.path, Kind::Refblock)?
+            cache.write_dirty(&*self.file, &self.path, Kind::Refblock, &self.regions)?
         };
         let data = self.data_dirty.swap(false, Ordering::AcqRel);
         if wrote || data {
@@ -109,7 +125,7 @@ impl State {
         }
         let wrote = {
             let mut cache = self.cache();
-            cache.write_dirty(&*self.file, &self.path, Kind::L2)?
+            cache.write_dirty(&*self.file, &self.path, Kind::L2, &self.regions)?
         };
         if wrote {
             self.sync()?;
@@ -123,6 +139,7 @@ impl State {
                 &bytes,
                 self.header.l1_table_offset + lo as u64 * 8,
                 "write L1 table",
+                Some(Region::ActiveL1),
             )?;
             self.sync()?;
         }
@@ -130,7 +147,7 @@ impl State {
             let mut pending = std::mem::take(&mut self.pending);
             self.bulk_adjust(&mut pending, -1)?;
             let mut cache = self.cache();
-            cache.write_dirty(&*self.file, &self.path, Kind::Refblock)?;
+            cache.write_dirty(&*self.file, &self.path, Kind::Refblock, &self.regions)?;
             drop(cache);
             self.sync()?;
         }
@@ -174,7 +191,7 @@ impl State {
         let old_clusters = (self.l1_capacity as u64 * 8).div_ceil(self.cs);
         if entries.len() <= self.l1_capacity {
             if !bytes.is_empty() {
-                self.write(&bytes, old_off, "write L1 table")?;
+                self.write(&bytes, old_off, "write L1 table", Some(Region::ActiveL1))?;
                 self.sync()?;
             }
             self.l1 = entries;
@@ -184,8 +201,9 @@ impl State {
         }
         let n = (bytes.len() as u64).div_ceil(self.cs);
         let start = self.alloc(n)?.0 << self.cb;
+        self.claim(start, n, Region::ActiveL1)?;
         bytes.resize((n * self.cs) as usize, 0);
-        self.write(&bytes, start, "write L1 table")?;
+        self.write(&bytes, start, "write L1 table", Some(Region::ActiveL1))?;
         self.flush_locked()?;
         self.l1 = entries;
         self.l1_capacity = (n * self.cs / 8) as usize;
@@ -214,8 +232,30 @@ impl State {
             let n = (bytes.len() as u64).div_ceil(self.cs);
             let start = self.alloc(n)?.0 << self.cb;
             bytes.resize((n * self.cs) as usize, 0);
-            self.write(&bytes, start, "write snapshot table")?;
-            self.flush_locked()?;
+            let written = self
+                .claim(start, n, Region::SnapTable)
+                .and_then(|_| {
+                    self.write(
+                        &bytes,
+                        start,
+                        "write snapshot table",
+                        Some(Region::SnapTable),
+                    )
+                })
+                .and_then(|_| self.flush_locked());
+            if let Err(e) = written {
+                // Nothing points at the new table yet: its clusters are free again.
+                for c in start >> self.cb..(start >> self.cb) + n {
+                    if let Err(u) = self.adjust(super::types::HostCluster(c), -1) {
+                        tracing::error!(
+                            "{}: releasing an unused snapshot table: {u}",
+                            self.path.display()
+                        );
+                        break;
+                    }
+                }
+                return Err(e);
+            }
             start
         };
         self.header.nb_snapshots = entries.len() as u32;

@@ -220,6 +220,32 @@ fn first_backup_takes_island_snapshot_and_restores_what_qemu_reads() {
     assert_same("user snapshot", &user, &before_model);
 }
 
+/// Issue 13 defect 4: a user's snapshot named `island-mine` was deleted by the next
+/// backup because its name starts with Island's prefix. Island deletes only snapshots it
+/// can prove it made (here the base its first backup recorded); `island-mine` stays, and
+/// still reads as it was.
+#[test]
+fn user_snapshot_with_island_prefix_is_kept() {
+    let mut w = World::new(16 * MIB, CLUSTER);
+    w.write(&[(0, 2 * MIB)]);
+    qemu::run(qemu::qemu_img(["snapshot", "-c", "island-mine"]).arg(&w.img));
+    let mine = w.model.clone();
+    let r1 = w.backup("vm");
+    w.write(&[(MIB, CLUSTER)]);
+    let r2 = w.backup("vm");
+    let names = snapshot_names(&w.img);
+    assert!(names.contains(&"island-mine".to_string()), "{names:?}");
+    let base1 = format!("island-{}", str_field(&r1, "id"));
+    assert!(
+        !names.contains(&base1),
+        "the replaced base stayed: {names:?}"
+    );
+    assert!(names.contains(&format!("island-{}", str_field(&r2, "id"))));
+    let got = convert_to_raw(&w.img, Some("island-mine"), &w.dir.path().join("m.raw"));
+    assert_same("island-mine", &got, &mine);
+    qemu::assert_check_clean(&w.img);
+}
+
 /// After N scattered cluster writes, an incremental backup reads exactly those N
 /// clusters and uploads about that much (fresh random data, so nothing compresses or
 /// deduplicates); every snapshot, old and new, restores bit-exact.

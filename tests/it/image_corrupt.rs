@@ -85,12 +85,14 @@ fn expect_refused(fails: &mut Vec<String>, case: &str, bytes: &[u8], want: Want)
             Err(e) => e,
         };
         let ok = match want {
-            Want::Corrupt => matches!(err, ImageError::Corrupt { .. }),
+            Want::Corrupt => matches!(err, ImageError::Corrupt { .. } | ImageError::Overlap { .. }),
             Want::Unsupported => matches!(err, ImageError::Unsupported { .. }),
             Want::CorruptOrUnsupported => {
                 matches!(
                     err,
-                    ImageError::Corrupt { .. } | ImageError::Unsupported { .. }
+                    ImageError::Corrupt { .. }
+                        | ImageError::Overlap { .. }
+                        | ImageError::Unsupported { .. }
                 )
             }
         };

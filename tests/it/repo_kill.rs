@@ -342,11 +342,28 @@ fn delete_and_gc_killed_with_sigkill_stay_consistent() {
 }
 
 /// A backup of a qcow2 image (Island takes an internal snapshot `island-<id>`) killed after
-/// its first checkpoint: the re-run backs up the snapshot the killed run left (its point in
-/// time) instead of taking a new one, so it neither re-reads nor re-uploads what was done;
-/// afterwards the image holds exactly one `island-*` snapshot, the next increment's base.
+/// its first checkpoint, then the image is written. Issue 13 defect 5: the re-run backed
+/// up the killed run's snapshot (the state before the write) under a new, later id. Now
+/// the stale snapshot is dropped and a new one taken, so the commit holds the image as it
+/// is when the commit is dated; the killed run's uploads are still adopted, not repeated.
+/// Afterwards the image holds exactly one `island-*` snapshot, the next increment's base.
+/// (Without a write in between, the re-run resumes the killed run's snapshot and skips
+/// what it read: `qcow2_backup_killed_resumes_its_snapshot_when_unchanged`.)
 #[test]
 fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
+    killed_qcow2_backup(true);
+}
+
+/// A qcow2 backup killed after its first checkpoint, the image not written since: the
+/// killed run's snapshot still is the image's state, so the re-run backs it up (resume)
+/// and neither re-reads nor re-uploads what the killed run did.
+#[test]
+fn qcow2_backup_killed_resumes_its_snapshot_when_unchanged() {
+    killed_qcow2_backup(false);
+}
+
+/// Kill a qcow2 backup after its first checkpoint, optionally write the image, re-run.
+fn killed_qcow2_backup(write_after: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let [repo] = init_repos(dir.path(), ["repo"]);
     let (img, path) = crate::common::create_image(dir.path(), "vm.qcow2", 80 * MIB, 65536);
@@ -378,12 +395,14 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
         delay,
         "qcow2 backup",
     );
-    // The image is written after the kill: the resumed job still backs up the killed
-    // run's snapshot; the next backup picks the change up incrementally.
-    let img = Image::open(&path, OpenMode::ReadWrite).expect("reopen the image");
+    // The image is written after the kill: the killed run's snapshot no longer is the
+    // image's state, so the re-run must not commit it.
     let change = crate::common::random_bytes(&mut rng(4402), 65536);
-    img.write_at(&change, 0).expect("write after the kill");
-    img.close().expect("close the image");
+    if write_after {
+        let img = Image::open(&path, OpenMode::ReadWrite).expect("reopen the image");
+        img.write_at(&change, 0).expect("write after the kill");
+        img.close().expect("close the image");
+    }
     let r = ok_json(&args(&[]));
     let (up, skipped) = (
         u64_field(&r, "bytes_uploaded"),
@@ -392,7 +411,12 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
     eprintln!("MEASURED qcow2 backup re-run: uploaded {up} B, skipped reading {skipped} B");
     assert!(r["resumed_from"].is_string(), "{r}");
     // At least one 16 MiB pack adopted: at most the other 48 MiB (plus metadata) uploaded.
-    assert!(skipped >= 16 * MIB && up <= 50 * MIB, "{r}");
+    assert!(up <= 50 * MIB, "{r}");
+    if write_after {
+        want[..65536].copy_from_slice(&change);
+    } else {
+        assert!(skipped >= 16 * MIB, "{r}");
+    }
     assert_check_clean(s(&repo));
     assert_restores(s(&repo), "vm", str_field(&r, "id"), &want, dir.path());
     let img = Image::open(&path, OpenMode::ReadOnly).expect("open the image");
@@ -406,7 +430,6 @@ fn qcow2_backup_killed_with_sigkill_resumes_from_its_snapshot() {
     drop(img);
     let next = ok_json(&args(&[]));
     assert_eq!(next["incremental"], Value::Bool(true), "{next}");
-    want[..65536].copy_from_slice(&change);
     assert_restores(s(&repo), "vm", str_field(&next, "id"), &want, dir.path());
 }
 
