@@ -46,6 +46,11 @@ pub enum RepoError {
         id: String,
         attempts: u32,
     },
+    /// Damaged objects make what this operation would free or delete unknown: it stops
+    /// before writing anything (format-spec §11). `check` names the objects and what they
+    /// affect; `check --repair` rebuilds or quarantines what it safely can.
+    #[error("damaged repository objects ({objects}): their records are unknown, so nothing is freed or deleted; run `check`, then `check --repair`")]
+    Damaged { objects: String },
     /// Another gc committed first; this one stopped without deleting anything.
     #[error("another gc ({other}) is running or committed concurrently")]
     GcConflict { other: String },

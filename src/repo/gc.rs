@@ -282,6 +282,11 @@ impl Repository {
         let earliest = live.iter().map(|l| l.started).min().unwrap_or(now).min(now);
         let cutoff = earliest.checked_sub(SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
         let set = self.load_segments().await?;
+        // Damaged objects make what is garbage unknown (format-spec §11): refuse.
+        if let Err(e) = set.ensure_no_damage() {
+            lease.release().await;
+            return Err(e.into());
+        }
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
         let mut report = GcReport {

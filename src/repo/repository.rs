@@ -88,6 +88,40 @@ pub(crate) struct Markers {
     /// Highest sequence number of any `gc/<seq>` key, fenced ones included: a void marker
     /// still occupies its key, so the next gc must number past it.
     pub gc_seq_max: Option<u64>,
+    /// Root and gc marker keys whose body cannot be read: the commit exists, so the
+    /// segments naming it count (unknown is never "not committed": not counting them
+    /// would lower counts other snapshots rely on).
+    pub damaged_commits: HashSet<String>,
+    /// Marker objects left out of the view (format-spec §11, "Damage containment").
+    pub unusable: Vec<Unusable>,
+}
+
+/// An object under a marker or segment prefix the view cannot use. It is left out so the
+/// rest of the repository keeps working; `check` reports it, repair decides what is safe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unusable {
+    pub key: String,
+    pub problem: String,
+    /// The key is not one the format defines: nothing can commit, name or count it.
+    pub stray: bool,
+}
+
+impl Unusable {
+    fn stray(key: &str) -> Unusable {
+        Unusable {
+            key: key.to_string(),
+            problem: "not an object name the format defines".into(),
+            stray: true,
+        }
+    }
+
+    fn damaged(key: &str, e: impl std::fmt::Display) -> Unusable {
+        Unusable {
+            key: key.to_string(),
+            problem: e.to_string(),
+            stray: false,
+        }
+    }
 }
 
 impl Markers {
@@ -102,7 +136,7 @@ impl Markers {
         if let Some(g) = self.gcs.get(commit) {
             return g.holder == writer;
         }
-        false
+        self.damaged_commits.contains(commit)
     }
 
     /// Is `volume/id` deleted (a non-void tombstone of any generation exists)?
@@ -130,6 +164,66 @@ pub(crate) struct SegmentSet {
     /// Listed segments that do not count (uncommitted, or their marker is void): gc's
     /// sweep of unleased holders starts from them (`stale.rs`).
     pub uncounted: Vec<ObjectMeta>,
+    /// Segments left out of the view: stray names, or heads that fail their checks.
+    pub unusable: Vec<Unusable>,
+}
+
+impl SegmentSet {
+    /// Every unusable object of the view, markers first.
+    pub(crate) fn unusable(&self) -> impl Iterator<Item = &Unusable> {
+        self.markers.unusable.iter().chain(self.unusable.iter())
+    }
+
+    /// Refuse to go on when any object of the view is damaged (gc: its compaction would
+    /// bake a guess about a damaged marker into the segments it writes).
+    pub(crate) fn ensure_no_damage(&self) -> Result<(), RepoError> {
+        let damaged: Vec<&str> = (self.unusable())
+            .filter(|u| !u.stray)
+            .map(|u| u.key.as_str())
+            .collect();
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        Err(RepoError::Damaged {
+            objects: damaged.join(", "),
+        })
+    }
+
+    /// Refuse to go on when a segment is damaged: its records (locations, counts) are
+    /// unknown, and an operation that frees or deletes would take unknown for zero.
+    pub(crate) fn ensure_segments_whole(&self) -> Result<(), RepoError> {
+        let damaged: Vec<&str> = (self.unusable.iter())
+            .filter(|u| !u.stray)
+            .map(|u| u.key.as_str())
+            .collect();
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        Err(RepoError::Damaged {
+            objects: damaged.join(", "),
+        })
+    }
+}
+
+/// Is `key` a segment key `index|refs/<holder>-<seq>` (4 or more digits)?
+pub(crate) fn valid_segment_key(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or("");
+    let (Some(holder), Some(seq)) = (name.get(..40), name.get(41..)) else {
+        return false;
+    };
+    is_time_id(holder)
+        && name.as_bytes()[40] == b'-'
+        && seq.len() >= 4
+        && seq.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Is `key` a root key `snapshots/<volume>/<id>`?
+fn valid_root_key(key: &str) -> bool {
+    let Some((volume, id)) = key.strip_prefix("snapshots/").and_then(|r| r.split_once('/'))
+    else {
+        return false;
+    };
+    check_names(volume, id).is_ok()
 }
 
 /// Writer id from a segment key `index/<writer>-<seq>`.
@@ -227,45 +321,77 @@ impl Repository {
         }
     }
 
+    /// The commit markers. An object that is not a marker (stray name) or whose body fails
+    /// its checks is recorded in `unusable` and left out, so one bad object never blocks
+    /// the rest of the repository (format-spec §11): a damaged root or gc marker still
+    /// commits its segments (`damaged_commits`), a damaged tombstone hides its snapshot
+    /// but its decrements do not count (counts stay high: a leak, never a loss).
     pub(crate) async fn load_markers(&self) -> Result<Markers> {
         let mut m = Markers::default();
         for o in self.list_all("snapshots/").await? {
+            if !valid_root_key(&o.key) {
+                m.unusable.push(Unusable::stray(&o.key));
+                continue;
+            }
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let root = SnapshotManifest::decode(&o.key, &bytes)?;
-            if !fenced(o.last_modified, root.lease_time_ms) {
-                m.roots.insert(o.key.clone(), (Arc::new(root), o));
+            match SnapshotManifest::decode(&o.key, &bytes) {
+                Ok(root) if !fenced(o.last_modified, root.lease_time_ms) => {
+                    m.roots.insert(o.key.clone(), (Arc::new(root), o));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    m.damaged_commits.insert(o.key.clone());
+                    m.unusable.push(Unusable::damaged(&o.key, e));
+                }
             }
         }
         for o in self.list_all("tombstones/").await? {
+            let Some((volume, id, gen)) = parse_tombstone_key(&o.key) else {
+                m.unusable.push(Unusable::stray(&o.key));
+                continue;
+            };
+            let snapshot = (volume.to_string(), id.to_string());
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let t = Tombstone::decode(&o.key, &bytes)?;
-            let snapshot = (t.volume.clone(), t.id.clone());
-            let gen = parse_tombstone_key(&o.key).map_or(0, |(_, _, g)| g);
             (m.tombstone_keys.entry(snapshot.clone()).or_default()).push((gen, o.key.clone()));
-            if !fenced(o.last_modified, t.lease_time_ms) {
-                m.deleted.insert(snapshot);
-                m.tombstones.insert(o.key.clone(), (t, o));
+            match Tombstone::decode(&o.key, &bytes) {
+                Ok(t) if !fenced(o.last_modified, t.lease_time_ms) => {
+                    m.deleted.insert(snapshot);
+                    m.tombstones.insert(o.key.clone(), (t, o));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    m.deleted.insert(snapshot);
+                    m.unusable.push(Unusable::damaged(&o.key, e));
+                }
             }
         }
         for o in self.list_all("gc/").await? {
-            if let Some(seq) = o
-                .key
-                .strip_prefix("gc/")
+            let Some(seq) = (o.key.strip_prefix("gc/"))
+                .filter(|n| n.len() == 10 && n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse::<u64>().ok())
-            {
-                m.gc_seq_max = m.gc_seq_max.max(Some(seq));
-            }
+            else {
+                m.unusable.push(Unusable::stray(&o.key));
+                continue;
+            };
+            m.gc_seq_max = m.gc_seq_max.max(Some(seq));
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let mut g = GcMarker::decode(&o.key, &bytes)?;
-            g.stored = o.last_modified;
-            if !fenced(o.last_modified, g.lease_time_ms) {
-                m.gcs.insert(o.key.clone(), g);
+            match GcMarker::decode(&o.key, &bytes) {
+                Ok(mut g) => {
+                    g.stored = o.last_modified;
+                    if !fenced(o.last_modified, g.lease_time_ms) {
+                        m.gcs.insert(o.key.clone(), g);
+                    }
+                }
+                Err(e) => {
+                    m.damaged_commits.insert(o.key.clone());
+                    m.unusable.push(Unusable::damaged(&o.key, e));
+                }
             }
         }
         Ok(m)
@@ -316,7 +442,19 @@ impl Repository {
     /// leak found by the schedule runner). A new `gc/<seq>` after the listing means the
     /// view may be such a one, and it is loaded again (at most [`VIEW_ATTEMPTS`] times;
     /// the last view is used as is, its error being in the leak direction only).
+    ///
+    /// Refused ([`RepoError::Damaged`]) when a segment head is damaged: callers that free
+    /// or delete must not take its unknown records for absent ones. Readers use
+    /// [`Repository::load_view`].
     pub(crate) async fn load_segments(&self) -> Result<SegmentSet> {
+        let set = self.load_view().await?;
+        set.ensure_segments_whole()?;
+        Ok(set)
+    }
+
+    /// [`Repository::load_segments`] that keeps going over damaged objects (recorded in
+    /// the view's `unusable`): for readers, `check` and repair, which only add.
+    pub(crate) async fn load_view(&self) -> Result<SegmentSet> {
         for _ in 1..VIEW_ATTEMPTS {
             let set = self.load_segments_once().await?;
             if self.newest_gc_seq().await? == set.markers.gc_seq_max {
@@ -345,10 +483,18 @@ impl Repository {
         let mut superseded = HashSet::new();
         for prefix in ["index/", "refs/"] {
             for o in self.list_all(prefix).await? {
+                if !valid_segment_key(&o.key) {
+                    set.unusable.push(Unusable::stray(&o.key));
+                    continue;
+                }
                 let h = match self.segment_head(&o.key).await {
                     Ok(h) => h,
                     // Deleted by a concurrent gc after our listing: it was superseded.
                     Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => continue,
+                    Err(e) if super::error::is_damage(&e) => {
+                        set.unusable.push(Unusable::damaged(&o.key, e));
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 };
                 if !set.markers.commits(&h.meta.commit, segment_writer(&h.key)) {
@@ -590,12 +736,15 @@ impl Repository {
         if let Some(v) = volume {
             check_volume(v)?;
         }
-        let set = self.load_segments().await?;
+        let set = self.load_view().await?;
         let mut out = Vec::new();
         for m in self.live_roots(&set.markers, volume) {
-            let exclusive = super::delete::walk_delete(self, &set, &m, None)
-                .await?
-                .freed_bytes;
+            // A damaged tree has no exclusive size worth reporting; the listing goes on.
+            let exclusive = match super::delete::walk_delete(self, &set, &m, None).await {
+                Ok(w) => w.freed_bytes,
+                Err(e) if super::error::is_damage(&e) => 0,
+                Err(e) => return Err(e),
+            };
             out.push(SnapshotSummary {
                 id: m.id.clone(),
                 volume: m.volume.clone(),

@@ -20,6 +20,7 @@ mod objstore_swift;
 mod objstore_swift_ranges;
 mod repo_check;
 mod repo_cli;
+mod repo_damage;
 mod repo_copy;
 mod repo_faults;
 mod repo_forget;
