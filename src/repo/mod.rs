@@ -37,6 +37,7 @@ pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod tree;
+mod unusable;
 mod walk;
 pub(crate) mod writer;
 

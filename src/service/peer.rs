@@ -232,7 +232,10 @@ impl Service {
         // damaged, and repair rebuilds the index from the packs (format-spec §11).
         let repaired = self.repo.repair().await?;
         let snap = format!("{volume}/{id}");
-        let check = self.repo.check(&crate::repo::CheckOptions::default()).await?;
+        let check = self
+            .repo
+            .check(&crate::repo::CheckOptions::default())
+            .await?;
         if !check.issues.iter().any(|i| i.snapshots.contains(&snap)) {
             return Ok(json!({"mended": "rebuilt", "repair": repaired, "peers_tried": tried}));
         }

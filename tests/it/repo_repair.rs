@@ -105,7 +105,10 @@ fn repair_fixes_counts_and_reclaims_strays_but_not_leased_objects() {
     assert!(repair["damaged"].as_array().expect("damaged").is_empty());
     assert!(str_field(&repair, "commit").starts_with("gc/"), "{repair}");
     assert!(!stray.exists(), "the stray pack is gone");
-    assert!(repo.join("quarantine").join(STRAY).exists(), "moved, not deleted");
+    assert!(
+        repo.join("quarantine").join(STRAY).exists(),
+        "moved, not deleted"
+    );
     for p in &killed_packs {
         assert!(p.exists(), "{} of the leased backup was kept", p.display());
     }

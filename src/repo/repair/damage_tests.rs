@@ -122,18 +122,30 @@ async fn a_lost_root_loses_nothing_the_other_snapshots_need() {
     assert_eq!(store.keys("packs/"), packs, "no pack moved: {rep:?}");
     assert!(rep.index_records_rebuilt > 0, "{rep:?}");
     assert_eq!(rep.blobs_released, 0, "{rep:?}");
+    assert_eq!(
+        rep.stray_segments_deleted, 0,
+        "a lost root's segments stay: {rep:?}"
+    );
+    let lost = format!("v/{}", snaps[0].0);
+    assert!(
+        rep.damaged.iter().any(|d| d.snapshots.contains(&lost)),
+        "the lost root is reported: {rep:?}"
+    );
     for (id, data) in &snaps[1..] {
         restores(&repo, "v", id, data).await;
     }
-    // gc well past its cutoff keeps them; the lost root, put back, restores too.
-    past_the_age_limit(&store);
-    repo.gc().await.unwrap();
+    // Repair kept the lost root's segments: put back, it restores and counts again.
     store.put(&root, saved).await.unwrap();
     for (id, data) in &snaps {
         restores(&repo, "v", id, data).await;
     }
-    // Its counts were lost with its refs segment's commit: a second repair raises them.
-    repo.repair().await.unwrap();
+    let again = repo.repair().await.unwrap();
+    assert!(again.complete && again.commit.is_none(), "{again:?}");
+    past_the_age_limit(&store);
+    repo.gc().await.unwrap();
+    for (id, data) in &snaps {
+        restores(&repo, "v", id, data).await;
+    }
     let c = repo.check(&CheckOptions::default()).await.unwrap();
     assert!(c.is_clean(), "{:?}", c.issues);
 }
@@ -165,7 +177,10 @@ async fn an_unreadable_table_lowers_no_count() {
     let rep = repo.repair().await.unwrap();
     assert!(!rep.complete, "{rep:?}");
     assert_eq!(rep.blobs_released, 0, "{rep:?}");
-    assert!(rep.unknown.iter().any(|u| u.starts_with("table ")), "{rep:?}");
+    assert!(
+        rep.unknown.iter().any(|u| u.starts_with("table ")),
+        "{rep:?}"
+    );
 
     store.put(&key, good).await.unwrap();
     repo.delete_snapshot("v", &snaps[2].0).await.unwrap();

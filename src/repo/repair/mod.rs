@@ -41,7 +41,6 @@ use crate::Result;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
-
 /// What `check --repair` found and fixed. Field names are a stable JSON interface.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RepairReport {
@@ -242,7 +241,11 @@ impl Repository {
                 contribution,
                 ..
             } = stored.get(id).copied().unwrap_or_default();
-            let delta = if lower { want - have } else { (want - have).max(0) };
+            let delta = if lower {
+                want - have
+            } else {
+                (want - have).max(0)
+            };
             // A live table whose children are not counted on its behalf is counted once
             // again (the deltas bring its children to that weight): a raise.
             let revive = expected.tables.contains(id) && contribution <= 0;
@@ -306,6 +309,6 @@ impl Repository {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod tests;

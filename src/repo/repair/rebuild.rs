@@ -110,7 +110,10 @@ pub(super) async fn rebuild_index(
             Ok(e) => e,
             // Not a frame of it can be read: nothing can be rebuilt, nor lost (step 5).
             Err(e) => {
-                tracing::warn!("repair: no frame of unnamed pack {} is readable: {e}", o.key);
+                tracing::warn!(
+                    "repair: no frame of unnamed pack {} is readable: {e}",
+                    o.key
+                );
                 continue;
             }
         };

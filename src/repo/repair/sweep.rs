@@ -118,7 +118,9 @@ async fn quarantine(repo: &Repository, key: &str) -> Result<Option<u64>> {
         Err(e) => return Err(e.into()),
     };
     let size = bytes.len() as u64;
-    repo.store().put(&format!("{QUARANTINE}{key}"), bytes).await?;
+    repo.store()
+        .put(&format!("{QUARANTINE}{key}"), bytes)
+        .await?;
     repo.store().delete(key).await?;
     Ok(Some(size))
 }
@@ -179,11 +181,25 @@ pub(super) async fn quarantine_strays(
             doomed.push((o, Kind::Pack));
         }
     }
-    let lost: Vec<String> = (lost_root_segments(repo, set).await?)
+    let mut keep: Vec<String> = (lost_root_segments(repo, set).await?)
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    let candidates = other_candidates(set, listed, &lost);
+    // Segments of a damaged tombstone: its commit exists, it may be put back.
+    let damaged: HashSet<String> = (set.markers.unusable.iter())
+        .filter(|u| !u.stray)
+        .map(|u| u.key.clone())
+        .collect();
+    if !damaged.is_empty() {
+        for o in &set.uncounted {
+            if let Ok(h) = repo.segment_head(&o.key).await {
+                if damaged.contains(&h.meta.commit) {
+                    keep.push(o.key.clone());
+                }
+            }
+        }
+    }
+    let candidates = other_candidates(set, listed, &keep);
     for (holder, o, kind) in candidates {
         if leased.contains(&holder) {
             report.objects_of_leased_writers += 1;
@@ -209,9 +225,14 @@ pub(super) async fn quarantine_strays(
     Ok(())
 }
 
-/// Uncounted segments (minus damaged ones and a lost root's: its only record besides its
-/// packs), intents and checkpoints, each with its holder.
-fn other_candidates(set: &SegmentSet, listed: Listed, lost: &[String]) -> Vec<(String, ObjectMeta, Kind)> {
+/// Uncounted segments (minus damaged ones and `keep`: a lost root's, its only record
+/// besides its packs, and a damaged tombstone's), intents and checkpoints, each with its
+/// holder.
+fn other_candidates(
+    set: &SegmentSet,
+    listed: Listed,
+    keep: &[String],
+) -> Vec<(String, ObjectMeta, Kind)> {
     let counted: HashSet<&str> = (set.index.iter().chain(set.refs.iter()))
         .map(|h| h.key.as_str())
         .collect();
@@ -220,7 +241,7 @@ fn other_candidates(set: &SegmentSet, listed: Listed, lost: &[String]) -> Vec<(S
     let mut out = Vec::new();
     for o in listed.segments {
         let k = o.key.as_str();
-        if !counted.contains(k) && !unusable.contains(k) && !lost.iter().any(|l| l == k) {
+        if !counted.contains(k) && !unusable.contains(k) && !keep.iter().any(|l| l == k) {
             out.push((segment_writer(k).to_string(), o, Kind::Segment));
         }
     }
