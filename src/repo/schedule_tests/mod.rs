@@ -1,7 +1,6 @@
 //! Randomized schedule runner (issue 4): in each seeded schedule, three backup writers (two
-//! hosts on one volume, one on another), a deleter, a gc, a repairer (`check --repair`,
-//! some runs over an object damaged meanwhile and put back after: `repairer.rs`, issue
-//! 13) and a clock run concurrently on one in-memory repository. Every host sees its own seeded fault store: yields at each
+//! hosts on one volume, one on another), a deleter, a gc and a clock run concurrently on
+//! one in-memory repository. Every host sees its own seeded fault store: yields at each
 //! request interleave the tasks; some hosts also get request errors, lost
 //! acknowledgements or a crash (its unacknowledged writes lost); and some tasks are
 //! cancelled at a random await point (their future dropped: a crash of that process).
@@ -26,7 +25,6 @@ mod actors;
 mod regressions;
 mod regressions_fence;
 mod regressions_leaks;
-mod repairer;
 
 use super::lease::{LEASE_TTL, SKEW};
 use super::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
@@ -120,17 +118,6 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
         rng.random_range(1..=2),
         StdRng::seed_from_u64(rng.random()),
     )));
-    let s = actors::host_store(&mem, &mut rng);
-    stores.push(s.clone());
-    let damaged = repairer::Damaged::default();
-    tasks.push(tokio::spawn(repairer::repairer(
-        shared.clone(),
-        mem.clone(),
-        s,
-        damaged.clone(),
-        rng.random_range(0..=2),
-        StdRng::seed_from_u64(rng.random()),
-    )));
     tasks.push(tokio::spawn(actors::clock(
         shared.clone(),
         mem.clone(),
@@ -167,7 +154,6 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             Err(e) => return Err(format!("an actor panicked: {e}")),
         }
     }
-    repairer::put_back(&mem, &damaged, &shared).await;
     for (i, s) in stores.iter().enumerate().filter(|(_, s)| s.is_crashed()) {
         totals.crashed_hosts += 1;
         log(&shared).events.push(format!(
@@ -295,8 +281,6 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
         + r.stray_packs_deleted;
     ensure!(
         r.commit.is_none()
-            && r.rebuild_commit.is_none()
-            && r.complete
             && r.refcounts_fixed == 0
             && r.objects_of_leased_writers == 0
             && strays == 0,
