@@ -306,7 +306,7 @@ async fn restore_to(
     let progress = opts.progress.clone();
     let before = repo.counts();
     let m = repo.snapshot(volume, id).await?;
-    let set = repo.load_segments().await?;
+    let set = repo.load_view().await?;
     let geo = Geometry::new(m.size, m.chunk_size);
     let top = m.top_ids()?;
     let want = |from: Option<String>, identity| RestoreMarker {

@@ -9,7 +9,7 @@
 //! Memory ∝ the number of distinct blobs (counts are held in a map).
 
 use super::gc::{flag_contribution, segment_records};
-use super::repository::SegmentSet;
+use super::repository::{segment_writer, SegmentSet};
 use super::segment::{self, Location, FREED, REFS_RECORD};
 use super::table::Geometry;
 use super::walk::{walk_tree, TreeVisitor};
@@ -327,7 +327,7 @@ impl Repository {
         // gc overtook, or after the last attempt, is reported as it is.
         let mut attempt = 1;
         loop {
-            let set = self.load_segments().await?;
+            let set = self.load_view().await?;
             let r = self.check_view(&set, opts, progress).await.map(|r| r.0);
             let clean = matches!(&r, Ok(report) if report.is_clean()) && !set.followed();
             if clean
@@ -380,6 +380,11 @@ impl Repository {
         if !walk.bad.is_empty() {
             walk.attribute(&roots).await?;
         }
+        let mut findings = unusable_issues(set);
+        findings.extend(missing_commit_issues(self, set).await?);
+        if opts.read_data {
+            findings.extend(pack_footer_issues(self, set).await?);
+        }
         let Walk {
             mut report,
             expected,
@@ -419,6 +424,124 @@ impl Repository {
                 snapshots,
             });
         }
+        report.issues.extend(findings);
         Ok((report, stored))
     }
+}
+
+/// The objects the view left out (format-spec §11, "Damage containment"), with what each
+/// one affects.
+fn unusable_issues(set: &SegmentSet) -> Vec<CheckIssue> {
+    set.unusable()
+        .map(|u| {
+            let mut snapshots = Vec::new();
+            let problem = if u.stray {
+                format!("stray object ({}); `check --repair` quarantines it", u.problem)
+            } else if let Some(snap) = u.key.strip_prefix("snapshots/") {
+                snapshots.push(snap.to_string());
+                format!("root unreadable, the snapshot cannot be restored; its data is kept: {}", u.problem)
+            } else if u.key.starts_with("tombstones/") {
+                format!("tombstone unreadable: the snapshot stays deleted, its decrements do not count (a leak, never a loss): {}", u.problem)
+            } else if u.key.starts_with("gc/") {
+                format!("gc marker unreadable: its segments still count: {}", u.problem)
+            } else {
+                format!("segment unreadable: its records are unknown, so gc and delete refuse until `check --repair` rebuilds the index from the packs and quarantines it: {}", u.problem)
+            };
+            CheckIssue {
+                object: u.key.clone(),
+                problem,
+                snapshots,
+            }
+        })
+        .collect()
+}
+
+/// Segments that count for nothing because the root they name as their commit does not
+/// exist (or is void), of a writer that holds no lease and left no intent or checkpoint
+/// (a writer deletes its intent only after its commit; a dead one's intent outlives its
+/// segments, gc removes them first): a root lost after its commit looks exactly so, and
+/// the snapshots that reused its blobs then miss them. Returns (segment key, commit).
+/// Repair keeps these segments (putting the root back makes them count again).
+pub(crate) async fn lost_root_segments(
+    repo: &Repository,
+    set: &SegmentSet,
+) -> Result<Vec<(String, String)>> {
+    if set.uncounted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut busy: HashSet<String> = (super::lease::list_leases(repo.store().as_ref()).await?)
+        .into_iter()
+        .map(|l| l.holder)
+        .collect();
+    for o in repo.list_all("intents/").await? {
+        busy.insert(o.key.trim_start_matches("intents/").to_string());
+    }
+    for o in repo.list_all("checkpoints/").await? {
+        busy.insert(o.key.split('/').nth(1).unwrap_or_default().to_string());
+    }
+    let mut out = Vec::new();
+    for o in &set.uncounted {
+        if busy.contains(segment_writer(&o.key)) {
+            continue;
+        }
+        let h = match repo.segment_head(&o.key).await {
+            Ok(h) => h,
+            Err(e) if super::error::is_damage(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let commit = &h.meta.commit;
+        if commit.starts_with("snapshots/")
+            && !set.markers.roots.contains_key(commit)
+            && !set.markers.damaged_commits.contains(commit)
+        {
+            out.push((o.key.clone(), commit.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// [`lost_root_segments`] as issues naming the lost snapshot.
+async fn missing_commit_issues(repo: &Repository, set: &SegmentSet) -> Result<Vec<CheckIssue>> {
+    Ok((lost_root_segments(repo, set).await?)
+        .into_iter()
+        .map(|(key, commit)| CheckIssue {
+            object: key,
+            problem: format!(
+                "counts for nothing: its commit {commit} is missing or void, and its writer left no lease, intent or checkpoint (a lost root? the segment and its packs are kept; `check --repair` re-indexes what other snapshots need)"
+            ),
+            snapshots: vec![commit.trim_start_matches("snapshots/").to_string()],
+        })
+        .collect())
+}
+
+/// With `--read-data`: every counted pack's trailer and footer (its own index, what a
+/// rebuild reads) must check out and agree with the frames' layout (3 requests a pack).
+async fn pack_footer_issues(repo: &Repository, set: &SegmentSet) -> Result<Vec<CheckIssue>> {
+    let packs: HashSet<String> = (set.index.iter())
+        .flat_map(|h| h.meta.packs.iter())
+        .filter(|p| !set.dead_packs.contains(*p))
+        .cloned()
+        .collect();
+    let results: Vec<(String, Result<()>)> = stream::iter(packs)
+        .map(|p| async move {
+            let r = super::gc::pack_entries(repo, &p).await.map(|_| ());
+            (p, r)
+        })
+        .buffer_unordered(VERIFY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = Vec::new();
+    for (pack, r) in results {
+        match r {
+            Ok(()) => {}
+            Err(e) if super::error::is_damage(&e) => out.push(CheckIssue {
+                object: super::pack::pack_key(&pack),
+                problem: format!("pack footer or trailer: {e} (the pack can no longer be re-indexed from itself)"),
+                snapshots: vec![],
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.object.cmp(&b.object));
+    Ok(out)
 }

@@ -23,7 +23,7 @@ impl Repository {
         check_names(volume, to)?;
         let a = self.snapshot(volume, from).await?;
         let b = self.snapshot(volume, to).await?;
-        let set = self.load_segments().await?;
+        let set = self.load_view().await?;
         let cs = b.chunk_size as u64;
         let mut out: Vec<DiffRange> = Vec::new();
         let mut push = |offset: u64, length: u64, zero: bool| match out.last_mut() {

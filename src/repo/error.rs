@@ -51,6 +51,11 @@ pub enum RepoError {
     /// or delete acting on that would destroy snapshots. Nothing was changed.
     #[error("the repository looks copied with its store times reset: {markers} commit marker(s) without a recorded verdict look void (e.g. {example}); refusing to gc, repair or delete. If this is a copy, run `island check --adopt-copy` to record them as valid")]
     CopiedRepository { markers: u64, example: String },
+    /// Damaged objects make what this operation would free or delete unknown: it stops
+    /// before writing anything (format-spec §11). `check` names the objects and what they
+    /// affect; `check --repair` rebuilds or quarantines what it safely can.
+    #[error("damaged repository objects ({objects}): their records are unknown, so nothing is freed or deleted; run `check`, then `check --repair`")]
+    Damaged { objects: String },
     /// Another gc committed first; this one stopped without deleting anything.
     #[error("another gc ({other}) is running or committed concurrently")]
     GcConflict { other: String },

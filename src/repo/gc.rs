@@ -330,7 +330,12 @@ impl Repository {
             .collect();
         let earliest = live.iter().map(|l| l.started).min().unwrap_or(now).min(now);
         let cutoff = earliest.checked_sub(SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
-        let set = self.load_segments().await?;
+        let set = self.load_view().await?;
+        // Damaged objects make what is garbage unknown (format-spec §11): refuse.
+        if let Err(e) = set.ensure_no_damage() {
+            lease.release().await;
+            return Err(e.into());
+        }
         if dry {
             self.refuse_if_copied(&set.markers).await?;
         } else {

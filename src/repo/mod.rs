@@ -41,6 +41,7 @@ pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod tree;
+mod unusable;
 pub(crate) mod verdict;
 mod walk;
 pub(crate) mod writer;

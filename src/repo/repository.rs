@@ -12,6 +12,7 @@ use super::segment::{
     self, SegmentHead, HEAD_SIZE, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
 use super::table;
+pub(crate) use super::unusable::{valid_root_key, valid_segment_key, Unusable};
 use super::{create_exclusive, pack, BlobId, InitOptions, Location, RepoError};
 use crate::store::{
     CountingStore, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreErrorKind,
@@ -98,6 +99,12 @@ pub(crate) struct Markers {
     /// Markers without a verdict, valid or void by their store time: destructive
     /// operations record the valid ones' verdicts before acting (`judge_markers`).
     pub unjudged: Vec<super::verdict::Unjudged>,
+    /// Root and gc marker keys whose body cannot be read: the commit exists, so the
+    /// segments naming it count (unknown is never "not committed": not counting them
+    /// would lower counts other snapshots rely on).
+    pub damaged_commits: HashSet<String>,
+    /// Marker objects left out of the view (format-spec §11, "Damage containment").
+    pub unusable: Vec<Unusable>,
 }
 
 impl Markers {
@@ -133,7 +140,7 @@ impl Markers {
         if let Some(g) = self.gcs.get(commit) {
             return g.holder == writer;
         }
-        false
+        self.damaged_commits.contains(commit)
     }
 
     /// Is `volume/id` deleted (a non-void tombstone of any generation exists)?
@@ -166,6 +173,8 @@ pub(crate) struct SegmentSet {
     /// `meta.commit` of every listed segment, counted, superseded or not: a gc marker no
     /// listed segment names commits nothing any more (format-spec §7 item 6).
     pub named_commits: HashSet<String>,
+    /// Segments left out of the view: stray names, or heads that fail their checks.
+    pub unusable: Vec<Unusable>,
 }
 
 /// Writer id from a segment key `index/<writer>-<seq>`.
@@ -263,11 +272,13 @@ impl Repository {
         }
     }
 
-    /// Lists and reads the commit markers. Verdicts are listed first: a marker precedes
-    /// its verdict, so a verdict listed here names a marker the later listings show unless
-    /// a gc removed it. Keys under `snapshots/`, `tombstones/` and `gc/` that are not
-    /// marker names (§2) are ignored, as the spec says; a marker name with a bad body is
-    /// damage and fails the load.
+    /// The commit markers. Verdicts are listed first: a marker precedes its verdict, so a
+    /// verdict listed here names a marker the later listings show unless a gc removed it.
+    /// An object that is not a marker (stray name) or whose body fails its checks is
+    /// recorded in `unusable` and left out, so one bad object never blocks the rest of the
+    /// repository (format-spec §11): a damaged root or gc marker still commits its segments
+    /// (`damaged_commits`), a damaged tombstone hides its snapshot but its decrements do not
+    /// count (counts stay high: a leak, never a loss).
     pub(crate) async fn load_markers(&self) -> Result<Markers> {
         let mut m = Markers::default();
         for o in self.list_all(super::verdict::VERDICTS).await? {
@@ -278,34 +289,51 @@ impl Repository {
             };
         }
         for o in self.list_all("snapshots/").await? {
-            if parse_root_key(&o.key).is_none() {
+            if !valid_root_key(&o.key) {
+                m.unusable.push(Unusable::stray(&o.key));
                 continue;
             }
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let root = SnapshotManifest::decode(&o.key, &bytes)?;
-            if !m.void(&o, &root.writer, root.lease_time_ms) {
-                m.roots.insert(o.key.clone(), (Arc::new(root), o));
+            match SnapshotManifest::decode(&o.key, &bytes) {
+                Ok(root) => {
+                    if !m.void(&o, &root.writer, root.lease_time_ms) {
+                        m.roots.insert(o.key.clone(), (Arc::new(root), o));
+                    }
+                }
+                Err(e) => {
+                    m.damaged_commits.insert(o.key.clone());
+                    m.unusable.push(Unusable::damaged(&o.key, e));
+                }
             }
         }
         for o in self.list_all("tombstones/").await? {
-            let Some(gen) = parse_tombstone_key(&o.key).map(|(_, _, g)| g) else {
+            let Some((volume, id, gen)) = parse_tombstone_key(&o.key) else {
+                m.unusable.push(Unusable::stray(&o.key));
                 continue;
             };
+            let snapshot = (volume.to_string(), id.to_string());
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let t = Tombstone::decode(&o.key, &bytes)?;
-            let snapshot = (t.volume.clone(), t.id.clone());
             (m.tombstone_keys.entry(snapshot.clone()).or_default()).push((gen, o.key.clone()));
-            if !m.void(&o, &t.holder, t.lease_time_ms) {
-                m.deleted.insert(snapshot);
-                m.tombstones.insert(o.key.clone(), (t, o));
+            match Tombstone::decode(&o.key, &bytes) {
+                Ok(t) => {
+                    if !m.void(&o, &t.holder, t.lease_time_ms) {
+                        m.deleted.insert(snapshot);
+                        m.tombstones.insert(o.key.clone(), (t, o));
+                    }
+                }
+                Err(e) => {
+                    m.deleted.insert(snapshot);
+                    m.unusable.push(Unusable::damaged(&o.key, e));
+                }
             }
         }
         for o in self.list_all("gc/").await? {
             let Some(seq) = parse_gc_key(&o.key) else {
+                m.unusable.push(Unusable::stray(&o.key));
                 continue;
             };
             m.gc_seq_max = m.gc_seq_max.max(Some(seq));
@@ -313,10 +341,17 @@ impl Repository {
             let Some(bytes) = self.get_opt(&o.key).await? else {
                 continue;
             };
-            let mut g = GcMarker::decode(&o.key, &bytes)?;
-            g.stored = o.last_modified;
-            if !m.void(&o, &g.holder, g.lease_time_ms) {
-                m.gcs.insert(o.key.clone(), g);
+            match GcMarker::decode(&o.key, &bytes) {
+                Ok(mut g) => {
+                    g.stored = o.last_modified;
+                    if !m.void(&o, &g.holder, g.lease_time_ms) {
+                        m.gcs.insert(o.key.clone(), g);
+                    }
+                }
+                Err(e) => {
+                    m.damaged_commits.insert(o.key.clone());
+                    m.unusable.push(Unusable::damaged(&o.key, e));
+                }
             }
         }
         Ok(m)
@@ -367,7 +402,19 @@ impl Repository {
     /// leak found by the schedule runner). A new `gc/<seq>` after the listing means the
     /// view may be such a one, and it is loaded again (at most [`VIEW_ATTEMPTS`] times;
     /// the last view is used as is, its error being in the leak direction only).
+    ///
+    /// Refused ([`RepoError::Damaged`]) when a segment head is damaged: callers that free
+    /// or delete must not take its unknown records for absent ones. Readers use
+    /// [`Repository::load_view`].
     pub(crate) async fn load_segments(&self) -> Result<SegmentSet> {
+        let set = self.load_view().await?;
+        set.ensure_segments_whole()?;
+        Ok(set)
+    }
+
+    /// [`Repository::load_segments`] that keeps going over damaged objects (recorded in
+    /// the view's `unusable`): for readers, `check` and repair, which only add.
+    pub(crate) async fn load_view(&self) -> Result<SegmentSet> {
         for _ in 1..VIEW_ATTEMPTS {
             let set = self.load_segments_once().await?;
             if self.newest_gc_seq().await? == set.markers.gc_seq_max {
@@ -396,10 +443,18 @@ impl Repository {
         let mut superseded = HashSet::new();
         for prefix in ["index/", "refs/"] {
             for o in self.list_all(prefix).await? {
+                if !valid_segment_key(&o.key) {
+                    set.unusable.push(Unusable::stray(&o.key));
+                    continue;
+                }
                 let h = match self.segment_head(&o.key).await {
                     Ok(h) => h,
                     // Deleted by a concurrent gc after our listing: it was superseded.
                     Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => continue,
+                    Err(e) if super::error::is_damage(&e) => {
+                        set.unusable.push(Unusable::damaged(&o.key, e));
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 };
                 set.named_commits.insert(h.meta.commit.clone());
@@ -683,12 +738,15 @@ impl Repository {
         if let Some(v) = volume {
             check_volume(v)?;
         }
-        let set = self.load_segments().await?;
+        let set = self.load_view().await?;
         let mut out = Vec::new();
         for m in self.live_roots(&set.markers, volume) {
-            let exclusive = super::delete::walk_delete(self, &set, &m, None)
-                .await?
-                .freed_bytes;
+            // A damaged tree has no exclusive size worth reporting; the listing goes on.
+            let exclusive = match super::delete::walk_delete(self, &set, &m, None).await {
+                Ok(w) => w.freed_bytes,
+                Err(e) if super::error::is_damage(&e) => 0,
+                Err(e) => return Err(e),
+            };
             out.push(SnapshotSummary {
                 id: m.id.clone(),
                 volume: m.volume.clone(),

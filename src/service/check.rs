@@ -6,7 +6,7 @@
 //!
 //! | kind | id | when | applying it |
 //! |---|---|---|---|
-//! | `mend` | `mend:<volume>/<snapshot>` | the snapshot cannot be restored (missing or corrupt object) | re-copy its damaged objects from a peer repository holding the same snapshot ([`crate::repo::heal`]); when no peer can, delete it so attach and copy use the newest intact one |
+//! | `mend` | `mend:<volume>/<snapshot>` | the snapshot cannot be restored (missing or corrupt object) | re-copy its damaged objects from a peer repository holding the same snapshot ([`crate::repo::heal`]); when no peer can, run `check --repair` (it rebuilds a lost index from the packs) and delete it only if it is still damaged, so attach and copy use the newest intact one |
 //! | `optimize` | `optimize:refcounts` | stored reference counts disagree with the snapshots | `check --repair`: rebuild the counts, release leaked blobs to gc |
 //! | `clean` | `clean:gc` | always | gc: reclaim the space of deleted snapshots and released blobs (`bytes` = what gc's dry run, `Repository::gc_plan`, would reclaim now) |
 //! | `clean` | `clean:catalog` | superseded catalog generations older than `ServiceConfig::catalog_grace` | [`catalog::compact`] |
@@ -117,7 +117,7 @@ impl Service {
                 };
                 let action = match peers.first() {
                     Some(p) => format!("mend re-copies its damaged objects from peer {p}, which holds the same snapshot (and deletes it only if no peer can supply them)"),
-                    None => "no peer repository holds it: mend deletes it so attach and copy use the newest intact snapshot".into(),
+                    None => "no peer repository holds it: mend first runs `check --repair` (which rebuilds a lost index from the packs) and deletes it only if it is still damaged, so attach and copy use the newest intact snapshot".into(),
                 };
                 fixes.push(Fix {
                     id: format!("mend:{snap}"),
@@ -146,15 +146,19 @@ impl Service {
         }
         // gc's dry run: what a gc would reclaim now (deletes younger than the lease
         // allowance are not processable yet and count from a later check on).
-        let reclaimable = self.repo.gc_reclaimable_bytes().await?;
-        fixes.push(Fix {
-            id: "clean:gc".into(),
-            kind: FixKind::Clean,
-            description: format!(
-                "collect garbage: reclaim the space of deleted snapshots and released blobs ({reclaimable} bytes reclaimable now)"
-            ),
-            bytes: Some(reclaimable),
-        });
+        // gc refuses while objects are damaged (format-spec §11): no clean fix then.
+        match self.repo.gc_reclaimable_bytes().await {
+            Ok(reclaimable) => fixes.push(Fix {
+                id: "clean:gc".into(),
+                kind: FixKind::Clean,
+                description: format!(
+                    "collect garbage: reclaim the space of deleted snapshots and released blobs ({reclaimable} bytes reclaimable now)"
+                ),
+                bytes: Some(reclaimable),
+            }),
+            Err(crate::Error::Repo(crate::repo::RepoError::Damaged { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
         let compact = catalog::compact(self.store(), self.cfg.catalog_grace, true).await?;
         if compact.generations > 0 {
             fixes.push(Fix {

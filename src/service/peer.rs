@@ -228,6 +228,17 @@ impl Service {
                 }
             }
         }
+        // Before forgetting it: a lost index segment or root makes intact snapshots look
+        // damaged, and repair rebuilds the index from the packs (format-spec §11).
+        let repaired = self.repo.repair().await?;
+        let snap = format!("{volume}/{id}");
+        let check = self
+            .repo
+            .check(&crate::repo::CheckOptions::default())
+            .await?;
+        if !check.issues.iter().any(|i| i.snapshots.contains(&snap)) {
+            return Ok(json!({"mended": "rebuilt", "repair": repaired, "peers_tried": tried}));
+        }
         match self.repo.delete_damaged_snapshot(volume, id).await {
             Ok(report) => {
                 let mut out = json!(report);

@@ -23,6 +23,7 @@ mod objstore_swift_ranges;
 mod repo_check;
 mod repo_cli;
 mod repo_copy;
+mod repo_damage;
 mod repo_faults;
 mod repo_forget;
 mod repo_gc_plan;

@@ -1,6 +1,6 @@
 //! `island check --repair` end to end on a directory repository with injected faults:
 //! a backup killed with SIGKILL (its lease is live, so its objects must be left alone),
-//! a stray pack no index names (must be deleted), and wrong reference counts written as a
+//! a stray pack no index names (must be quarantined), and wrong reference counts written as a
 //! hand-built refs segment (format-spec §3.3) that counts because it names a real root's
 //! writer: an over-count, an under-count and a count for a blob that does not exist.
 //! check reports them, repair fixes them, check is clean, every snapshot restores, and
@@ -71,6 +71,13 @@ fn repair_fixes_counts_and_reclaims_strays_but_not_leased_objects() {
     let stray = repo.join(STRAY);
     std::fs::create_dir_all(stray.parent().expect("parent")).expect("mkdir");
     std::fs::write(&stray, vec![7u8; 5000]).expect("write stray pack");
+    // Strays younger than LEASE_TTL + SKEW are left for a later run (format-spec §11).
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stray)
+        .and_then(|f| f.set_modified(old))
+        .expect("age the stray pack");
 
     // Wrong counts, committed by the first backup's root (segment writer = its id).
     let s1 = &snaps[0].0;
@@ -98,6 +105,10 @@ fn repair_fixes_counts_and_reclaims_strays_but_not_leased_objects() {
     assert!(repair["damaged"].as_array().expect("damaged").is_empty());
     assert!(str_field(&repair, "commit").starts_with("gc/"), "{repair}");
     assert!(!stray.exists(), "the stray pack is gone");
+    assert!(
+        repo.join("quarantine").join(STRAY).exists(),
+        "moved, not deleted"
+    );
     for p in &killed_packs {
         assert!(p.exists(), "{} of the leased backup was kept", p.display());
     }

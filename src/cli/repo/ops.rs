@@ -193,13 +193,25 @@ pub(super) async fn repair_cmd(a: CheckArgs, store_args: &StoreArgs) -> anyhow::
             report.refcounts_fixed, report.tables_revived, report.blobs_released
         );
         println!(
-            "deleted {} stray packs, {} stray segments, {} stray intents ({}); {} objects of leased writers left alone",
+            "quarantined {} stray packs, {} stray segments, {} stray intents ({}); {} objects of leased writers left alone",
             report.stray_packs_deleted,
             report.stray_segments_deleted,
             report.stray_intents_deleted,
             human_bytes(report.stray_bytes_deleted),
             report.objects_of_leased_writers
         );
+        if report.index_records_rebuilt > 0 {
+            println!(
+                "rebuilt {} index records from {} packs no index named",
+                report.index_records_rebuilt, report.packs_reindexed
+            );
+        }
+        for u in &report.unknown {
+            println!("unknown, nothing lowered or released: {u}");
+        }
+        for k in &report.quarantined {
+            println!("quarantined: {k} -> quarantine/{k}");
+        }
         for issue in &report.damaged {
             println!(
                 "damaged: {}: {} (damages {})",
@@ -209,7 +221,7 @@ pub(super) async fn repair_cmd(a: CheckArgs, store_args: &StoreArgs) -> anyhow::
             );
         }
     }
-    Ok(if report.damaged.is_empty() {
+    Ok(if report.damaged.is_empty() && report.complete {
         0
     } else {
         EXIT_PROBLEMS
