@@ -21,6 +21,8 @@ mod exclusive;
 #[cfg(test)]
 mod fetch_tests;
 mod forget;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 pub(crate) mod ids;
 pub(crate) mod lease;

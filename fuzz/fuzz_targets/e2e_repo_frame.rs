@@ -4,7 +4,7 @@
 //! bit 0 is set. Restore and `check --read-data` then decode it: codec, lengths, lz4
 //! payload, BLAKE3.
 #![no_main]
-use island_fuzz::{exercise, fix_trailing_crc, keys, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{exercise, fix_trailing_crc, keys, repo_with_snapshot, replace, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const TRAILER: usize = 24;

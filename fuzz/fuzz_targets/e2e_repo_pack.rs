@@ -4,7 +4,7 @@
 //! trailer = magic 4 ‖ version 2 ‖ 0 2 ‖ entries 4 ‖ footer offset 4 ‖ footer crc 4 ‖
 //! trailer crc 4).
 #![no_main]
-use island_fuzz::{exercise, keys, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{exercise, keys, repo_with_snapshot, replace, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const TRAILER: usize = 24;

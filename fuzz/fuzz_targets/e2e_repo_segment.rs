@@ -4,7 +4,7 @@
 //! (bytes 20..24: crc32c of bytes 0..20 ‖ fanout ‖ bucket crcs ‖ meta) and every bucket
 //! crc the fanout makes computable are recomputed, per the spec's layout.
 #![no_main]
-use island_fuzz::{exercise, keys, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{exercise, keys, repo_with_snapshot, replace, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const FANOUT_AT: usize = 24;
