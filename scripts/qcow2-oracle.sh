@@ -127,7 +127,10 @@ check() {
         if [ "${rc%%:*}" -ge 101 ]; then echo "$name panic ${rc#*:} exit ${rc%%:*}: $(tail -n 1 "$w/${rc#*:}.err")"; fi
     done
     local documented=0
-    grep -qh "unsupported qcow2 feature" "$w/info.err" "$w/export.err" && documented=1
+    # Documented refusals (image.md §2): unsupported features, and tables past the end of
+    # a truncated file (which qemu reads as zeros and may call clean).
+    grep -qhE "unsupported qcow2 feature|ends past the end of the file" "$w/info.err" "$w/export.err" &&
+        documented=1
     local qclean=0
     [ "$qinfo" = 0 ] && { [ "$qcheck" = 0 ] || [ "$qcheck" = 3 ]; } && qclean=1
     if [ "$qclean" = 1 ] && [ "$documented" = 0 ] && { [ "$iinfo" != 0 ] || [ "$iexp" != 0 ]; }; then
