@@ -14,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
         let store = memory_store();
         let key = format!("service/operations/{ID}");
         replace(&store, &key, envelope_object(b"ISOP", data)).await;
-        replace(&store, last_check::LAST_CHECK, envelope_object(b"ISCK", data)).await;
+        replace(
+            &store,
+            last_check::LAST_CHECK,
+            envelope_object(b"ISCK", data),
+        )
+        .await;
         let dir = std::env::temp_dir().join(format!("island-fuzz-ops-{}", std::process::id()));
         let ops = Operations::open(dir, store.clone(), "fuzz".into(), OpTiming::default())
             .expect("an empty journal opens");

@@ -4,7 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let mut frame = rest.to_vec();
     island_fuzz::fix_frame(mode, &mut frame);
     island_fuzz::run("frame", island::repo::fuzzing::frame, &frame);

@@ -4,7 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let mut pack = rest.to_vec();
     island_fuzz::fix_pack(mode, &mut pack);
     island_fuzz::run("pack", island::repo::fuzzing::pack, &pack);

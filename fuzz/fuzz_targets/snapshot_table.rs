@@ -3,5 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    island_fuzz::run("snapshot_table", island::image::fuzzing::snapshot_table, data);
+    island_fuzz::run(
+        "snapshot_table",
+        island::image::fuzzing::snapshot_table,
+        data,
+    );
 });

@@ -138,7 +138,10 @@ pub fn fix_segment(seg: &mut [u8]) {
     let meta_len = word(seg, 16);
     let records_at = SEGMENT_HEAD.saturating_add(meta_len);
     for b in 0..256 {
-        let (first, end) = (word(seg, FANOUT_AT + b * 4), word(seg, FANOUT_AT + (b + 1) * 4));
+        let (first, end) = (
+            word(seg, FANOUT_AT + b * 4),
+            word(seg, FANOUT_AT + (b + 1) * 4),
+        );
         let range = first.checked_mul(record).and_then(|s| {
             Some(records_at.checked_add(s)?..records_at.checked_add(end.checked_mul(record)?)?)
         });

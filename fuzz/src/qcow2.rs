@@ -111,16 +111,17 @@ impl ImageInput {
             }
         }
         // L1 tables: active and one per snapshot (a table referenced again is shared).
-        let l1_bytes = |img: &mut Vec<u8>, refs: &mut Vec<i64>, at: usize, l1: &[Option<u8>], active: bool| {
-            for (i, e) in l1.iter().take(l1_len.min(cs / 8)).enumerate() {
-                if let Some(t) = e.filter(|_| !l2s.is_empty()) {
-                    let c = l2_at + usize::from(t) % l2s.len();
-                    refs[c] += 1;
-                    let copied = if active { 1u64 << 63 } else { 0 };
-                    be64(img, at * cs + i * 8, (c * cs) as u64 | copied);
+        let l1_bytes =
+            |img: &mut Vec<u8>, refs: &mut Vec<i64>, at: usize, l1: &[Option<u8>], active: bool| {
+                for (i, e) in l1.iter().take(l1_len.min(cs / 8)).enumerate() {
+                    if let Some(t) = e.filter(|_| !l2s.is_empty()) {
+                        let c = l2_at + usize::from(t) % l2s.len();
+                        refs[c] += 1;
+                        let copied = if active { 1u64 << 63 } else { 0 };
+                        be64(img, at * cs + i * 8, (c * cs) as u64 | copied);
+                    }
                 }
-            }
-        };
+            };
         l1_bytes(&mut img, &mut refs, 2, &self.l1, true);
         for (s, snap) in snaps.iter().enumerate() {
             l1_bytes(&mut img, &mut refs, snap_l1_at + s, &snap.l1, false);
@@ -158,7 +159,11 @@ impl ImageInput {
             let c = usize::from(c) % total;
             refs[c] += i64::from(d);
         }
-        let max = if order == 6 { u64::MAX } else { (1u64 << (1 << order)) - 1 };
+        let max = if order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1 << order)) - 1
+        };
         for b in 0..blocks {
             let blk = base + b;
             be64(&mut img, cs + b * 8, (blk * cs) as u64);
@@ -179,7 +184,15 @@ impl ImageInput {
         be64(&mut img, 48, cs as u64);
         be32(&mut img, 56, 1);
         be32(&mut img, 60, nb_snapshots);
-        be64(&mut img, 64, if snaps.is_empty() { 0 } else { (snap_table_at * cs) as u64 });
+        be64(
+            &mut img,
+            64,
+            if snaps.is_empty() {
+                0
+            } else {
+                (snap_table_at * cs) as u64
+            },
+        );
         be32(&mut img, 96, order);
         be32(&mut img, 100, 112);
         self.edits.apply(&mut img);

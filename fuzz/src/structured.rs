@@ -74,7 +74,10 @@ impl PackInput {
         let mut footer = Vec::new();
         let frames = self.frames.iter().take(8).map(FrameInput::build);
         for f in frames {
-            let hdr = |at: usize| f.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let hdr = |at: usize| {
+                f.get(at..at + 4)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            };
             footer.extend_from_slice(f.get(16..48).unwrap_or(&[0; 32]));
             footer.extend_from_slice(&[f.get(6).copied().unwrap_or(0), 0, 0, 0]);
             footer.extend_from_slice(&(data.len() as u32).to_le_bytes());
