@@ -1,38 +1,26 @@
-//! Shared harness of the repository fuzz targets.
+//! Shared harness of the fuzz targets.
 //!
-//! The targets reach every repository parser through the public API, the way a damaged or
-//! hostile repository would: fuzz input is stored as an object in an in-memory store (the
-//! config, a root manifest, a pack, a frame inside a pack, an index segment) and then the
-//! repository is opened, listed, checked with `--read-data` and restored. Any outcome but
-//! a panic, a hang or an abort is fine: the parsers must refuse bad bytes with errors.
+//! Fast targets turn the input into one object (fixing up checksums and ids as a mode byte
+//! or the structured input says, so mutations reach the parsing behind them) and hand it
+//! to the pure decoder in `island::{repo,image,service}::fuzzing`; the decoder panics on a
+//! finding, including a failed round trip. The slow end-to-end targets (`e2e_*`, helpers
+//! in [`e2e`]) run whole repositories over an in-memory store instead.
 //!
-//! Checksums would stop almost every mutation at the first crc check, so each target can
-//! recompute them per `format-spec/repository.md` (a flag bit of the first input byte
-//! decides), which lets the fuzzer reach the field parsing behind them.
+//! With `ISLAND_FUZZ_DUMP=DIR` in the environment, a target also writes the object it built
+//! to `DIR/<decoder>` before decoding it: `run-all.sh` turns a crashing fuzz input into the
+//! regression file `fuzz/regressions/<decoder>/…` that `tests/it/fuzz_regressions.rs`
+//! replays through the same decoder.
 
-use bytes::Bytes;
-use island::backup::{backup, BackupOptions, RawSource};
-use island::repo::{CheckOptions, InitOptions, Repository};
-use island::restore::{restore, RestoreTarget};
-use island::store::{MemoryStore, ObjectStore};
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use tokio::runtime::Runtime;
+pub mod e2e;
+pub mod qcow2;
+pub mod structured;
 
-/// Chunk size of the fuzzed repositories: small, so a backup makes several chunks quickly.
-pub const CHUNK: u32 = 4096;
-/// Volume of the fuzzed repositories: 4 data chunks, a zero chunk, a duplicate.
-const VOLUME_CHUNKS: usize = 6;
-
-/// A single-threaded runtime shared by all iterations of a target.
-pub fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-    })
+/// Hands `object` to `decode`, after writing it for `run-all.sh` when asked to.
+pub fn run(decoder: &str, decode: fn(&[u8]), object: &[u8]) {
+    if let Some(dir) = std::env::var_os("ISLAND_FUZZ_DUMP") {
+        let _ = std::fs::write(std::path::Path::new(&dir).join(decoder), object);
+    }
+    decode(object);
 }
 
 /// Builds a checked envelope (magic ‖ version u16 ‖ reserved u16 ‖ length u32 ‖ body ‖
@@ -82,102 +70,101 @@ pub fn fix_trailing_crc(obj: &mut [u8]) {
     }
 }
 
-/// A fresh in-memory store.
-pub fn memory_store() -> Arc<dyn ObjectStore> {
-    Arc::new(MemoryStore::new_unique().expect("an in-memory store"))
+fn word(b: &[u8], at: usize) -> usize {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
 }
 
-fn volume_file() -> &'static PathBuf {
-    static FILE: OnceLock<PathBuf> = OnceLock::new();
-    FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("island-fuzz-volume-{}", std::process::id()));
-        let mut data = vec![0u8; CHUNK as usize * VOLUME_CHUNKS];
-        for (i, b) in data.iter_mut().enumerate() {
-            let chunk = i / CHUNK as usize;
-            *b = match chunk {
-                // chunk 2 is all zeros; chunk 5 repeats chunk 0
-                2 => 0,
-                5 => (i % CHUNK as usize * 7 % 251) as u8,
-                // chunk 3 is incompressible (stored raw), the others compress (lz4)
-                3 => (i as u32).wrapping_mul(2654435761).rotate_left(13) as u8,
-                _ => ((i % CHUNK as usize) * 7 % 251) as u8 ^ chunk as u8,
-            };
-        }
-        std::fs::write(&path, &data).expect("write the fuzz volume");
-        path
-    })
-}
-
-/// A repository in a fresh memory store holding one snapshot of the fuzz volume; returns
-/// the store and the snapshot id.
-pub async fn repo_with_snapshot() -> (Arc<dyn ObjectStore>, String) {
-    let store = memory_store();
-    let repo = Repository::init(store.clone(), &InitOptions { chunk_size: CHUNK })
-        .await
-        .expect("init");
-    let source = RawSource::open(volume_file()).expect("open the fuzz volume");
-    let opts = BackupOptions {
-        volume: "vol".to_string(),
-        ..BackupOptions::default()
-    };
-    let report = backup(&repo, Arc::new(source), &opts)
-        .await
-        .expect("backup");
-    (store, report.id)
-}
-
-/// Keys under `prefix`, in order.
-pub async fn keys(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
-    store
-        .list(prefix, None, 10_000)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|m| m.key)
-        .collect()
-}
-
-/// Replaces object `key` with `bytes`.
-pub async fn replace(store: &Arc<dyn ObjectStore>, key: &str, bytes: Vec<u8>) {
-    store.put(key, Bytes::from(bytes)).await.expect("put");
-}
-
-/// Runs every reader over the repository: open, list, check with data, and (with
-/// `with_restore`) restore. Errors are expected; only panics and hangs are findings.
-pub async fn exercise(store: Arc<dyn ObjectStore>, id: &str, with_restore: bool) {
-    let Ok(repo) = Repository::open(store).await else {
-        return;
-    };
-    let _ = repo.snapshots(None).await;
-    let _ = repo.snapshot("vol", id).await;
-    let _ = repo
-        .check(&CheckOptions {
-            read_data: true,
-            sample_pct: None,
-        })
-        .await;
-    if !with_restore {
+/// Blob frame fix-ups (format-spec §3.1), by mode bits: 0 stored length from the frame
+/// size, 1 the id as BLAKE3 of the payload's plain bytes (raw, or lz4 decompressed to the
+/// plain length), 2 the trailing crc.
+pub fn fix_frame(mode: u8, frame: &mut [u8]) {
+    if frame.len() < 52 {
         return;
     }
-    let out = std::env::temp_dir().join(format!("island-fuzz-restore-{}", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let _ = restore(&repo, "vol", id, &RestoreTarget::Raw(out.clone()), None).await;
-    let _ = std::fs::remove_file(&out);
+    if mode & 1 != 0 {
+        let n = (frame.len() - 52) as u32;
+        frame[12..16].copy_from_slice(&n.to_le_bytes());
+    }
+    if mode & 2 != 0 {
+        let payload = &frame[48..frame.len() - 4];
+        let plain = match frame[5] {
+            1 => lz4_flex::block::decompress(payload, word(frame, 8).min(4 << 20)).ok(),
+            _ => Some(payload.to_vec()),
+        };
+        if let Some(plain) = plain {
+            let id = blake3::hash(&plain);
+            frame[16..48].copy_from_slice(id.as_bytes());
+        }
+    }
+    if mode & 4 != 0 {
+        fix_trailing_crc(frame);
+    }
 }
 
-/// Re-runs the backup of the fuzz volume (it lists and decodes other holders' checkpoints
-/// and may adopt one), then `check --repair` (which sweeps checkpoints).
-pub async fn backup_again_and_repair(store: Arc<dyn ObjectStore>) {
-    let Ok(repo) = Repository::open(store).await else {
+/// Pack trailer length (format-spec §3.2).
+pub const PACK_TRAILER: usize = 24;
+
+/// Pack fix-ups by mode bits: 0 the footer crc over the range the trailer names, 1 the
+/// trailer's own crc.
+pub fn fix_pack(mode: u8, pack: &mut [u8]) {
+    let Some(t) = pack.len().checked_sub(PACK_TRAILER) else {
         return;
     };
-    let Ok(source) = RawSource::open(volume_file()) else {
+    if mode & 1 != 0 {
+        let footer_at = word(pack, t + 12);
+        if footer_at <= t {
+            let crc = crc32c::crc32c(&pack[footer_at..t]);
+            pack[t + 16..t + 20].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    if mode & 2 != 0 {
+        let crc = crc32c::crc32c(&pack[t..t + 20]);
+        pack[t + 20..t + 24].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+const FANOUT_AT: usize = 24;
+const BUCKET_CRCS_AT: usize = FANOUT_AT + 257 * 4;
+/// Segment head length (format-spec §3.3).
+pub const SEGMENT_HEAD: usize = BUCKET_CRCS_AT + 256 * 4;
+
+/// Segment fix-ups (format-spec §3.3): every bucket crc the fanout makes computable, then
+/// the head crc (bytes 0..20 ‖ fanout ‖ bucket crcs ‖ meta).
+pub fn fix_segment(seg: &mut [u8]) {
+    if seg.len() < SEGMENT_HEAD {
         return;
+    }
+    let record = word(seg, 12);
+    let meta_len = word(seg, 16);
+    let records_at = SEGMENT_HEAD.saturating_add(meta_len);
+    for b in 0..256 {
+        let (first, end) = (
+            word(seg, FANOUT_AT + b * 4),
+            word(seg, FANOUT_AT + (b + 1) * 4),
+        );
+        let range = first.checked_mul(record).and_then(|s| {
+            Some(records_at.checked_add(s)?..records_at.checked_add(end.checked_mul(record)?)?)
+        });
+        if let Some(r) = range.filter(|r| r.start <= r.end && r.end <= seg.len()) {
+            let crc = crc32c::crc32c(&seg[r]);
+            seg[BUCKET_CRCS_AT + b * 4..BUCKET_CRCS_AT + b * 4 + 4]
+                .copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    let meta_end = records_at.min(seg.len());
+    let mut covered = seg[..20].to_vec();
+    covered.extend_from_slice(&seg[FANOUT_AT..meta_end]);
+    let crc = crc32c::crc32c(&covered);
+    seg[20..24].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A fast target over an envelope decoder: first input byte = mode of [`envelope_object`].
+#[macro_export]
+macro_rules! envelope_target {
+    ($magic:expr, $decoder:literal, $decode:path) => {
+        libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+            let obj = $crate::envelope_object($magic, data);
+            $crate::run($decoder, $decode, &obj);
+        });
     };
-    let opts = BackupOptions {
-        volume: "vol".to_string(),
-        ..BackupOptions::default()
-    };
-    let _ = backup(&repo, Arc::new(source), &opts).await;
-    let _ = repo.repair().await;
 }

@@ -10,6 +10,8 @@ mod direct;
 mod engine;
 mod error;
 mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 mod header;
 mod lock;
 mod mapping;

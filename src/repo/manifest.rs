@@ -90,6 +90,13 @@ impl SnapshotManifest {
                 format!("manifest names {}/{}", m.volume, m.id),
             ));
         }
+        // The geometry divides by the chunk size: a zero (or any invalid) one is damage.
+        if super::config::check_chunk_size(m.chunk_size).is_err() {
+            return Err(RepoError::corrupt(
+                key,
+                format!("chunk size {}", m.chunk_size),
+            ));
+        }
         let geo = super::table::Geometry::new(m.size, m.chunk_size);
         if geo.depth != m.depth || geo.top_len() != m.top.len() {
             return Err(RepoError::corrupt(
@@ -204,6 +211,35 @@ mod tests {
         assert_eq!(&b[..4], b"ISRT");
         assert_eq!(SnapshotManifest::decode(&m.key(), &b).unwrap(), m);
         assert!(SnapshotManifest::decode("snapshots/other/x", &b).is_err());
+    }
+
+    /// A crc-valid root with chunk size 0 made the geometry divide by zero (found by the
+    /// `root` fuzz target; fuzz/regressions/root/); any invalid chunk size is corrupt.
+    #[test]
+    fn manifest_with_invalid_chunk_size_is_corrupt_not_a_panic() {
+        for chunk_size in [0, 1, 4095, 65537, 8 << 20] {
+            let m = SnapshotManifest {
+                format: 1,
+                volume: "v".into(),
+                id: "20260101T000000.000000Z-0000000000000001".into(),
+                parent: None,
+                created: "2026-01-01T00:00:00Z".into(),
+                size: 65536,
+                chunk_size,
+                depth: 1,
+                top: vec![BlobId::ZERO.to_hex()],
+                stats: SnapshotStats::default(),
+                base: None,
+                user_data: serde_json::Value::Null,
+                writer: "20260101T000000.000000Z-0000000000000001".into(),
+                lease_time_ms: 0,
+            };
+            let err = SnapshotManifest::decode(&m.key(), &m.encode()).unwrap_err();
+            assert!(
+                matches!(err, RepoError::Corrupt { .. }),
+                "{chunk_size}: {err}"
+            );
+        }
     }
 
     /// Generation 0 keeps the key older builds wrote; later generations parse back and

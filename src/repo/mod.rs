@@ -24,6 +24,8 @@ mod follow;
 #[cfg(test)]
 mod follow_tests;
 mod forget;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod gc_select;
 pub(crate) mod ids;

@@ -108,6 +108,9 @@ pub fn parse_trailer(key: &str, t: &[u8]) -> Result<(u32, u32, u32), RepoError> 
             reason: format!("pack version {version}"),
         });
     }
+    if t[6] != 0 || t[7] != 0 {
+        return Err(bad("pack trailer reserved bytes are not zero"));
+    }
     let rd = |o: usize| u32::from_le_bytes([t[o], t[o + 1], t[o + 2], t[o + 3]]);
     Ok((rd(8), rd(12), rd(16)))
 }
@@ -137,6 +140,9 @@ pub fn parse_footer(
         let kind =
             BlobKind::from_code(e[32]).ok_or_else(|| bad(format!("entry {i}: kind {}", e[32])))?;
         let id = BlobId::from_slice(&e[..32]).ok_or_else(|| bad(format!("entry {i}: id")))?;
+        if e[33..36] != [0, 0, 0] {
+            return Err(bad(format!("entry {i}: reserved bytes are not zero")));
+        }
         let (offset, frame_len, plain_len) = (rd(36), rd(40), rd(44));
         let end = offset as u64 + frame_len as u64;
         if offset as u64 != next || end > footer_offset as u64 {
@@ -195,5 +201,26 @@ mod tests {
         let mut bad = footer.to_vec();
         bad[40] ^= 1;
         assert!(parse_footer("p", &bad, count, off, crc).is_err());
+    }
+
+    /// Reserved bytes must be zero (format-spec §3.2): a crc-valid pack with a non-zero
+    /// reserved byte in its trailer or a footer entry was accepted (found by the `pack`
+    /// fuzz target's round trip; fuzz/regressions/pack/).
+    #[test]
+    fn nonzero_reserved_bytes_are_refused() {
+        let mut w = PackWriter::new();
+        w.push(&Frame::encode(BlobKind::Chunk, b"aaaa"));
+        let (bytes, _) = w.finish();
+        let t_at = bytes.len() - TRAILER_SIZE;
+        let mut t = bytes[t_at..].to_vec();
+        t[7] = 1;
+        let crc = crc32c::crc32c(&t[..20]);
+        t[20..].copy_from_slice(&crc.to_le_bytes());
+        assert!(parse_trailer("p", &t).is_err());
+        let (count, off, _) = parse_trailer("p", &bytes[t_at..]).unwrap();
+        let mut footer = bytes[off as usize..t_at].to_vec();
+        footer[34] = 7;
+        let crc = crc32c::crc32c(&footer);
+        assert!(parse_footer("p", &footer, count, off, crc).is_err());
     }
 }

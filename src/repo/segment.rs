@@ -79,13 +79,25 @@ impl SegmentHead {
         self.records_at + lo..self.records_at + hi
     }
 
-    /// Check a fetched bucket against its crc.
+    /// Check a fetched bucket against its crc, and that its records belong to it (id's
+    /// first byte is `b`) in id order: lookups binary-search the bucket, so a misplaced
+    /// record would be silently missed, and a missed refs record is a wrong count.
     pub fn check_bucket(&self, b: u8, bytes: &[u8]) -> Result<(), RepoError> {
         if crc32c::crc32c(bytes) != self.bucket_crc[b as usize] {
             return Err(RepoError::corrupt(
                 &self.key,
                 format!("bucket {b} crc32c mismatch"),
             ));
+        }
+        let mut prev: Option<&[u8]> = None;
+        for r in bytes.chunks(self.record_size) {
+            if r.len() != self.record_size || r[0] != b || prev.is_some_and(|p| p > &r[..32]) {
+                return Err(RepoError::corrupt(
+                    &self.key,
+                    format!("bucket {b} holds records out of place or out of order"),
+                ));
+            }
+            prev = Some(&r[..32]);
         }
         Ok(())
     }
@@ -163,6 +175,9 @@ pub fn parse_head(
             key: key.into(),
             reason: format!("segment version {version}"),
         });
+    }
+    if head[6] != 0 || head[7] != 0 {
+        return Err(bad("segment reserved bytes are not zero".into()));
     }
     let (count, record_size, meta_len, crc) = (rd(8), rd(12) as usize, rd(16), rd(20));
     let expect_size = if magic == INDEX_MAGIC {
@@ -242,6 +257,9 @@ pub fn decode_index_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, Loca
         .get(rd(32) as usize)
         .ok_or_else(|| bad("pack index out of range"))?;
     let kind = BlobKind::from_code(r[48]).ok_or_else(|| bad("blob kind"))?;
+    if r[49..52] != [0, 0, 0] {
+        return Err(bad("index record reserved bytes are not zero"));
+    }
     Ok((
         id,
         Location {
@@ -416,5 +434,60 @@ mod tests {
         bad[1060] ^= 1;
         let (h2, _, crc2) = parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).unwrap();
         assert!(finish_head(h2, &bad[..HEAD_SIZE], meta_bytes, crc2).is_err());
+    }
+
+    /// Found by the `index_segment`/`refs_segment` fuzz targets' round trip
+    /// (fuzz/regressions/{index,refs}_segment/): crc-valid segments whose reserved bytes
+    /// are not zero, or whose bucket holds a record of another bucket or records out of
+    /// order (which lookups would silently miss), were accepted.
+    #[test]
+    fn reserved_bytes_and_misplaced_records_are_refused() {
+        let id = |b: u8| BlobId([b; 32]);
+        let recs = vec![refs_record(&id(1), 1, 0), refs_record(&id(2), 1, 0)];
+        let bytes = encode(REFS_MAGIC, REFS_RECORD, recs, &SegmentMeta::default());
+        let mut bad = bytes.clone();
+        bad[6] = 1;
+        assert!(parse_head(REFS_MAGIC, "k", &bad[..HEAD_SIZE]).is_err());
+        let (h, mlen, crc) = parse_head(REFS_MAGIC, "k", &bytes[..HEAD_SIZE]).unwrap();
+        let meta = &bytes[HEAD_SIZE..HEAD_SIZE + mlen as usize];
+        let mut h = finish_head(h, &bytes[..HEAD_SIZE], meta, crc).unwrap();
+        let r = h.bucket_range(1);
+        let bucket = &bytes[r.start as usize..r.end as usize];
+        h.check_bucket(1, bucket).unwrap();
+        // The same record claimed by bucket 2 (its crc made to match): refused.
+        h.bucket_crc[2] = crc32c::crc32c(bucket);
+        assert!(h.check_bucket(2, bucket).is_err());
+        // Two records of bucket 1 out of order: refused.
+        let (a, b) = (
+            refs_record(&BlobId([1; 32]), 1, 0),
+            refs_record(&id(1), 1, 0),
+        );
+        let mut b2 = b.clone();
+        b2[31] = 0;
+        let swapped = [a.clone(), b2].concat();
+        h.bucket_crc[1] = crc32c::crc32c(&swapped);
+        assert!(h.check_bucket(1, &swapped).is_err());
+        let ordered = [b.clone(), a].concat();
+        h.bucket_crc[1] = crc32c::crc32c(&ordered);
+        h.check_bucket(1, &ordered).unwrap();
+        let mut rec = index_record(
+            &id(1),
+            0,
+            &Location {
+                pack: "p".into(),
+                offset: 0,
+                frame_len: 60,
+                plain_len: 8,
+                kind: BlobKind::Chunk,
+            },
+        );
+        h.meta.packs = vec!["p".into()];
+        let ih = SegmentHead {
+            record_size: INDEX_RECORD,
+            ..h.clone()
+        };
+        decode_index_record(&ih, &rec).unwrap();
+        rec[50] = 1;
+        assert!(decode_index_record(&ih, &rec).is_err());
     }
 }

@@ -76,7 +76,12 @@ fn parse_key(key: &str) -> Option<(&str, u64)> {
 /// Read and check one generation object.
 async fn read_generation(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Volume, ServiceError> {
     let bytes = store.get(key).await?;
-    let v: Volume = envelope::open(MAGIC_VOLUME, key, &bytes)?;
+    decode_generation(key, &bytes)
+}
+
+/// Check and parse a generation object read from `key`: its body must name that key.
+pub(crate) fn decode_generation(key: &str, bytes: &[u8]) -> Result<Volume, ServiceError> {
+    let v: Volume = envelope::open(MAGIC_VOLUME, key, bytes)?;
     match parse_key(key) {
         Some((uuid, gen)) if uuid == v.uuid && gen == v.generation => Ok(v),
         _ => Err(crate::repo::RepoError::Corrupt {

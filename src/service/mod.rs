@@ -34,6 +34,8 @@ pub mod catalog;
 mod check;
 mod copy;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 pub mod last_check;
 pub mod model;

@@ -117,7 +117,13 @@ pub(crate) async fn read(
         Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let op: Operation = envelope::open(MAGIC_OPERATION, &key, &bytes)?;
+    decode(id, &bytes).map(Some)
+}
+
+/// Check and parse operation `id`'s record: its body must name that id.
+pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Operation, ServiceError> {
+    let key = operation_key(id);
+    let op: Operation = envelope::open(MAGIC_OPERATION, &key, bytes)?;
     if op.id != id {
         return Err(crate::repo::RepoError::Corrupt {
             key,
@@ -125,7 +131,7 @@ pub(crate) async fn read(
         }
         .into());
     }
-    Ok(Some(op))
+    Ok(op)
 }
 
 /// Ids of every shared record, in key order.

@@ -3,6 +3,7 @@
 mod backup_live;
 mod backup_qcow2;
 mod common;
+mod fuzz_regressions;
 mod image_cli;
 mod image_corrupt;
 mod image_crash;

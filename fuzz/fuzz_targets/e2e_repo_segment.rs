@@ -4,7 +4,7 @@
 //! (bytes 20..24: crc32c of bytes 0..20 ‖ fanout ‖ bucket crcs ‖ meta) and every bucket
 //! crc the fanout makes computable are recomputed, per the spec's layout.
 #![no_main]
-use island_fuzz::{exercise, keys, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{exercise, keys, replace, repo_with_snapshot, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const FANOUT_AT: usize = 24;
@@ -23,13 +23,17 @@ fn fix_segment(mut seg: Vec<u8>) -> Vec<u8> {
     let meta_len = word(&seg, 16);
     let records_at = HEAD.saturating_add(meta_len);
     for b in 0..256 {
-        let (first, end) = (word(&seg, FANOUT_AT + b * 4), word(&seg, FANOUT_AT + (b + 1) * 4));
-        let range = first
-            .checked_mul(record)
-            .and_then(|s| Some(records_at.checked_add(s)?..records_at.checked_add(end.checked_mul(record)?)?));
+        let (first, end) = (
+            word(&seg, FANOUT_AT + b * 4),
+            word(&seg, FANOUT_AT + (b + 1) * 4),
+        );
+        let range = first.checked_mul(record).and_then(|s| {
+            Some(records_at.checked_add(s)?..records_at.checked_add(end.checked_mul(record)?)?)
+        });
         if let Some(r) = range.filter(|r| r.start <= r.end && r.end <= seg.len()) {
             let crc = crc32c::crc32c(&seg[r]);
-            seg[BUCKET_CRCS_AT + b * 4..BUCKET_CRCS_AT + b * 4 + 4].copy_from_slice(&crc.to_le_bytes());
+            seg[BUCKET_CRCS_AT + b * 4..BUCKET_CRCS_AT + b * 4 + 4]
+                .copy_from_slice(&crc.to_le_bytes());
         }
     }
     let meta_end = records_at.min(seg.len());
@@ -51,7 +55,11 @@ fuzz_target!(|data: &[u8]| {
         let Some(key) = segs.get(usize::from(mode >> 1) % segs.len().max(1)) else {
             return;
         };
-        let seg = if mode & 1 == 0 { fix_segment(rest.to_vec()) } else { rest.to_vec() };
+        let seg = if mode & 1 == 0 {
+            fix_segment(rest.to_vec())
+        } else {
+            rest.to_vec()
+        };
         replace(&store, key, seg).await;
         exercise(store, &id, true).await;
     });

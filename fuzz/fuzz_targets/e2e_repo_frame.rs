@@ -4,7 +4,7 @@
 //! bit 0 is set. Restore and `check --read-data` then decode it: codec, lengths, lz4
 //! payload, BLAKE3.
 #![no_main]
-use island_fuzz::{exercise, fix_trailing_crc, keys, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{exercise, fix_trailing_crc, keys, replace, repo_with_snapshot, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const TRAILER: usize = 24;
@@ -15,7 +15,9 @@ fn frames(pack: &[u8]) -> Vec<(usize, usize)> {
     let Some(t) = pack.len().checked_sub(TRAILER) else {
         return Vec::new();
     };
-    let word = |at: usize| u32::from_le_bytes([pack[at], pack[at + 1], pack[at + 2], pack[at + 3]]) as usize;
+    let word = |at: usize| {
+        u32::from_le_bytes([pack[at], pack[at + 1], pack[at + 2], pack[at + 3]]) as usize
+    };
     let (count, footer) = (word(t + 8), word(t + 12));
     (0..count)
         .filter_map(|i| {
@@ -38,7 +40,9 @@ fuzz_target!(|data: &[u8]| {
                 all.push((key.clone(), f));
             }
         }
-        let Some((key, (offset, len))) = all.get(usize::from(mode >> 1) % all.len().max(1)).cloned() else {
+        let Some((key, (offset, len))) =
+            all.get(usize::from(mode >> 1) % all.len().max(1)).cloned()
+        else {
             return;
         };
         let mut pack = store.get(&key).await.expect("get pack").to_vec();

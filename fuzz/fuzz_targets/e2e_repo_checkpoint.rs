@@ -3,7 +3,7 @@
 //! fuzzed checkpoint belongs to a holder with a fresh lease generation, so a re-run of the
 //! backup decodes it and tries to adopt it.
 #![no_main]
-use island_fuzz::{
+use island_fuzz::e2e::{
     backup_again_and_repair, envelope, envelope_object, replace, repo_with_snapshot, runtime,
 };
 use libfuzzer_sys::fuzz_target;

@@ -4,7 +4,7 @@
 //! and fix validation fail cleanly, never panic.
 #![no_main]
 use island::service::{last_check, OpTiming, Operations};
-use island_fuzz::{envelope_object, memory_store, replace, runtime};
+use island_fuzz::e2e::{envelope_object, memory_store, replace, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const ID: &str = "6f1c0e8e-2b7a-4a53-9d55-6c1f3f0f6d2a";
@@ -14,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
         let store = memory_store();
         let key = format!("service/operations/{ID}");
         replace(&store, &key, envelope_object(b"ISOP", data)).await;
-        replace(&store, last_check::LAST_CHECK, envelope_object(b"ISCK", data)).await;
+        replace(
+            &store,
+            last_check::LAST_CHECK,
+            envelope_object(b"ISCK", data),
+        )
+        .await;
         let dir = std::env::temp_dir().join(format!("island-fuzz-ops-{}", std::process::id()));
         let ops = Operations::open(dir, store.clone(), "fuzz".into(), OpTiming::default())
             .expect("an empty journal opens");

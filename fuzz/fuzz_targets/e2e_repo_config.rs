@@ -1,6 +1,6 @@
 //! The repository config (`config`, envelope "ISCF"): parsed by every command on open.
 #![no_main]
-use island_fuzz::{envelope_object, memory_store, replace, runtime};
+use island_fuzz::e2e::{envelope_object, memory_store, replace, runtime};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

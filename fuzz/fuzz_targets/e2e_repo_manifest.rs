@@ -2,7 +2,7 @@
 //! walked by `check`. A fuzzed root sits next to a real snapshot so listing also has to
 //! survive one bad object among good ones.
 #![no_main]
-use island_fuzz::{envelope_object, exercise, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{envelope_object, exercise, replace, repo_with_snapshot, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const FUZZED_ID: &str = "20260101T000000.000000Z-00000000000000f0";

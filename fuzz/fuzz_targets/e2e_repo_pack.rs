@@ -4,7 +4,7 @@
 //! trailer = magic 4 ‖ version 2 ‖ 0 2 ‖ entries 4 ‖ footer offset 4 ‖ footer crc 4 ‖
 //! trailer crc 4).
 #![no_main]
-use island_fuzz::{exercise, keys, repo_with_snapshot, replace, runtime};
+use island_fuzz::e2e::{exercise, keys, replace, repo_with_snapshot, runtime};
 use libfuzzer_sys::fuzz_target;
 
 const TRAILER: usize = 24;
@@ -15,7 +15,8 @@ fn fix_pack(mode: u8, mut pack: Vec<u8>) -> Vec<u8> {
     }
     let t = pack.len() - TRAILER;
     if mode & 1 != 0 {
-        let footer_at = u32::from_le_bytes([pack[t + 12], pack[t + 13], pack[t + 14], pack[t + 15]]) as usize;
+        let footer_at =
+            u32::from_le_bytes([pack[t + 12], pack[t + 13], pack[t + 14], pack[t + 15]]) as usize;
         if footer_at <= t {
             let crc = crc32c::crc32c(&pack[footer_at..t]);
             pack[t + 16..t + 20].copy_from_slice(&crc.to_le_bytes());

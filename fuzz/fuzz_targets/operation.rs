@@ -1,0 +1,6 @@
+//! Service operation records (`service/operations/<id>`, envelope "ISOP").
+//! Fast: the pure decoder on one envelope; the first byte is the mode of
+//! `island_fuzz::envelope_object` (bit 0 length, bit 1 crc recomputed; bit 2 the rest is
+//! the JSON body).
+#![no_main]
+island_fuzz::envelope_target!(b"ISOP", "operation", island::service::fuzzing::operation);

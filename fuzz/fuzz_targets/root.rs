@@ -1,0 +1,6 @@
+//! Root manifests (`snapshots/<volume>/<id>`, envelope "ISRT"), with their geometry and top ids.
+//! Fast: the pure decoder on one envelope; the first byte is the mode of
+//! `island_fuzz::envelope_object` (bit 0 length, bit 1 crc recomputed; bit 2 the rest is
+//! the JSON body).
+#![no_main]
+island_fuzz::envelope_target!(b"ISRT", "root", island::repo::fuzzing::root);
