@@ -842,12 +842,6 @@ pub(crate) fn parse_gc_key(key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// `snapshots/<volume>/<id>` → (volume, id); any other key under `snapshots/` is ignored.
-pub(crate) fn parse_root_key(key: &str) -> Option<(&str, &str)> {
-    let (volume, id) = key.strip_prefix("snapshots/")?.split_once('/')?;
-    (valid_volume(volume) && is_time_id(id)).then_some((volume, id))
-}
-
 pub(crate) fn poisoned<T>(_: T) -> RepoError {
     RepoError::Task("cache lock poisoned".into())
 }
