@@ -28,16 +28,24 @@ fn racer(mem: &MemStore, volume: &str, id: &str, losses: u32, void: bool) {
             return;
         }
         left.store(n - 1, Ordering::SeqCst);
+        let holder = crate::repo::ids::new_time_id();
         let t = Tombstone {
             volume: volume.clone(),
             id: id.clone(),
             deleted: now_rfc3339(),
-            holder: "racer".into(),
+            holder: holder.clone(),
             lease_time_ms: if void { 0 } else { unix_ms(SystemTime::now()) },
         };
         let body = (Bytes::from(t.encode()), SystemTime::now());
-        let old = m.objects.lock().unwrap().insert(key.to_string(), body);
+        let mut objects = m.objects.lock().unwrap();
+        let old = objects.insert(key.to_string(), body);
         assert!(old.is_none(), "{key} existed");
+        if void {
+            // A fenced deleter records its own verdict "void" (format-spec §6 "Verdicts");
+            // without it a marker dated before the repository's config looks copied.
+            let verdict = crate::repo::verdict::void_verdict_key(key, &holder);
+            objects.insert(verdict, (Bytes::new(), SystemTime::now()));
+        }
     };
     *mem.before_create.lock().unwrap() = CreateHook(Some(Arc::new(hook)));
 }
