@@ -26,7 +26,3 @@ echo "test.sh: build took $((SECONDS - t0)) s"
 t1=$SECONDS
 scripts/objstore/with-servers.sh cargo test --locked --all-targets
 echo "test.sh: tests took $((SECONDS - t1)) s"
-# Fuzzing: seed script, a smoke of every fast fuzz target, the differential qcow2 oracle.
-t2=$SECONDS
-scripts/fuzz-ci.sh target/debug/island
-echo "test.sh: fuzzing took $((SECONDS - t2)) s"

@@ -383,8 +383,7 @@ impl Repository {
         let mut findings = unusable_issues(set);
         findings.extend(missing_commit_issues(self, set).await?);
         if opts.read_data {
-            let used = walk.packs.keys().cloned().collect();
-            findings.extend(pack_footer_issues(self, set, used).await?);
+            findings.extend(pack_footer_issues(self, set).await?);
         }
         let Walk {
             mut report,
@@ -515,18 +514,13 @@ async fn missing_commit_issues(repo: &Repository, set: &SegmentSet) -> Result<Ve
         .collect())
 }
 
-/// With `--read-data`: the trailer and footer (its own index, what a rebuild reads) of
-/// every pack the live snapshots read must check out and agree with the frames' layout
-/// (3 requests a pack). Packs whose every blob is located elsewhere (shadowed by a heal
-/// or a re-upload, dropped at the next compaction) hold nothing a snapshot needs.
-async fn pack_footer_issues(
-    repo: &Repository,
-    set: &SegmentSet,
-    used: HashSet<String>,
-) -> Result<Vec<CheckIssue>> {
-    let packs: HashSet<String> = used
-        .into_iter()
-        .filter(|p| !set.dead_packs.contains(p))
+/// With `--read-data`: every counted pack's trailer and footer (its own index, what a
+/// rebuild reads) must check out and agree with the frames' layout (3 requests a pack).
+async fn pack_footer_issues(repo: &Repository, set: &SegmentSet) -> Result<Vec<CheckIssue>> {
+    let packs: HashSet<String> = (set.index.iter())
+        .flat_map(|h| h.meta.packs.iter())
+        .filter(|p| !set.dead_packs.contains(*p))
+        .cloned()
         .collect();
     let results: Vec<(String, Result<()>)> = stream::iter(packs)
         .map(|p| async move {

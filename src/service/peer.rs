@@ -232,9 +232,14 @@ impl Service {
         // damaged, and repair rebuilds the index from the packs (format-spec §11).
         let repaired = self.repo.repair().await?;
         let snap = format!("{volume}/{id}");
+        // With the data read: damage inside a pack's frames is invisible to a check that
+        // reads only the tables, and "rebuilt" must mean the snapshot restores again.
         let check = self
             .repo
-            .check(&crate::repo::CheckOptions::default())
+            .check(&crate::repo::CheckOptions {
+                read_data: true,
+                sample_pct: None,
+            })
             .await?;
         if !check.issues.iter().any(|i| i.snapshots.contains(&snap)) {
             return Ok(json!({"mended": "rebuilt", "repair": repaired, "peers_tried": tried}));

@@ -131,7 +131,7 @@ async fn check_proposes_fixes_and_fix_mends_a_broken_volume() {
         (Some("fix"), Some(3))
     );
     assert_eq!(op["stage"], "clean:gc", "gc runs last");
-    assert_eq!(op["result"]["fixes"][&mend]["id"], s2.as_str());
+    assert_eq!(op["result"]["fixes"][&mend]["id"], s2.as_str(), "{op}");
     assert_eq!(
         files_under(&gens).len(),
         1,
