@@ -646,18 +646,6 @@ impl Repository {
             self.store().delete_batch(&tombstones).await?;
             advance(tombstones.len() as u64);
         }
-        // Their verdicts last: a verdict outliving its marker is only a small leak.
-        let gone = |(k, _): &&(String, String)| doomed.contains(k) || tombstones.contains(k);
-        let verdicts: Vec<String> = (set.markers.judged.iter().filter(gone))
-            .map(|(k, h)| super::verdict::verdict_key(k, h))
-            .chain(
-                (set.markers.judged_void.iter().filter(gone))
-                    .map(|(k, h)| super::verdict::void_verdict_key(k, h)),
-            )
-            .collect();
-        if !verdicts.is_empty() {
-            self.store().delete_batch(&verdicts).await?;
-        }
         if let Some(o) = orphans {
             self.store().delete_batch(&o.keys).await?;
             advance(o.keys.len() as u64);
@@ -677,6 +665,20 @@ impl Repository {
             self.store().delete_batch(&retired).await?;
             advance(retired.len() as u64);
             report.gc_markers_deleted = retired.len() as u64;
+        }
+        // Their verdicts last: a verdict outliving its marker is only a small leak.
+        let gone = |(k, _): &&(String, String)| {
+            doomed.contains(k) || tombstones.contains(k) || retired.contains(k)
+        };
+        let verdicts: Vec<String> = (set.markers.judged.iter().filter(gone))
+            .map(|(k, h)| super::verdict::verdict_key(k, h))
+            .chain(
+                (set.markers.judged_void.iter().filter(gone))
+                    .map(|(k, h)| super::verdict::void_verdict_key(k, h)),
+            )
+            .collect();
+        if !verdicts.is_empty() {
+            self.store().delete_batch(&verdicts).await?;
         }
         // 6. Dead writers.
         for l in dead_writers {
