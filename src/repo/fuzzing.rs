@@ -231,11 +231,17 @@ pub fn refs_segment(bytes: &[u8]) {
 }
 
 /// A Merkle table's plain bytes ("ISTT"), decoded without a known position (as gc's
-/// revival does); round trip: re-encodes to the same bytes.
+/// revival does); round trip: re-encodes to the same bytes. A table that decodes holds
+/// 1..=1024 entries (format-spec §3.4).
 pub fn merkle_table(bytes: &[u8]) {
     let Ok(ids) = table::decode_any("table", bytes) else {
         return;
     };
+    assert!(
+        (1..=table::FANOUT as usize).contains(&ids.len()),
+        "a table of {} entries decoded",
+        ids.len()
+    );
     assert!(
         table::encode(bytes[6], &ids) == bytes,
         "table re-encodes to other bytes"

@@ -66,6 +66,13 @@ pub fn decode_any(key: &str, plain: &[u8]) -> Result<Vec<BlobId>, RepoError> {
         return Err(RepoError::corrupt(key, "table shorter than its header"));
     }
     let n = u32::from_le_bytes([plain[8], plain[9], plain[10], plain[11]]) as usize;
+    // No geometry to compare with, but no table Island writes is empty or over the fanout.
+    if n == 0 || n as u64 > FANOUT {
+        return Err(RepoError::corrupt(
+            key,
+            format!("table holds {n} entries (1..={FANOUT} allowed)"),
+        ));
+    }
     decode(key, plain, plain[6], n)
 }
 
@@ -134,5 +141,14 @@ mod tests {
         assert_eq!(decode("t", &b, 0, 2).unwrap(), ids);
         assert!(decode("t", &b, 1, 2).is_err());
         assert!(decode("t", &b, 0, 3).is_err());
+    }
+
+    #[test]
+    fn decode_any_refuses_empty_and_oversized_tables() {
+        assert!(decode_any("t", &encode(0, &[])).is_err());
+        let over = vec![BlobId([1; 32]); FANOUT as usize + 1];
+        assert!(decode_any("t", &encode(1, &over)).is_err());
+        let full = vec![BlobId([1; 32]); FANOUT as usize];
+        assert_eq!(decode_any("t", &encode(1, &full)).unwrap(), full);
     }
 }
