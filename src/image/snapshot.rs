@@ -122,8 +122,16 @@ pub fn parse_table(
             return Err(bad("runs past the end of the table".into()));
         }
         let extra = e[40..40 + extra_len].to_vec();
-        let id = String::from_utf8_lossy(&e[40 + extra_len..40 + extra_len + id_len]).into_owned();
-        let name = String::from_utf8_lossy(&e[40 + extra_len + id_len..total]).into_owned();
+        // qcow2 leaves the encoding open; Island names snapshots by UTF-8 strings and would
+        // otherwise rewrite (and look up) a name other than the one on disk.
+        let text = |what: &str, raw: &[u8]| {
+            String::from_utf8(raw.to_vec()).map_err(|_| ImageError::Unsupported {
+                path: path.to_path_buf(),
+                feature: format!("snapshot entry {i} at offset {off}: {what} is not UTF-8"),
+            })
+        };
+        let id = text("id", &e[40 + extra_len..40 + extra_len + id_len])?;
+        let name = text("name", &e[40 + extra_len + id_len..total])?;
         let vm_state_size = if extra_len >= 8 {
             rd64(&extra, 0)
         } else {
@@ -438,5 +446,20 @@ mod tests {
         let bytes = serialize_table(&[a]);
         assert!(parse_table(Path::new("x"), &bytes[..60], 0, 1, 65536, 1 << 20).is_err());
         assert!(parse_table(Path::new("x"), &bytes, 0, 2, 65536, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn non_utf8_name_or_id_is_refused_not_decoded_lossily() {
+        let a = SnapshotEntry::new("1".into(), "first".into(), 0x30000, 2, 1 << 20, (5, 6));
+        for at in [64, 66] {
+            // 64: the id "1"; 66: inside the name "first".
+            let mut bytes = serialize_table(std::slice::from_ref(&a));
+            bytes[at] = 0xff;
+            let err = parse_table(Path::new("x"), &bytes, 0, 1, 65536, 1 << 20).unwrap_err();
+            assert!(
+                matches!(err, ImageError::Unsupported { .. }) && err.to_string().contains("UTF-8"),
+                "{err}"
+            );
+        }
     }
 }
