@@ -3,7 +3,9 @@
 # Installs what the tests need (Debian packages: qemu-utils as the qcow2 oracle, Ceph
 # radosgw and OpenStack Swift as real object stores), builds every target, then starts the
 # object stores on 127.0.0.1 for the duration of `cargo test` and stops them by PID
-# afterwards, also on failure.
+# afterwards, also on failure; then the fuzzing step (scripts/fuzz-ci.sh: seed corpora,
+# a 20 s smoke of every fast fuzz target, the differential qcow2 oracle; it installs the
+# nightly toolchain and cargo-fuzz when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +28,6 @@ echo "test.sh: build took $((SECONDS - t0)) s"
 t1=$SECONDS
 scripts/objstore/with-servers.sh cargo test --locked --all-targets
 echo "test.sh: tests took $((SECONDS - t1)) s"
+t2=$SECONDS
+scripts/fuzz-ci.sh target/debug/island
+echo "test.sh: fuzzing took $((SECONDS - t2)) s"
