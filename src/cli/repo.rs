@@ -563,8 +563,9 @@ async fn gc(a: GcArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     } else {
         print_fields(if a.dry_run { "gc (dry run)" } else { "gc" }, &report)?;
     }
-    // Damaged packs were skipped (kept whole): a problem `check` attributes to snapshots.
-    Ok(if report.damaged_packs.is_empty() {
+    // Damaged packs were skipped (kept whole): a problem `check` attributes to snapshots;
+    // a lost root's segments and packs were kept: a problem `check --repair` reports.
+    Ok(if report.damaged_packs.is_empty() && report.roots_missing.is_empty() {
         0
     } else {
         EXIT_PROBLEMS

@@ -459,7 +459,8 @@ fn unusable_issues(set: &SegmentSet) -> Vec<CheckIssue> {
 /// Segments that count for nothing because the root they name as their commit does not
 /// exist (or is void), of a writer that holds no lease and left no intent or checkpoint
 /// (a writer deletes its intent only after its commit; a dead one's intent outlives its
-/// segments, gc removes them first): a root lost after its commit looks exactly so, and
+/// segments, gc removes them first), or that has a valid verdict on that root (it was
+/// seen committed): a root lost after its commit looks exactly so, and
 /// the snapshots that reused its blobs then miss them. Returns (segment key, commit).
 /// Repair keeps these segments (putting the root back makes them count again).
 pub(crate) async fn lost_root_segments(
@@ -481,18 +482,19 @@ pub(crate) async fn lost_root_segments(
     }
     let mut out = Vec::new();
     for o in &set.uncounted {
-        if busy.contains(segment_writer(&o.key)) {
-            continue;
-        }
+        let writer = segment_writer(&o.key);
         let h = match repo.segment_head(&o.key).await {
             Ok(h) => h,
             Err(e) if super::error::is_damage(&e) => continue,
             Err(e) => return Err(e),
         };
         let commit = &h.meta.commit;
+        // A valid verdict on the root names it seen committed, whatever the writer left.
+        let judged = (set.markers.judged).contains(&(commit.clone(), writer.to_string()));
         if commit.starts_with("snapshots/")
             && !set.markers.roots.contains_key(commit)
             && !set.markers.damaged_commits.contains(commit)
+            && (judged || !busy.contains(writer))
         {
             out.push((o.key.clone(), commit.clone()));
         }

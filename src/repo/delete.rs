@@ -41,6 +41,11 @@ pub struct DeleteReport {
     /// their subtrees stay counted, a leak for `check --repair`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tables_unreadable: u64,
+    /// The root itself could not be read (damaged body): the tombstone was written and
+    /// nothing was released, since what the snapshot referenced is unknown. Everything it
+    /// held stays counted: a leak (format-spec §6, "Deleting a damaged root"), never a loss.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root_unreadable: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -52,6 +57,7 @@ pub(crate) struct DeleteWalk {
     pub freed_blobs: u64,
     pub freed_bytes: u64,
     pub tables_unreadable: u64,
+    pub root_unreadable: bool,
 }
 
 /// Decrement everything `m` references, recursing into blobs that reach zero. With a
@@ -321,6 +327,7 @@ impl Repository {
                     requests: used.total(),
                     bytes_uploaded: used.bytes_uploaded,
                     tables_unreadable: walk.tables_unreadable,
+                    root_unreadable: walk.root_unreadable,
                 });
             }
         }
@@ -345,7 +352,7 @@ impl Repository {
         // cannot have acted on a view older than ours.
         let holder = new_time_id();
         let lease = Lease::acquire(self.store().clone(), &holder, "delete", Some(volume)).await?;
-        let viewed: Result<(SegmentSet, String, SnapshotManifest)> = async {
+        let viewed: Result<(SegmentSet, String, Option<SnapshotManifest>)> = async {
             let set = self.load_segments().await?;
             self.judge_markers(&set.markers, &holder).await?;
             if set.markers.is_deleted(volume, id) {
@@ -357,7 +364,20 @@ impl Repository {
             }
             // Void tombstones of earlier attempts keep their keys: number past them.
             let gen = set.markers.next_tombstone_gen(volume, id);
-            let m = self.read_root(volume, id).await?;
+            // A root whose body fails its checks (the view holds it as a damaged commit):
+            // what it references is unknown, so nothing is released (walk skipped).
+            let m = match self.read_root(volume, id).await {
+                Ok(m) => Some(m),
+                Err(e)
+                    if super::error::is_damage(&e)
+                        && (set.markers.damaged_commits)
+                            .contains(&super::manifest::root_key(volume, id)) =>
+                {
+                    tracing::warn!("delete of {volume}/{id}: root unreadable, nothing released (a leak): {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
             Ok((set, tombstone_key_gen(volume, id, gen), m))
         }
         .await;
@@ -370,20 +390,28 @@ impl Repository {
             }
         };
         if let Some(p) = opts.progress.filter(|_| !opts.in_callers_stage) {
-            p.stage("delete", walk_bytes(&m));
+            p.stage("delete", m.as_ref().map_or(0, walk_bytes));
         }
         let mut w = Writer::new(self, lease.clone(), tkey.clone(), "delete");
         let result: Result<Attempt> = async {
-            let walk = walk(
-                self,
-                &set,
-                &m,
-                Some(&mut w),
-                &mut HashMap::new(),
-                opts.progress,
-                opts.tolerate_unreadable,
-            )
-            .await?;
+            let walk = match &m {
+                Some(m) => {
+                    walk(
+                        self,
+                        &set,
+                        m,
+                        Some(&mut w),
+                        &mut HashMap::new(),
+                        opts.progress,
+                        opts.tolerate_unreadable,
+                    )
+                    .await?
+                }
+                None => DeleteWalk {
+                    root_unreadable: true,
+                    ..DeleteWalk::default()
+                },
+            };
             if set.followed() {
                 return Ok(Attempt::LostToGc);
             }

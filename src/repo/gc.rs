@@ -160,6 +160,11 @@ pub struct GcReport {
     /// Old gc markers this run deleted (format-spec §7 item 6: no segment names them any
     /// more and they predate the cutoff).
     pub gc_markers_deleted: u64,
+    /// Roots whose writer committed and whose key is now missing (format-spec §11.1,
+    /// "Lost roots"): damage, not a dead writer. Their segments and packs are kept and
+    /// nothing is collected while any is listed (counts lack their increments). The CLI
+    /// exits with 3 when this is not empty.
+    pub roots_missing: Vec<String>,
     pub requests: u64,
 }
 
@@ -343,8 +348,10 @@ impl Repository {
         }
         let (seq, marker_key) = next_gc_marker(&set);
         let mut w = Writer::new(self, lease.clone(), marker_key.clone(), "gc");
+        let lost = super::stale::lost_writers(self, &set).await?;
         let mut report = GcReport {
             dry_run: dry,
+            roots_missing: lost.roots.values().cloned().collect(),
             ..GcReport::default()
         };
 
@@ -355,9 +362,10 @@ impl Repository {
         report.tables_revived = sel.revived;
         report.tables_released = sel.released;
         report.damaged_packs.extend(sel.damaged.iter().cloned());
-        if sel.halt {
-            // Unknown children counts: collect nothing this run (and keep the decrements
-            // identifiable: no compaction, below).
+        if sel.halt || !lost.roots.is_empty() {
+            // Unknown children counts (halt), or counts lacking a lost root's increments
+            // (a blob at zero may be one the root reaches): collect nothing this run (and
+            // keep the decrements identifiable on halt: no compaction, below).
             sel.candidates.clear();
         }
         let protected = &sel.protected;
@@ -567,7 +575,7 @@ impl Repository {
         }
         // 4b. Orphan packs (double faults, earlier builds): at most once per period.
         let orphans = match super::stale::sweep_due(self, now).await? {
-            true => Some(super::stale::find_orphan_packs(self, &set, &leases, &holder, now).await?),
+            true => Some(super::stale::find_orphan_packs(self, &set, &leases, &holder, now, &lost).await?),
             false => None,
         };
         if let Some(o) = &orphans {
@@ -681,7 +689,11 @@ impl Repository {
             self.store().delete_batch(&verdicts).await?;
         }
         // 6. Dead writers.
+        // A lost root's writer is damage, not a dead writer: kept as found.
         for l in dead_writers {
+            if lost.roots.contains_key(&l.holder) {
+                continue;
+            }
             super::stale::clean_dead_writer(self, &set, &l.holder).await?;
             self.store().delete_batch(&l.keys).await?;
             report.dead_writers_cleaned += 1;
@@ -689,7 +701,7 @@ impl Repository {
         }
         // 6b. Zombies: writers judged dead that wrote on, which no lease names any more.
         report.dead_writers_cleaned +=
-            super::stale::sweep_unleased(self, &set, &leases, now).await?;
+            super::stale::sweep_unleased(self, &set, &leases, now, &lost).await?;
         w.finish().await;
         report.requests = self.counts().since(&before).total();
         Ok(report)

@@ -288,7 +288,9 @@ impl Repository {
                 None => false,
             };
         }
+        let mut listed_roots = HashSet::new();
         for o in self.list_all("snapshots/").await? {
+            listed_roots.insert(o.key.clone());
             if !valid_root_key(&o.key) {
                 m.unusable.push(Unusable::stray(&o.key));
                 continue;
@@ -321,6 +323,13 @@ impl Repository {
             match Tombstone::decode(&o.key, &bytes) {
                 Ok(t) => {
                     if !m.void(&o, &t.holder, t.lease_time_ms) {
+                        // A valid tombstone proves its root was committed: a root missing
+                        // under it (lost, or gc's removal of both cut short) still commits
+                        // its segments, which other snapshots' blobs may be located by.
+                        let root = root_key(volume, id);
+                        if !listed_roots.contains(&root) {
+                            m.damaged_commits.insert(root);
+                        }
                         m.deleted.insert(snapshot);
                         m.tombstones.insert(o.key.clone(), (t, o));
                     }

@@ -160,15 +160,19 @@ impl PackProbe {
 /// Clean every holder that has objects under `intents/`, `checkpoints/` or uncounted
 /// segments in `set`, no lease generation in `leases` (gc's listing, made before all of
 /// these), and whose newest such object is older than `LEASE_TTL + SKEW` at `now` (gc's
-/// lease time). Returns the number of holders cleaned. Cost: two listings of small
-/// prefixes, plus the cleaning of what it finds.
+/// lease time), except the writers of `lost` roots ([`lost_writers`]). Returns the number
+/// of holders cleaned. Cost: two listings of small prefixes, plus the cleaning of what it
+/// finds.
 pub(crate) async fn sweep_unleased(
     repo: &Repository,
     set: &SegmentSet,
     leases: &[LeaseView],
     now: SystemTime,
+    lost: &Lost,
 ) -> Result<u64> {
-    let leased: HashSet<&str> = leases.iter().map(|l| l.holder.as_str()).collect();
+    let leased: HashSet<&str> = (leases.iter().map(|l| l.holder.as_str()))
+        .chain(lost.roots.keys().map(String::as_str))
+        .collect();
     // Holder → store time of its newest object (None: some object has no time, so its
     // age is unknown and the holder is left alone).
     let mut newest: HashMap<String, Option<SystemTime>> = HashMap::new();
@@ -290,20 +294,24 @@ pub(crate) async fn sweep_due(repo: &Repository, now: SystemTime) -> Result<bool
 /// The orphan packs: listed under `packs/` page by page (memory: one page plus the
 /// orphans), named by no counted index segment of `set`, of a holder with no lease
 /// generation in `leases` (gc's listing, made before `set` was loaded) that no intent of
-/// a leased holder lists as adopted, and with a store time more than `LEASE_TTL + SKEW`
-/// before `now` (gc's lease). The safety argument is format-spec §5, "Orphan packs".
+/// a leased holder lists as adopted, not of or named by a `lost` root's writer,
+/// and with a store time more than `LEASE_TTL + SKEW` before `now` (gc's lease). The
+/// safety argument is format-spec §5, "Orphan packs".
 pub(crate) async fn find_orphan_packs(
     repo: &Repository,
     set: &SegmentSet,
     leases: &[LeaseView],
     me: &str,
     now: SystemTime,
+    lost: &Lost,
 ) -> Result<Orphans> {
-    let named = named_packs(set);
+    let mut named = named_packs(set);
+    named.extend(lost.packs.iter().map(String::as_str));
     let leased: HashSet<&str> = leases
         .iter()
         .map(|l| l.holder.as_str())
         .chain(std::iter::once(me))
+        .chain(lost.roots.keys().map(String::as_str))
         .collect();
     let mut adopted: HashSet<String> = HashSet::new();
     for o in repo.list_all("intents/").await? {
@@ -353,4 +361,48 @@ pub(crate) async fn find_orphan_packs(
             return Ok(out);
         }
     }
+}
+
+/// Writers whose root was committed and is now missing (format-spec §11.1, "Lost roots"):
+/// the segments [`super::check::lost_root_segments`] finds, whose root key no longer
+/// exists (a HEAD says so: a void root still exists and its writer is a zombie). Such a
+/// writer is damage, not a dead writer: its
+/// segments are the only record of its counts and its packs may hold blobs the other
+/// snapshots reach, so gc keeps both and reports the root.
+pub(crate) async fn lost_writers(repo: &Repository, set: &SegmentSet) -> Result<Lost> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, commit) in super::check::lost_root_segments(repo, set).await? {
+        out.insert(segment_writer(&key).to_string(), commit);
+    }
+    let mut lost = std::collections::BTreeMap::new();
+    for (holder, commit) in out {
+        match repo.store().head(&commit).await {
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                lost.insert(holder, commit);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut packs = HashSet::new();
+    for o in &set.uncounted {
+        if !o.key.starts_with("index/") || !lost.contains_key(segment_writer(&o.key)) {
+            continue;
+        }
+        match repo.segment_head(&o.key).await {
+            Ok(h) => packs.extend(h.meta.packs.iter().cloned()),
+            Err(e) if super::error::is_damage(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Lost { roots: lost, packs })
+}
+
+/// What [`lost_writers`] found.
+#[derive(Default, Debug)]
+pub(crate) struct Lost {
+    /// Writer (holder) → the root key it committed, now missing.
+    pub roots: std::collections::BTreeMap<String, String>,
+    /// Packs their index segments name (never orphans while the root may come back).
+    pub packs: HashSet<String>,
 }

@@ -2,7 +2,7 @@
 //! `store`; this one only has to honour the trait's contract, including create-if-absent
 //! and Last-Modified, which lease tests can move forward).
 
-use crate::backup::{backup, BackupOptions, RawSource};
+use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource, RawSource};
 use crate::repo::{InitOptions, Repository};
 use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
@@ -203,6 +203,42 @@ pub async fn back_up_pattern(repo: &Repository, volume: &str, seed: u32, len: us
         ..Default::default()
     };
     backup(repo, src, &opts).await.unwrap().id
+}
+
+/// A volume held in memory (no file, no base identity).
+pub struct VecSource(pub Vec<u8>);
+
+impl BlockSource for VecSource {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn identity(&self) -> Option<BaseIdentity> {
+        None
+    }
+}
+
+/// Back up `data` as `volume` from memory; the snapshot id.
+pub async fn back_up_bytes(repo: &Repository, volume: &str, data: &[u8]) -> String {
+    let opts = BackupOptions {
+        volume: volume.into(),
+        ..Default::default()
+    };
+    backup(repo, Arc::new(VecSource(data.to_vec())), &opts)
+        .await
+        .unwrap()
+        .id
+}
+
+/// `len` bytes of a seeded `StdRng` stream.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
 }
 
 /// `len` bytes of an xorshift stream: no two chunks alike.

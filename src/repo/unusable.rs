@@ -40,11 +40,27 @@ impl SegmentSet {
         self.markers.unusable.iter().chain(self.unusable.iter())
     }
 
+    /// Is `key` a damaged root whose snapshot is deleted (a delete of a damaged root wrote
+    /// its tombstone and released nothing, format-spec §9.1 "Deleting a damaged root")?
+    /// No live snapshot reaches anything through it and its segments count whatever
+    /// their writer (the leak direction), so it leaves gc free to run and a recount
+    /// complete: the counts only it held are what a complete recount lowers.
+    pub(crate) fn deleted_damaged_root(&self, key: &str) -> bool {
+        let Some((volume, id)) = key
+            .strip_prefix("snapshots/")
+            .and_then(|r| r.split_once('/'))
+        else {
+            return false;
+        };
+        self.markers.damaged_commits.contains(key) && self.markers.is_deleted(volume, id)
+    }
+
     /// Refuse to go on when any object of the view is damaged (gc: its compaction would
-    /// bake a guess about a damaged marker into the segments it writes).
+    /// bake a guess about a damaged marker into the segments it writes), except a damaged
+    /// root whose snapshot is deleted ([`SegmentSet::deleted_damaged_root`]).
     pub(crate) fn ensure_no_damage(&self) -> Result<(), RepoError> {
         let damaged: Vec<&str> = (self.unusable())
-            .filter(|u| !u.stray)
+            .filter(|u| !u.stray && !self.deleted_damaged_root(&u.key))
             .map(|u| u.key.as_str())
             .collect();
         if damaged.is_empty() {

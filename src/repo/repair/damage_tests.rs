@@ -3,50 +3,16 @@
 //! decision. Three snapshots share most chunks (each changes one chunk of the last).
 
 use super::rebuild::pack_entries_of;
-use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
 use crate::repo::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::MemStore;
-use crate::repo::{BlobKind, CheckOptions, InitOptions, RepoError, Repository};
+use crate::repo::testing::{back_up_bytes as back_up, mem_repo, random_bytes as random, MemStore};
+use crate::repo::{BlobKind, CheckOptions, RepoError, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::ObjectStore;
 use bytes::Bytes;
-use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
 
 const CHUNK: usize = 65536;
-
-struct VecSource(Vec<u8>);
-
-impl BlockSource for VecSource {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn identity(&self) -> Option<BaseIdentity> {
-        None
-    }
-}
-
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-async fn back_up(repo: &Repository, volume: &str, data: &[u8]) -> String {
-    let opts = BackupOptions {
-        volume: volume.into(),
-        ..Default::default()
-    };
-    backup(repo, Arc::new(VecSource(data.to_vec())), &opts)
-        .await
-        .unwrap()
-        .id
-}
 
 async fn restored(repo: &Repository, volume: &str, id: &str) -> crate::Result<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
@@ -62,10 +28,7 @@ async fn restores(repo: &Repository, volume: &str, id: &str, want: &[u8]) {
 
 /// A repository with three snapshots of `v` sharing most chunks.
 async fn three() -> (Arc<MemStore>, Repository, Vec<(String, Vec<u8>)>) {
-    let store = Arc::new(MemStore::default());
-    let repo = Repository::init(store.clone(), &InitOptions { chunk_size: 65536 })
-        .await
-        .unwrap();
+    let (store, repo) = mem_repo(CHUNK as u32).await;
     let mut data = random(1, 16 * CHUNK);
     let mut snaps = Vec::new();
     for step in 0..3u64 {
@@ -290,22 +253,18 @@ async fn check_read_data_verifies_pack_footers_and_trailers() {
         let n = bad.len();
         bad[n - from_end] ^= 0x10;
         store.put(&key, Bytes::from(bad)).await.unwrap();
-        let c = repo
-            .check(&CheckOptions {
-                read_data: true,
-                sample_pct: None,
-            })
-            .await
-            .unwrap();
+        let c = read_data_check(&repo).await;
         assert!(c.issues.iter().any(|i| i.object == key), "{:?}", c.issues);
     }
     store.put(&key, good).await.unwrap();
-    let c = repo
-        .check(&CheckOptions {
-            read_data: true,
-            sample_pct: None,
-        })
-        .await
-        .unwrap();
+    let c = read_data_check(&repo).await;
     assert!(c.is_clean(), "{:?}", c.issues);
+}
+
+async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
+    let full = CheckOptions {
+        read_data: true,
+        sample_pct: None,
+    };
+    repo.check(&full).await.unwrap()
 }

@@ -228,7 +228,7 @@ impl Repository {
             .map(|id| format!("table {id}: unreadable, children unknown"))
             .chain(
                 set.unusable()
-                    .filter(|u| !u.stray)
+                    .filter(|u| !u.stray && !set.deleted_damaged_root(&u.key))
                     .map(|u| format!("{}: {}", u.key, u.problem)),
             )
             .collect();

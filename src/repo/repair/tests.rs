@@ -4,51 +4,44 @@
 //! collects it. Also: a copy killed after uploading is cleaned by gc once its lease
 //! expires, even though a re-run committed the same root.
 
-use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
 use crate::repo::envelope::{self, MAGIC_GC};
 use crate::repo::gc::GcMarker;
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::{Lease, LEASE_TTL, SKEW};
-use crate::repo::testing::MemStore;
+use crate::repo::testing::{back_up_bytes, mem_repo, random_bytes as random, MemStore};
 use crate::repo::writer::Writer;
-use crate::repo::{copy, BlobId, CheckOptions, CopyOptions, InitOptions, Repository};
+use crate::repo::{copy, BlobId, CheckOptions, CopyOptions, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::ObjectStore;
 use bytes::Bytes;
-use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct VecSource(Vec<u8>);
-
-impl BlockSource for VecSource {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn identity(&self) -> Option<BaseIdentity> {
-        None
-    }
-}
-
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
 async fn back_up(repo: &Repository, data: &[u8]) -> String {
-    let opts = BackupOptions {
-        volume: "v".into(),
-        ..Default::default()
-    };
-    backup(repo, Arc::new(VecSource(data.to_vec())), &opts)
+    back_up_bytes(repo, "v", data).await
+}
+
+/// Commit (as `gc/0000000000`) a refs segment adding one count to each of `ids`.
+async fn over_count(store: &Arc<MemStore>, repo: &Repository, ids: &[BlobId]) {
+    let holder = new_time_id();
+    let lease = Lease::acquire(store.clone(), &holder, "gc", None)
         .await
-        .unwrap()
-        .id
+        .unwrap();
+    let mut w = Writer::new(repo, lease.clone(), "gc/0000000000".into(), "gc");
+    for id in ids {
+        w.add_ref(*id, 1, 0);
+    }
+    w.flush().await.unwrap();
+    let marker = GcMarker {
+        holder,
+        seq: 0,
+        lease_time_ms: lease.check_before_commit().await.unwrap(),
+        freed: false,
+        stored: None,
+    };
+    let body = Bytes::from(envelope::seal(MAGIC_GC, &marker));
+    store.put("gc/0000000000", body).await.unwrap();
+    w.finish().await;
 }
 
 async fn restores(repo: &Repository, id: &str, want: &[u8]) {
@@ -63,17 +56,9 @@ async fn restores(repo: &Repository, id: &str, want: &[u8]) {
     );
 }
 
-async fn new_repo() -> (Arc<MemStore>, Repository) {
-    let store = Arc::new(MemStore::default());
-    let repo = Repository::init(store.clone(), &InitOptions { chunk_size: 65536 })
-        .await
-        .unwrap();
-    (store, repo)
-}
-
 #[tokio::test]
 async fn repair_releases_a_leak_that_gc_collects_after_its_cutoff() {
-    let (store, repo) = new_repo().await;
+    let (store, repo) = mem_repo(65536).await;
     let first = random(1, 1 << 20);
     let second = random(2, 1 << 20);
     let s1 = back_up(&repo, &first).await;
@@ -81,23 +66,7 @@ async fn repair_releases_a_leak_that_gc_collects_after_its_cutoff() {
     let x = BlobId::of(&first[..65536]);
 
     // A committed segment over-counting x (as a lost race between two deletes leaves it).
-    let holder = new_time_id();
-    let lease = Lease::acquire(store.clone(), &holder, "gc", None)
-        .await
-        .unwrap();
-    let mut w = Writer::new(&repo, lease.clone(), "gc/0000000000".into(), "gc");
-    w.add_ref(x, 1, 0);
-    w.flush().await.unwrap();
-    let marker = GcMarker {
-        holder,
-        seq: 0,
-        lease_time_ms: lease.check_before_commit().await.unwrap(),
-        freed: false,
-        stored: None,
-    };
-    let body = Bytes::from(envelope::seal(MAGIC_GC, &marker));
-    store.put("gc/0000000000", body).await.unwrap();
-    w.finish().await;
+    over_count(&store, &repo, &[x]).await;
     // The delete sees x at 2 and leaves it at 1 without freeing it: a leak.
     repo.delete_snapshot("v", &s1).await.unwrap();
     assert!(!repo
@@ -139,8 +108,8 @@ async fn repair_releases_a_leak_that_gc_collects_after_its_cutoff() {
 
 #[tokio::test]
 async fn a_killed_copys_packs_are_reclaimed_although_the_rerun_committed_its_root() {
-    let (_, src) = new_repo().await;
-    let (dst_store, dst) = new_repo().await;
+    let (_, src) = mem_repo(65536).await;
+    let (dst_store, dst) = mem_repo(65536).await;
     let data = random(3, 1 << 20);
     let s1 = back_up(&src, &data).await;
     let root_key = format!("snapshots/v/{s1}");
@@ -211,29 +180,12 @@ impl BlockSource for Gated {
 /// backup's lease must keep gc from collecting them, and its snapshot must restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_alongside_a_running_backup_loses_nothing() {
-    let (store, repo) = new_repo().await;
+    let (store, repo) = mem_repo(65536).await;
     let data = random(4, 1 << 20);
     let s1 = back_up(&repo, &data).await;
     // Over-count every chunk, then delete s1: the chunks leak with count 1.
-    let holder = new_time_id();
-    let lease = Lease::acquire(store.clone(), &holder, "gc", None)
-        .await
-        .unwrap();
-    let mut w = Writer::new(&repo, lease.clone(), "gc/0000000000".into(), "gc");
-    for c in data.chunks(65536) {
-        w.add_ref(BlobId::of(c), 1, 0);
-    }
-    w.flush().await.unwrap();
-    let marker = GcMarker {
-        holder,
-        seq: 0,
-        lease_time_ms: lease.check_before_commit().await.unwrap(),
-        freed: false,
-        stored: None,
-    };
-    let body = Bytes::from(envelope::seal(MAGIC_GC, &marker));
-    store.put("gc/0000000000", body).await.unwrap();
-    w.finish().await;
+    let chunks: Vec<BlobId> = data.chunks(65536).map(BlobId::of).collect();
+    over_count(&store, &repo, &chunks).await;
     repo.delete_snapshot("v", &s1).await.unwrap();
 
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
