@@ -22,6 +22,7 @@
 //! backup's blocking hash tasks finish at different moments.
 
 mod actors;
+mod fixtures;
 mod regressions;
 mod regressions_fence;
 mod regressions_gc;
