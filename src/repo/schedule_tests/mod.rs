@@ -27,6 +27,7 @@ mod regressions;
 mod regressions_fence;
 mod regressions_gc;
 mod regressions_leaks;
+mod regressions_repair;
 
 use super::lease::{LEASE_TTL, SKEW};
 use super::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
