@@ -248,8 +248,12 @@ impl Repository {
                 (want - have).max(0)
             };
             // A live table whose children are not counted on its behalf is counted once
-            // again (the deltas bring its children to that weight): a raise.
-            let revive = expected.tables.contains(id) && contribution <= 0;
+            // again (the deltas bring its children to that weight): a raise. Not one that
+            // could not be read: no delta raised its children, and a REVIVED flag would
+            // say they are counted (gc would then collect them); gc revives it once read.
+            let revive = expected.tables.contains(id)
+                && contribution <= 0
+                && !expected.unreadable.contains(id);
             if revive {
                 report.tables_revived += 1;
             }

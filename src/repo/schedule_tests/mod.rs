@@ -22,10 +22,12 @@
 //! backup's blocking hash tasks finish at different moments.
 
 mod actors;
+mod fixtures;
 mod regressions;
 mod regressions_fence;
 mod regressions_gc;
 mod regressions_leaks;
+mod regressions_repair;
 
 use super::lease::{LEASE_TTL, SKEW};
 use super::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};

@@ -1,64 +1,19 @@
 //! Deterministic regression tests for what the schedule runner found.
 
 use super::actors::{VersionSource, CS};
-use crate::backup::{backup, BackupOptions};
+use super::fixtures::{
+    assert_clean_and_nothing_to_repair, assert_nothing_to_repair, back_up,
+    backup_paused_before_root, opts, packs_of, random, restored, setup,
+};
+use crate::backup::backup;
 use crate::repo::lease::{LEASE_TTL, SKEW};
 use crate::repo::testing::MemStore;
-use crate::repo::{CheckOptions, InitOptions, Repository};
+use crate::repo::{CheckOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
 use crate::store::{ObjectStore, PutOutcome, StoreError};
 use bytes::Bytes;
-use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
-
-pub(super) fn random(seed: u64, chunks: usize) -> Vec<u8> {
-    let mut v = vec![0u8; chunks * CS];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-pub(super) async fn setup() -> (Arc<MemStore>, Repository) {
-    let mem = Arc::new(MemStore::default());
-    let repo = Repository::init(
-        mem.clone(),
-        &InitOptions {
-            chunk_size: CS as u32,
-        },
-    )
-    .await
-    .unwrap();
-    (mem, repo)
-}
-
-async fn back_up(repo: &Repository, volume: &str, data: Vec<u8>) -> String {
-    let opts = BackupOptions {
-        volume: volume.into(),
-        ..BackupOptions::default()
-    };
-    backup(repo, VersionSource::fixed(data), &opts)
-        .await
-        .unwrap()
-        .id
-}
-
-/// Packs whose names start with `holder`.
-fn packs_of(mem: &MemStore, holder: &str) -> Vec<String> {
-    mem.keys("packs/")
-        .into_iter()
-        .filter(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with(holder)))
-        .collect()
-}
-
-async fn assert_nothing_to_repair(repo: &Repository) {
-    let r = repo.repair().await.unwrap();
-    assert!(r.check.is_clean(), "{:?}", r.check.issues);
-    assert_eq!(
-        (r.stray_packs_deleted, r.commit),
-        (0, None),
-        "repair found work"
-    );
-}
 
 /// A gc that committed but died before deleting its dead packs: the next gc must delete
 /// them, even when it compacts (compaction drops the superseded segments' dead-pack lists).
@@ -106,15 +61,7 @@ async fn a_pack_shadowed_by_newer_copies_is_deleted_at_compaction() {
     let g = repo.gc().await.unwrap();
     assert!(g.segments_compacted > 0);
     assert_eq!(packs_of(&mem, &old), Vec::<String>::new());
-    let c = repo
-        .check(&CheckOptions {
-            read_data: true,
-            sample_pct: None,
-        })
-        .await
-        .unwrap();
-    assert!(c.is_clean(), "{:?}", c.issues);
-    assert_nothing_to_repair(&repo).await;
+    assert_clean_and_nothing_to_repair(&repo).await;
 }
 
 /// A store whose clock jumps past `LEASE_TTL` right before the creation of a commit marker
@@ -150,11 +97,7 @@ async fn a_backup_whose_root_is_fenced_fails() {
     }))
     .await
     .unwrap();
-    let opts = BackupOptions {
-        volume: "a".into(),
-        ..BackupOptions::default()
-    };
-    let err = backup(&stalled, VersionSource::fixed(random(1, 4)), &opts)
+    let err = backup(&stalled, VersionSource::fixed(random(1, 4)), &opts("a"))
         .await
         .expect_err("a fenced root is not a committed snapshot");
     assert!(err.to_string().contains("lease"), "{err}");
@@ -182,18 +125,7 @@ async fn a_fenced_gc_marker_deletes_nothing_and_does_not_block_the_next_gc() {
     let g = repo.gc().await.expect("the next gc is not blocked");
     assert_eq!(mem.keys("gc/").len(), 2);
     assert!(g.requests > 0);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("b.raw");
-    crate::restore::restore(
-        &repo,
-        "b",
-        &kept,
-        &crate::restore::RestoreTarget::Raw(out.clone()),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(std::fs::read(&out).unwrap().len(), 8 * CS);
+    assert_eq!(restored(&repo, "b", &kept).await.unwrap().len(), 8 * CS);
     assert_nothing_to_repair(&repo).await;
 }
 
@@ -220,30 +152,6 @@ async fn a_fenced_tombstone_deletes_nothing() {
     assert_eq!(repo.snapshot("a", &id).await.unwrap().id, id);
 }
 
-/// A store that pauses a writer right before it creates a commit marker under `prefix`,
-/// until the test lets it go.
-#[derive(Debug)]
-struct PauseBeforeCommit {
-    inner: Arc<MemStore>,
-    prefix: &'static str,
-    reached: tokio::sync::Notify,
-    resume: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for PauseBeforeCommit {
-    crate::store::forward_descriptive_methods!();
-    crate::store::forward_io_methods!(put);
-    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
-        if key.starts_with(self.prefix) {
-            self.reached.notify_one();
-            self.resume.notified().await;
-        }
-        self.inner.put_if_absent(key, data).await
-    }
-    crate::store::forward_io_methods!(get, get_range, head, list, delete, delete_batch);
-}
-
 /// Backup S2 keeps its parent S1's table T while S1 is deleted (T freed, its children
 /// released); S2 commits; then S2 is deleted before any gc revived T. That second delete
 /// must not release T's children again (found by the schedule runner: counts went to −1
@@ -253,24 +161,7 @@ async fn a_table_released_twice_does_not_release_its_children_twice() {
     let (mem, repo) = setup().await;
     let data = random(1, 8);
     let s1 = back_up(&repo, "a", data.clone()).await;
-    let paused = Arc::new(PauseBeforeCommit {
-        inner: mem.clone(),
-        prefix: "snapshots/",
-        reached: tokio::sync::Notify::new(),
-        resume: tokio::sync::Notify::new(),
-    });
-    let slow = Repository::open(paused.clone()).await.unwrap();
-    let running = tokio::spawn({
-        let data = data.clone();
-        async move {
-            let opts = BackupOptions {
-                volume: "a".into(),
-                ..BackupOptions::default()
-            };
-            backup(&slow, VersionSource::fixed(data), &opts).await
-        }
-    });
-    paused.reached.notified().await;
+    let (paused, running) = backup_paused_before_root(&mem, "a", data.clone()).await;
     let d = repo.delete_snapshot("a", &s1).await.unwrap();
     assert!(d.freed_blobs > 0, "S1's table is freed");
     paused.resume.notify_one();
@@ -282,32 +173,6 @@ async fn a_table_released_twice_does_not_release_its_children_twice() {
     let c = repo.check(&CheckOptions::default()).await.unwrap();
     assert!(c.is_clean(), "{:#?}", c.issues);
     assert_nothing_to_repair(&repo).await;
-}
-
-/// Start a backup of `data` to `volume` that stops right before creating its root.
-async fn backup_paused_before_root(
-    mem: &Arc<MemStore>,
-    volume: &str,
-    data: Vec<u8>,
-) -> (
-    Arc<PauseBeforeCommit>,
-    tokio::task::JoinHandle<crate::Result<crate::backup::BackupReport>>,
-) {
-    let paused = Arc::new(PauseBeforeCommit {
-        inner: mem.clone(),
-        prefix: "snapshots/",
-        reached: tokio::sync::Notify::new(),
-        resume: tokio::sync::Notify::new(),
-    });
-    let slow = Repository::open(paused.clone()).await.unwrap();
-    let opts = BackupOptions {
-        volume: volume.into(),
-        ..BackupOptions::default()
-    };
-    let running =
-        tokio::spawn(async move { backup(&slow, VersionSource::fixed(data), &opts).await });
-    paused.reached.notified().await;
-    (paused, running)
 }
 
 /// Three writers store the same new tables at once (none sees the others' uncommitted

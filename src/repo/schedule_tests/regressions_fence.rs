@@ -3,8 +3,8 @@
 //! leave, and a lease renewal must tell its own generation from someone else's.
 
 use super::actors::VersionSource;
-use super::regressions::{random, setup};
-use crate::backup::{backup, BackupOptions, BackupReport};
+use super::fixtures::{assert_nothing_to_repair, back_up, keys_of, opts, random, setup};
+use crate::backup::{backup, BackupReport};
 use crate::repo::checkpoint::ADOPT_GENERATION;
 use crate::repo::envelope::{self, MAGIC_LEASE};
 use crate::repo::ids::new_time_id;
@@ -21,46 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-
-fn opts(volume: &str) -> BackupOptions {
-    BackupOptions {
-        volume: volume.into(),
-        ..BackupOptions::default()
-    }
-}
-
-async fn back_up(repo: &Repository, volume: &str, data: Vec<u8>) -> String {
-    backup(repo, VersionSource::fixed(data), &opts(volume))
-        .await
-        .unwrap()
-        .id
-}
-
-/// Keys (any prefix) whose last path component starts with `holder`.
-fn keys_of(mem: &MemStore, prefix: &str, holder: &str) -> Vec<String> {
-    mem.keys(prefix)
-        .into_iter()
-        .filter(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with(holder)))
-        .collect()
-}
-
-/// Nothing left for `check --repair`: no stray of any kind, no count to correct.
-async fn assert_nothing_to_repair(repo: &Repository) {
-    let r = repo.repair().await.unwrap();
-    assert!(r.check.is_clean(), "{:?}", r.check.issues);
-    assert_eq!(
-        (
-            r.stray_packs_deleted,
-            r.stray_segments_deleted,
-            r.stray_intents_deleted,
-            r.stray_checkpoints_deleted,
-            r.objects_of_leased_writers,
-            r.commit.clone()
-        ),
-        (0, 0, 0, 0, 0, None),
-        "repair found work: {r:#?}"
-    );
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {

@@ -3,53 +3,13 @@
 //! retention (issue 20, finding 5).
 
 use super::actors::{VersionSource, CS};
-use super::regressions::{random, setup};
-use crate::backup::{backup, BackupOptions, BlockSource};
+use super::fixtures::{assert_clean_and_nothing_to_repair, back_up, cat, random, restored, setup};
+use crate::backup::{backup, BlockSource};
 use crate::repo::lease::SKEW;
 use crate::repo::testing::{CreateHook, MemStore};
-use crate::repo::{BlobId, CheckOptions, Repository};
-use crate::restore::{restore, RestoreTarget};
+use crate::repo::{BlobId, Repository};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-
-async fn back_up(repo: &Repository, volume: &str, data: Vec<u8>) -> String {
-    let opts = BackupOptions {
-        volume: volume.into(),
-        ..BackupOptions::default()
-    };
-    backup(repo, VersionSource::fixed(data), &opts)
-        .await
-        .unwrap()
-        .id
-}
-
-fn cat(parts: &[&Vec<u8>]) -> Vec<u8> {
-    parts.iter().flat_map(|p| p.iter().copied()).collect()
-}
-
-async fn restored(repo: &Repository, volume: &str, id: &str) -> crate::Result<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.raw");
-    restore(repo, volume, id, &RestoreTarget::Raw(out.clone()), None).await?;
-    Ok(std::fs::read(&out).unwrap())
-}
-
-async fn assert_clean_and_nothing_to_repair(repo: &Repository) {
-    let c = repo
-        .check(&CheckOptions {
-            read_data: true,
-            sample_pct: None,
-        })
-        .await
-        .unwrap();
-    assert!(c.is_clean(), "{:?}", c.issues);
-    let r = repo.repair().await.unwrap();
-    assert_eq!(
-        (r.commit.clone(), r.refcounts_fixed, r.stray_packs_deleted),
-        (None, 0, 0),
-        "repair found work: {r:#?}"
-    );
-}
 
 /// Deletes `(volume, id)` pairs concurrently: each one's tombstone create waits until all
 /// of them got there, so every delete's view predates every tombstone (they race).
@@ -132,13 +92,8 @@ async fn racing_deletes_keep_a_shared_chunk_that_a_running_backup_reused() {
         once: AtomicBool::new(false),
     });
     let repo2 = repo.clone();
-    let running = tokio::spawn(async move {
-        let opts = BackupOptions {
-            volume: "c".into(),
-            ..BackupOptions::default()
-        };
-        backup(&repo2, paused, &opts).await
-    });
+    let running =
+        tokio::spawn(async move { backup(&repo2, paused, &super::fixtures::opts("c")).await });
     tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 //! same garbage as collected on every run.
 
 use super::actors::{VersionSource, CS};
-use super::regressions::{random, setup};
+use super::fixtures::{packs_of, random, setup};
 use crate::backup::{backup, BackupOptions, BlockSource};
 use crate::repo::envelope::{self, MAGIC_INTENT};
 use crate::repo::ids::new_time_id;
@@ -46,14 +46,6 @@ fn every_pack(volume: &str) -> BackupOptions {
         checkpoint_interval: Some(Duration::ZERO),
         ..BackupOptions::default()
     }
-}
-
-/// Packs whose names start with `holder`.
-fn packs_of(mem: &MemStore, holder: &str) -> Vec<String> {
-    mem.keys("packs/")
-        .into_iter()
-        .filter(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with(holder)))
-        .collect()
 }
 
 /// Record an orphan sweep as just done: the next gc runs without it (so what a test
