@@ -1,6 +1,8 @@
 //! HTTP errors in the persistent-disk API's format: a status and
-//! `{"message": ["…", …]}`. Client mistakes are 4xx with every problem listed; only an
-//! engine or local I/O failure is a 500.
+//! `{"message": ["…", …]}`, plus a stable `code` for errors a client must tell apart
+//! (`copied_repository`). Client mistakes are 4xx with every problem listed; a repository
+//! that refuses work until an operator acts is a 409; only an engine or local I/O failure
+//! is a 500.
 
 use crate::service::ServiceError;
 use axum::http::StatusCode;
@@ -12,7 +14,14 @@ use axum::Json;
 pub struct ApiError {
     pub status: StatusCode,
     pub messages: Vec<String>,
+    /// A stable machine-readable reason, where a client must act on it (never renamed).
+    pub code: Option<&'static str>,
 }
+
+/// `code` of a 409: the repository looks like a copy whose store times were reset
+/// (`RepoError::CopiedRepository`, CLI exit code 13); destructive work refuses until an
+/// operator runs `island check --adopt-copy` on it.
+pub const COPIED_REPOSITORY: &str = "copied_repository";
 
 impl ApiError {
     /// `status` with one message.
@@ -20,6 +29,7 @@ impl ApiError {
         ApiError {
             status,
             messages: vec![message.into()],
+            code: None,
         }
     }
 
@@ -33,6 +43,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             messages,
+            code: None,
         }
     }
 }
@@ -46,6 +57,12 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
             ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            ServiceError::Engine(crate::Error::Repo(
+                e @ crate::repo::RepoError::CopiedRepository { .. },
+            )) => ApiError {
+                code: Some(COPIED_REPOSITORY),
+                ..ApiError::new(StatusCode::CONFLICT, e.to_string())
+            },
             other => {
                 tracing::error!("request failed: {other}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -56,7 +73,41 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "message": self.messages });
+        let mut body = serde_json::json!({ "message": self.messages });
+        if let Some(code) = self.code {
+            body["code"] = code.into();
+        }
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::RepoError;
+
+    /// A copied repository's refusal is a 409 with the stable code, not a 500: the client
+    /// must tell "an operator has to adopt this copy" from an engine failure.
+    #[tokio::test]
+    async fn a_copied_repository_is_a_409_with_a_stable_code() {
+        let e = ServiceError::from(crate::Error::from(RepoError::CopiedRepository {
+            markers: 2,
+            example: "snapshots/vm/x".into(),
+        }));
+        let resp = ApiError::from(e).into_response();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["code"], COPIED_REPOSITORY, "{body}");
+        let m = body["message"][0].as_str().unwrap();
+        assert!(m.contains("adopt-copy"), "{m}");
+        let other = ApiError::from(ServiceError::Conflict("attached".into())).into_response();
+        let bytes = axum::body::to_bytes(other.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(body.get("code").is_none(), "{body}");
     }
 }

@@ -171,6 +171,23 @@ pub async fn backup(
         None => new_time_id(),
     };
     let lease = Lease::acquire(repo.store().clone(), &id, "backup", Some(&opts.volume)).await?;
+    let r = backup_leased(repo, source, opts, id, &lease, &before).await;
+    if r.is_err() {
+        // A failed run stops for good: a re-run may adopt its checkpoint at once.
+        lease.abandon().await;
+    }
+    r
+}
+
+/// [`backup`] once its lease is held.
+async fn backup_leased(
+    repo: &Repository,
+    source: Arc<dyn BlockSource>,
+    opts: &BackupOptions,
+    id: String,
+    lease: &Lease,
+    before: &crate::store::RequestCounts,
+) -> Result<BackupReport> {
     let set = repo.load_segments().await?;
     let parent: Option<SnapshotManifest> = match &opts.parent {
         Some(id) => Some(repo.snapshot(&opts.volume, id).await?),
@@ -413,8 +430,8 @@ pub async fn backup(
         writer: id.clone(),
         lease_time_ms: 0,
     };
-    crate::repo::commit::commit_new_root(repo, w, &lease, &mut manifest, &before).await?;
-    let used = repo.counts().since(&before);
+    crate::repo::commit::commit_new_root(repo, w, lease, &mut manifest, before).await?;
+    let used = repo.counts().since(before);
     let bytes_changed = c.chunks_changed * cs;
     Ok(BackupReport {
         id,

@@ -51,8 +51,9 @@ pub(super) async fn resume(
     let mut found = checkpoint::find(repo, volume, w.holder()).await?;
     // Same job first (stable: newest first within each group).
     found.sort_by_key(|c| !c.job.resumable_by(job));
+    let now = w.lease.store_time()?;
     for ck in found {
-        let Some(claim) = checkpoint::claim(repo, &ck, w.holder()).await? else {
+        let Some(claim) = checkpoint::claim(repo, &ck, w.holder(), now).await? else {
             continue;
         };
         let whole = ck.job.resumable_by(job);

@@ -356,3 +356,146 @@ async fn raw_restore_skips_what_the_killed_run_recorded_as_done() {
     assert_eq!(again.chunks_kept, 36, "{again:?}");
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
+
+/// The holder of the only checkpoint in the store.
+fn checkpointed_holder(store: &MemStore) -> String {
+    let ck = store.keys("checkpoints/");
+    ck.first()
+        .and_then(|k| k.split('/').nth(1))
+        .expect("a checkpoint")
+        .to_string()
+}
+
+/// Issue 20, found by the protocol model (`tests/protocol_model`): a zombie writer's fenced
+/// renewal is still a fresh lease generation. The claim compared only the newest generation
+/// with its own time, so it accepted a holder that a gc may have judged dead during the
+/// gap (and whose cleanup, under way from that judgment, then deleted the packs the re-run
+/// adopted and committed). The claim now needs an unbroken chain of generations.
+#[tokio::test]
+async fn a_zombies_fenced_renewal_does_not_make_its_holder_adoptable() {
+    use crate::repo::envelope::{self, MAGIC_LEASE};
+    use crate::repo::lease::{lease_key, LeaseBody};
+    let (store, repo) = new_repo(65536).await;
+    let data = volume(SIZE, 12);
+    let src = MemSource::new(data.clone());
+    backup(&repo, dying(&src, 30 << 20, "t"), &every_pack("vm"))
+        .await
+        .unwrap_err();
+    let holder = checkpointed_holder(&store);
+    // A paused writer (SIGSTOP, a frozen VM) abandons nothing: only generation 0 is left.
+    let gens = store.keys(&format!("leases/{holder}/"));
+    assert_eq!(gens.len(), 2, "generation 0 and the abandonment: {gens:?}");
+    repo.store().delete_batch(&gens[1..]).await.unwrap();
+    // It wakes past its lease's expiry (a gc may have judged it dead meanwhile) and renews:
+    // the renewal is fenced, yet its generation 1 now exists, fresh.
+    store.advance(lease::LEASE_TTL + crate::repo::lease_skew() + Duration::from_secs(60));
+    let body = LeaseBody {
+        holder: holder.clone(),
+        op: "backup".into(),
+        volume: Some("vm".into()),
+        generation: 1,
+    };
+    let key = lease_key(&holder, 1);
+    repo.store()
+        .put(&key, bytes::Bytes::from(envelope::seal(MAGIC_LEASE, &body)))
+        .await
+        .unwrap();
+    // A re-run once the zombie looks gone again, within LEASE_TTL of that generation.
+    store.advance(crate::repo::checkpoint::ADOPT_AFTER + Duration::from_secs(60));
+    let r = backup(&repo, dying(&src, u64::MAX, "t"), &every_pack("vm"))
+        .await
+        .unwrap();
+    assert_eq!(r.resumed_from, None, "{r:?}");
+    assert_eq!(restored(&repo, "vm", &r.id).await, data);
+    clean(&repo).await;
+}
+
+/// A source that stops at `pause_at` until released (a slow source mid-backup), and says
+/// when it got there.
+struct Paused {
+    inner: Arc<MemSource>,
+    pause_at: u64,
+    /// (reached, released)
+    gate: Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+}
+
+impl BlockSource for Paused {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset >= self.pause_at {
+            let (m, cv) = &*self.gate;
+            let mut g = m.lock().unwrap();
+            g.0 = true;
+            cv.notify_all();
+            while !g.1 {
+                g = cv.wait(g).unwrap();
+            }
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn changed_since(&self, base: &BaseIdentity) -> Option<Vec<SourceRange>> {
+        self.inner.changed_since(base)
+    }
+    fn identity(&self) -> Option<BaseIdentity> {
+        self.inner.identity()
+    }
+    fn resume_token(&self) -> Option<String> {
+        Some("same".into())
+    }
+}
+
+/// Issue 20, finding 4: a second backup of a volume adopted the checkpoint of the first
+/// while the first was still running, and the first was then fenced ("a re-run adopted
+/// this holder"). §6 says both commit: a holder is adopted only once it stopped renewing
+/// (or abandoned its lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_backups_of_one_volume_both_commit() {
+    let (store, repo) = new_repo(65536).await;
+    let first = volume(SIZE, 13);
+    let gate = Arc::new((
+        std::sync::Mutex::new((false, false)),
+        std::sync::Condvar::new(),
+    ));
+    let paused = Arc::new(Paused {
+        inner: MemSource::new(first.clone()),
+        pause_at: 48 << 20,
+        gate: gate.clone(),
+    });
+    let running = {
+        let repo = repo.clone();
+        tokio::spawn(async move { backup(&repo, paused, &every_pack("vm")).await })
+    };
+    // Wait until the first backup is stopped at its source with a checkpoint stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(gate.0.lock().unwrap().0 && !store.keys("checkpoints/").is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second_data = volume(SIZE, 14);
+    let second = backup(
+        &repo,
+        Arc::new(Paused {
+            inner: MemSource::new(second_data.clone()),
+            pause_at: u64::MAX,
+            gate: Arc::new(Default::default()),
+        }),
+        &every_pack("vm"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.resumed_from, None, "{second:?}");
+    {
+        let (m, cv) = &*gate;
+        m.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let first_report = running
+        .await
+        .unwrap()
+        .expect("the first backup commits too");
+    assert_eq!(restored(&repo, "vm", &first_report.id).await, first);
+    assert_eq!(restored(&repo, "vm", &second.id).await, second_data);
+    clean(&repo).await;
+}

@@ -6,11 +6,14 @@
 //! editor's resident path. A re-run of the same volume that finds the checkpoint of a
 //! writer that is gone *adopts* it:
 //!
-//! 1. **claim**: create `leases/<old>/9999999999` with create-if-absent (one adopter per
-//!    holder, ever) and require its store time to be within `LEASE_TTL` of the old holder's
-//!    newest generation: exactly the renewal rule, so no gc can have judged the old holder
-//!    dead (gc waits `LEASE_TTL + SKEW`) and no gc can judge it dead before the claim is
-//!    `LEASE_TTL + SKEW` old;
+//! 1. **claim**: only a holder that neither renewed for [`ADOPT_AFTER`] nor abandoned its
+//!    lease (a live one renews more often); create `leases/<old>/9999999999` with
+//!    create-if-absent (one adopter per holder, ever) and require the old holder's lease
+//!    chain to be unbroken up to the claim's store time (`lease::chain_unbroken`:
+//!    generations `0..=n`, each within `LEASE_TTL` of the previous, the claim within
+//!    `LEASE_TTL` of `n`): so no gc can have judged the old holder dead (gc waits
+//!    `LEASE_TTL + SKEW`), not even through a zombie's fenced renewal (a fresh generation
+//!    after a gap), and no gc can judge it dead before the claim is `LEASE_TTL + SKEW` old;
 //! 2. **verify** every listed pack still exists (HEAD), and read the footers of the packs
 //!    the old holder sealed *after* the checkpoint (its tail: self-describing, checked by
 //!    crc32c; a corrupt or unreadable one ends the tail);
@@ -29,7 +32,7 @@
 
 use super::envelope::{self, MAGIC_CHECKPOINT, MAGIC_INTENT, MAGIC_LEASE};
 use super::gc::{pack_entries, segment_records};
-use super::lease::{lease_key, LeaseBody, LEASE_TTL};
+use super::lease::{self, lease_key, LeaseBody, RENEW_AFTER};
 use super::pack::PackEntry;
 use super::segment::{self, INDEX_RECORD, REFS_RECORD};
 use super::tree::TreeState;
@@ -46,6 +49,13 @@ use std::time::{Duration, Instant, SystemTime};
 /// Generation number of the adoption claim in the adopted holder's lease chain: above any
 /// real generation, so the holder itself can never create it.
 pub(crate) const ADOPT_GENERATION: u64 = 9_999_999_999;
+/// A holder that neither renewed its lease for this long nor abandoned it is presumed dead
+/// and may be adopted (issue 20, finding 4: a concurrent backup of the same volume adopted
+/// a live writer, which was then fenced). A live writer renews at least every
+/// `RENEW_AFTER` while it seals packs, so twice that; the claim must still come within
+/// `LEASE_TTL` of the newest generation (`lease::chain_unbroken`), which leaves a window of
+/// `LEASE_TTL − ADOPT_AFTER` (20 min) after a kill in which a re-run adopts.
+pub(crate) const ADOPT_AFTER: Duration = Duration::from_secs(2 * RENEW_AFTER.as_secs());
 /// Chunk locations of a non-matching checkpoint offered for reuse at most (bounds memory
 /// to roughly 100 bytes each).
 const OFFER_MAX: usize = 2 << 20;
@@ -172,12 +182,33 @@ impl Claim {
 }
 
 /// Claim `ck`'s holder for `me`, check that its packs survive and read the footers of the
-/// packs it sealed after the checkpoint (steps 1–2 of the module doc). `None`: somebody
-/// else adopted it, its lease chain is broken (a gc may already have judged it dead) or a
-/// pack is gone; the caller then starts afresh.
-pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Result<Option<Claim>> {
+/// packs it sealed after the checkpoint (steps 1–2 of the module doc). `now` is the store
+/// time of `me`'s newest lease generation. `None`: the holder may still be running (it
+/// renewed within [`ADOPT_AFTER`] of `now` and did not abandon its lease), somebody else
+/// adopted it, its lease chain is broken (a gc may already have judged it dead) or a pack
+/// is gone; the caller then starts afresh.
+pub(crate) async fn claim(
+    repo: &Repository,
+    ck: &Checkpoint,
+    me: &str,
+    now: SystemTime,
+) -> Result<Option<Claim>> {
     let store = repo.store();
     let at = Instant::now();
+    let gens = generations(repo, &ck.holder).await?;
+    if !lease::chain_unbroken(&gens, now) {
+        tracing::info!("not resuming {}: its lease chain is broken", ck.holder);
+        return Ok(None);
+    }
+    let newest = gens.iter().map(|g| g.1).max().unwrap_or(now);
+    let age = now.duration_since(newest).unwrap_or_default();
+    if age <= ADOPT_AFTER && !abandoned(repo, &ck.holder, &gens).await {
+        tracing::info!(
+            "not resuming {}: its lease was renewed {age:?} ago, it may still be running",
+            ck.holder
+        );
+        return Ok(None);
+    }
     let key = lease_key(&ck.holder, ADOPT_GENERATION);
     let body = LeaseBody {
         holder: ck.holder.clone(),
@@ -194,17 +225,7 @@ pub(crate) async fn claim(repo: &Repository, ck: &Checkpoint, me: &str) -> Resul
         .await?
         .last_modified
         .unwrap_or_else(SystemTime::now);
-    let newest = repo
-        .list_all(&format!("leases/{}/", ck.holder))
-        .await?
-        .into_iter()
-        .filter(|o| o.key != key)
-        .filter_map(|o| o.last_modified)
-        .max();
-    let Some(newest) = newest else {
-        return Ok(None);
-    };
-    if claimed.duration_since(newest).unwrap_or_default() > LEASE_TTL {
+    if !lease::chain_unbroken(&generations(repo, &ck.holder).await?, claimed) {
         tracing::info!(
             "not resuming {}: its lease expired before the claim",
             ck.holder
@@ -255,6 +276,39 @@ enum TailPack {
     Chunks(Vec<PackEntry>),
     /// Unreadable, corrupt or without chunks: ends the tail.
     Unusable,
+}
+
+/// The lease generations of `holder` (number, store time), its adoption claim excluded.
+/// A key that is not a generation number, or a generation without a store time, is kept
+/// as generation `u64::MAX` at the epoch, which breaks the chain: adoption is then refused.
+async fn generations(repo: &Repository, holder: &str) -> Result<Vec<(u64, SystemTime)>> {
+    Ok(repo
+        .list_all(&format!("leases/{holder}/"))
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let gen = o.key.rsplit('/').next()?.parse::<u64>().ok();
+            match (gen, o.last_modified) {
+                (Some(ADOPT_GENERATION), _) => None,
+                (Some(g), Some(t)) => Some((g, t)),
+                _ => Some((u64::MAX, SystemTime::UNIX_EPOCH)),
+            }
+        })
+        .collect())
+}
+
+/// Did `holder` abandon its lease (its highest generation has the op
+/// [`lease::ABANDONED`])? Unreadable means no: adoption then waits for [`ADOPT_AFTER`].
+async fn abandoned(repo: &Repository, holder: &str, gens: &[(u64, SystemTime)]) -> bool {
+    let Some(top) = gens.iter().map(|g| g.0).max() else {
+        return false;
+    };
+    let key = lease_key(holder, top);
+    match repo.get_opt(&key).await {
+        Ok(Some(bytes)) => envelope::open::<LeaseBody>(MAGIC_LEASE, &key, &bytes)
+            .is_ok_and(|b| b.op == lease::ABANDONED && b.holder == holder),
+        _ => false,
+    }
 }
 
 /// The packs `holder-p<first>`, `holder-p<first+1>`, … that a killed holder sealed after
@@ -487,7 +541,7 @@ pub(crate) async fn adopt_chunks(
     volume: &str,
 ) -> Result<Option<(String, u64)>> {
     for ck in find(repo, volume, w.holder()).await? {
-        if let Some(claim) = claim(repo, &ck, w.holder()).await? {
+        if let Some(claim) = claim(repo, &ck, w.holder(), w.lease.store_time()?).await? {
             let n = take_over(repo, w, &ck, claim, false).await?;
             return Ok(Some((ck.holder, n)));
         }

@@ -21,7 +21,10 @@ pub const LEASE_TTL: Duration = Duration::from_secs(30 * 60);
 /// Allowance for clock differences between store nodes and for request latency.
 pub const SKEW: Duration = Duration::from_secs(5 * 60);
 /// Renew when the newest generation is older than this (host monotonic clock).
-const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
+pub const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
+/// The op of a generation by which a failing holder says it stopped for good
+/// ([`Lease::abandon`]).
+pub const ABANDONED: &str = "abandoned";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeaseBody {
@@ -42,6 +45,8 @@ struct LeaseState {
     /// The holder wrote a checkpoint, so a re-run may adopt it: renewals also look for the
     /// adoption claim (`checkpoint::ADOPT_GENERATION`).
     adoptable: bool,
+    /// The lease was released (or abandoned): the holder creates no generation any more.
+    released: bool,
 }
 
 /// What a renewal found (see [`Lease::try_renew`]).
@@ -117,6 +122,7 @@ impl Lease {
                 local: Instant::now(),
                 fenced: None,
                 adoptable: false,
+                released: false,
             })),
         })
     }
@@ -225,6 +231,38 @@ impl Lease {
         }
     }
 
+    /// Store time of the newest generation this holder created.
+    pub fn store_time(&self) -> Result<SystemTime> {
+        Ok(self.state()?.store_time)
+    }
+
+    /// The holder stops for good (it failed and is about to exit): create the next
+    /// generation with the op [`ABANDONED`], so that a re-run may adopt its checkpoint at
+    /// once instead of waiting until the holder looks dead (`checkpoint::ADOPT_AFTER`).
+    /// Best effort, and nothing once fenced or released: a missing abandonment only delays
+    /// adoption. The holder is fenced from here on (it writes nothing more).
+    pub async fn abandon(&self) {
+        let gen = match self.state() {
+            Ok(mut s) if s.fenced.is_none() && !s.released => {
+                s.fenced = Some("abandoned".into());
+                s.released = true;
+                s.generation + 1
+            }
+            _ => return,
+        };
+        let body = LeaseBody {
+            holder: self.holder.clone(),
+            op: ABANDONED.into(),
+            volume: self.volume.clone(),
+            generation: gen,
+        };
+        let key = lease_key(&self.holder, gen);
+        let sealed = Bytes::from(envelope::seal(MAGIC_LEASE, &body));
+        if let Err(e) = create_own(self.store.as_ref(), &key, sealed).await {
+            tracing::warn!("abandoning lease {}: {e}", self.holder);
+        }
+    }
+
     /// Renew if the newest generation is getting old (called from long pipelines).
     pub async fn keep_alive(&self) -> Result<()> {
         self.ensure_usable()?;
@@ -245,12 +283,38 @@ impl Lease {
 
     /// Remove every generation (best effort; gc removes leftovers of dead holders).
     pub async fn release(&self) {
-        let gen = self.state.lock().map(|s| s.generation).unwrap_or(0);
+        let gen = self
+            .state
+            .lock()
+            .map(|mut s| {
+                s.released = true;
+                s.generation
+            })
+            .unwrap_or(0);
         let keys: Vec<String> = (0..=gen).map(|g| lease_key(&self.holder, g)).collect();
         if let Err(e) = self.store.delete_batch(&keys).await {
             tracing::warn!("releasing lease {}: {e}", self.holder);
         }
     }
+}
+
+/// Is a holder's lease chain unbroken up to store time `until` (an adoption claim)? The
+/// listed generations (number, store time; the claim excluded) must be exactly
+/// `0, 1, …, n`, each created at most `LEASE_TTL` after the previous one, and `until` at
+/// most `LEASE_TTL` after generation `n` (format-spec §12.2 step 1). A gap in time means a
+/// renewal came too late: the holder was fenced and a gc may have judged it dead since, and
+/// the late generation is only a zombie's fenced renewal. A missing generation means a gc
+/// deleted generations of a holder it judged dead (generation 0 is kept until release).
+pub fn chain_unbroken(generations: &[(u64, SystemTime)], until: SystemTime) -> bool {
+    let mut gens = generations.to_vec();
+    gens.sort();
+    let numbered = gens.iter().enumerate().all(|(i, g)| g.0 == i as u64);
+    let times: Vec<SystemTime> = gens.iter().map(|g| g.1).chain([until]).collect();
+    !gens.is_empty()
+        && numbered
+        && times
+            .windows(2)
+            .all(|w| w[1].duration_since(w[0]).unwrap_or_default() <= LEASE_TTL)
 }
 
 /// A lease seen by gc.

@@ -10,7 +10,8 @@
 //! `leases/` and `tombstones/` by two hours, as the documented expiry would.
 
 use crate::common::kill::{
-    age, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
+    age, age_by, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill,
+    CopyRepos, ADOPTABLE_AGE,
 };
 use crate::common::rng;
 use crate::repo_ops_util::*;
@@ -80,6 +81,8 @@ fn backup_killed_with_sigkill_resumes() {
             continue;
         }
         assert_check_clean(s(&repo));
+        // The killed run looks stopped once it has not renewed for `ADOPT_AFTER`.
+        age_by(&repo, "leases", ADOPTABLE_AGE);
         let r = ok_json(&backup_args(s(&repo), s(&vol), &[]));
         if early {
             eprintln!("seed {seed}: killed {delay:?} after the start; re-run: {r}");
@@ -403,6 +406,7 @@ fn killed_qcow2_backup(write_after: bool) {
         img.write_at(&change, 0).expect("write after the kill");
         img.close().expect("close the image");
     }
+    age_by(&repo, "leases", ADOPTABLE_AGE);
     let r = ok_json(&args(&[]));
     let (up, skipped) = (
         u64_field(&r, "bytes_uploaded"),
@@ -453,6 +457,7 @@ fn copy_killed_within_a_snapshot_resumes() {
     let ready = || !files_under(b, "checkpoints").is_empty();
     spawn_and_kill(&refs(&slow), ready, delay, "copy");
     assert_check_clean(s(b));
+    age_by(b, "leases", ADOPTABLE_AGE);
     let again = ok_json(&refs(&copy(b, &[])));
     let up = u64_field(&again, "bytes_uploaded");
     eprintln!("MEASURED copy re-run after a kill within the snapshot: uploaded {up} B of {full_up} B: {again}");

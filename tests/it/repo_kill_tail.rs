@@ -5,7 +5,8 @@
 //! uploads its data again) and reclaimed by gc with the killed run.
 
 use crate::common::kill::{
-    age, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill, CopyRepos,
+    age, age_by, assert_check_clean, init_repos, kill_after, refs, spawn, spawn_and_kill,
+    CopyRepos, ADOPTABLE_AGE,
 };
 use crate::common::rng;
 use crate::repo_ops_util::*;
@@ -83,6 +84,7 @@ fn backup_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
             damage_footer(&newest);
             damaged = Some(newest);
         }
+        age_by(&repo, "leases", ADOPTABLE_AGE);
         let mut again = args(&[]);
         again.extend(["--repo", s(&repo)]);
         let r = ok_json(&again);

@@ -215,6 +215,15 @@ fn need(a: &Actor) -> Blobs {
     bit(Y) | if a.reuse_x { 0 } else { bit(X) }
 }
 
+/// `lease::chain_unbroken`, literally: the generations (number, store time), sorted, are
+/// exactly `0..=n`, each at most TTL after the previous one, and the claim (`until`) at most
+/// TTL after generation `n`.
+fn chain_unbroken(gens: &[(u8, u8)], until: u8) -> bool {
+    let numbered = gens.iter().enumerate().all(|(i, g)| g.0 as usize == i);
+    let times: Vec<u8> = gens.iter().map(|g| g.1).chain([until]).collect();
+    !gens.is_empty() && numbered && times.windows(2).all(|w| w[1].saturating_sub(w[0]) <= TTL)
+}
+
 /// backup: §5 write order, §12.2 adoption. W1 checkpoints; W2 may adopt it.
 fn writer(c: &mut Ctx, a: &mut Actor) {
     let h = a.h;
@@ -250,13 +259,7 @@ fn writer(c: &mut Ctx, a: &mut Actor) {
                     .map(|g| g.1)
                     .max()
                     .is_some_and(|n| c.now - n <= TTL),
-                ClaimRule::UnbrokenChain => {
-                    gens.push((u8::MAX, c.now));
-                    gens.len() > 1
-                        && gens
-                            .windows(2)
-                            .all(|w| w[1].1.saturating_sub(w[0].1) <= TTL)
-                }
+                ClaimRule::UnbrokenChain => chain_unbroken(&gens, c.now),
             };
             let ok = alive && c.s.has(Key::Checkpoint(W1)) && c.s.has(Key::Pack(W1));
             if ok {

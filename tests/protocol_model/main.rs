@@ -178,8 +178,8 @@ fn adoption_with_gc_is_safe_and_leak_free() {
 }
 
 /// The same with two ticks, so that gc may judge W1 (adopted or not) or W2 dead at any
-/// point. The claim rule of `checkpoint::claim` (newest generation within TTL) loses W1's
-/// pack: a gc lists W1 as dead, the zombie W1 writes a checkpoint and a fenced renewal (a
+/// point. The old claim rule of `checkpoint::claim` (newest generation within TTL) loses
+/// W1's pack: a gc lists W1 as dead, the zombie W1 writes a checkpoint and a fenced renewal (a
 /// fresh generation), W2's claim passes on that generation, gc's cleanup (from its earlier
 /// judgment, before W2 marks `intents/W1` adopted) deletes the pack W2 then commits.
 /// ≈ 2.6 million states (≈ 40 s of CPU at the test profile).

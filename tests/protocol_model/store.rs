@@ -153,11 +153,12 @@ pub enum Verdicts {
 /// How an adoption claim decides that the adopted holder was never judged dead (§12.2 step 1).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ClaimRule {
-    /// `checkpoint::claim` today: claim time − newest other generation ≤ TTL. A zombie's
-    /// fenced renewal is a fresh generation, so it passes after a gc judged the holder dead.
+    /// Before the fix: claim time − newest other generation ≤ TTL. A zombie's fenced
+    /// renewal is a fresh generation, so it passes after a gc judged the holder dead.
     NewestGeneration,
-    /// Proposed: the generations, in order and ending with the claim, are each at most TTL
-    /// after the previous one (a gap means the holder was fenced and may have been judged dead).
+    /// `checkpoint::claim` (`lease::chain_unbroken`): the generations are exactly `0..=n`
+    /// and, in order and ending with the claim, each at most TTL after the previous one (a
+    /// gap means the holder was fenced and may have been judged dead).
     UnbrokenChain,
 }
 

@@ -171,30 +171,38 @@ async fn copy_one(
     // re-run; the lease comes before the target's view, as for a backup.
     let holder = new_time_id();
     let lease = Lease::acquire(to.store().clone(), &holder, "copy", Some(&m.volume)).await?;
-    let set = to.load_segments().await?;
-    let mut w = Writer::new(to, lease.clone(), m.key(), "copy");
-    if let Some((holder, n)) = checkpoint::adopt_chunks(to, &mut w, &m.volume).await? {
-        report.resumed_from.push(holder);
-        report.blobs_adopted += n;
+    let r: Result<bool> = async {
+        let set = to.load_segments().await?;
+        let mut w = Writer::new(to, lease.clone(), m.key(), "copy");
+        if let Some((holder, n)) = checkpoint::adopt_chunks(to, &mut w, &m.volume).await? {
+            report.resumed_from.push(holder);
+            report.blobs_adopted += n;
+        }
+        let mut ck = Checkpoints::new(interval);
+        let mut root = m.clone();
+        if m.chunk_size != to.chunk_size() {
+            let top = rechunk::rechunk(from, src_set, to, &set, &mut w, m, report).await?;
+            let geo = Geometry::new(m.size, to.chunk_size());
+            root.chunk_size = to.chunk_size();
+            root.depth = geo.depth;
+            root.top = top.iter().map(BlobId::to_hex).collect();
+            add_top_refs(&mut w, &top);
+        } else {
+            let top = m.top_ids()?;
+            copy_tree(from, src_set, to, &set, &mut w, m, report, &mut ck).await?;
+            add_top_refs(&mut w, &top);
+        }
+        root.writer = holder;
+        root.stats.new_bytes = w.new_chunk_bytes;
+        let outcome = commit_root(to, w, &lease, &mut root, &before).await?;
+        Ok(outcome == Committed::Created)
     }
-    let mut ck = Checkpoints::new(interval);
-    let mut root = m.clone();
-    if m.chunk_size != to.chunk_size() {
-        let top = rechunk::rechunk(from, src_set, to, &set, &mut w, m, report).await?;
-        let geo = Geometry::new(m.size, to.chunk_size());
-        root.chunk_size = to.chunk_size();
-        root.depth = geo.depth;
-        root.top = top.iter().map(BlobId::to_hex).collect();
-        add_top_refs(&mut w, &top);
-    } else {
-        let top = m.top_ids()?;
-        copy_tree(from, src_set, to, &set, &mut w, m, report, &mut ck).await?;
-        add_top_refs(&mut w, &top);
+    .await;
+    if r.is_err() {
+        // A failed copy stops for good: a re-run may adopt its checkpoint at once.
+        lease.abandon().await;
     }
-    root.writer = holder;
-    root.stats.new_bytes = w.new_chunk_bytes;
-    let outcome = commit_root(to, w, &lease, &mut root, &before).await?;
-    Ok(outcome == Committed::Created)
+    r
 }
 
 fn add_top_refs(w: &mut Writer, top: &[BlobId]) {

@@ -131,3 +131,23 @@ pub fn age(repo: &Path, sub: &str) {
             .unwrap_or_else(|e| panic!("age {}: {e}", f.display()));
     }
 }
+
+/// How far the tests move a killed writer's lease back before its re-run: past
+/// `checkpoint::ADOPT_AFTER` (10 min, a holder that renewed more recently may still be
+/// running and is not adopted) and within `LEASE_TTL` (30 min, the chain rule).
+pub const ADOPTABLE_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Move the mtime (the directory store's Last-Modified) of every file under `repo/sub`
+/// back by `by`, keeping the gaps between them (a lease chain stays unbroken).
+pub fn age_by(repo: &Path, sub: &str, by: Duration) {
+    for f in crate::repo_ops_util::files_under(repo, sub) {
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .and_then(|h| {
+                let then = h.metadata()?.modified()? - by;
+                h.set_modified(then)
+            })
+            .unwrap_or_else(|e| panic!("age {}: {e}", f.display()));
+    }
+}
