@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# CI's fuzzing step (called by scripts/test.sh after the build): seeds every corpus with
+# CI's fuzzing step (called by scripts/test.sh after the tests): seeds every corpus with
 # fuzz/seed-corpus.sh (so the seed script cannot rot), runs every fast fuzz target for a
 # short smoke (FUZZ_SMOKE_SECONDS, default 20 s each; FUZZ_JOBS at once, default as many
 # as there are cores), then the differential qcow2 oracle over fresh qemu images and their
 # mutations.
-# Needs the nightly toolchain and cargo-fuzz; installs cargo-fuzz if it is missing and
+# Needs the nightly toolchain and cargo-fuzz; installs either if it is missing and
 # fails clearly if either cannot be had. Exit: 0 clean, 3 findings, 1 failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
