@@ -565,11 +565,13 @@ async fn gc(a: GcArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     }
     // Damaged packs were skipped (kept whole): a problem `check` attributes to snapshots;
     // a lost root's segments and packs were kept: a problem `check --repair` reports.
-    Ok(if report.damaged_packs.is_empty() && report.roots_missing.is_empty() {
-        0
-    } else {
-        EXIT_PROBLEMS
-    })
+    Ok(
+        if report.damaged_packs.is_empty() && report.roots_missing.is_empty() {
+            0
+        } else {
+            EXIT_PROBLEMS
+        },
+    )
 }
 
 async fn check(a: CheckArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {

@@ -373,7 +373,9 @@ impl Repository {
                         && (set.markers.damaged_commits)
                             .contains(&super::manifest::root_key(volume, id)) =>
                 {
-                    tracing::warn!("delete of {volume}/{id}: root unreadable, nothing released (a leak): {e}");
+                    tracing::warn!(
+                        "delete of {volume}/{id}: root unreadable, nothing released (a leak): {e}"
+                    );
                     None
                 }
                 Err(e) => return Err(e),

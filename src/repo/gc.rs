@@ -247,6 +247,34 @@ pub(crate) async fn pack_entries(
     Ok(parse_footer(&key, &footer, count, off, crc)?)
 }
 
+/// `entries` (the footer read at pack `name`'s key) when they list every location the
+/// index gives for `garbage` in that pack (same id, offset and length); otherwise the
+/// object is not this pack (swapped or misplaced) or its footer is damaged, and judging
+/// which frames are live by it could delete frames other snapshots need: damage.
+fn footer_agrees(
+    name: &str,
+    entries: Vec<super::pack::PackEntry>,
+    garbage: &[(BlobId, Location)],
+) -> Result<Vec<super::pack::PackEntry>> {
+    let listed: HashSet<(BlobId, u32, u32)> = (entries.iter())
+        .map(|e| (e.id, e.offset, e.frame_len))
+        .collect();
+    match garbage
+        .iter()
+        .find(|(id, l)| !listed.contains(&(*id, l.offset, l.frame_len)))
+    {
+        None => Ok(entries),
+        Some((id, l)) => Err(RepoError::corrupt(
+            &pack_key(name),
+            format!(
+                "footer does not list blob {id} at offset {} where the index locates it",
+                l.offset
+            ),
+        )
+        .into()),
+    }
+}
+
 /// The live frames of a pack about to be repacked, each read with a ranged GET and
 /// verified (crc32c, BLAKE3 = its id); `None` when one is damaged or missing: the caller
 /// keeps the pack whole, so damage never stops gc (issue 13, defect 9) and gc never drops
@@ -399,7 +427,8 @@ impl Repository {
             // A missing or corrupt pack holds no space to reclaim; its live frames are
             // damage that `check` reports with the snapshots it hurts (and a service mend
             // heals). gc skips it — deleting nothing — instead of failing on every run.
-            let entries = match pack_entries(self, name).await {
+            let read = pack_entries(self, name).await;
+            let entries = match read.and_then(|e| footer_agrees(name, e, garbage)) {
                 Ok(entries) => entries,
                 Err(e) if super::error::is_damage(&e) => {
                     tracing::warn!("gc: pack {name} unreadable, its garbage skipped: {e}");
@@ -575,7 +604,9 @@ impl Repository {
         }
         // 4b. Orphan packs (double faults, earlier builds): at most once per period.
         let orphans = match super::stale::sweep_due(self, now).await? {
-            true => Some(super::stale::find_orphan_packs(self, &set, &leases, &holder, now, &lost).await?),
+            true => Some(
+                super::stale::find_orphan_packs(self, &set, &leases, &holder, now, &lost).await?,
+            ),
             false => None,
         };
         if let Some(o) = &orphans {

@@ -303,6 +303,9 @@ async fn try_restore(repo: &Repository, scratch: &Path, s: &Snap, case: &str) ->
         None,
     )
     .await;
+    if let Err(e) = &r {
+        eprintln!("{case}: restore of {}/{} refused: {e}", s.volume, s.id);
+    }
     let ok = r.is_ok();
     if ok {
         let got = std::fs::read(&out).expect("read restored");
@@ -411,7 +414,9 @@ async fn run_case(c: &Case<'_>, n: usize) {
     }
     // A repair that reports nothing damaged and nothing unknown leaves a check (of what
     // it checks: structure and counts) clean.
-    if let Ok(r) = repo.repair().await {
+    let repair = repo.repair().await;
+    eprintln!("{name}: repair {repair:?}");
+    if let Ok(r) = repair {
         if r.complete && r.damaged.is_empty() {
             let after = repo.check(&CheckOptions::default()).await;
             let after = after.unwrap_or_else(|e| panic!("{name}: check after repair: {e}"));
@@ -435,7 +440,8 @@ async fn run_case(c: &Case<'_>, n: usize) {
         None => None,
     };
     age(&dir);
-    let _ = repo.gc().await;
+    let gc = repo.gc().await;
+    eprintln!("{name}: gc {gc:?}");
     drop(repo);
 
     put_back(&dir, &undo);
@@ -535,7 +541,12 @@ async fn every_damage_to_every_object_kind_is_contained() {
         kinds.keys().collect::<Vec<_>>(),
         start.elapsed().as_secs_f64()
     );
-    assert!(failed.is_empty(), "{} cases failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} cases failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 /// The binary's exit codes over damage: check 3 naming the object, other volumes restore
@@ -599,7 +610,12 @@ async fn a_snapshot_whose_root_is_damaged_is_deleted_releasing_nothing() {
     let base = build_base().await;
     let dir = base.scratch.join("delroot");
     copy_dir(&base.repo, &dir);
-    let victim = base.live.iter().find(|x| x.volume == "b").expect("b").clone();
+    let victim = base
+        .live
+        .iter()
+        .find(|x| x.volume == "b")
+        .expect("b")
+        .clone();
     apply(
         &dir,
         &format!("snapshots/b/{}", victim.id),

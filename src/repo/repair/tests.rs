@@ -4,6 +4,7 @@
 //! collects it. Also: a copy killed after uploading is cleaned by gc once its lease
 //! expires, even though a re-run committed the same root.
 
+use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
 use crate::repo::envelope::{self, MAGIC_GC};
 use crate::repo::gc::GcMarker;
 use crate::repo::ids::new_time_id;
