@@ -380,7 +380,7 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
                     cfg.name
                 );
             }
-            if seen.len().is_multiple_of(1_000_000) {
+            if seen.len() % 1_000_000 == 0 {
                 println!(
                     "[{}] {} states, queue {}, {:.0} s",
                     cfg.name,
