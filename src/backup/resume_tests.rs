@@ -469,7 +469,7 @@ async fn two_concurrent_backups_of_one_volume_both_commit() {
     };
     // Wait until the first backup is stopped at its source with a checkpoint stored.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !(gate.0.lock().unwrap().0 && !store.keys("checkpoints/").is_empty()) {
+    while !gate.0.lock().unwrap().0 || store.keys("checkpoints/").is_empty() {
         assert!(std::time::Instant::now() < deadline, "no checkpoint");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -483,18 +483,18 @@ async fn two_concurrent_backups_of_one_volume_both_commit() {
         }),
         &every_pack("vm"),
     )
-    .await
-    .unwrap();
-    assert_eq!(second.resumed_from, None, "{second:?}");
+    .await;
+    // Released before any assertion: a failing test must not leave the first backup's
+    // reader blocked (the runtime would wait for it forever).
     {
         let (m, cv) = &*gate;
         m.lock().unwrap().1 = true;
         cv.notify_all();
     }
-    let first_report = running
-        .await
-        .unwrap()
-        .expect("the first backup commits too");
+    let first_result = running.await.unwrap();
+    let second = second.expect("the second backup commits");
+    assert_eq!(second.resumed_from, None, "{second:?}");
+    let first_report = first_result.expect("the first backup commits too");
     assert_eq!(restored(&repo, "vm", &first_report.id).await, first);
     assert_eq!(restored(&repo, "vm", &second.id).await, second_data);
     clean(&repo).await;

@@ -148,6 +148,7 @@ fn copy_killed_at_80_percent_adopts_the_packs_after_its_checkpoint() {
     let ready = || packs(b).len() >= 4;
     spawn_and_kill(&refs(&slow), ready, Duration::ZERO, "copy");
     assert_check_clean(s(b));
+    age_by(b, "leases", ADOPTABLE_AGE);
     let again = run(c.args(b, &[]));
     let up = u64_field(&again, "bytes_uploaded");
     eprintln!("MEASURED copy re-run after a kill at 4 of 5 packs (default interval): uploaded {up} B of {full_up} B: {again}");

@@ -127,6 +127,36 @@ pub(super) fn renew(c: &mut Ctx, a: &mut Actor) -> bool {
     true
 }
 
+/// A commit marker: create-if-absent, then the HEAD fence check (`commit::commit_root`,
+/// `delete_attempt`, `commit_gc_marker`). False, and the actor failed, if it lost the
+/// create or its marker is void.
+pub(super) fn commit_marker(c: &mut Ctx, a: &mut Actor, k: Key, lm: u8, body: Body) -> bool {
+    if !c.s.create(k, lm, body) || void(c.s, c.cfg, k) {
+        a.status = Status::Failed;
+        return false;
+    }
+    true
+}
+
+/// One step of the lease-then-view start every actor shares: generation 0 at `pc` 0.
+/// True if this step was it.
+pub(super) fn started(c: &mut Ctx, a: &mut Actor) -> bool {
+    if a.pc != 0 {
+        return false;
+    }
+    lease0(c, a);
+    a.pc = 1;
+    true
+}
+
+/// An intent that adopts nobody and was adopted by nobody.
+pub(super) fn own_intent() -> Body {
+    Body::Intent {
+        adopted: None,
+        adopted_by: None,
+    }
+}
+
 /// `lease::Lease::release`: delete its generations (the claim is another holder's object).
 pub(super) fn release(c: &mut Ctx, a: &mut Actor) {
     for g in 0..=a.gen {
@@ -227,11 +257,10 @@ fn chain_unbroken(gens: &[(u8, u8)], until: u8) -> bool {
 /// backup: §5 write order, §12.2 adoption. W1 checkpoints; W2 may adopt it.
 fn writer(c: &mut Ctx, a: &mut Actor) {
     let h = a.h;
+    if started(c, a) {
+        return;
+    }
     match a.pc {
-        0 => {
-            lease0(c, a);
-            a.pc = 1;
-        }
         1 => {
             let v = view(c.s, c.cfg);
             a.reuse_x = v.count[X] > 0 && v.available(c.s, X);
@@ -296,14 +325,7 @@ fn writer(c: &mut Ctx, a: &mut Actor) {
             a.pc = if need(a) & !a.adopted != 0 { 6 } else { 9 };
         }
         5 => {
-            c.s.put(
-                Key::Intent(h),
-                c.now,
-                Body::Intent {
-                    adopted: None,
-                    adopted_by: None,
-                },
-            );
+            c.s.put(Key::Intent(h), c.now, own_intent());
             a.pc = 6;
         }
         6 => {
@@ -365,9 +387,8 @@ fn writer(c: &mut Ctx, a: &mut Actor) {
                 blobs: bit(X) | bit(Y),
                 lease_time: a.last,
             };
-            c.s.create(Key::Root(h), lm, body);
-            if void(c.s, c.cfg, Key::Root(h)) {
-                a.status = Status::Failed;
+            // The root's key is the writer's own: it never loses the create.
+            if !commit_marker(c, a, Key::Root(h), lm, body) {
                 return;
             }
             c.s.del(Key::Intent(h));
@@ -379,11 +400,10 @@ fn writer(c: &mut Ctx, a: &mut Actor) {
 
 /// delete: lease before view (§5), decrements, FREED where its own view reaches 0.
 fn deleter(c: &mut Ctx, a: &mut Actor) {
+    if started(c, a) {
+        return;
+    }
     match a.pc {
-        0 => {
-            lease0(c, a);
-            a.pc = 1;
-        }
         1 => {
             let v = view(c.s, c.cfg);
             let live = v.live_roots.iter().find(|r| r.0 == a.target);
@@ -398,12 +418,7 @@ fn deleter(c: &mut Ctx, a: &mut Actor) {
             a.pc = 2;
         }
         2 => {
-            let mut delta = [0i8; NB];
-            for (b, d) in delta.iter_mut().enumerate() {
-                if a.dec & bit(b) != 0 {
-                    *d = -1;
-                }
-            }
+            let delta = deltas(a.dec, -1);
             c.s.create(
                 Key::Refs(a.h),
                 c.now,
@@ -424,9 +439,7 @@ fn deleter(c: &mut Ctx, a: &mut Actor) {
                 holder: a.h,
                 lease_time: a.last,
             };
-            let k = Key::Tomb(a.target);
-            if !c.s.create(k, c.now, body) || void(c.s, c.cfg, k) {
-                a.status = Status::Failed;
+            if !commit_marker(c, a, Key::Tomb(a.target), c.now, body) {
                 return;
             }
             release(c, a);

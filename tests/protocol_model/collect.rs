@@ -43,6 +43,16 @@ fn next_seq(s: &Store) -> u8 {
         .unwrap_or(0)
 }
 
+/// `verdict::refuse_if_copied` before a gc or repair acts on its view: true (and the
+/// actor failed) on a copied repository.
+fn refused_as_copy(c: &mut Ctx, a: &mut Actor) -> bool {
+    let refused = c.cfg.verdicts == Verdicts::Recorded && copied_repository(c.s, c.cfg);
+    if refused {
+        a.status = Status::Failed;
+    }
+    refused
+}
+
 /// Holders with a lease generation, and those whose newest is older than TTL + SKEW.
 fn list_leases(s: &Store, me: H, now: u8) -> (u16, u16, u8) {
     let (mut leased, mut dead, mut cutoff) = (0u16, 0u16, now);
@@ -66,33 +76,23 @@ fn list_leases(s: &Store, me: H, now: u8) -> (u16, u16, u8) {
 /// gc: §5 gc order, §6 cutoff, §7 candidates, §5 dead writers and orphan sweep.
 pub fn gc(c: &mut Ctx, a: &mut Actor) {
     let h = a.h;
+    if started(c, a) {
+        return;
+    }
     match a.pc {
-        0 => {
-            lease0(c, a);
-            a.pc = 1;
-        }
         1 => {
             (a.leased, a.dead, a.cutoff) = list_leases(c.s, h, a.now_gc);
             a.pc = 2;
         }
         2 => {
-            if c.cfg.verdicts == Verdicts::Recorded && copied_repository(c.s, c.cfg) {
-                a.status = Status::Failed;
-                return;
+            if !refused_as_copy(c, a) {
+                gc_plan(c.s, c.cfg, a);
+                a.pc = 3;
             }
-            gc_plan(c.s, c.cfg, a);
-            a.pc = 3;
         }
         3 => {
             if a.dead_packs != 0 {
-                c.s.put(
-                    Key::Intent(h),
-                    c.now,
-                    Body::Intent {
-                        adopted: None,
-                        adopted_by: None,
-                    },
-                );
+                c.s.put(Key::Intent(h), c.now, own_intent());
                 if a.moved != 0 {
                     c.s.create(Key::Pack(h), c.now, Body::Pack(a.moved));
                 }
@@ -123,8 +123,7 @@ pub fn gc(c: &mut Ctx, a: &mut Actor) {
                 freed: false,
                 verdicts: a.verdicts.clone(),
             };
-            if !c.s.create(Key::Gc(a.seq), c.now, body) || void(c.s, c.cfg, Key::Gc(a.seq)) {
-                a.status = Status::Failed;
+            if !commit_marker(c, a, Key::Gc(a.seq), c.now, body) {
                 return;
             }
             a.pc = 6;
@@ -307,11 +306,10 @@ fn sweep_unleased(c: &mut Ctx, a: &mut Actor) {
 /// check --repair (§11).
 pub fn repair(c: &mut Ctx, a: &mut Actor) {
     let h = a.h;
+    if started(c, a) {
+        return;
+    }
     match a.pc {
-        0 => {
-            lease0(c, a);
-            a.pc = 1;
-        }
         1 => {
             a.listed =
                 c.s.objs
@@ -335,12 +333,10 @@ pub fn repair(c: &mut Ctx, a: &mut Actor) {
             a.pc = 3;
         }
         3 => {
-            if c.cfg.verdicts == Verdicts::Recorded && copied_repository(c.s, c.cfg) {
-                a.status = Status::Failed;
-                return;
+            if !refused_as_copy(c, a) {
+                repair_plan(c.s, c.cfg, a);
+                a.pc = 4;
             }
-            repair_plan(c.s, c.cfg, a);
-            a.pc = 4;
         }
         4 => {
             for k in std::mem::take(&mut a.strays) {
@@ -375,8 +371,7 @@ pub fn repair(c: &mut Ctx, a: &mut Actor) {
                 freed: true,
                 verdicts: a.verdicts.clone(),
             };
-            if !c.s.create(Key::Gc(a.seq), c.now, body) || void(c.s, c.cfg, Key::Gc(a.seq)) {
-                a.status = Status::Failed;
+            if !commit_marker(c, a, Key::Gc(a.seq), c.now, body) {
                 return;
             }
             release(c, a);
@@ -388,14 +383,7 @@ fn repair_plan(s: &Store, cfg: &Cfg, a: &mut Actor) {
     let v = view(s, cfg);
     a.seq = next_seq(s);
     a.verdicts = judge_all(s, cfg);
-    let mut expected = [0i8; NB];
-    for &(_, blobs) in &v.live_roots {
-        for (b, e) in expected.iter_mut().enumerate() {
-            if blobs & bit(b) != 0 {
-                *e += 1;
-            }
-        }
-    }
+    let expected = v.expected_counts();
     let mut flagged: Blobs = 0;
     for (k, o) in &s.objs {
         if let (Key::Refs(x), Body::Refs { freed, .. }) = (k, &o.body) {

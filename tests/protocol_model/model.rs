@@ -36,12 +36,7 @@ pub fn initial(cfg: &Cfg) -> State {
     };
     s.put(Key::Index(SZ), 0, idx);
     for (h, blobs) in [(SZ, bit(X) | bit(Z)), (S0, bit(X)), (S1, bit(X))] {
-        let mut delta = [0i8; NB];
-        for (b, d) in delta.iter_mut().enumerate() {
-            if blobs & bit(b) != 0 {
-                *d = 1;
-            }
-        }
+        let delta = deltas(blobs, 1);
         s.put(Key::Refs(h), 0, Body::Refs { delta, freed: 0 });
         s.put(
             Key::Root(h),
@@ -240,14 +235,7 @@ pub fn quiesce(st: &State, cfg: &Cfg) -> Result<(), String> {
     }
     let v = view(&st.store, cfg);
     let reach = v.reachable();
-    let mut expected = [0i8; NB];
-    for &(_, blobs) in &v.live_roots {
-        for (b, e) in expected.iter_mut().enumerate() {
-            if blobs & bit(b) != 0 {
-                *e += 1;
-            }
-        }
-    }
+    let expected = v.expected_counts();
     for (k, o) in &st.store.objs {
         let leak = match (k, &o.body) {
             (Key::Lease(..) | Key::Claim(_) | Key::Intent(_) | Key::Checkpoint(_), _) => true,
@@ -392,7 +380,7 @@ pub fn explore(cfg: &Cfg, check_p3: bool, bfs: bool) -> Outcome {
                     cfg.name
                 );
             }
-            if seen.len().is_multiple_of(1_000_000) {
+            if seen.len() % 1_000_000 == 0 {
                 println!(
                     "[{}] {} states, queue {}, {:.0} s",
                     cfg.name,

@@ -46,6 +46,17 @@ pub const HOLDER_NAMES: [&str; 13] = [
 pub const TTL: u8 = 1;
 pub const SKEW: u8 = 0;
 
+/// A refs delta of `d` for every blob of `blobs`.
+pub fn deltas(blobs: Blobs, d: i8) -> [i8; NB] {
+    let mut delta = [0i8; NB];
+    for (b, x) in delta.iter_mut().enumerate() {
+        if blobs & bit(b) != 0 {
+            *x = d;
+        }
+    }
+    delta
+}
+
 pub fn bit(b: Blob) -> Blobs {
     1 << b
 }
@@ -396,6 +407,19 @@ pub fn view(s: &Store, cfg: &Cfg) -> View {
 }
 
 impl View {
+    /// Each blob's count as the live roots alone make it (what repair sets, what P3 expects).
+    pub fn expected_counts(&self) -> [i8; NB] {
+        let mut expected = [0i8; NB];
+        for &(_, blobs) in &self.live_roots {
+            for (b, e) in expected.iter_mut().enumerate() {
+                if blobs & bit(b) != 0 {
+                    *e += 1;
+                }
+            }
+        }
+        expected
+    }
+
     pub fn reachable(&self) -> Blobs {
         self.live_roots.iter().fold(0, |a, r| a | r.1)
     }
