@@ -613,38 +613,34 @@ impl Repository {
     /// Committed reference count of `id` (sum of deltas of counted segments), following
     /// gc (`follow.rs`).
     pub(crate) async fn refcount(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
-        let mut attempt = 0;
-        loop {
-            let view = set.current();
-            let e = match self.refcount_in(&view, id).await {
-                Err(e) => e,
-                r => return r,
-            };
-            if !self.follow_gc(set, &view, &e, &mut attempt).await? {
-                return Err(e);
-            }
-        }
-    }
-
-    async fn refcount_in(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
-        let mut sum = 0i64;
-        for h in &set.refs {
-            let bucket = self.bucket(h, id.0[0]).await?;
-            for r in segment::find_in_bucket(&bucket, REFS_RECORD, id) {
-                sum += segment::decode_refs_record(h, r)?.1 as i64;
-            }
-        }
-        Ok(sum)
+        self.sum_refs(set, id, |delta, _| delta).await
     }
 
     /// Whether a table's children are currently counted: the sum of stored/revived (+1)
     /// and freed (−1) flags over counted segments (1 = counted, 0 = not), following gc
     /// (`follow.rs`).
     pub(crate) async fn children_contribution(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
+        self.sum_refs(set, id, |_, flags| super::gc::flag_contribution(flags))
+            .await
+    }
+
+    /// Whether a counted refs segment holds a record of `id`: the repository counted it
+    /// (whatever its count is now) and gc has not collected it, following gc.
+    pub(crate) async fn is_counted(&self, set: &SegmentSet, id: &BlobId) -> Result<bool> {
+        Ok(self.sum_refs(set, id, |_, _| 1).await? > 0)
+    }
+
+    /// Σ `f(delta, flags)` over the records of `id` in counted refs segments, following gc.
+    async fn sum_refs(
+        &self,
+        set: &SegmentSet,
+        id: &BlobId,
+        f: impl Fn(i64, u32) -> i64,
+    ) -> Result<i64> {
         let mut attempt = 0;
         loop {
             let view = set.current();
-            let e = match self.contribution_in(&view, id).await {
+            let e = match self.sum_refs_in(&view, id, &f).await {
                 Err(e) => e,
                 r => return r,
             };
@@ -654,12 +650,18 @@ impl Repository {
         }
     }
 
-    async fn contribution_in(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
+    async fn sum_refs_in(
+        &self,
+        set: &SegmentSet,
+        id: &BlobId,
+        f: &impl Fn(i64, u32) -> i64,
+    ) -> Result<i64> {
         let mut sum = 0i64;
         for h in &set.refs {
             let bucket = self.bucket(h, id.0[0]).await?;
             for r in segment::find_in_bucket(&bucket, REFS_RECORD, id) {
-                sum += super::gc::flag_contribution(segment::decode_refs_record(h, r)?.2);
+                let (_, delta, flags) = segment::decode_refs_record(h, r)?;
+                sum += f(delta as i64, flags);
             }
         }
         Ok(sum)

@@ -7,7 +7,8 @@
 //! from the pack: the footer when it checks out, else a scan of the frames from offset 0.
 //! Each frame is verified (crc, BLAKE3 = id) before its location is written, and only ids
 //! the view does not locate are written, so a rebuilt record never shadows a good one;
-//! and only what a live snapshot's tree reaches (a dead writer's packs stay strays).
+//! and only what a live snapshot's tree reaches or the counts know (a refs record: a
+//! running backup may have reused it), so a dead writer's packs stay strays.
 //!
 //! Crash ordering: the records go into one index segment of a fresh holder (lease op
 //! `repair`) committed by a `gc/<seq>` marker (create-if-absent, exclusive with gc) after
@@ -86,10 +87,11 @@ fn scan_frames(key: &str, bytes: &[u8]) -> Vec<PackEntry> {
 
 /// Read each candidate pack (listed, named by no counted index segment, of a holder with
 /// no lease), then walk the live snapshots' trees and commit the locations of the blobs
-/// they reach that the view does not locate in a pack that exists (`present`: the names
-/// listed under `packs/`; a location in a pack gc deleted, kept by a segment a crashed gc
-/// did not delete, locates nothing) and a candidate pack holds in a frame that verifies.
-/// What no live tree reaches is not re-indexed: a dead writer's packs stay strays.
+/// they reach, and of the blobs the counts know, that the view does not locate in a pack
+/// that exists (`present`: the names listed under `packs/`; a location in a pack gc
+/// deleted, kept by a segment a crashed gc did not delete, locates nothing) and a
+/// candidate pack holds in a frame that verifies. Nothing else is re-indexed: a dead
+/// writer's packs stay strays.
 /// Returns how many records were committed.
 pub(super) async fn rebuild_index(
     repo: &Repository,
@@ -139,6 +141,7 @@ pub(super) async fn rebuild_index(
         seen: HashSet::new(),
     };
     walk.run().await?;
+    walk.counted().await?;
     let records = walk.out;
     if records.is_empty() {
         return Ok(0);
@@ -208,6 +211,24 @@ impl Needed<'_> {
                         self.where_is(&c).await?;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blobs of the candidate packs that the counts know (a refs record in the view) and
+    /// no live tree reached: a backup whose view predates the damage may have reused one
+    /// and commit after this view, so no root shows it here. What the counts know is
+    /// gc's to collect, never a dead writer's leftover.
+    async fn counted(&mut self) -> Result<()> {
+        let mut ids: Vec<BlobId> = (self.found.keys())
+            .filter(|id| !self.seen.contains(*id))
+            .copied()
+            .collect();
+        ids.sort_unstable_by_key(|id| id.0);
+        for id in ids {
+            if self.repo.is_counted(self.set, &id).await? {
+                self.where_is(&id).await?;
             }
         }
         Ok(())

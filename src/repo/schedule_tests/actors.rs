@@ -48,6 +48,9 @@ pub(super) struct Log {
     /// and cleaned by gc may still write (an intent, a pack, segments) before its renewal
     /// fails. gc must reclaim those too (format-spec §5, zombies); printed on failure.
     pub leases_expired: bool,
+    /// A repair quarantined a damaged index segment: frames of its packs that neither a
+    /// live root reached nor the counts knew stay unnamed (orphans for the sweep).
+    pub index_quarantined: bool,
     /// Creates of commit markers paused past `LEASE_TTL + SKEW` (`copies.rs`).
     pub paused_creates: u64,
     /// What happened, in order: printed when a schedule fails.

@@ -1,6 +1,7 @@
 //! Randomized schedule runner (issue 4): in each seeded schedule, three backup writers (two
-//! hosts on one volume, one on another), two deleters, a gc and a clock run concurrently on
-//! one in-memory repository. Every host sees its own seeded fault store: yields at each
+//! hosts on one volume, one on another), two deleters, a gc, a repairer (`check --repair`,
+//! some runs over an index segment or pack damaged meanwhile and put back after:
+//! `repairer.rs`, issue 13) and a clock run concurrently on one in-memory repository. Every host sees its own seeded fault store: yields at each
 //! request interleave the tasks; some hosts also get request errors, lost
 //! acknowledgements or a crash (its unacknowledged writes lost); and some tasks are
 //! cancelled at a random await point (their future dropped: a crash of that process).
@@ -15,9 +16,12 @@
 //! `check --repair` finds nothing to repair (no stray pack, segment or intent, no count
 //! to correct).
 //!
-//! Time box: schedules run for `ISLAND_SCHEDULE_SECONDS` (default 40) from the seed
-//! `ISLAND_SCHEDULE_SEED` (default: from the clock), then seed + 1, …; at least one runs.
-//! A failure names its seed and the command that replays it. The runtime is
+//! Bound: `ISLAND_SCHEDULE_COUNT` schedules (default 400) or `ISLAND_SCHEDULE_SECONDS`
+//! (default 40), whichever comes first, from the seed `ISLAND_SCHEDULE_SEED` (default:
+//! from the clock), then seed + 1, …; at least one runs. `ISLAND_SCHEDULE_REPEAT=1` runs
+//! the same seed again and again; `ISLAND_SCHEDULE_KEEP_GOING=1` reports every failing
+//! seed at the end instead of stopping at the first (long runs). A failure names its seed
+//! and the command that replays it. The runtime is
 //! single-threaded, so the interleaving is a function of the seed except where the
 //! backup's blocking hash tasks finish at different moments.
 
@@ -28,6 +32,7 @@ mod regressions_fence;
 mod regressions_gc;
 mod regressions_leaks;
 mod regressions_repair;
+mod repairer;
 
 use super::lease::{LEASE_TTL, SKEW};
 use super::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
@@ -131,6 +136,17 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
         rng.random_range(1..=2),
         StdRng::seed_from_u64(rng.random()),
     )));
+    let s = actors::host_store(&mem, &mut rng);
+    stores.push(s.clone());
+    let damaged = repairer::Damaged::default();
+    tasks.push(tokio::spawn(repairer::repairer(
+        shared.clone(),
+        mem.clone(),
+        s,
+        damaged.clone(),
+        rng.random_range(0..=2),
+        StdRng::seed_from_u64(rng.random()),
+    )));
     tasks.push(tokio::spawn(actors::clock(
         shared.clone(),
         mem.clone(),
@@ -167,6 +183,7 @@ async fn schedule(seed: u64, dir: &Path, totals: &mut Totals) -> Outcome {
             Err(e) => return Err(format!("an actor panicked: {e}")),
         }
     }
+    repairer::put_back(&mem, &damaged, &shared).await;
     for (i, s) in stores.iter().enumerate().filter(|(_, s)| s.is_crashed()) {
         totals.crashed_hosts += 1;
         log(&shared).events.push(format!(
@@ -286,7 +303,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
     mem.advance(ORPHAN_SWEEP_PERIOD + Duration::from_secs(60));
     let swept = repo.gc().await.map_err(|e| format!("sweeping gc: {e}"))?;
     ensure!(
-        swept.orphan_packs_deleted == 0 || l.leases_expired,
+        swept.orphan_packs_deleted == 0 || l.leases_expired || l.index_quarantined,
         "the orphan sweep found packs no writer could have left: {swept:#?}\n\
          packs before it: {packs:?}"
     );
@@ -300,6 +317,8 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
         + r.stray_packs_deleted;
     ensure!(
         r.commit.is_none()
+            && r.rebuild_commit.is_none()
+            && r.complete
             && r.refcounts_fixed == 0
             && r.objects_of_leased_writers == 0
             && strays == 0,
@@ -337,13 +356,20 @@ async fn restored(
     std::fs::read(out).map_err(|e| format!("read {}: {e}", out.display()))
 }
 
+/// CI's bound: this many schedules, or this many seconds, whichever comes first.
+const DEFAULT_COUNT: u64 = 400;
+const DEFAULT_SECONDS: u64 = 40;
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
 #[test]
 fn randomized_schedules_keep_every_committed_snapshot() {
-    let secs = env_u64("ISLAND_SCHEDULE_SECONDS").unwrap_or(40);
+    let count = env_u64("ISLAND_SCHEDULE_COUNT").unwrap_or(DEFAULT_COUNT);
+    let secs = env_u64("ISLAND_SCHEDULE_SECONDS").unwrap_or(DEFAULT_SECONDS);
+    let repeat = env_u64("ISLAND_SCHEDULE_REPEAT").is_some_and(|v| v != 0);
+    let keep_going = env_u64("ISLAND_SCHEDULE_KEEP_GOING").is_some_and(|v| v != 0);
     let first = env_u64("ISLAND_SCHEDULE_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -361,6 +387,7 @@ fn randomized_schedules_keep_every_committed_snapshot() {
         tempfile::tempdir().unwrap()
     };
     let mut totals = Totals::default();
+    let mut failed: Vec<u64> = Vec::new();
     let start = Instant::now();
     let mut seed = first;
     loop {
@@ -375,24 +402,36 @@ fn randomized_schedules_keep_every_committed_snapshot() {
                 Err(_) => Err("schedule did not finish within 60 s".into()),
             }
         });
-        if let Err(e) = outcome {
-            panic!(
-                "schedule seed {seed} failed: {e}\nreplay: ISLAND_SCHEDULE_SEED={seed} \
-                 ISLAND_SCHEDULE_SECONDS=0 cargo test --lib repo::schedule_tests"
-            );
-        }
         totals.schedules += 1;
-        seed = seed.wrapping_add(1);
-        if start.elapsed() >= Duration::from_secs(secs) {
+        if let Err(e) = outcome {
+            let msg = format!(
+                "schedule seed {seed} failed: {e}\nreplay: ISLAND_SCHEDULE_SEED={seed} \
+                 ISLAND_SCHEDULE_COUNT=1 cargo test --lib repo::schedule_tests \
+                 (add ISLAND_SCHEDULE_REPEAT=1 ISLAND_SCHEDULE_COUNT=1000: the hash threads \
+                 make a replay differ)"
+            );
+            if !keep_going {
+                panic!("{msg}");
+            }
+            eprintln!("{msg}\n");
+            failed.push(seed);
+        }
+        if !repeat {
+            seed = seed.wrapping_add(1);
+        }
+        if totals.schedules >= count || start.elapsed() >= Duration::from_secs(secs) {
             break;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
     eprintln!(
-        "schedules: seeds {first}..{seed}, {} in {elapsed:.1} s ({:.0}/s); {totals:?}",
+        "schedules: seeds {first}..{seed}, {} in {elapsed:.1} s ({:.0}/s), {} failed {failed:?}; \
+         {totals:?}",
         totals.schedules,
-        totals.schedules as f64 / elapsed
+        totals.schedules as f64 / elapsed,
+        failed.len(),
     );
+    assert!(failed.is_empty(), "failed seeds: {failed:?}");
     if totals.schedules >= 500 {
         assert!(
             totals.siblings > 0,

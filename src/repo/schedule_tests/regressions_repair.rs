@@ -2,11 +2,12 @@
 //! runner's repairer, issue 13).
 
 use super::fixtures::{
-    assert_clean_and_nothing_to_repair, back_up, backup_paused_before_root, random, restored,
+    assert_clean_and_nothing_to_repair, back_up, backup_paused_before_root, cat, random, restored,
     setup,
 };
-use crate::repo::lease::SKEW;
-use crate::repo::pack_key_of;
+use crate::repo::lease::{LEASE_TTL, SKEW};
+use crate::repo::stale::ORPHAN_SWEEP_PERIOD;
+use crate::repo::{pack_key_of, Repository};
 
 /// Runner seed 2871 (repairer, pack damage): backup S2 keeps its parent S1's table T
 /// while S1 is deleted, so T is live with its children released (a revival gc owes).
@@ -45,5 +46,47 @@ async fn repair_does_not_revive_a_table_it_cannot_read() {
     let g = repo.gc().await.unwrap();
     assert!(restored(&repo, "a", &s2.id).await.unwrap() == data, "{g:?}");
     assert_eq!(g.tables_revived, 1, "{g:?}");
+    assert_clean_and_nothing_to_repair(&repo).await;
+}
+
+/// A backup whose view predates the damage reuses chunk X of S1; S1 is deleted; then
+/// S1's index segment (the only one locating X) is damaged and repair rebuilds the
+/// index from S1's pack before quarantining the segment. No live root reached X in
+/// repair's view, so repair left X unindexed, and the backup committed a snapshot whose
+/// chunk no index located; the orphan sweep then deleted S1's pack (named by nothing).
+/// A frame of a blob the counts know is now indexed again, whatever root reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_keeps_the_location_of_a_blob_a_running_backup_reused() {
+    let (mem, repo) = setup().await;
+    let x = random(1, 1);
+    let s1 = back_up(&repo, "a", cat(&[&x, &random(2, 1)])).await;
+    let want = cat(&[&x, &random(3, 1)]);
+    let (paused, running) = backup_paused_before_root(&mem, "c", want.clone()).await;
+    repo.delete_snapshot("a", &s1).await.unwrap();
+    let segment = format!("index/{s1}-0000");
+    let good = mem.objects.lock().unwrap()[&segment].clone();
+    let mut bad = good.0.to_vec();
+    bad[0] ^= 0x01;
+    mem.objects
+        .lock()
+        .unwrap()
+        .insert(segment.clone(), (bad.into(), good.1));
+    let r = Repository::open(mem.clone())
+        .await
+        .unwrap()
+        .repair()
+        .await
+        .unwrap();
+    assert_eq!(r.quarantined, vec![segment], "{r:#?}");
+    paused.resume.notify_one();
+    let b = running.await.unwrap().unwrap();
+    assert!(b.chunks_reused >= 1, "the backup reused X: {b:?}");
+    let repo = Repository::open(mem.clone()).await.unwrap();
+    assert!(restored(&repo, "c", &b.id).await.unwrap() == want);
+    // The orphan sweep (once every lease and the sweep period expired) keeps S1's pack:
+    // the rebuilt index names it.
+    mem.advance(LEASE_TTL + SKEW + ORPHAN_SWEEP_PERIOD);
+    let g = repo.gc().await.unwrap();
+    assert!(restored(&repo, "c", &b.id).await.unwrap() == want, "{g:?}");
     assert_clean_and_nothing_to_repair(&repo).await;
 }
