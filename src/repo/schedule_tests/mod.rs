@@ -240,6 +240,8 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
         .map_err(|e| format!("snapshots: {e}"))?;
     let is_listed = |v: &str, id: &str| listed.iter().any(|s| s.volume == v && s.id == id);
     let out = dir.join("restore.raw");
+    // Every listed snapshot and what it restored to, to compare after the orphan sweep.
+    let mut before: Vec<(&str, &str, Vec<u8>)> = Vec::new();
     for s in &l.successes {
         let key = (s.volume.clone(), s.id.clone());
         if l.deleted.contains(&key) {
@@ -269,6 +271,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
             s.volume,
             s.id
         );
+        before.push((&s.volume, &s.id, got));
     }
     for s in &listed {
         if l.successes
@@ -287,6 +290,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
             s.volume,
             s.id
         );
+        before.push((&s.volume, &s.id, got));
     }
     for (i, x) in l.successes.iter().enumerate() {
         for y in &l.successes[i + 1..] {
@@ -308,6 +312,16 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
          packs before it: {packs:?}"
     );
     totals.orphans_swept += swept.orphan_packs_deleted;
+    // The sweep may delete only what no snapshot reads: everything restores as before.
+    if swept.orphan_packs_deleted > 0 {
+        for (volume, id, data) in &before {
+            let got = restored(&repo, volume, id, &out).await?;
+            ensure!(
+                got == *data,
+                "{volume}/{id} restores differently after the orphan sweep: {swept:#?}"
+            );
+        }
+    }
     // gc alone reclaims what dead writers left, zombies included (writers judged dead
     // that wrote on: format-spec §5), so repair finds nothing at all.
     let r = repo.repair().await.map_err(|e| format!("repair: {e}"))?;
