@@ -364,7 +364,8 @@ pub(crate) async fn find_orphan_packs(
 }
 
 /// Writers whose root was committed and is now missing (format-spec §11.1, "Lost roots"):
-/// the segments [`super::check::lost_root_segments`] finds, whose root key no longer
+/// the segments [`super::check::lost_root_segments`] finds whose root has a valid verdict
+/// and whose root key no longer
 /// exists (a HEAD says so: a void root still exists and its writer is a zombie). Such a
 /// writer is damage, not a dead writer: its
 /// segments are the only record of its counts and its packs may hold blobs the other
@@ -372,7 +373,18 @@ pub(crate) async fn find_orphan_packs(
 pub(crate) async fn lost_writers(repo: &Repository, set: &SegmentSet) -> Result<Lost> {
     let mut out = std::collections::BTreeMap::new();
     for (key, commit) in super::check::lost_root_segments(repo, set).await? {
-        out.insert(segment_writer(&key).to_string(), commit);
+        // Only a root seen committed (its valid verdict, recorded by its writer right
+        // after the commit's HEAD check or by the first gc, repair or delete) is lost: a
+        // zombie's segment also names a root that does not exist and that no lease, intent
+        // or checkpoint explains, and gc must reclaim it (format-spec §5, zombies).
+        let writer = segment_writer(&key).to_string();
+        if set
+            .markers
+            .judged
+            .contains(&(commit.clone(), writer.clone()))
+        {
+            out.insert(writer, commit);
+        }
     }
     let mut lost = std::collections::BTreeMap::new();
     for (holder, commit) in out {
