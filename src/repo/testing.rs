@@ -254,3 +254,12 @@ pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// `check --read-data` over the whole repository (every test that asserts a clean check).
+pub(crate) async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
+    let full = crate::repo::CheckOptions {
+        read_data: true,
+        sample_pct: None,
+    };
+    repo.check(&full).await.unwrap()
+}

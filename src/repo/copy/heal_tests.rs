@@ -6,8 +6,8 @@
 
 use super::{copy, heal, CopyOptions};
 use crate::repo::error::is_damage;
-use crate::repo::testing::{back_up_pattern, mem_repo, pattern, MemStore};
-use crate::repo::{CheckOptions, RepoError, Repository};
+use crate::repo::testing::{back_up_pattern, mem_repo, pattern, read_data_check, MemStore};
+use crate::repo::{CheckOptions, RepoError};
 use crate::store::ObjectStore;
 use std::sync::Arc;
 
@@ -44,14 +44,6 @@ impl crate::repo::Progress for Stages {
             s.2 += n;
         }
     }
-}
-
-async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
-    let opts = CheckOptions {
-        read_data: true,
-        sample_pct: None,
-    };
-    repo.check(&opts).await.unwrap()
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 
 use super::rebuild::pack_entries_of;
 use crate::repo::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::{back_up_bytes as back_up, mem_repo, random_bytes as random, MemStore};
+use crate::repo::testing::{
+    back_up_bytes as back_up, mem_repo, random_bytes as random, read_data_check, MemStore,
+};
 use crate::repo::{BlobKind, CheckOptions, RepoError, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::ObjectStore;
@@ -259,12 +261,4 @@ async fn check_read_data_verifies_pack_footers_and_trailers() {
     store.put(&key, good).await.unwrap();
     let c = read_data_check(&repo).await;
     assert!(c.is_clean(), "{:?}", c.issues);
-}
-
-async fn read_data_check(repo: &Repository) -> crate::repo::CheckReport {
-    let full = CheckOptions {
-        read_data: true,
-        sample_pct: None,
-    };
-    repo.check(&full).await.unwrap()
 }

@@ -5,7 +5,7 @@
 use super::actors::{VersionSource, CS};
 use crate::backup::{backup, BackupOptions, BackupReport};
 use crate::repo::testing::MemStore;
-use crate::repo::{CheckOptions, InitOptions, Repository};
+use crate::repo::{InitOptions, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::{ObjectStore, PutOutcome, StoreError};
 use bytes::Bytes;
@@ -97,13 +97,7 @@ pub(super) async fn assert_nothing_to_repair(repo: &Repository) {
 
 /// `check --read-data` is clean, then [`assert_nothing_to_repair`].
 pub(super) async fn assert_clean_and_nothing_to_repair(repo: &Repository) {
-    let c = repo
-        .check(&CheckOptions {
-            read_data: true,
-            sample_pct: None,
-        })
-        .await
-        .unwrap();
+    let c = crate::repo::testing::read_data_check(repo).await;
     assert!(c.is_clean(), "{:?}", c.issues);
     assert_nothing_to_repair(repo).await;
 }
