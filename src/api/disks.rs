@@ -37,7 +37,7 @@ pub(crate) fn disk_json(v: &Volume) -> Value {
 }
 
 /// `GET /api/disks`: the volumes the caller may see.
-pub async fn list(
+pub(super) async fn list(
     State(s): State<Arc<ApiState>>,
     Authed { user, .. }: Authed<()>,
 ) -> Result<Json<Value>, ApiError> {
@@ -49,7 +49,7 @@ pub async fn list(
 /// `X-DiskUser-Limit` / `X-DiskUser-Remaining` headers, its attachments (with the device
 /// a hot attach registered), its image status by the last check, its last revert and its
 /// head snapshot (what an attach materialises).
-pub async fn get_one(
+pub(super) async fn get_one(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     Authed { user, .. }: Authed<()>,
@@ -73,7 +73,7 @@ pub async fn get_one(
 }
 
 /// `DELETE /api/disks/{uuid}[?force=true]`.
-pub async fn remove(
+pub(super) async fn remove(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     Authed { user, input: mut f }: Authed<Fields>,
@@ -90,7 +90,7 @@ pub async fn remove(
 /// `POST /api/create`: size (GiB), tag and visibility are required; `user_limit` is
 /// optional; `source` + `snapshot` start it as that snapshot, of this repository or, with
 /// `source_repository`, of an allowed peer repository (copied here first).
-pub async fn create(
+pub(super) async fn create(
     State(s): State<Arc<ApiState>>,
     Authed { user, input: mut f }: Authed<Fields>,
 ) -> Result<Response, ApiError> {
@@ -200,7 +200,7 @@ async fn create_from_peer(
 }
 
 /// `GET /api/disks/{uuid}/snapshots`: the volume's snapshots in the repository.
-pub async fn snapshots(
+pub(super) async fn snapshots(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     Authed { user, .. }: Authed<()>,
@@ -210,7 +210,7 @@ pub async fn snapshots(
 }
 
 /// `DELETE /api/disks/{uuid}/snapshots/{id}`: owner only.
-pub async fn delete_snapshot(
+pub(super) async fn delete_snapshot(
     State(s): State<Arc<ApiState>>,
     Path((uuid, id)): Path<(String, String)>,
     Authed { user, .. }: Authed<()>,

@@ -11,7 +11,7 @@ use axum::Json;
 
 /// An error response.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub messages: Vec<String>,
     /// A stable machine-readable reason, where a client must act on it (never renamed).
@@ -21,11 +21,11 @@ pub struct ApiError {
 /// `code` of a 409: the repository looks like a copy whose store times were reset
 /// (`RepoError::CopiedRepository`, CLI exit code 13); destructive work refuses until an
 /// operator runs `island check --adopt-copy` on it.
-pub const COPIED_REPOSITORY: &str = "copied_repository";
+pub(super) const COPIED_REPOSITORY: &str = "copied_repository";
 
 impl ApiError {
     /// `status` with one message.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             messages: vec![message.into()],
@@ -34,12 +34,12 @@ impl ApiError {
     }
 
     /// 400: the request could not be read at all (syntax, encoding, content type).
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// 422: the request was read but its fields are missing, mistyped or out of range.
-    pub fn unprocessable(messages: Vec<String>) -> ApiError {
+    pub(crate) fn unprocessable(messages: Vec<String>) -> ApiError {
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             messages,

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 /// The fields of one request.
 #[derive(Debug, Default)]
-pub struct Fields {
+pub(super) struct Fields {
     map: Map<String, Value>,
     /// Problems found so far (reported together as a 422).
     pub problems: Vec<String>,
@@ -17,7 +17,7 @@ pub struct Fields {
 
 /// Read `body` as JSON (`application/json`) or as a form (`application/x-www-form-urlencoded`,
 /// or no content type), then add the query string's fields.
-pub fn parse(
+pub(super) fn parse(
     headers: &HeaderMap,
     query: Option<&str>,
     body: Result<&[u8], &BytesRejection>,
@@ -75,7 +75,7 @@ fn form_into(map: &mut Map<String, Value>, bytes: &[u8], what: &str) -> Result<(
 
 impl Fields {
     /// Record a problem.
-    pub fn problem(&mut self, message: String) {
+    pub(super) fn problem(&mut self, message: String) {
         self.problems.push(message);
     }
 
@@ -86,7 +86,7 @@ impl Fields {
     }
 
     /// A string field (at most 1024 bytes).
-    pub fn string(&mut self, name: &str, required: bool) -> Option<String> {
+    pub(super) fn string(&mut self, name: &str, required: bool) -> Option<String> {
         match self.map.get(name) {
             None | Some(Value::Null) => {
                 self.missing(name, required);
@@ -106,7 +106,7 @@ impl Fields {
 
     /// A list of 1-100 strings: a JSON array, or (forms, query strings) one
     /// comma-separated string.
-    pub fn strings(&mut self, name: &str, required: bool) -> Option<Vec<String>> {
+    pub(super) fn strings(&mut self, name: &str, required: bool) -> Option<Vec<String>> {
         let list: Option<Vec<String>> = match self.map.get(name) {
             None | Some(Value::Null) => {
                 self.missing(name, required);
@@ -133,7 +133,7 @@ impl Fields {
     }
 
     /// A non-negative integer field, as a JSON number or a decimal string.
-    pub fn integer(&mut self, name: &str, required: bool) -> Option<u64> {
+    pub(super) fn integer(&mut self, name: &str, required: bool) -> Option<u64> {
         let parsed = match self.map.get(name) {
             None | Some(Value::Null) => {
                 self.missing(name, required);
@@ -152,7 +152,7 @@ impl Fields {
     }
 
     /// A boolean field: JSON true/false, or "true"/"false"/"1"/"0".
-    pub fn boolean(&mut self, name: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, name: &str) -> Option<bool> {
         let parsed = match self.map.get(name) {
             None | Some(Value::Null) => return None,
             Some(Value::Bool(b)) => Some(*b),
@@ -170,7 +170,7 @@ impl Fields {
     }
 
     /// Refuse fields not in `allowed` (catches misspelled names).
-    pub fn only(&mut self, allowed: &[&str]) {
+    pub(super) fn only(&mut self, allowed: &[&str]) {
         let unknown: Vec<String> = self
             .map
             .keys()
@@ -186,7 +186,7 @@ impl Fields {
     }
 
     /// 422 with every problem, if any.
-    pub fn finish(self) -> Result<(), ApiError> {
+    pub(super) fn finish(self) -> Result<(), ApiError> {
         if self.problems.is_empty() {
             Ok(())
         } else {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// `POST /api/revert/{uuid}` (snapshot): make that snapshot the volume's newest again.
-pub async fn revert(
+pub(super) async fn revert(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     Authed { user, input: mut f }: Authed<Fields>,
@@ -35,7 +35,7 @@ pub async fn revert(
 
 /// `POST /api/copy/{uuid}` (target, optional snapshot, base, wait): copy a snapshot to an
 /// allowed repository.
-pub async fn copy(
+pub(super) async fn copy(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     Authed { user, input: mut f }: Authed<Fields>,
@@ -75,7 +75,7 @@ pub async fn copy(
 
 /// `GET /api/check[?read_data=true]`: check the repository (re-hashing every chunk with
 /// `read_data`); the fixes it proposes (admins only).
-pub async fn check(
+pub(super) async fn check(
     State(s): State<Arc<ApiState>>,
     Admin {
         input: QueryFields(mut f),
@@ -89,7 +89,7 @@ pub async fn check(
 }
 
 /// `POST /api/fix` (fixes: ids from the last check, wait): apply them (admins only).
-pub async fn fix(
+pub(super) async fn fix(
     State(s): State<Arc<ApiState>>,
     Admin { user, input: mut f }: Admin<Fields>,
 ) -> Result<Response, ApiError> {

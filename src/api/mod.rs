@@ -16,7 +16,7 @@ mod maintenance;
 mod operations;
 mod volumes_attach;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 use crate::service::Service;
 use axum::extract::DefaultBodyLimit;

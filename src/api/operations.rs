@@ -20,7 +20,7 @@ fn visible(s: &ApiState, user: &str, op: &Operation) -> bool {
 
 /// `GET /api/operations/{id}`: an operation's state, from any server sharing the
 /// repository; an unfinished one whose owner stopped writing it is shown `failed`.
-pub async fn get_one(
+pub(super) async fn get_one(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Authed { user, .. }: Authed<()>,
@@ -34,7 +34,7 @@ pub async fn get_one(
 
 /// `GET /api/operations[?volume=UUID]`: the caller's operations (an admin's: all),
 /// newest first, optionally only those of one volume.
-pub async fn list(
+pub(super) async fn list(
     State(s): State<Arc<ApiState>>,
     Authed {
         user,

@@ -220,7 +220,7 @@ pub(super) async fn finish_op(
 }
 
 /// `POST /api/attach/{uuid}` (node, vm_id): attach at VM start.
-pub async fn attach(
+pub(super) async fn attach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     req: Authed<Fields>,
@@ -230,7 +230,7 @@ pub async fn attach(
 
 /// `POST /api/hotattach/{uuid}` (node, vm_id, optional target device): attach to a
 /// running VM.
-pub async fn hot_attach(
+pub(super) async fn hot_attach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     req: Authed<Fields>,
@@ -239,7 +239,7 @@ pub async fn hot_attach(
 }
 
 /// `POST /api/hotdetach/{uuid}` (node, vm_id): detach a hot-plugged volume (uploads).
-pub async fn hot_detach(
+pub(super) async fn hot_detach(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     req: Authed<Fields>,
@@ -248,7 +248,7 @@ pub async fn hot_detach(
 }
 
 /// `POST /api/detach` (node, vm_id): the VM is gone; detach (and upload) all its volumes.
-pub async fn detach(
+pub(super) async fn detach(
     State(s): State<Arc<ApiState>>,
     req: Authed<Fields>,
 ) -> Result<Response, ApiError> {
@@ -256,7 +256,7 @@ pub async fn detach(
 }
 
 /// `POST /api/disks/{uuid}/snapshots`: snapshot the read-write local image (uploads).
-pub async fn snapshot(
+pub(super) async fn snapshot(
     State(s): State<Arc<ApiState>>,
     Path(uuid): Path<String>,
     Authed { user, input: mut f }: Authed<Fields>,

@@ -13,7 +13,7 @@ const CHUNK: usize = 4 << 20;
 
 /// `island image [--cache MODE] COMMAND`.
 #[derive(Args)]
-pub struct ImageArgs {
+pub(super) struct ImageArgs {
     /// Host cache mode for the image file, like QEMU's `-t`: `writeback` (page cache) or
     /// `direct` (O_DIRECT, QEMU's `none`; refused on filesystems without O_DIRECT).
     #[arg(long, global = true, value_enum, default_value_t = Cache::Writeback)]
@@ -39,7 +39,7 @@ impl From<Cache> for CacheMode {
 }
 
 #[derive(Subcommand)]
-pub enum ImageCmd {
+pub(super) enum ImageCmd {
     /// Create a new qcow2 image.
     Create {
         path: PathBuf,
@@ -100,7 +100,7 @@ pub enum ImageCmd {
 }
 
 #[derive(Subcommand)]
-pub enum SnapshotCmd {
+pub(super) enum SnapshotCmd {
     /// Take a snapshot of the active layer.
     Create(SnapArgs),
     /// Delete a snapshot (by id or name).
@@ -118,13 +118,13 @@ pub enum SnapshotCmd {
 }
 
 #[derive(Args)]
-pub struct SnapArgs {
+pub(super) struct SnapArgs {
     path: PathBuf,
     name: String,
 }
 
 /// Parse a byte count with an optional binary K/M/G/T suffix ("64K", "10G", "512").
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")
@@ -160,7 +160,7 @@ fn open(path: &PathBuf, mode: OpenMode, cache: CacheMode) -> Result<Image> {
     Ok(Image::open_with(path, mode, cache)?)
 }
 
-pub fn run(args: ImageArgs) -> Result<()> {
+pub(super) fn run(args: ImageArgs) -> Result<()> {
     let cache = CacheMode::from(args.cache);
     match args.cmd {
         ImageCmd::Create {

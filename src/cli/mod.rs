@@ -8,6 +8,7 @@
 mod image;
 mod progress;
 mod repo;
+#[cfg(feature = "server")]
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -43,15 +44,17 @@ enum Command {
     #[command(flatten)]
     Repo(repo::RepoCommand),
     /// Run the volume service's HTTP API.
+    #[cfg(feature = "server")]
     Serve(serve::ServeArgs),
 }
 
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Repo(cmd) => repo::run(cmd, &cli.store),
+        #[cfg(feature = "server")]
         Command::Serve(a) => serve::run(a, &cli.store),
     };
     match result {

@@ -17,7 +17,7 @@ const OBJECT_STAGES: &[&str] = &["gc-delete"];
 
 /// Which way progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgressMode {
+pub(super) enum ProgressMode {
     Bars,
     Json,
     Off,
@@ -25,7 +25,7 @@ pub enum ProgressMode {
 
 impl ProgressMode {
     /// JSON status when the caller asked for JSON, bars when stderr is a terminal.
-    pub fn choose(json: bool) -> ProgressMode {
+    pub(super) fn choose(json: bool) -> ProgressMode {
         if json {
             ProgressMode::Json
         } else if std::io::stderr().is_terminal() {
@@ -56,13 +56,13 @@ struct State {
 }
 
 /// The CLI's implementation of the library's progress callbacks.
-pub struct CliProgress {
+pub(super) struct CliProgress {
     mode: ProgressMode,
     state: Mutex<State>,
 }
 
 impl CliProgress {
-    pub fn new(mode: ProgressMode) -> CliProgress {
+    pub(super) fn new(mode: ProgressMode) -> CliProgress {
         CliProgress {
             mode,
             state: Mutex::new(State {
@@ -76,7 +76,7 @@ impl CliProgress {
     }
 
     /// Starts stage `name` of `total` bytes, closing the previous stage's bar.
-    pub fn start_stage(&self, name: &str, total: u64) {
+    pub(super) fn start_stage(&self, name: &str, total: u64) {
         let mut st = self.lock();
         if let Some(bar) = st.bar.take() {
             bar.finish_and_clear();
@@ -108,7 +108,7 @@ impl CliProgress {
     }
 
     /// Records `n` more bytes done in the current stage.
-    pub fn advance_by(&self, n: u64) {
+    pub(super) fn advance_by(&self, n: u64) {
         let mut st = self.lock();
         st.done = st.done.saturating_add(n);
         if let Some(bar) = &st.bar {
@@ -126,7 +126,7 @@ impl CliProgress {
     }
 
     /// Clears any bar so the final result prints on a clean line.
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         let mut st = self.lock();
         if let Some(bar) = st.bar.take() {
             bar.finish_and_clear();

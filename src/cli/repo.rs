@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// Subcommands that act on a repository.
 #[derive(Debug, Subcommand)]
-pub enum RepoCommand {
+pub(super) enum RepoCommand {
     /// Create a new, empty repository.
     Init(InitArgs),
     /// Back up a raw file, block device or qcow2 image as a new snapshot of a volume.
@@ -44,7 +44,7 @@ pub enum RepoCommand {
 /// subcommand. Credentials come from the environment only (`AWS_*`, `ST_*`, `OS_*`), never
 /// from flags, so they stay out of process listings.
 #[derive(Debug, Args)]
-pub struct StoreArgs {
+pub(super) struct StoreArgs {
     /// Upload bandwidth limit in bytes per second (suffixes K, M, G = KiB, MiB, GiB).
     #[arg(long, global = true, value_name = "BYTES_PER_SEC", value_parser = parse_size)]
     pub limit_upload: Option<u64>,
@@ -77,7 +77,7 @@ pub struct StoreArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct InitArgs {
+pub(super) struct InitArgs {
     /// Repository: directory path, file://, s3:// or swift:// URL.
     #[arg(value_name = "REPO")]
     repo: String,
@@ -88,14 +88,14 @@ pub struct InitArgs {
 
 /// `--repo REPO`, also taken from `ISLAND_REPO`.
 #[derive(Debug, Args)]
-pub struct RepoArg {
+pub(super) struct RepoArg {
     /// Repository: directory path, file://, s3:// or swift:// URL.
     #[arg(long, value_name = "REPO", env = "ISLAND_REPO")]
     repo: String,
 }
 
 #[derive(Debug, Args)]
-pub struct BackupArgs {
+pub(super) struct BackupArgs {
     #[command(flatten)]
     repo: RepoArg,
     /// Volume the snapshot belongs to.
@@ -117,7 +117,7 @@ pub struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SnapshotsArgs {
+pub(super) struct SnapshotsArgs {
     #[command(flatten)]
     repo: RepoArg,
     /// Only this volume's snapshots.
@@ -129,13 +129,13 @@ pub struct SnapshotsArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RestoreFormat {
+pub(super) enum RestoreFormat {
     Raw,
     Qcow2,
 }
 
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
+pub(super) struct RestoreArgs {
     #[command(flatten)]
     repo: RepoArg,
     #[arg(long, value_name = "NAME")]
@@ -168,7 +168,7 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DeleteArgs {
+pub(super) struct DeleteArgs {
     #[command(flatten)]
     repo: RepoArg,
     #[arg(long, value_name = "NAME")]
@@ -181,7 +181,7 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct GcArgs {
+pub(super) struct GcArgs {
     #[command(flatten)]
     repo: RepoArg,
     /// Report what a gc would free, repack and keep now, without writing or deleting
@@ -194,7 +194,7 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(super) struct CheckArgs {
     #[command(flatten)]
     repo: RepoArg,
     /// Also read every chunk back and verify its hash.
@@ -217,7 +217,7 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DiffArgs {
+pub(super) struct DiffArgs {
     #[command(flatten)]
     repo: RepoArg,
     #[arg(long, value_name = "NAME")]
@@ -235,7 +235,7 @@ pub struct DiffArgs {
 
 /// Parses a byte count: a plain integer or one with a binary suffix (K, M, G, T, with an
 /// optional `iB`/`B`), so `--chunk-size 64K` and `--limit-upload 10M` read naturally.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(digits_end);
@@ -277,7 +277,7 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 }
 
 /// Runs one repository subcommand to completion and returns the process exit code.
-pub fn run(cmd: RepoCommand, store_args: &StoreArgs) -> anyhow::Result<u8> {
+pub(super) fn run(cmd: RepoCommand, store_args: &StoreArgs) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(super) struct ServeArgs {
     /// Repository: directory path, file://, s3:// or swift:// URL (holds the catalog too).
     #[arg(long, value_name = "REPO", env = "ISLAND_REPO")]
     repo: String,
@@ -75,7 +75,7 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-pub fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
+pub(super) fn run(a: ServeArgs, store_args: &StoreArgs) -> anyhow::Result<u8> {
     let max_gib = MAX_VOLUME_SIZE >> 30;
     if !(1..=max_gib).contains(&a.max_size_gib) {
         bail!("--max-size-gib {} is outside 1..={max_gib}", a.max_size_gib);

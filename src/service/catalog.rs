@@ -19,8 +19,10 @@ use std::sync::Arc;
 
 /// Envelope magic of a volume record generation.
 pub(crate) const MAGIC_VOLUME: &[u8; 4] = b"ISVO";
-/// Root of the service's objects in the repository store.
-pub const PREFIX: &str = "service/";
+/// Root of the service's objects in the repository store (the tests list everything
+/// under it).
+#[cfg(test)]
+pub(crate) const PREFIX: &str = "service/";
 /// Where volume generations live.
 const VOLUMES: &str = "service/volumes/";
 /// Listing page size.
@@ -29,7 +31,7 @@ const PAGE: usize = 1000;
 const MAX_ATTEMPTS: usize = 16;
 
 /// Key of generation `gen` of volume `uuid`.
-pub fn generation_key(uuid: &str, gen: u64) -> String {
+pub(crate) fn generation_key(uuid: &str, gen: u64) -> String {
     format!("{VOLUMES}{uuid}/{gen:020}")
 }
 
@@ -96,7 +98,7 @@ pub(crate) fn decode_generation(key: &str, bytes: &[u8]) -> Result<Volume, Servi
 }
 
 /// The newest generation of volume `uuid` (deleted volumes included), if it ever existed.
-pub async fn latest(
+pub(crate) async fn latest(
     store: &Arc<dyn ObjectStore>,
     uuid: &str,
 ) -> Result<Option<Volume>, ServiceError> {
@@ -135,7 +137,7 @@ pub async fn latest(
 }
 
 /// The newest generation of every volume ever created, in uuid order.
-pub async fn all(store: &Arc<dyn ObjectStore>) -> Result<Vec<Volume>, ServiceError> {
+pub(crate) async fn all(store: &Arc<dyn ObjectStore>) -> Result<Vec<Volume>, ServiceError> {
     let keys = list_all(store, VOLUMES).await?;
     let mut newest: Vec<&str> = Vec::new();
     let mut last_uuid: Option<&str> = None;
@@ -158,7 +160,7 @@ pub async fn all(store: &Arc<dyn ObjectStore>) -> Result<Vec<Volume>, ServiceErr
 }
 
 /// Write `v` as its generation; `false` when another writer created it first.
-pub async fn commit(store: &Arc<dyn ObjectStore>, v: &Volume) -> Result<bool, ServiceError> {
+pub(crate) async fn commit(store: &Arc<dyn ObjectStore>, v: &Volume) -> Result<bool, ServiceError> {
     let key = generation_key(&v.uuid, v.generation);
     let data = Bytes::from(envelope::seal(MAGIC_VOLUME, v));
     Ok(create_exclusive(store, &key, data).await? == PutOutcome::Created)
@@ -167,7 +169,7 @@ pub async fn commit(store: &Arc<dyn ObjectStore>, v: &Volume) -> Result<bool, Se
 /// Apply `change` to the newest live generation of `uuid` and commit it as the next
 /// generation, re-reading and re-applying when another server commits first. `change`
 /// sees the current record and may refuse; it must be repeatable.
-pub async fn update<F>(
+pub(crate) async fn update<F>(
     store: &Arc<dyn ObjectStore>,
     uuid: &str,
     mut change: F,
@@ -197,7 +199,7 @@ where
 
 /// What a catalog compaction removed (or, dry, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CompactReport {
+pub(crate) struct CompactReport {
     /// Superseded generations deleted (or deletable).
     pub generations: u64,
     /// Their bytes.
@@ -216,7 +218,7 @@ pub struct CompactReport {
 /// listed, and a generation is deleted only once a newer one has existed for `grace`, so
 /// nobody still acting on the older one can be left. Deleted volumes keep their last
 /// generation, so a uuid is never reused.
-pub async fn compact(
+pub(crate) async fn compact(
     store: &Arc<dyn ObjectStore>,
     grace: std::time::Duration,
     dry_run: bool,

@@ -5,10 +5,10 @@
 //! [`Service::fix`]).
 //!
 //! It sits on top of the engine (`backup`, `restore`, `repo`, `image`) and nothing below
-//! uses it. Its catalog lives in the repository's store ([`catalog`]) so several hosts
-//! sharing a repository serve the same volumes, and so do operation records
-//! ([`ops_shared`]) and the last check; what one host holds locally (attached images,
-//! the journal of the operations it runs) lives in its data dir.
+//! uses it. Its catalog lives in the repository's store (format-spec/service.md, "Volume
+//! generations") so several hosts sharing a repository serve the same volumes, and so do
+//! operation records (service.md, "Operations") and the last check; what one host holds
+//! locally (attached images, the journal of the operations it runs) lives in its data dir.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), island::service::ServiceError> {
@@ -30,17 +30,19 @@
 //! ```
 
 mod attach;
-pub mod catalog;
+pub(crate) mod catalog;
 mod check;
 mod copy;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod head;
+// Public for the fuzz crate's end-to-end target, which plants a last check in a store.
+#[doc(hidden)]
 pub mod last_check;
-pub mod model;
-pub mod ops;
-pub mod ops_shared;
+pub(crate) mod model;
+pub(crate) mod ops;
+pub(crate) mod ops_shared;
 mod peer;
 mod resume;
 mod revert;
@@ -82,11 +84,11 @@ pub struct ServiceConfig {
     /// User limit of volumes created without one.
     pub default_user_limit: u32,
     /// How long a superseded catalog generation's successor must exist before the
-    /// catalog compaction deletes it (see [`catalog::compact`]): longer than any
-    /// server's list-then-write plus clock skew.
+    /// catalog compaction deletes it (format-spec/service.md, "Catalog compaction"):
+    /// longer than any server's list-then-write plus clock skew.
     pub catalog_grace: std::time::Duration,
     /// How often operation records are written to the store and when a silent owner
-    /// counts as gone or its records are pruned (see [`ops_shared`]).
+    /// counts as gone or its records are pruned (format-spec/service.md, "Operations").
     pub operations: OpTiming,
     /// Users who may change any volume, as its owner may (the users file's `admins`).
     pub admins: Vec<String>,

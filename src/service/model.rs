@@ -173,7 +173,7 @@ impl Volume {
 
 /// Names that become parts of file names and object keys (node, vm id, server id):
 /// 1-128 of `[A-Za-z0-9._-]`, not starting with `.`.
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
@@ -182,14 +182,14 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// A device name reported by a frontend (`vda`, `sdb`, `xvdc1`): 1-32 of `[a-z0-9]`.
-pub fn valid_device(s: &str) -> bool {
+pub(crate) fn valid_device(s: &str) -> bool {
     (1..=32).contains(&s.len())
         && s.bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 /// A volume id must be a canonical (lower-case, hyphenated) UUID.
-pub fn valid_uuid(s: &str) -> bool {
+pub(crate) fn valid_uuid(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
 }
 

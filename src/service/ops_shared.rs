@@ -95,7 +95,7 @@ impl OpTiming {
 }
 
 /// Key of operation `id`'s shared record.
-pub fn operation_key(id: &str) -> String {
+pub(crate) fn operation_key(id: &str) -> String {
     format!("{OPERATIONS}{id}")
 }
 

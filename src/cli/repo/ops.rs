@@ -10,7 +10,7 @@ use island::repo::{copy, CopyOptions, ForgetOptions, ForgetPolicy};
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
-pub struct CopyArgs {
+pub(crate) struct CopyArgs {
     /// Source repository: directory path, file://, s3:// or swift:// URL.
     #[arg(long, value_name = "REPO")]
     from: String,
@@ -33,7 +33,7 @@ pub struct CopyArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ForgetArgs {
+pub(crate) struct ForgetArgs {
     #[command(flatten)]
     repo: RepoArg,
     /// Apply the policy to this volume only (default: each volume separately).
