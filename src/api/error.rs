@@ -12,7 +12,10 @@ use axum::Json;
 /// An error response.
 #[derive(Debug)]
 pub(crate) struct ApiError {
+    /// 4xx for a client's mistake, 409 for a repository an operator must act on, 500
+    /// for an engine or local I/O failure.
     pub status: StatusCode,
+    /// Every problem found, each a sentence for a person (the body's `message` list).
     pub messages: Vec<String>,
     /// A stable machine-readable reason, where a client must act on it (never renamed).
     pub code: Option<&'static str>,

@@ -39,6 +39,7 @@ pub const DEFAULT_MAX_SIZE_GIB: u64 = 1024;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Users {
+    /// Bearer token → user name; every request must carry one of these tokens.
     pub tokens: HashMap<String, String>,
     /// Users who may check and fix the repository (`GET /api/check`, `POST /api/fix`).
     #[serde(default)]
@@ -67,7 +68,9 @@ impl Users {
 /// What every handler shares.
 #[derive(Debug)]
 pub struct ApiState {
+    /// The volume service every handler calls into.
     pub service: Arc<Service>,
+    /// Who may call the API, and who as an admin.
     pub users: Users,
     /// Upper bound of `size` in GiB for `POST /api/create`.
     pub max_size_gib: u64,

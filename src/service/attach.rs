@@ -63,7 +63,11 @@ pub enum Plug<'a> {
     AtStart,
     /// Hot-plugged into a running VM (may be hot-detached), with the device name the
     /// frontend reported, if any.
-    Hot { device: Option<&'a str> },
+    Hot {
+        /// The guest's device name (`vda`, `sdb`), kept in the attachment record so a
+        /// hot-detach can name it; `None` when the frontend did not say.
+        device: Option<&'a str>,
+    },
 }
 
 fn same_vm(a: &Attachment, node: &str, vm_id: &str) -> bool {

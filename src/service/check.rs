@@ -29,9 +29,14 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FixKind {
+    /// Reclaims space: gc, or the catalog compaction.
     Clean,
+    /// Makes a damaged snapshot restorable again (from a peer), or deletes it.
     Mend,
+    /// Repairs the stored reference counts (`check --repair`).
     Optimize,
+    /// Merges a delta chain; never proposed (every Island snapshot is a complete tree),
+    /// kept so the storage API's four kinds all parse.
     Merge,
 }
 
@@ -40,7 +45,10 @@ pub enum FixKind {
 pub struct Fix {
     /// Stable id to pass to [`Service::fix`].
     pub id: String,
+    /// Which of the four kinds; decides the order [`Service::fix`] applies fixes in.
     pub kind: FixKind,
+    /// For a person choosing fixes: what is wrong and what applying it does (a mend
+    /// names the first peer holding the snapshot, or says none does).
     pub description: String,
     /// Bytes concerned: reclaimed (clean), or the snapshot's size a mend without a peer
     /// forgets by deleting it; `None` = not known in advance (a mend a peer can serve
@@ -53,10 +61,14 @@ pub struct Fix {
 pub struct CheckResult {
     /// When it ran (RFC 3339).
     pub checked: String,
+    /// Everything [`Service::fix`] may apply; it refuses ids not listed here.
     pub fixes: Vec<Fix>,
     /// `volume/snapshot` of every snapshot that cannot be restored.
     pub damaged: Vec<String>,
+    /// Live snapshots whose structure the check walked.
     pub snapshots_checked: u64,
+    /// Blobs whose stored reference count disagrees with the snapshots (an `optimize`
+    /// fix is proposed when non-zero).
     pub refcount_mismatches: u64,
 }
 
@@ -64,8 +76,11 @@ pub struct CheckResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageStatus {
+    /// No snapshot of the volume is damaged (also before any check).
     Optimized,
+    /// Only older snapshots are damaged: the volume works, part of its history does not.
     Degraded,
+    /// The head snapshot (what an attach materialises) is damaged.
     Broken,
 }
 

@@ -34,12 +34,17 @@ pub struct CopyRequest {
 /// What a copy did.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyDone {
+    /// The volume copied (the same uuid in the target's catalog).
     pub uuid: String,
+    /// The target repository's URL, as in the request.
     pub target: String,
+    /// The snapshot copied (the head's id when the request named none).
     pub snapshot: String,
+    /// The snapshot the copy was a diff against, if any.
     pub base: Option<String>,
     /// True when this copy created the volume's record in the target's catalog.
     pub record_created: bool,
+    /// What the repository copy transferred.
     pub copy: CopyReport,
 }
 

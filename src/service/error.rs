@@ -28,8 +28,11 @@ pub enum ServiceError {
     /// A local file of the service (data dir, operation record) failed.
     #[error("{path}: {op}: {source}")]
     Io {
+        /// The local file or directory.
         path: String,
+        /// What was being done to it ("create", "rename"...), for the message.
         op: &'static str,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -113,7 +113,9 @@ impl ServiceConfig {
 pub struct CreateVolume {
     /// Bytes, [`MIN_VOLUME_SIZE`]..=[`MAX_VOLUME_SIZE`].
     pub size: u64,
+    /// Free-form label for listings (see [`Volume::tag`]).
     pub tag: String,
+    /// Who else may see and read the volume.
     pub visibility: Visibility,
     /// `None` = the service's default.
     pub user_limit: Option<u32>,
@@ -125,6 +127,7 @@ pub struct CreateVolume {
 /// What deleting a volume removed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeletedVolume {
+    /// The volume deleted (its uuid is never reused).
     pub uuid: String,
     /// Snapshots deleted with it (forced delete); their data is freed by the next gc.
     pub snapshots_deleted: Vec<String>,

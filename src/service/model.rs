@@ -52,7 +52,8 @@ pub enum AccessMode {
     ReadOnly,
 }
 
-/// One VM using a volume.
+/// One VM using a volume: an element of a volume record's `attachments`
+/// (format-spec/service.md, "Volume generations").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     /// Node the VM runs on (as the client names it).
@@ -61,6 +62,7 @@ pub struct Attachment {
     pub vm_id: String,
     /// The `island serve` instance holding the local image (`--server-id`).
     pub server: String,
+    /// `read-write` (at most one, uploads on detach) or `read-only`.
     pub mode: AccessMode,
     /// Hot-plugged (may be hot-detached) rather than registered at VM start.
     pub hot: bool,
@@ -80,15 +82,19 @@ pub struct Attachment {
     pub user: Option<String>,
 }
 
-/// The whole state of one volume at one generation.
+/// The whole state of one volume at one generation: the JSON of one catalog object
+/// `service/volumes/<uuid>/<generation>` (format-spec/service.md, "Volume generations").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     /// UUID; also the volume's name in the repository.
     pub uuid: String,
     /// Generation number, equal to the one in the object's key.
     pub generation: u64,
+    /// The user who created it; with admins, the only one who may change it.
     pub owner: String,
+    /// Free-form label its owner chose (the StratusLab API's `tag`), shown in listings.
     pub tag: String,
+    /// Who else may see it and attach it read-only.
     pub visibility: Visibility,
     /// Size in bytes.
     pub size: u64,
@@ -96,6 +102,7 @@ pub struct Volume {
     pub created: String,
     /// Most simultaneous attachments.
     pub user_limit: u32,
+    /// The VMs using it now, on any server sharing the repository.
     pub attachments: Vec<Attachment>,
     /// A deleted volume's last generation; it stays so the uuid is never reused.
     pub deleted: bool,

@@ -32,22 +32,32 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OpState {
+    /// Recorded, waiting for the volume's other operations (or a restart's resume).
     Queued,
+    /// Its stages are running; the owner heartbeats the shared record.
     Running,
+    /// Finished; `result` holds what it returned.
     Done,
+    /// Finished with `error`.
     Failed,
 }
 
-/// The persisted, pollable record of one operation. Field names are a stable JSON
-/// interface (`GET /api/operations/{id}`).
+/// The persisted, pollable record of one operation: the owner's journal entry and the
+/// shared record `service/operations/<id>` (format-spec/service.md, "Operations"). Field
+/// names are a stable JSON interface (`GET /api/operations/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
+    /// A random UUID the owner drew; also the shared record's key (checked on read).
     pub id: String,
     /// attach, hotattach, detach, hotdetach, snapshot, copy, create, fix.
     pub kind: String,
+    /// Who requested it: they (and admins) may see it.
     pub user: String,
+    /// The volume's uuid, for every kind but fix.
     pub volume: Option<String>,
+    /// The attaching VM's node (attach and detach kinds).
     pub node: Option<String>,
+    /// The attaching VM's id on `node` (attach and detach kinds).
     pub vm_id: Option<String>,
     /// Device name a hot attach registers (resumed with it).
     #[serde(default)]
@@ -55,21 +65,28 @@ pub struct Operation {
     /// Further arguments a resume needs (copy: target, snapshot, base; fix: fix ids).
     #[serde(default)]
     pub args: Option<serde_json::Value>,
+    /// Queued, running, or finished one way or the other.
     pub state: OpState,
     /// Current stage name.
     pub stage: String,
     /// Current stage number, 1-based (0 while queued).
     pub stage_index: u32,
+    /// How many stages the operation has, fixed at creation.
     pub stage_count: u32,
     /// Percent of the current stage's work done.
     pub percent: u8,
     /// Units (bytes for data stages) of the current stage done and planned.
     pub done: u64,
+    /// See `done`.
     pub total: u64,
+    /// Why it failed, once `Failed`; on a running record, that a server restart
+    /// interrupted it and it was resumed.
     pub error: Option<String>,
     /// What the operation returned, once done.
     pub result: Option<serde_json::Value>,
+    /// When it was recorded (RFC 3339).
     pub created: String,
+    /// When the record last changed, progress included (RFC 3339).
     pub updated: String,
     /// Server id of the owner: the server that runs the operation, the only one that
     /// writes its shared record, and the one that resumes it after a restart.
@@ -130,16 +147,25 @@ pub struct OpHandle {
     live: Arc<Live>,
 }
 
-/// What identifies a new operation.
+/// What identifies a new operation: the fields of its [`Operation`] record that are
+/// fixed at creation (see there for each one's meaning).
 #[derive(Debug, Clone, Default)]
 pub struct OpSpec {
+    /// [`Operation::kind`].
     pub kind: String,
+    /// [`Operation::user`].
     pub user: String,
+    /// [`Operation::volume`].
     pub volume: Option<String>,
+    /// [`Operation::node`].
     pub node: Option<String>,
+    /// [`Operation::vm_id`].
     pub vm_id: Option<String>,
+    /// [`Operation::device`].
     pub device: Option<String>,
+    /// [`Operation::args`].
     pub args: Option<serde_json::Value>,
+    /// [`Operation::stage_count`].
     pub stage_count: u32,
 }
 
@@ -326,7 +352,8 @@ impl Operations {
 
     /// The current record of operation `id`: this process's own state if it runs it,
     /// else the shared record (a gone owner's unfinished one shown `failed`, see
-    /// [`ops_shared::view`]), else this host's journal.
+    /// format-spec/service.md, "An owner that never comes back"), else this host's
+    /// journal.
     pub async fn get(&self, id: &str) -> Result<Operation, ServiceError> {
         let not_found = || ServiceError::NotFound(format!("operation {id}"));
         if !super::model::valid_uuid(id) {
@@ -381,7 +408,7 @@ impl Operations {
         Ok(out)
     }
 
-    /// Delete the shared records past the retention (see [`ops_shared::prunable`]),
+    /// Delete the shared records past the retention (format-spec/service.md, "Retention"),
     /// except those this process runs. Any server may prune any record: a final record
     /// is never written again, and an owner gone that long that does come back writes
     /// its record anew.

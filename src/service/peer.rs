@@ -31,6 +31,7 @@ pub struct CreatedFromPeer {
     pub uuid: String,
     /// The peer the snapshot came from.
     pub source_repository: String,
+    /// The snapshot the new volume starts as (its volume's uuid and id in the peer).
     pub source: SnapshotRef,
     /// True when this create also created the source volume's record in this catalog.
     pub record_created: bool,
