@@ -138,16 +138,15 @@ impl State {
     }
 
     /// The L2 table for L1 index `i`, made writable in place: allocated if missing,
-    /// copied if shared with a snapshot (the old table's refcount drop is deferred).
+    /// copied if its L1 entry lacks COPIED (the old table's refcount drop is deferred).
     fn writable_l2(&mut self, i: usize) -> Result<u64, ImageError> {
         let e = self.l1[i];
         let l1_at = self.header.l1_table_offset + i as u64 * 8;
         let old = self.l1_target(e, l1_at)?;
+        // COPIED is the authority (as in QEMU): a clear bit means the table may be
+        // shared, even where its refcount reads 1 (a damaged refcount, or a crash between
+        // a snapshot operation and the COPIED recomputation).
         if old != 0 && e & OFLAG_COPIED != 0 {
-            return Ok(old);
-        }
-        if old != 0 && self.refcount(HostCluster(old >> self.cb))? == 1 {
-            self.set_l1(i, old | OFLAG_COPIED);
             return Ok(old);
         }
         let new = self.alloc(1)?.0 << self.cb;
@@ -200,8 +199,13 @@ impl State {
         Ok((l2, j, self.classify(e, l2 + j as u64 * 8)?))
     }
 
-    /// Whether guest cluster `gc` can be written in place right now.
+    /// Whether guest cluster `gc` can be written in place right now: COPIED on both its
+    /// L1 and its L2 entry, as `write_cluster` requires.
     pub fn in_place_target(&self, gc: GuestCluster) -> Result<Option<u64>, ImageError> {
+        let i = (gc.0 >> (self.cb - 3)) as usize;
+        if self.l1.get(i).is_none_or(|&e| e & OFLAG_COPIED == 0) {
+            return Ok(None);
+        }
         Ok(match self.active_mapping(gc)? {
             Mapping::Data { host, copied: true } => Some(host),
             _ => None,
@@ -219,16 +223,12 @@ impl State {
     ) -> Result<(), ImageError> {
         let (l2, j, m) = self.l2_slot(gc)?;
         let source = match m {
-            Mapping::Data { host, copied } => {
-                if copied || self.refcount(HostCluster(host >> self.cb))? == 1 {
-                    self.write(data, host + in_off as u64, "write data", None)?;
-                    if !copied {
-                        self.set_l2(l2, j, host | OFLAG_COPIED)?;
-                    }
-                    return Ok(());
-                }
-                Some(host)
+            // In place only through COPIED (QEMU's rule); see `writable_l2`.
+            Mapping::Data { host, copied: true } => {
+                self.write(data, host + in_off as u64, "write data", None)?;
+                return Ok(());
             }
+            Mapping::Data { host, .. } => Some(host),
             Mapping::Compressed => return Err(self.unsupported_compressed(gc)),
             Mapping::Unallocated | Mapping::Zero { .. } => None,
         };
