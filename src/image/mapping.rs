@@ -156,10 +156,8 @@ impl State {
             let mut cache = self.cache();
             let src = cache.get(&*self.file, &self.path, old, Kind::L2)?;
             data.copy_from_slice(src);
-            // The copied entries point at clusters shared with the snapshot.
-            for ent in data.chunks_exact_mut(8) {
-                ent[0] &= 0x7f;
-            }
+            drop(cache);
+            self.copied_entries(&mut data);
         }
         self.cache().insert_new(new, Kind::L2, data);
         self.set_l1(i, new | OFLAG_COPIED);
@@ -167,6 +165,32 @@ impl State {
             self.pending.push(old >> self.cb);
         }
         Ok(new)
+    }
+
+    /// COPIED of the entries of an L2 table being copied: kept only where the cluster's
+    /// refcount reads 1 (a shared table's entries should all have it clear), never set
+    /// where it was clear. So a damaged entry claiming sole ownership of a shared cluster
+    /// is copied before a write, and a damaged refcount reading 1 for a shared cluster
+    /// does not make it writable in place; entries that were exact stay exact (as in
+    /// QEMU, which copies the table as it is).
+    fn copied_entries(&self, table: &mut [u8]) {
+        for ent in table.chunks_exact_mut(8) {
+            if ent[0] & 0x80 == 0 {
+                continue;
+            }
+            let v = u64::from_be_bytes([
+                ent[0], ent[1], ent[2], ent[3], ent[4], ent[5], ent[6], ent[7],
+            ]);
+            let host = v & OFFSET_MASK;
+            let sole = v & OFLAG_COMPRESSED == 0
+                && host != 0
+                && self
+                    .refcount(HostCluster(host >> self.cb))
+                    .is_ok_and(|r| r == 1);
+            if !sole {
+                ent[0] &= 0x7f;
+            }
+        }
     }
 
     fn set_l1(&mut self, i: usize, v: u64) {

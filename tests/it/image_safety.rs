@@ -425,3 +425,23 @@ fn copied_clear_data_cluster_with_refcount_one_is_copied() {
     std::fs::write(&p, &b).unwrap();
     write_keeps_snapshot(dir.path(), &p);
 }
+
+/// Oracle finding snaps-m8: in the L2 table shared with a snapshot, a damaged entry
+/// points at the L1 table with COPIED set (the L1 table's refcount reads 1). Copying the
+/// table before a write cleared that COPIED bit, so `qemu-img check` counted one more
+/// corruption (COPIED clear, refcount 1) than before the write. QEMU copies the table as
+/// it is; Island keeps a copied entry's COPIED where the refcount reads 1.
+#[test]
+fn copying_a_shared_l2_table_keeps_copied_exact() {
+    let dir = tempdir();
+    let p = dir.path().join("img.qcow2");
+    run(qemu_img(["create", "-q", "-f", "qcow2"]).arg(&p).arg("1M"));
+    run(&mut qemu_io(&p, &["write -q -P 0x41 0 64k".into()]));
+    run(qemu_img(["snapshot", "-c", "one"]).arg(&p));
+    let mut b = std::fs::read(&p).unwrap();
+    let (l2, _) = l2_and_data(&b, 0);
+    let l1 = be64(&b, 40);
+    put64(&mut b, l2 + 8 * 10, l1 | 1 << 63);
+    std::fs::write(&p, &b).unwrap();
+    write_keeps_snapshot(dir.path(), &p);
+}
