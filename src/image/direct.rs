@@ -103,7 +103,7 @@ impl Drop for AlignedBuf {
 /// Open `path` with O_DIRECT (read-only, read-write, or created). A filesystem that
 /// refuses O_DIRECT is reported as [`ImageError::DirectIo`] naming the path: Island never
 /// falls back to the page cache silently, since the caller asked for cache=none semantics.
-pub fn open_direct(path: &Path, write: bool, create: bool) -> Result<File, ImageError> {
+pub(super) fn open_direct(path: &Path, write: bool, create: bool) -> Result<File, ImageError> {
     let file = OpenOptions::new()
         .read(true)
         .write(write)

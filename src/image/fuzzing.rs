@@ -105,7 +105,7 @@ pub fn tables(bytes: &[u8]) {
         assert_eq!(back, canonical, "L2 entry {e:#x} re-encodes to {back:#x}");
     }
     for order in 0..=6u32 {
-        let n = rest.len() * 8 >> order;
+        let n = (rest.len() * 8) >> order;
         let mut copy = rest.to_vec();
         for i in 0..n {
             set_entry(&mut copy, i, order, get_entry(rest, i, order));

@@ -11,16 +11,23 @@ use super::state::State;
 use super::types::{GuestCluster, GuestOffset, HostCluster};
 use std::path::Path;
 
-pub const OFLAG_COPIED: u64 = 1 << 63;
-pub const OFLAG_COMPRESSED: u64 = 1 << 62;
-pub const OFLAG_ZERO: u64 = 1;
-pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1 and L2 entry bit 63, QCOW_OFLAG_COPIED: the table or cluster pointed at has
+/// refcount 1 and may be written in place (image.md §1 "Mapping tables").
+pub(super) const OFLAG_COPIED: u64 = 1 << 63;
+/// L2 entry bit 62: the cluster is compressed (Island refuses to read or write those).
+pub(super) const OFLAG_COMPRESSED: u64 = 1 << 62;
+/// L2 entry bit 0: the guest cluster reads as zeros (with or without a host cluster).
+pub(super) const OFLAG_ZERO: u64 = 1;
+/// L1 and L2 entry bits 9–55: host offset of the L2 table or data cluster.
+pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1 entry bits 0–8 and 56–62 are reserved (must be zero).
 const L1_RESERVED: u64 = !(OFFSET_MASK | OFLAG_COPIED);
+/// Standard L2 entry bits 1–8 and 56–61 are reserved (must be zero).
 const L2_RESERVED: u64 = !(OFFSET_MASK | OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO);
 
 /// What one L2 entry says about its guest cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mapping {
+pub(crate) enum Mapping {
     /// Nothing allocated; reads as zeros (no backing file).
     Unallocated,
     /// Zero flag; `host` is a preallocated cluster still owned by the entry, if any.
@@ -33,7 +40,7 @@ pub enum Mapping {
 
 impl Mapping {
     /// Host cluster owned (refcounted) by this entry.
-    pub fn owned(self) -> Option<u64> {
+    pub(crate) fn owned(self) -> Option<u64> {
         match self {
             Mapping::Zero { host } => host,
             Mapping::Data { host, .. } => Some(host),
@@ -41,14 +48,14 @@ impl Mapping {
         }
     }
 
-    pub fn reads_zero(self) -> bool {
+    pub(crate) fn reads_zero(self) -> bool {
         matches!(self, Mapping::Unallocated | Mapping::Zero { .. })
     }
 }
 
 /// Decode an L2 entry, validating reserved bits, alignment and that the cluster lies
 /// inside the image (`host_end` = end of the image in bytes).
-pub fn classify(
+pub(super) fn classify(
     e: u64,
     cs: u64,
     host_end: u64,
@@ -91,7 +98,13 @@ pub fn classify(
 }
 
 /// Validate an L1 entry and return its L2 table offset (0 = none).
-pub fn l1_target(e: u64, cs: u64, host_end: u64, path: &Path, at: u64) -> Result<u64, ImageError> {
+pub(super) fn l1_target(
+    e: u64,
+    cs: u64,
+    host_end: u64,
+    path: &Path,
+    at: u64,
+) -> Result<u64, ImageError> {
     let off = e & OFFSET_MASK;
     if e & L1_RESERVED != 0 || off % cs != 0 || off >= host_end {
         return Err(ImageError::Corrupt {
@@ -105,7 +118,7 @@ pub fn l1_target(e: u64, cs: u64, host_end: u64, path: &Path, at: u64) -> Result
 }
 
 /// Raw L2 entry for guest cluster `gc` through `l1` (0 if no L2 table).
-pub fn lookup(
+pub(super) fn lookup(
     st: &State,
     cache: &mut Cache,
     l1: &[u64],
@@ -131,7 +144,7 @@ pub fn lookup(
 
 impl State {
     /// Mapping of guest cluster `gc` in the active layer.
-    pub fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
+    pub(crate) fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
         let mut cache = self.cache();
         let (e, at) = lookup(self, &mut cache, &self.l1, self.header.l1_table_offset, gc)?;
         self.classify(e, at)
@@ -225,7 +238,7 @@ impl State {
 
     /// Whether guest cluster `gc` can be written in place right now: COPIED on both its
     /// L1 and its L2 entry, as `write_cluster` requires.
-    pub fn in_place_target(&self, gc: GuestCluster) -> Result<Option<u64>, ImageError> {
+    pub(crate) fn in_place_target(&self, gc: GuestCluster) -> Result<Option<u64>, ImageError> {
         let i = (gc.0 >> (self.cb - 3)) as usize;
         if self.l1.get(i).is_none_or(|&e| e & OFLAG_COPIED == 0) {
             return Ok(None);
@@ -238,7 +251,7 @@ impl State {
 
     /// Write `data` at byte `in_off` of guest cluster `gc`. New clusters are written in
     /// full (merged with zeros or the copy-on-write source) before the L2 entry changes.
-    pub fn write_cluster(
+    pub(crate) fn write_cluster(
         &mut self,
         gc: GuestCluster,
         in_off: usize,
@@ -283,7 +296,7 @@ impl State {
 
     /// The body of [`super::Image::write_zeroes`]: whole clusters get the zero flag,
     /// partial ones explicit zero bytes; ranges without an L2 table are skipped.
-    pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
+    pub(crate) fn zero_range(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         let cs = self.cs;
         let end = offset + len;
         let mut pos = offset;
@@ -315,7 +328,7 @@ impl State {
 
     /// Make a whole guest cluster read as zeros with the zero flag, releasing the cluster
     /// it pointed at (deferred until the new entry is durable).
-    pub fn zero_cluster(&mut self, gc: GuestCluster) -> Result<(), ImageError> {
+    pub(crate) fn zero_cluster(&mut self, gc: GuestCluster) -> Result<(), ImageError> {
         match self.active_mapping(gc)? {
             Mapping::Unallocated | Mapping::Zero { host: None } => return Ok(()),
             Mapping::Compressed => return Err(self.unsupported_compressed(gc)),
@@ -329,7 +342,7 @@ impl State {
         Ok(())
     }
 
-    pub fn unsupported_compressed(&self, gc: GuestCluster) -> ImageError {
+    pub(crate) fn unsupported_compressed(&self, gc: GuestCluster) -> ImageError {
         ImageError::Unsupported {
             path: self.path.clone(),
             feature: format!("compressed cluster at guest offset {}", gc.0 << self.cb),
@@ -338,7 +351,7 @@ impl State {
 
     /// Host clusters reachable from an L1 table (its L2 tables and the clusters their
     /// entries own), fed to `sink` in batches for bulk refcount updates.
-    pub fn walk_tree(
+    pub(crate) fn walk_tree(
         &mut self,
         l1: &[u64],
         l1_offset: u64,
@@ -388,7 +401,7 @@ impl State {
 
     /// Recompute QCOW_OFLAG_COPIED on every active L1 and L2 entry from the refcounts
     /// (after snapshot create/delete/revert changed them).
-    pub fn fix_copied(&mut self) -> Result<(), ImageError> {
+    pub(crate) fn fix_copied(&mut self) -> Result<(), ImageError> {
         for i in 0..self.l1.len() {
             let e = self.l1[i];
             let l2 = self.l1_target(e, self.header.l1_table_offset + i as u64 * 8)?;
