@@ -433,7 +433,7 @@ impl Image {
                     return Ok(());
                 }
                 match st.in_place_target(gc)? {
-                    Some(h) => targets[n] = h,
+                    Some(h) => targets[n] = h.0,
                     None => all = false,
                 }
                 n += 1;
@@ -725,7 +725,7 @@ fn read_view(
         };
         match m {
             Mapping::Data { host, .. } => {
-                let h = host + in_off;
+                let h = host.0 + in_off;
                 match &mut run {
                     Some((_, rh, rl)) if *rh + *rl as u64 == h => *rl += n,
                     _ => {

@@ -96,8 +96,8 @@ pub fn tables(bytes: &[u8]) {
         }
         let back = match classify(e, cs, CLAIMED_FILE_LEN, path, at) {
             Ok(Mapping::Unallocated) => 0,
-            Ok(Mapping::Zero { host }) => host.unwrap_or(0) | OFLAG_ZERO,
-            Ok(Mapping::Data { host, copied }) => host | if copied { OFLAG_COPIED } else { 0 },
+            Ok(Mapping::Zero { host }) => host.map_or(0, |h| h.0) | OFLAG_ZERO,
+            Ok(Mapping::Data { host, copied }) => host.0 | if copied { OFLAG_COPIED } else { 0 },
             Ok(Mapping::Compressed) | Err(_) => continue,
         };
         let unowned = e & OFLAG_ZERO != 0 || e & !OFLAG_COPIED == 0;

@@ -8,7 +8,7 @@ use super::cache::{read_tolerant, Cache, Kind};
 use super::error::ImageError;
 use super::overlap::Region;
 use super::state::State;
-use super::types::{GuestCluster, GuestOffset, HostCluster};
+use super::types::{GuestCluster, GuestOffset, HostCluster, HostOffset};
 use std::path::Path;
 
 /// L1 and L2 entry bit 63, QCOW_OFLAG_COPIED: the table or cluster pointed at has
@@ -31,16 +31,16 @@ pub(crate) enum Mapping {
     /// Nothing allocated; reads as zeros (no backing file).
     Unallocated,
     /// Zero flag; `host` is a preallocated cluster still owned by the entry, if any.
-    Zero { host: Option<u64> },
+    Zero { host: Option<HostOffset> },
     /// Data at `host`; `copied` = may be written in place.
-    Data { host: u64, copied: bool },
+    Data { host: HostOffset, copied: bool },
     /// A zlib-compressed cluster (not supported).
     Compressed,
 }
 
 impl Mapping {
     /// Host cluster owned (refcounted) by this entry.
-    pub(crate) fn owned(self) -> Option<u64> {
+    pub(crate) fn owned(self) -> Option<HostOffset> {
         match self {
             Mapping::Zero { host } => host,
             Mapping::Data { host, .. } => Some(host),
@@ -85,13 +85,13 @@ pub(super) fn classify(
     }
     Ok(if e & OFLAG_ZERO != 0 {
         Mapping::Zero {
-            host: (host != 0).then_some(host),
+            host: (host != 0).then_some(HostOffset(host)),
         }
     } else if host == 0 {
         Mapping::Unallocated
     } else {
         Mapping::Data {
-            host,
+            host: HostOffset(host),
             copied: e & OFLAG_COPIED != 0,
         }
     })
@@ -238,7 +238,10 @@ impl State {
 
     /// Whether guest cluster `gc` can be written in place right now: COPIED on both its
     /// L1 and its L2 entry, as `write_cluster` requires.
-    pub(crate) fn in_place_target(&self, gc: GuestCluster) -> Result<Option<u64>, ImageError> {
+    pub(crate) fn in_place_target(
+        &self,
+        gc: GuestCluster,
+    ) -> Result<Option<HostOffset>, ImageError> {
         let i = (gc.0 >> (self.cb - 3)) as usize;
         if self.l1.get(i).is_none_or(|&e| e & OFLAG_COPIED == 0) {
             return Ok(None);
@@ -262,10 +265,10 @@ impl State {
         let source = match m {
             // In place only through COPIED (QEMU's rule); see `writable_l2`.
             Mapping::Data { host, copied: true } => {
-                self.write(data, host + in_off as u64, "write data", None)?;
+                self.write(data, host.0 + in_off as u64, "write data", None)?;
                 return Ok(());
             }
-            Mapping::Data { host, .. } => Some(host),
+            Mapping::Data { host, .. } => Some(host.0),
             Mapping::Compressed => return Err(self.unsupported_compressed(gc)),
             Mapping::Unallocated | Mapping::Zero { .. } => None,
         };
@@ -289,7 +292,7 @@ impl State {
         }
         self.set_l2(l2, j, new | OFLAG_COPIED)?;
         if let Some(old) = m.owned() {
-            self.pending.push(old >> self.cb);
+            self.pending.push(old.cluster(self.cb).0);
         }
         Ok(())
     }
@@ -337,7 +340,7 @@ impl State {
         let (l2, j, m) = self.l2_slot(gc)?;
         self.set_l2(l2, j, OFLAG_ZERO)?;
         if let Some(old) = m.owned() {
-            self.pending.push(old >> self.cb);
+            self.pending.push(old.cluster(self.cb).0);
         }
         Ok(())
     }
@@ -383,7 +386,7 @@ impl State {
                         }
                         m => {
                             if let Some(h) = m.owned() {
-                                batch.push(h >> self.cb);
+                                batch.push(h.cluster(self.cb).0);
                             }
                         }
                     }
@@ -425,7 +428,7 @@ impl State {
                 let Some(h) = self.classify(v, l2 + j as u64 * 8)?.owned() else {
                     continue;
                 };
-                let copied = sole && self.refcount(HostCluster(h >> self.cb))? == 1;
+                let copied = sole && self.refcount(h.cluster(self.cb))? == 1;
                 let nv = if copied {
                     v | OFLAG_COPIED
                 } else {

@@ -181,7 +181,7 @@ impl State {
     /// mapping guest data onto metadata.
     pub(crate) fn classify(&self, e: u64, at: u64) -> Result<Mapping, ImageError> {
         let m = mapping::classify(e, self.cs, u64::MAX, &self.path, at)?;
-        if let Some(h) = m.owned() {
+        if let Some(h) = m.owned().map(|h| h.0) {
             self.check_in_file(h, "L2 entry", at)?;
             if let Some(r) = self.regions.get(h >> self.cb) {
                 return Err(self.overlap(
