@@ -165,7 +165,8 @@ pub struct DirectFile {
 }
 
 impl DirectFile {
-    /// Wrap a file opened with [`open_direct`]; `path` names it in errors.
+    /// Wrap a file opened with `O_DIRECT` (the engine opens it with `open_direct`);
+    /// `path` names it in errors.
     pub fn new(file: File, path: &Path) -> Result<DirectFile, ImageError> {
         let (mem, off) = dio_alignment(&file).unwrap_or((FALLBACK_ALIGN, FALLBACK_ALIGN));
         if off == 0 {
