@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Which metadata a cached cluster holds; the flush writes kinds in dependency order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     L2,
     Refblock,
 }
@@ -23,7 +23,7 @@ struct Slot {
     used: u64,
 }
 
-pub struct Cache {
+pub(crate) struct Cache {
     map: HashMap<u64, Slot>,
     capacity: usize,
     tick: u64,
@@ -32,7 +32,7 @@ pub struct Cache {
 
 /// Read a whole metadata cluster; a cluster cut short by the end of the file reads as
 /// zeros past the end (QEMU may leave the last cluster short).
-pub fn read_cluster(
+pub(super) fn read_cluster(
     file: &dyn ImageFile,
     path: &Path,
     what: &'static str,
@@ -43,7 +43,7 @@ pub fn read_cluster(
 }
 
 /// Exact read that zero-fills past EOF.
-pub fn read_tolerant(
+pub(super) fn read_tolerant(
     file: &dyn ImageFile,
     path: &Path,
     what: &'static str,
@@ -82,7 +82,7 @@ pub fn read_tolerant(
 }
 
 impl Cache {
-    pub fn new(cluster_size: usize, budget_bytes: usize) -> Cache {
+    pub(crate) fn new(cluster_size: usize, budget_bytes: usize) -> Cache {
         Cache {
             map: HashMap::new(),
             capacity: (budget_bytes / cluster_size).max(16),
@@ -127,7 +127,7 @@ impl Cache {
     }
 
     /// The cached cluster at `offset`, loaded from the file on a miss.
-    pub fn get(
+    pub(crate) fn get(
         &mut self,
         file: &dyn ImageFile,
         path: &Path,
@@ -146,7 +146,7 @@ impl Cache {
     }
 
     /// Mutable access; marks the entry dirty.
-    pub fn get_mut(
+    pub(crate) fn get_mut(
         &mut self,
         file: &dyn ImageFile,
         path: &Path,
@@ -166,7 +166,7 @@ impl Cache {
     }
 
     /// A freshly allocated metadata cluster with the given contents, dirty.
-    pub fn insert_new(&mut self, offset: u64, kind: Kind, data: Box<[u8]>) {
+    pub(crate) fn insert_new(&mut self, offset: u64, kind: Kind, data: Box<[u8]>) {
         let used = self.touch();
         self.map.insert(
             offset,
@@ -180,14 +180,14 @@ impl Cache {
     }
 
     /// Drop an entry whose cluster was freed so it is never written back over new data.
-    pub fn forget(&mut self, offset: u64) {
+    pub(crate) fn forget(&mut self, offset: u64) {
         self.map.remove(&offset);
     }
 
     /// Write every dirty entry of `kind` (in offset order) and mark it clean. The caller
     /// issues the sync barrier. Each cluster must be recorded in `regions` as what it
     /// holds (the overlap check): an entry that is not is refused, nothing written.
-    pub fn write_dirty(
+    pub(crate) fn write_dirty(
         &mut self,
         file: &dyn ImageFile,
         path: &Path,
@@ -241,13 +241,13 @@ impl Cache {
     }
 
     /// Whether the cache holds more than its bound.
-    pub fn over_capacity(&self) -> bool {
+    pub(crate) fn over_capacity(&self) -> bool {
         self.map.len() > self.capacity
     }
 
     /// Evict least-recently-used clean entries until `room` more fit. Evicts at least a
     /// sixteenth of the capacity at once so the O(entries) scan is amortized over misses.
-    pub fn evict_clean(&mut self, room: usize) {
+    pub(crate) fn evict_clean(&mut self, room: usize) {
         if self.map.len() + room <= self.capacity {
             return;
         }

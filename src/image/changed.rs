@@ -60,7 +60,11 @@ impl State {
     }
 
     /// See [`super::Image::changed_ranges`].
-    pub fn changed_ranges(&self, from: &View, to: &View) -> Result<Vec<ChangedRange>, ImageError> {
+    pub(crate) fn changed_ranges(
+        &self,
+        from: &View,
+        to: &View,
+    ) -> Result<Vec<ChangedRange>, ImageError> {
         let (fl1, foff, fsize) = from;
         let (tl1, toff, tsize) = to;
         let cs = self.cs;
@@ -119,7 +123,7 @@ impl State {
     }
 
     /// See [`super::Image::extents`].
-    pub fn extents(
+    pub(crate) fn extents(
         &self,
         l1: &[u64],
         l1_off: u64,

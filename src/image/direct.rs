@@ -103,7 +103,7 @@ impl Drop for AlignedBuf {
 /// Open `path` with O_DIRECT (read-only, read-write, or created). A filesystem that
 /// refuses O_DIRECT is reported as [`ImageError::DirectIo`] naming the path: Island never
 /// falls back to the page cache silently, since the caller asked for cache=none semantics.
-pub fn open_direct(path: &Path, write: bool, create: bool) -> Result<File, ImageError> {
+pub(super) fn open_direct(path: &Path, write: bool, create: bool) -> Result<File, ImageError> {
     let file = OpenOptions::new()
         .read(true)
         .write(write)
@@ -165,7 +165,8 @@ pub struct DirectFile {
 }
 
 impl DirectFile {
-    /// Wrap a file opened with [`open_direct`]; `path` names it in errors.
+    /// Wrap a file opened with `O_DIRECT` (the engine opens it with `open_direct`);
+    /// `path` names it in errors.
     pub fn new(file: File, path: &Path) -> Result<DirectFile, ImageError> {
         let (mem, off) = dio_alignment(&file).unwrap_or((FALLBACK_ALIGN, FALLBACK_ALIGN));
         if off == 0 {

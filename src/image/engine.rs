@@ -353,6 +353,8 @@ impl Image {
         self.read_state().header.size
     }
 
+    /// Cluster size in bytes: the unit of allocation, copy-on-write and changed-block
+    /// tracking.
     pub fn cluster_size(&self) -> u32 {
         self.read_state().cs as u32
     }
@@ -431,7 +433,7 @@ impl Image {
                     return Ok(());
                 }
                 match st.in_place_target(gc)? {
-                    Some(h) => targets[n] = h,
+                    Some(h) => targets[n] = h.0,
                     None => all = false,
                 }
                 n += 1;
@@ -667,7 +669,7 @@ fn round_size(path: &Path, size: u64) -> Result<u64, ImageError> {
 
 /// Split a guest byte range into per-cluster pieces: (cluster, offset in cluster,
 /// offset in buffer, length).
-pub fn for_each_piece(
+pub(super) fn for_each_piece(
     cb: u32,
     offset: u64,
     len: usize,
@@ -723,7 +725,7 @@ fn read_view(
         };
         match m {
             Mapping::Data { host, .. } => {
-                let h = host + in_off;
+                let h = host.0 + in_off;
                 match &mut run {
                     Some((_, rh, rl)) if *rh + *rl as u64 == h => *rl += n,
                     _ => {

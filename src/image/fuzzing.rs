@@ -96,8 +96,8 @@ pub fn tables(bytes: &[u8]) {
         }
         let back = match classify(e, cs, CLAIMED_FILE_LEN, path, at) {
             Ok(Mapping::Unallocated) => 0,
-            Ok(Mapping::Zero { host }) => host.unwrap_or(0) | OFLAG_ZERO,
-            Ok(Mapping::Data { host, copied }) => host | if copied { OFLAG_COPIED } else { 0 },
+            Ok(Mapping::Zero { host }) => host.map_or(0, |h| h.0) | OFLAG_ZERO,
+            Ok(Mapping::Data { host, copied }) => host.0 | if copied { OFLAG_COPIED } else { 0 },
             Ok(Mapping::Compressed) | Err(_) => continue,
         };
         let unowned = e & OFLAG_ZERO != 0 || e & !OFLAG_COPIED == 0;
@@ -105,7 +105,7 @@ pub fn tables(bytes: &[u8]) {
         assert_eq!(back, canonical, "L2 entry {e:#x} re-encodes to {back:#x}");
     }
     for order in 0..=6u32 {
-        let n = rest.len() * 8 >> order;
+        let n = (rest.len() * 8) >> order;
         let mut copy = rest.to_vec();
         for i in 0..n {
             set_entry(&mut copy, i, order, get_entry(rest, i, order));

@@ -66,7 +66,7 @@ fn perms(mode: OpenMode) -> (u32, u32) {
 /// dropped: by a closed image, and just as much by an open or create that fails after
 /// taking them, since a child forked meanwhile by another thread keeps the description
 /// (and so the locks) alive until its exec.
-pub struct Held {
+pub(super) struct Held {
     /// A second descriptor of the locked description.
     file: File,
     path: PathBuf,
@@ -88,7 +88,7 @@ impl Drop for Held {
 /// child forked by another thread shares it until its exec closes the (CLOEXEC) copy, so
 /// they are released explicitly when the returned [`Held`] is dropped — also when this
 /// fails after taking some of them.
-pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<Held, ImageError> {
+pub(super) fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<Held, ImageError> {
     let (held, shared) = perms(mode);
     let io = |source: std::io::Error, offset: u64| ImageError::Io {
         path: path.to_path_buf(),
@@ -145,7 +145,7 @@ pub fn lock(file: &File, path: &Path, mode: OpenMode) -> Result<Held, ImageError
 /// the descriptor, this takes effect even while a concurrently forked child (between
 /// fork and exec) still shares the description, so the image is unlocked the moment
 /// [`super::Image`] is closed.
-pub fn unlock(file: &File) -> std::io::Result<()> {
+pub(super) fn unlock(file: &File) -> std::io::Result<()> {
     let mut fl = flock(libc::F_UNLCK as libc::c_short, 0);
     fl.l_len = 0;
     // SAFETY: valid fd and a pointer to an initialized flock for the call's duration.

@@ -8,32 +8,39 @@ use super::cache::{read_tolerant, Cache, Kind};
 use super::error::ImageError;
 use super::overlap::Region;
 use super::state::State;
-use super::types::{GuestCluster, GuestOffset, HostCluster};
+use super::types::{GuestCluster, GuestOffset, HostCluster, HostOffset};
 use std::path::Path;
 
-pub const OFLAG_COPIED: u64 = 1 << 63;
-pub const OFLAG_COMPRESSED: u64 = 1 << 62;
-pub const OFLAG_ZERO: u64 = 1;
-pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1 and L2 entry bit 63, QCOW_OFLAG_COPIED: the table or cluster pointed at has
+/// refcount 1 and may be written in place (image.md §1 "Mapping tables").
+pub(super) const OFLAG_COPIED: u64 = 1 << 63;
+/// L2 entry bit 62: the cluster is compressed (Island refuses to read or write those).
+pub(super) const OFLAG_COMPRESSED: u64 = 1 << 62;
+/// L2 entry bit 0: the guest cluster reads as zeros (with or without a host cluster).
+pub(super) const OFLAG_ZERO: u64 = 1;
+/// L1 and L2 entry bits 9–55: host offset of the L2 table or data cluster.
+pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1 entry bits 0–8 and 56–62 are reserved (must be zero).
 const L1_RESERVED: u64 = !(OFFSET_MASK | OFLAG_COPIED);
+/// Standard L2 entry bits 1–8 and 56–61 are reserved (must be zero).
 const L2_RESERVED: u64 = !(OFFSET_MASK | OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO);
 
 /// What one L2 entry says about its guest cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mapping {
+pub(crate) enum Mapping {
     /// Nothing allocated; reads as zeros (no backing file).
     Unallocated,
     /// Zero flag; `host` is a preallocated cluster still owned by the entry, if any.
-    Zero { host: Option<u64> },
+    Zero { host: Option<HostOffset> },
     /// Data at `host`; `copied` = may be written in place.
-    Data { host: u64, copied: bool },
+    Data { host: HostOffset, copied: bool },
     /// A zlib-compressed cluster (not supported).
     Compressed,
 }
 
 impl Mapping {
     /// Host cluster owned (refcounted) by this entry.
-    pub fn owned(self) -> Option<u64> {
+    pub(crate) fn owned(self) -> Option<HostOffset> {
         match self {
             Mapping::Zero { host } => host,
             Mapping::Data { host, .. } => Some(host),
@@ -41,14 +48,14 @@ impl Mapping {
         }
     }
 
-    pub fn reads_zero(self) -> bool {
+    pub(crate) fn reads_zero(self) -> bool {
         matches!(self, Mapping::Unallocated | Mapping::Zero { .. })
     }
 }
 
 /// Decode an L2 entry, validating reserved bits, alignment and that the cluster lies
 /// inside the image (`host_end` = end of the image in bytes).
-pub fn classify(
+pub(super) fn classify(
     e: u64,
     cs: u64,
     host_end: u64,
@@ -78,20 +85,26 @@ pub fn classify(
     }
     Ok(if e & OFLAG_ZERO != 0 {
         Mapping::Zero {
-            host: (host != 0).then_some(host),
+            host: (host != 0).then_some(HostOffset(host)),
         }
     } else if host == 0 {
         Mapping::Unallocated
     } else {
         Mapping::Data {
-            host,
+            host: HostOffset(host),
             copied: e & OFLAG_COPIED != 0,
         }
     })
 }
 
 /// Validate an L1 entry and return its L2 table offset (0 = none).
-pub fn l1_target(e: u64, cs: u64, host_end: u64, path: &Path, at: u64) -> Result<u64, ImageError> {
+pub(super) fn l1_target(
+    e: u64,
+    cs: u64,
+    host_end: u64,
+    path: &Path,
+    at: u64,
+) -> Result<u64, ImageError> {
     let off = e & OFFSET_MASK;
     if e & L1_RESERVED != 0 || off % cs != 0 || off >= host_end {
         return Err(ImageError::Corrupt {
@@ -105,7 +118,7 @@ pub fn l1_target(e: u64, cs: u64, host_end: u64, path: &Path, at: u64) -> Result
 }
 
 /// Raw L2 entry for guest cluster `gc` through `l1` (0 if no L2 table).
-pub fn lookup(
+pub(super) fn lookup(
     st: &State,
     cache: &mut Cache,
     l1: &[u64],
@@ -131,23 +144,22 @@ pub fn lookup(
 
 impl State {
     /// Mapping of guest cluster `gc` in the active layer.
-    pub fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
+    pub(crate) fn active_mapping(&self, gc: GuestCluster) -> Result<Mapping, ImageError> {
         let mut cache = self.cache();
         let (e, at) = lookup(self, &mut cache, &self.l1, self.header.l1_table_offset, gc)?;
         self.classify(e, at)
     }
 
     /// The L2 table for L1 index `i`, made writable in place: allocated if missing,
-    /// copied if shared with a snapshot (the old table's refcount drop is deferred).
+    /// copied if its L1 entry lacks COPIED (the old table's refcount drop is deferred).
     fn writable_l2(&mut self, i: usize) -> Result<u64, ImageError> {
         let e = self.l1[i];
         let l1_at = self.header.l1_table_offset + i as u64 * 8;
         let old = self.l1_target(e, l1_at)?;
+        // COPIED is the authority (as in QEMU): a clear bit means the table may be
+        // shared, even where its refcount reads 1 (a damaged refcount, or a crash between
+        // a snapshot operation and the COPIED recomputation).
         if old != 0 && e & OFLAG_COPIED != 0 {
-            return Ok(old);
-        }
-        if old != 0 && self.refcount(HostCluster(old >> self.cb))? == 1 {
-            self.set_l1(i, old | OFLAG_COPIED);
             return Ok(old);
         }
         let new = self.alloc(1)?.0 << self.cb;
@@ -157,10 +169,8 @@ impl State {
             let mut cache = self.cache();
             let src = cache.get(&*self.file, &self.path, old, Kind::L2)?;
             data.copy_from_slice(src);
-            // The copied entries point at clusters shared with the snapshot.
-            for ent in data.chunks_exact_mut(8) {
-                ent[0] &= 0x7f;
-            }
+            drop(cache);
+            self.copied_entries(&mut data);
         }
         self.cache().insert_new(new, Kind::L2, data);
         self.set_l1(i, new | OFLAG_COPIED);
@@ -168,6 +178,32 @@ impl State {
             self.pending.push(old >> self.cb);
         }
         Ok(new)
+    }
+
+    /// COPIED of the entries of an L2 table being copied: kept only where the cluster's
+    /// refcount reads 1 (a shared table's entries should all have it clear), never set
+    /// where it was clear. So a damaged entry claiming sole ownership of a shared cluster
+    /// is copied before a write, and a damaged refcount reading 1 for a shared cluster
+    /// does not make it writable in place; entries that were exact stay exact (as in
+    /// QEMU, which copies the table as it is).
+    fn copied_entries(&self, table: &mut [u8]) {
+        for ent in table.chunks_exact_mut(8) {
+            if ent[0] & 0x80 == 0 {
+                continue;
+            }
+            let v = u64::from_be_bytes([
+                ent[0], ent[1], ent[2], ent[3], ent[4], ent[5], ent[6], ent[7],
+            ]);
+            let host = v & OFFSET_MASK;
+            let sole = v & OFLAG_COMPRESSED == 0
+                && host != 0
+                && self
+                    .refcount(HostCluster(host >> self.cb))
+                    .is_ok_and(|r| r == 1);
+            if !sole {
+                ent[0] &= 0x7f;
+            }
+        }
     }
 
     fn set_l1(&mut self, i: usize, v: u64) {
@@ -200,8 +236,16 @@ impl State {
         Ok((l2, j, self.classify(e, l2 + j as u64 * 8)?))
     }
 
-    /// Whether guest cluster `gc` can be written in place right now.
-    pub fn in_place_target(&self, gc: GuestCluster) -> Result<Option<u64>, ImageError> {
+    /// Whether guest cluster `gc` can be written in place right now: COPIED on both its
+    /// L1 and its L2 entry, as `write_cluster` requires.
+    pub(crate) fn in_place_target(
+        &self,
+        gc: GuestCluster,
+    ) -> Result<Option<HostOffset>, ImageError> {
+        let i = (gc.0 >> (self.cb - 3)) as usize;
+        if self.l1.get(i).is_none_or(|&e| e & OFLAG_COPIED == 0) {
+            return Ok(None);
+        }
         Ok(match self.active_mapping(gc)? {
             Mapping::Data { host, copied: true } => Some(host),
             _ => None,
@@ -210,7 +254,7 @@ impl State {
 
     /// Write `data` at byte `in_off` of guest cluster `gc`. New clusters are written in
     /// full (merged with zeros or the copy-on-write source) before the L2 entry changes.
-    pub fn write_cluster(
+    pub(crate) fn write_cluster(
         &mut self,
         gc: GuestCluster,
         in_off: usize,
@@ -219,16 +263,12 @@ impl State {
     ) -> Result<(), ImageError> {
         let (l2, j, m) = self.l2_slot(gc)?;
         let source = match m {
-            Mapping::Data { host, copied } => {
-                if copied || self.refcount(HostCluster(host >> self.cb))? == 1 {
-                    self.write(data, host + in_off as u64, "write data", None)?;
-                    if !copied {
-                        self.set_l2(l2, j, host | OFLAG_COPIED)?;
-                    }
-                    return Ok(());
-                }
-                Some(host)
+            // In place only through COPIED (QEMU's rule); see `writable_l2`.
+            Mapping::Data { host, copied: true } => {
+                self.write(data, host.0 + in_off as u64, "write data", None)?;
+                return Ok(());
             }
+            Mapping::Data { host, .. } => Some(host.0),
             Mapping::Compressed => return Err(self.unsupported_compressed(gc)),
             Mapping::Unallocated | Mapping::Zero { .. } => None,
         };
@@ -252,14 +292,14 @@ impl State {
         }
         self.set_l2(l2, j, new | OFLAG_COPIED)?;
         if let Some(old) = m.owned() {
-            self.pending.push(old >> self.cb);
+            self.pending.push(old.cluster(self.cb).0);
         }
         Ok(())
     }
 
     /// The body of [`super::Image::write_zeroes`]: whole clusters get the zero flag,
     /// partial ones explicit zero bytes; ranges without an L2 table are skipped.
-    pub fn zero_range(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
+    pub(crate) fn zero_range(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         let cs = self.cs;
         let end = offset + len;
         let mut pos = offset;
@@ -291,7 +331,7 @@ impl State {
 
     /// Make a whole guest cluster read as zeros with the zero flag, releasing the cluster
     /// it pointed at (deferred until the new entry is durable).
-    pub fn zero_cluster(&mut self, gc: GuestCluster) -> Result<(), ImageError> {
+    pub(crate) fn zero_cluster(&mut self, gc: GuestCluster) -> Result<(), ImageError> {
         match self.active_mapping(gc)? {
             Mapping::Unallocated | Mapping::Zero { host: None } => return Ok(()),
             Mapping::Compressed => return Err(self.unsupported_compressed(gc)),
@@ -300,12 +340,12 @@ impl State {
         let (l2, j, m) = self.l2_slot(gc)?;
         self.set_l2(l2, j, OFLAG_ZERO)?;
         if let Some(old) = m.owned() {
-            self.pending.push(old >> self.cb);
+            self.pending.push(old.cluster(self.cb).0);
         }
         Ok(())
     }
 
-    pub fn unsupported_compressed(&self, gc: GuestCluster) -> ImageError {
+    pub(crate) fn unsupported_compressed(&self, gc: GuestCluster) -> ImageError {
         ImageError::Unsupported {
             path: self.path.clone(),
             feature: format!("compressed cluster at guest offset {}", gc.0 << self.cb),
@@ -314,7 +354,7 @@ impl State {
 
     /// Host clusters reachable from an L1 table (its L2 tables and the clusters their
     /// entries own), fed to `sink` in batches for bulk refcount updates.
-    pub fn walk_tree(
+    pub(crate) fn walk_tree(
         &mut self,
         l1: &[u64],
         l1_offset: u64,
@@ -346,7 +386,7 @@ impl State {
                         }
                         m => {
                             if let Some(h) = m.owned() {
-                                batch.push(h >> self.cb);
+                                batch.push(h.cluster(self.cb).0);
                             }
                         }
                     }
@@ -364,7 +404,7 @@ impl State {
 
     /// Recompute QCOW_OFLAG_COPIED on every active L1 and L2 entry from the refcounts
     /// (after snapshot create/delete/revert changed them).
-    pub fn fix_copied(&mut self) -> Result<(), ImageError> {
+    pub(crate) fn fix_copied(&mut self) -> Result<(), ImageError> {
         for i in 0..self.l1.len() {
             let e = self.l1[i];
             let l2 = self.l1_target(e, self.header.l1_table_offset + i as u64 * 8)?;
@@ -388,7 +428,7 @@ impl State {
                 let Some(h) = self.classify(v, l2 + j as u64 * 8)?.owned() else {
                     continue;
                 };
-                let copied = sole && self.refcount(HostCluster(h >> self.cb))? == 1;
+                let copied = sole && self.refcount(h.cluster(self.cb))? == 1;
                 let nv = if copied {
                     v | OFLAG_COPIED
                 } else {

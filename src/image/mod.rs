@@ -81,11 +81,20 @@ pub enum CacheMode {
 /// One internal snapshot as listed by [`Image::snapshots`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
+    /// The snapshot table entry's unique id string (QEMU numbers them "1", "2", …;
+    /// qcow2.rst "Snapshots", image.md §1 "Snapshot table entries").
     pub id: String,
+    /// The user-visible name (unique in Island's images; QEMU allows duplicates).
     pub name: String,
+    /// Creation time, seconds since the Unix epoch (entry bytes 16–19).
     pub date_sec: u32,
+    /// Sub-second part of the creation time, in nanoseconds (entry bytes 20–23).
     pub date_nsec: u32,
+    /// Guest clock at snapshot time in nanoseconds (entry bytes 24–31; 0 for disk-only
+    /// snapshots, as Island's are).
     pub vm_clock_nsec: u64,
+    /// Bytes of saved VM state after the disk data (0 for disk-only snapshots; Island
+    /// never reads or writes VM state).
     pub vm_state_size: u64,
     /// Virtual size when the snapshot was taken (extra data), else the image size.
     pub disk_size: u64,
@@ -97,7 +106,9 @@ pub struct SnapshotInfo {
 /// A guest range whose contents may differ between two views.
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug, Clone)]
 pub struct ChangedRange {
+    /// First guest byte of the range.
     pub offset: u64,
+    /// Length of the range in bytes.
     pub length: u64,
     /// The range reads as zeros in the newer view.
     pub zero: bool,
@@ -106,8 +117,11 @@ pub struct ChangedRange {
 /// One run of the allocation map.
 #[derive(Serialize, PartialEq, Eq, Debug, Clone)]
 pub struct Extent {
+    /// First guest byte of the run.
     pub offset: u64,
+    /// Length of the run in bytes.
     pub length: u64,
+    /// What backs every cluster of the run.
     pub kind: ExtentKind,
 }
 
@@ -126,15 +140,26 @@ pub enum ExtentKind {
 /// Summary of an open image, for `island image info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageInfo {
+    /// The image file as opened.
     pub path: String,
+    /// Virtual disk size in bytes (header bytes 24–31).
     pub size: u64,
+    /// Cluster size in bytes (`1 << cluster_bits`).
     pub cluster_size: u32,
+    /// qcow2 version (always 3: Island refuses others).
     pub version: u32,
+    /// Width of a refcount entry in bits (`1 << refcount_order`).
     pub refcount_bits: u32,
+    /// Number of internal snapshots.
     pub snapshots: usize,
+    /// Host clusters with a non-zero refcount (metadata and data).
     pub allocated_clusters: u64,
+    /// Length of the image file in bytes.
     pub file_size: u64,
+    /// Header incompatible feature bits (bit 0 dirty, 1 corrupt; image.md §2).
     pub incompatible_features: u64,
+    /// Header compatible feature bits (bit 0 lazy refcounts).
     pub compatible_features: u64,
+    /// Header autoclear feature bits (bit 0 bitmaps; cleared by Island's read-write open).
     pub autoclear_features: u64,
 }

@@ -25,7 +25,7 @@ use std::fmt;
 
 /// What a metadata cluster holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Region {
+pub(crate) enum Region {
     Header,
     ActiveL1,
     L2,
@@ -51,19 +51,19 @@ impl fmt::Display for Region {
 
 /// The metadata clusters of an image.
 #[derive(Default, Debug)]
-pub struct Regions {
+pub(crate) struct Regions {
     map: BTreeMap<u64, Region>,
 }
 
 impl Regions {
     /// The region host cluster `c` belongs to, if any.
-    pub fn get(&self, c: u64) -> Option<Region> {
+    pub(crate) fn get(&self, c: u64) -> Option<Region> {
         self.map.get(&c).copied()
     }
 
     /// Record clusters `first..first + n` as `r`. An L2 table may be shared by several L1
     /// tables; any other second claim on a cluster is an overlap: `Err((cluster, holder))`.
-    pub fn insert(&mut self, first: u64, n: u64, r: Region) -> Result<(), (u64, Region)> {
+    pub(crate) fn insert(&mut self, first: u64, n: u64, r: Region) -> Result<(), (u64, Region)> {
         for c in first..first + n {
             match self.map.get(&c) {
                 None => {
@@ -77,12 +77,17 @@ impl Regions {
     }
 
     /// Forget cluster `c` (its refcount reached 0: it is free space now).
-    pub fn remove(&mut self, c: u64) {
+    pub(crate) fn remove(&mut self, c: u64) {
         self.map.remove(&c);
     }
 
     /// The first region in clusters `first..first + n` other than `allowed`.
-    pub fn conflict(&self, first: u64, n: u64, allowed: Option<Region>) -> Option<(u64, Region)> {
+    pub(crate) fn conflict(
+        &self,
+        first: u64,
+        n: u64,
+        allowed: Option<Region>,
+    ) -> Option<(u64, Region)> {
         match allowed {
             None => self
                 .map
@@ -101,7 +106,7 @@ impl Regions {
 }
 
 impl State {
-    pub fn overlap(&self, offset: u64, reason: String) -> ImageError {
+    pub(crate) fn overlap(&self, offset: u64, reason: String) -> ImageError {
         ImageError::Overlap {
             path: self.path.clone(),
             offset,
@@ -111,7 +116,7 @@ impl State {
 
     /// The overlap check of a host write of `len` bytes at `offset` (see the module
     /// comment): all `region`, or for guest data (`None`) no metadata at all.
-    pub fn check_write(
+    pub(crate) fn check_write(
         &self,
         offset: u64,
         len: u64,
@@ -138,7 +143,7 @@ impl State {
     }
 
     /// Record freshly allocated clusters at host offset `offset` as `region`.
-    pub fn claim(&mut self, offset: u64, n: u64, region: Region) -> Result<(), ImageError> {
+    pub(crate) fn claim(&mut self, offset: u64, n: u64, region: Region) -> Result<(), ImageError> {
         let r = self.regions.insert(offset >> self.cb, n, region);
         r.map_err(|(c, other)| {
             let e = self.overlap(
@@ -151,7 +156,7 @@ impl State {
 
     /// Pass `e` on; an overlap (a write refused because it would land on metadata) first
     /// marks the image corrupt, as QEMU does, so no one writes to it again before a repair.
-    pub fn refuse(&mut self, e: ImageError) -> ImageError {
+    pub(crate) fn refuse(&mut self, e: ImageError) -> ImageError {
         if matches!(e, ImageError::Overlap { .. })
             && self.header.incompatible & INCOMPAT_CORRUPT == 0
         {
@@ -168,15 +173,15 @@ impl State {
     }
 
     /// Whether the image is marked corrupt (then nothing may be written).
-    pub fn marked_corrupt(&self) -> bool {
+    pub(crate) fn marked_corrupt(&self) -> bool {
         self.header.incompatible & INCOMPAT_CORRUPT != 0
     }
 
     /// Decode and validate an L2 entry (at host offset `at`): inside the image, and not
     /// mapping guest data onto metadata.
-    pub fn classify(&self, e: u64, at: u64) -> Result<Mapping, ImageError> {
+    pub(crate) fn classify(&self, e: u64, at: u64) -> Result<Mapping, ImageError> {
         let m = mapping::classify(e, self.cs, u64::MAX, &self.path, at)?;
-        if let Some(h) = m.owned() {
+        if let Some(h) = m.owned().map(|h| h.0) {
             self.check_in_file(h, "L2 entry", at)?;
             if let Some(r) = self.regions.get(h >> self.cb) {
                 return Err(self.overlap(
@@ -190,7 +195,7 @@ impl State {
 
     /// Validate an L1 entry (at host offset `at`) and return its L2 table offset (0 =
     /// none): inside the image, and not pointing at metadata other than an L2 table.
-    pub fn l1_target(&self, e: u64, at: u64) -> Result<u64, ImageError> {
+    pub(crate) fn l1_target(&self, e: u64, at: u64) -> Result<u64, ImageError> {
         let off = mapping::l1_target(e, self.cs, u64::MAX, &self.path, at)?;
         if off != 0 {
             self.check_in_file(off, "L1 entry", at)?;
@@ -206,7 +211,7 @@ impl State {
     /// Record every metadata structure the header, the refcount table and the L1 tables
     /// locate (the active L1's tables only when `active`: a shared open does not trust
     /// it), refusing any two that overlap or an L1 entry outside the image.
-    pub fn build_regions(&mut self, active: bool) -> Result<(), ImageError> {
+    pub(crate) fn build_regions(&mut self, active: bool) -> Result<(), ImageError> {
         let cb = self.cb;
         let clusters = |bytes: u64| bytes.div_ceil(self.cs);
         let h = &self.header;
@@ -269,7 +274,12 @@ impl State {
     /// the file had at open, unless this open allocated that cluster: a truncated image
     /// must not read as zeros there, nor become "valid" because an allocation moved the
     /// end of the image past it.
-    pub fn check_in_file(&self, host: u64, what: &'static str, at: u64) -> Result<(), ImageError> {
+    pub(crate) fn check_in_file(
+        &self,
+        host: u64,
+        what: &'static str,
+        at: u64,
+    ) -> Result<(), ImageError> {
         let c = host >> self.cb;
         if c < self.open_end || self.grown.contains(c) {
             return Ok(());
@@ -287,12 +297,12 @@ impl State {
 
 /// Clusters past the end the file had at open that this open allocated, as ranges.
 #[derive(Default, Debug)]
-pub struct Grown {
+pub(crate) struct Grown {
     ranges: BTreeMap<u64, u64>,
 }
 
 impl Grown {
-    pub fn contains(&self, c: u64) -> bool {
+    pub(crate) fn contains(&self, c: u64) -> bool {
         self.ranges
             .range(..=c)
             .next_back()
@@ -300,7 +310,7 @@ impl Grown {
     }
 
     /// Add clusters `start..end`, merging with adjacent or overlapping ranges.
-    pub fn insert(&mut self, mut start: u64, mut end: u64) {
+    pub(crate) fn insert(&mut self, mut start: u64, mut end: u64) {
         if start >= end {
             return;
         }

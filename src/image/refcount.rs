@@ -15,12 +15,12 @@ use super::state::State;
 use super::types::HostCluster;
 
 /// Offset bits of a refcount table entry (bits 0-8 are reserved).
-pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+pub(super) const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 /// Batch size for bulk refcount updates (bounds memory on multi-TiB images).
-pub const BULK_BATCH: usize = 1 << 20;
+pub(super) const BULK_BATCH: usize = 1 << 20;
 
 /// Read entry `i` of a refcount block with 2^order-bit entries.
-pub fn get_entry(block: &[u8], i: usize, order: u32) -> u64 {
+pub(super) fn get_entry(block: &[u8], i: usize, order: u32) -> u64 {
     match order {
         0..=2 => {
             let bits = 1usize << order;
@@ -44,7 +44,7 @@ pub fn get_entry(block: &[u8], i: usize, order: u32) -> u64 {
 }
 
 /// Write entry `i`; `v` must be at most the order's maximum.
-pub fn set_entry(block: &mut [u8], i: usize, order: u32, v: u64) {
+pub(super) fn set_entry(block: &mut [u8], i: usize, order: u32, v: u64) {
     match order {
         0..=2 => {
             let bits = 1usize << order;
@@ -63,11 +63,11 @@ pub fn set_entry(block: &mut [u8], i: usize, order: u32, v: u64) {
 
 impl State {
     /// Refcount entries per block.
-    pub fn rc_per_block(&self) -> u64 {
+    pub(crate) fn rc_per_block(&self) -> u64 {
         (self.cs * 8) >> self.header.refcount_order
     }
 
-    pub fn rc_max(&self) -> u64 {
+    pub(crate) fn rc_max(&self) -> u64 {
         if self.header.refcount_order == 6 {
             u64::MAX
         } else {
@@ -108,7 +108,7 @@ impl State {
     }
 
     /// Current refcount of host cluster `c` (0 if no block covers it).
-    pub fn refcount(&self, c: HostCluster) -> Result<u64, ImageError> {
+    pub(crate) fn refcount(&self, c: HostCluster) -> Result<u64, ImageError> {
         let Some(off) = self.block_of(c)? else {
             return Ok(0);
         };
@@ -120,7 +120,7 @@ impl State {
 
     /// Add `delta` to the refcount of `c` and return the old count. A cluster reaching 0
     /// is dropped from the cache and the metadata regions and becomes allocatable again.
-    pub fn adjust(&mut self, c: HostCluster, delta: i64) -> Result<u64, ImageError> {
+    pub(crate) fn adjust(&mut self, c: HostCluster, delta: i64) -> Result<u64, ImageError> {
         self.adjust_inner(c, delta, true)
     }
 
@@ -191,7 +191,11 @@ impl State {
     /// Dirty blocks beyond the cache bound are written out as they go; callers only use
     /// this where that ordering is already safe (increments before the pointers exist,
     /// decrements after their removal is durable).
-    pub fn bulk_adjust(&mut self, clusters: &mut Vec<u64>, delta: i64) -> Result<(), ImageError> {
+    pub(crate) fn bulk_adjust(
+        &mut self,
+        clusters: &mut Vec<u64>,
+        delta: i64,
+    ) -> Result<(), ImageError> {
         clusters.sort_unstable();
         let per = self.rc_per_block();
         let mut last_block = u64::MAX;
@@ -276,7 +280,7 @@ impl State {
 
     /// Allocate `n` contiguous clusters (refcount 1 each), reusing freed space first.
     /// The caller must write the clusters in full before anything points at them.
-    pub fn alloc(&mut self, n: u64) -> Result<HostCluster, ImageError> {
+    pub(crate) fn alloc(&mut self, n: u64) -> Result<HostCluster, ImageError> {
         if n == 0 {
             return Ok(HostCluster(0));
         }
@@ -457,7 +461,7 @@ impl State {
     }
 
     /// Load the refcount table from the file.
-    pub fn load_reftable(&mut self) -> Result<(), ImageError> {
+    pub(crate) fn load_reftable(&mut self) -> Result<(), ImageError> {
         let bytes = u64::from(self.header.refcount_table_clusters) * self.cs;
         let mut buf = vec![0u8; bytes as usize];
         read_cluster(
@@ -489,7 +493,7 @@ impl State {
 
     /// Write the refcount table if an entry changed (new refcount block). Blocks are
     /// written and synced before this, so the table never points at unwritten blocks.
-    pub fn write_reftable_if_dirty(&mut self) -> Result<bool, ImageError> {
+    pub(crate) fn write_reftable_if_dirty(&mut self) -> Result<bool, ImageError> {
         if !self.reftable_dirty {
             return Ok(false);
         }
@@ -508,7 +512,7 @@ impl State {
     }
 
     /// Number of host clusters with a nonzero refcount.
-    pub fn count_allocated(&self) -> Result<u64, ImageError> {
+    pub(crate) fn count_allocated(&self) -> Result<u64, ImageError> {
         let per = self.rc_per_block() as usize;
         let mut n = 0;
         for idx in 0..self.reftable.len() {

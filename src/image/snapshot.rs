@@ -8,9 +8,9 @@ use super::types::HostCluster;
 use std::path::Path;
 
 /// QEMU's QCOW_MAX_SNAPSHOTS.
-pub const MAX_SNAPSHOTS: u32 = 65536;
+pub(super) const MAX_SNAPSHOTS: u32 = 65536;
 /// QEMU's QCOW_MAX_SNAPSHOTS_SIZE: bound on the table read from a hostile file.
-pub const MAX_TABLE_BYTES: u64 = 64 << 20;
+pub(super) const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Extra data Island writes: vm_state_size_large, disk_size, icount.
 const EXTRA_WRITTEN: usize = 24;
 
@@ -25,20 +25,32 @@ struct Undo {
     fixed: bool,
 }
 
-/// One snapshot table entry.
+/// One snapshot table entry (qcow2.rst "Snapshots"; what Island writes: image.md §1
+/// "Snapshot table entries"). Byte offsets are within the entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotEntry {
+pub(crate) struct SnapshotEntry {
+    /// Bytes 0–7: host offset of the snapshot's own L1 table (cluster aligned; its
+    /// entries have COPIED clear).
     pub l1_table_offset: u64,
+    /// Bytes 8–11: number of entries in that L1 table.
     pub l1_size: u32,
+    /// The unique id string (length at bytes 12–13; decimal, one more than the largest
+    /// numeric id when Island creates it).
     pub id: String,
+    /// The name (length at bytes 14–15); UTF-8 or the entry is refused.
     pub name: String,
+    /// Bytes 16–19: creation time, seconds since the Unix epoch.
     pub date_sec: u32,
+    /// Bytes 20–23: nanoseconds part of the creation time.
     pub date_nsec: u32,
+    /// Bytes 24–31: guest clock at snapshot time in nanoseconds (0 from Island).
     pub vm_clock_nsec: u64,
+    /// Saved VM state size: extra data bytes 0–7 when present, else bytes 32–35.
     pub vm_state_size: u64,
-    /// Virtual disk size recorded in the extra data, if present.
+    /// Virtual disk size recorded in extra data bytes 8–15, if present.
     pub disk_size: Option<u64>,
-    /// Extra data bytes as read (kept so rewriting the table preserves them).
+    /// Extra data bytes as read (length at bytes 36–39, data from byte 40; kept so
+    /// rewriting the table preserves them).
     pub extra: Vec<u8>,
 }
 
@@ -52,7 +64,7 @@ fn rd64(b: &[u8], at: usize) -> u64 {
 impl SnapshotEntry {
     /// A new entry as Island writes it (extra data: vm_state_size_large = 0, disk_size,
     /// icount = -1 meaning "not recorded", as QEMU writes without record/replay).
-    pub fn new(
+    pub(crate) fn new(
         id: String,
         name: String,
         l1_table_offset: u64,
@@ -83,7 +95,7 @@ impl SnapshotEntry {
 }
 
 /// Parse `count` entries from the table bytes at file offset `table_offset`.
-pub fn parse_table(
+pub(super) fn parse_table(
     path: &Path,
     buf: &[u8],
     table_offset: u64,
@@ -171,7 +183,7 @@ pub fn parse_table(
 }
 
 /// Serialize the whole table.
-pub fn serialize_table(entries: &[SnapshotEntry]) -> Vec<u8> {
+pub(super) fn serialize_table(entries: &[SnapshotEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.iter().map(|e| e.encoded_len()).sum());
     for e in entries {
         let start = out.len();
@@ -193,7 +205,7 @@ pub fn serialize_table(entries: &[SnapshotEntry]) -> Vec<u8> {
 }
 
 /// The id QEMU would give the next snapshot: one more than the largest numeric id.
-pub fn next_id(entries: &[SnapshotEntry]) -> String {
+pub(super) fn next_id(entries: &[SnapshotEntry]) -> String {
     let max = entries
         .iter()
         .filter_map(|e| e.id.parse::<u64>().ok())
@@ -203,7 +215,7 @@ pub fn next_id(entries: &[SnapshotEntry]) -> String {
 }
 
 /// Find by id first, then by name (QEMU's lookup order).
-pub fn find(entries: &[SnapshotEntry], name_or_id: &str) -> Option<usize> {
+pub(super) fn find(entries: &[SnapshotEntry], name_or_id: &str) -> Option<usize> {
     entries
         .iter()
         .position(|e| e.id == name_or_id)
@@ -215,7 +227,7 @@ impl State {
     /// L2 table and cluster reachable from it (refcounts durable); clear COPIED in the
     /// active tables (durable); write the new snapshot table, then the header; release
     /// the old table last.
-    pub fn create_snapshot(
+    pub(crate) fn create_snapshot(
         &mut self,
         name: &str,
         date: (u32, u32),
@@ -361,7 +373,7 @@ impl State {
 
     /// Delete a snapshot: the table without it is made durable (header switched) first,
     /// then the refcounts of everything its L1 reached are decremented.
-    pub fn delete_snapshot(&mut self, name_or_id: &str) -> Result<(), ImageError> {
+    pub(crate) fn delete_snapshot(&mut self, name_or_id: &str) -> Result<(), ImageError> {
         let idx = self.find_snapshot(name_or_id)?;
         let sn = self.snapshots[idx].clone();
         let sn_l1 = self.read_l1(sn.l1_table_offset, sn.l1_size)?;
@@ -385,7 +397,7 @@ impl State {
     /// Revert the active layer to a snapshot (as QEMU's qcow2_snapshot_goto): +1 for the
     /// snapshot's tree (durable), install its L1 as the active one (durable, header with
     /// the snapshot's disk size), then -1 for the old active tree, then fix COPIED.
-    pub fn revert_snapshot(&mut self, name_or_id: &str) -> Result<(), ImageError> {
+    pub(crate) fn revert_snapshot(&mut self, name_or_id: &str) -> Result<(), ImageError> {
         let idx = self.find_snapshot(name_or_id)?;
         let sn = self.snapshots[idx].clone();
         let sn_l1 = self.read_l1(sn.l1_table_offset, sn.l1_size)?;

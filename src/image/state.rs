@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// All metadata of an open image. Guarded by the `Image`'s RwLock: readers share it,
 /// every metadata change holds it exclusively.
-pub struct State {
+pub(crate) struct State {
     pub file: Arc<dyn ImageFile>,
     pub path: PathBuf,
     pub header: Header,
@@ -47,15 +47,15 @@ pub struct State {
 }
 
 impl State {
-    pub fn cache(&self) -> MutexGuard<'_, Cache> {
+    pub(crate) fn cache(&self) -> MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn host_end_bytes(&self) -> u64 {
+    pub(crate) fn host_end_bytes(&self) -> u64 {
         self.host_end << self.cb
     }
 
-    pub fn corrupt(&self, what: &'static str, offset: u64, reason: String) -> ImageError {
+    pub(crate) fn corrupt(&self, what: &'static str, offset: u64, reason: String) -> ImageError {
         ImageError::Corrupt {
             path: self.path.clone(),
             what,
@@ -66,7 +66,7 @@ impl State {
 
     /// Write `buf` at `offset`, which must be all `region` (metadata) or, for `None`, no
     /// metadata at all (guest data): the overlap check every host write passes.
-    pub fn write(
+    pub(crate) fn write(
         &self,
         buf: &[u8],
         offset: u64,
@@ -84,7 +84,7 @@ impl State {
             })
     }
 
-    pub fn sync(&self) -> Result<(), ImageError> {
+    pub(crate) fn sync(&self) -> Result<(), ImageError> {
         self.file.sync().map_err(|source| ImageError::Io {
             path: self.path.clone(),
             op: "sync",
@@ -94,7 +94,7 @@ impl State {
     }
 
     /// Write the header fields and sync.
-    pub fn write_header(&mut self) -> Result<(), ImageError> {
+    pub(crate) fn write_header(&mut self) -> Result<(), ImageError> {
         let bytes = self.header.encode();
         self.write(&bytes, 0, "write header", Some(Region::Header))?;
         self.sync()
@@ -111,7 +111,7 @@ impl State {
     ///     cluster that may be overwritten.
     ///
     /// A crash between steps leaves only leaked clusters.
-    pub fn flush_locked(&mut self) -> Result<(), ImageError> {
+    pub(crate) fn flush_locked(&mut self) -> Result<(), ImageError> {
         let wrote = {
             let mut cache = self.cache();
             cache.write_dirty(&*self.file, &self.path, Kind::Refblock, &self.regions)?
@@ -160,7 +160,7 @@ impl State {
 
     /// Make room in the cache after a metadata change, flushing if dirty entries are what
     /// fills it.
-    pub fn trim(&mut self) -> Result<(), ImageError> {
+    pub(crate) fn trim(&mut self) -> Result<(), ImageError> {
         if self.cache().over_capacity() || self.pending.len() > 65536 {
             self.flush_locked()?;
         }
@@ -168,14 +168,14 @@ impl State {
     }
 
     /// L1 entries needed to map `size` guest bytes.
-    pub fn l1_entries_for(&self, size: u64) -> u64 {
+    pub(crate) fn l1_entries_for(&self, size: u64) -> u64 {
         size.div_ceil(self.cs).div_ceil(self.cs / 8)
     }
 
     /// Set the active L1 to `entries` (len ≥ current) and header size; relocates the
     /// table to new clusters when it outgrows its clusters. New L1 contents are durable
     /// before the header points at them; the old table is released afterwards.
-    pub fn install_l1(&mut self, entries: Vec<u64>, size: u64) -> Result<(), ImageError> {
+    pub(crate) fn install_l1(&mut self, entries: Vec<u64>, size: u64) -> Result<(), ImageError> {
         if entries.len() as u64 * 8 > header::MAX_L1_BYTES {
             return Err(ImageError::InvalidArgument {
                 path: self.path.clone(),
@@ -220,7 +220,10 @@ impl State {
 
     /// Replace the snapshot table: new table in new clusters (durable), then the header,
     /// then release the old table.
-    pub fn write_snapshot_table(&mut self, entries: Vec<SnapshotEntry>) -> Result<(), ImageError> {
+    pub(crate) fn write_snapshot_table(
+        &mut self,
+        entries: Vec<SnapshotEntry>,
+    ) -> Result<(), ImageError> {
         self.flush_locked()?;
         let old_off = self.header.snapshots_offset;
         let old_clusters =
@@ -270,7 +273,7 @@ impl State {
     }
 
     /// Read an L1 table stored at `offset`.
-    pub fn read_l1(&self, offset: u64, entries: u32) -> Result<Vec<u64>, ImageError> {
+    pub(crate) fn read_l1(&self, offset: u64, entries: u32) -> Result<Vec<u64>, ImageError> {
         let mut buf = vec![0u8; entries as usize * 8];
         if !buf.is_empty() {
             read_cluster(&*self.file, &self.path, "read L1 table", offset, &mut buf)?;
@@ -283,6 +286,6 @@ impl State {
 }
 
 /// Clear the COPIED flag for writing a snapshot's copy of the L1 table.
-pub fn strip_copied(l1: &[u64]) -> Vec<u64> {
+pub(super) fn strip_copied(l1: &[u64]) -> Vec<u64> {
     l1.iter().map(|e| e & !OFLAG_COPIED).collect()
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// Whether files in `dir` can be opened with O_DIRECT; prints why a test is skipped if
 /// not. (The tests' temp dirs live under the system temp dir, ext4 on the CI machine.)
-pub fn direct_supported(dir: &Path) -> bool {
+pub(crate) fn direct_supported(dir: &Path) -> bool {
     let probe = dir.join(".direct-probe");
     let r = DirectFile::open(&probe, true, true).and_then(|f| {
         f.write_at(&AlignedBuf::zeroed(4096), 0)

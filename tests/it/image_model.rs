@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// (the last clipped to the size), adjacent ranges with equal `zero` merged, every differing
 /// cluster covered, and `zero` ranges really zero in `to`.
 #[track_caller]
-pub fn assert_covers_diff(changed: &[ChangedRange], from: &[u8], to: &[u8], cluster: u64) {
+pub(crate) fn assert_covers_diff(changed: &[ChangedRange], from: &[u8], to: &[u8], cluster: u64) {
     let size = to.len() as u64;
     let mut prev: Option<&ChangedRange> = None;
     for r in changed {

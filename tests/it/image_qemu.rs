@@ -16,7 +16,7 @@ use std::path::Path;
 
 /// Guest contents of the active layer and of every snapshot, in snapshot-table order.
 #[derive(Clone, Debug)]
-pub struct Model {
+pub(crate) struct Model {
     pub active: Vec<u8>,
     pub snaps: Vec<(String, Vec<u8>)>,
     next_snap: u32,
@@ -25,7 +25,7 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(size: u64) -> Model {
+    pub(crate) fn new(size: u64) -> Model {
         Model {
             active: vec![0; size as usize],
             snaps: Vec::new(),
@@ -35,7 +35,7 @@ impl Model {
     }
 
     /// A model of an image whose active layer and snapshots are already known.
-    pub fn with(active: Vec<u8>, snaps: Vec<(String, Vec<u8>)>) -> Model {
+    pub(crate) fn with(active: Vec<u8>, snaps: Vec<(String, Vec<u8>)>) -> Model {
         Model {
             active,
             snaps,
@@ -47,7 +47,7 @@ impl Model {
 
 /// A guest range: small unaligned pieces, whole clusters, and ranges that straddle a
 /// cluster boundary, all clipped to the image.
-pub fn random_range(rng: &mut StdRng, size: u64, cluster: u64) -> (u64, u64) {
+pub(crate) fn random_range(rng: &mut StdRng, size: u64, cluster: u64) -> (u64, u64) {
     let clusters = size / cluster;
     let (off, len) = match rng.random_range(0..3) {
         0 => (rng.random_range(0..size), rng.random_range(1..=2 * cluster)),
@@ -68,7 +68,7 @@ pub fn random_range(rng: &mut StdRng, size: u64, cluster: u64) -> (u64, u64) {
 }
 
 /// Runs `ops` random operations on `img`, applying each to `model` too.
-pub fn run_random_ops(img: &Image, model: &mut Model, rng: &mut StdRng, ops: usize) {
+pub(crate) fn run_random_ops(img: &Image, model: &mut Model, rng: &mut StdRng, ops: usize) {
     let size = img.size();
     let cluster = u64::from(img.cluster_size());
     for _ in 0..ops {
@@ -132,7 +132,7 @@ pub fn run_random_ops(img: &Image, model: &mut Model, rng: &mut StdRng, ops: usi
 }
 
 /// Everything qemu and a fresh Island open can say about a closed image must match `model`.
-pub fn verify_with_qemu(dir: &Path, path: &Path, model: &Model) {
+pub(crate) fn verify_with_qemu(dir: &Path, path: &Path, model: &Model) {
     assert_check_clean(path);
 
     let raw = dir.join("model.raw");
@@ -193,7 +193,7 @@ fn assert_extents_match_qemu(img: &Image, path: &Path) {
 
 /// Random operation sequences on images created and written in `cache` mode, checked
 /// against the model and qemu (image_direct.rs runs a few in O_DIRECT mode).
-pub fn random_sequence_matches_qemu(
+pub(crate) fn random_sequence_matches_qemu(
     cluster: u32,
     size: u64,
     ops: usize,

@@ -338,3 +338,110 @@ fn non_volume_sources_are_refused() {
         );
     }
 }
+
+/// The refcount of the cluster at host offset `host` (16-bit refcounts, first block).
+fn refcount_at(b: &[u8], host: usize) -> usize {
+    let rb = (be64(b, be64(b, 48) as usize) & MASK) as usize;
+    rb + 2 * (host / CS)
+}
+
+/// Writes 4 KiB of `Z` at guest 0 with `island image write` and checks qemu's view: the
+/// active layer has the write, snapshot "one" still reads `0x41`, and `qemu-img check`
+/// counts no more corruptions than before.
+fn write_keeps_snapshot(dir: &Path, p: &Path) {
+    let before = qemu::check(p).corruptions;
+    let input = dir.join("in.bin");
+    std::fs::write(&input, vec![b'Z'; 4096]).unwrap();
+    let out = island(&[
+        "image",
+        "write",
+        &p.display().to_string(),
+        "0",
+        &input.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let snap = qemu::convert_to_raw(p, Some("one"), &dir.join("snap.raw"));
+    assert!(
+        snap[..CS].iter().all(|&x| x == 0x41),
+        "snapshot one changed by a write to the active layer"
+    );
+    let active = qemu::convert_to_raw(p, None, &dir.join("active.raw"));
+    assert!(active[..4096].iter().all(|&x| x == b'Z'), "write lost");
+    assert!(
+        active[4096..CS].iter().all(|&x| x == 0x41),
+        "rest of cluster lost"
+    );
+    let after = qemu::check(p).corruptions;
+    assert!(after <= before, "corruptions {before} -> {after}");
+}
+
+/// Issue 13, oracle finding snaps-m8: the L2 table shared with a snapshot (L1 entry
+/// COPIED clear) whose refcount reads 1 instead of 2. Island took the refcount's word,
+/// wrote the shared table in place and so changed the snapshot; QEMU (and now Island)
+/// treats a clear COPIED as "shared" and copies the table.
+#[test]
+fn copied_clear_l2_table_with_refcount_one_is_copied() {
+    let dir = tempdir();
+    let p = dir.path().join("img.qcow2");
+    run(qemu_img(["create", "-q", "-f", "qcow2"]).arg(&p).arg("1M"));
+    run(&mut qemu_io(&p, &["write -q -P 0x41 0 64k".into()]));
+    run(qemu_img(["snapshot", "-c", "one"]).arg(&p));
+    let mut b = std::fs::read(&p).unwrap();
+    let (l2, _) = l2_and_data(&b, 0);
+    assert_eq!(
+        be64(&b, be64(&b, 40) as usize) >> 63,
+        0,
+        "L1 entry has COPIED"
+    );
+    let at = refcount_at(&b, l2);
+    assert_eq!(&b[at..at + 2], &[0, 2]);
+    b[at + 1] = 1;
+    std::fs::write(&p, &b).unwrap();
+    write_keeps_snapshot(dir.path(), &p);
+}
+
+/// The same for a data cluster: the active L2 table is the layer's own (COPIED), the
+/// entry of guest cluster 0 is shared with the snapshot (COPIED clear) but its refcount
+/// reads 1. Island wrote it in place; it must copy it.
+#[test]
+fn copied_clear_data_cluster_with_refcount_one_is_copied() {
+    let dir = tempdir();
+    let p = dir.path().join("img.qcow2");
+    run(qemu_img(["create", "-q", "-f", "qcow2"]).arg(&p).arg("1M"));
+    run(&mut qemu_io(&p, &["write -q -P 0x41 0 64k".into()]));
+    run(qemu_img(["snapshot", "-c", "one"]).arg(&p));
+    run(&mut qemu_io(&p, &["write -q -P 0x42 64k 64k".into()]));
+    let mut b = std::fs::read(&p).unwrap();
+    let (l2, data) = l2_and_data(&b, 0);
+    assert_eq!(be64(&b, l2) >> 63, 0, "L2 entry has COPIED");
+    assert_eq!(
+        be64(&b, be64(&b, 40) as usize) >> 63,
+        1,
+        "L1 entry lacks COPIED"
+    );
+    let at = refcount_at(&b, data);
+    assert_eq!(&b[at..at + 2], &[0, 2]);
+    b[at + 1] = 1;
+    std::fs::write(&p, &b).unwrap();
+    write_keeps_snapshot(dir.path(), &p);
+}
+
+/// Oracle finding snaps-m8: in the L2 table shared with a snapshot, a damaged entry
+/// points at the L1 table with COPIED set (the L1 table's refcount reads 1). Copying the
+/// table before a write cleared that COPIED bit, so `qemu-img check` counted one more
+/// corruption (COPIED clear, refcount 1) than before the write. QEMU copies the table as
+/// it is; Island keeps a copied entry's COPIED where the refcount reads 1.
+#[test]
+fn copying_a_shared_l2_table_keeps_copied_exact() {
+    let dir = tempdir();
+    let p = dir.path().join("img.qcow2");
+    run(qemu_img(["create", "-q", "-f", "qcow2"]).arg(&p).arg("1M"));
+    run(&mut qemu_io(&p, &["write -q -P 0x41 0 64k".into()]));
+    run(qemu_img(["snapshot", "-c", "one"]).arg(&p));
+    let mut b = std::fs::read(&p).unwrap();
+    let (l2, _) = l2_and_data(&b, 0);
+    let l1 = be64(&b, 40);
+    put64(&mut b, l2 + 8 * 10, l1 | 1 << 63);
+    std::fs::write(&p, &b).unwrap();
+    write_keeps_snapshot(dir.path(), &p);
+}
