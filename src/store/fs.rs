@@ -476,7 +476,7 @@ impl ListWalk<'_> {
                 match self.store.head_blocking(&full) {
                     Ok(meta) => out.push(meta),
                     // Deleted between readdir and stat: it is simply not listed.
-                    Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                    Err(e) if e.kind() == StoreErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }

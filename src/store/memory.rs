@@ -162,7 +162,7 @@ impl ObjectStore for MemoryStore {
             Ok(_) => Ok(PutOutcome::Created),
             Err(e) => {
                 let e = self.err(e, op, key);
-                if e.kind == StoreErrorKind::AlreadyExists {
+                if e.kind() == StoreErrorKind::AlreadyExists {
                     Ok(PutOutcome::AlreadyExists)
                 } else {
                     Err(e)
@@ -246,7 +246,7 @@ impl ObjectStore for MemoryStore {
             }
             match self.meta(op, &k).await {
                 Ok(m) => out.push(m),
-                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }

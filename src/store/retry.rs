@@ -68,7 +68,7 @@ impl RetryStore {
             match attempt(failed_before).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    if !e.temporary || tries >= self.opts.max_attempts.max(1) {
+                    if !e.is_temporary() || tries >= self.opts.max_attempts.max(1) {
                         return Err(e);
                     }
                     let wait = self.backoff(tries - 1);

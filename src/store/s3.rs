@@ -175,10 +175,10 @@ pub async fn open_s3(config: &S3Config) -> Result<S3Store, StoreError> {
         location,
         timeouts: config.timeouts,
     };
-    store.list("", None, 1).await.map_err(|mut e| {
-        e.op = "open";
-        e
-    })?;
+    store
+        .list("", None, 1)
+        .await
+        .map_err(|e| e.with_operation("open", ""))?;
     Ok(store)
 }
 
@@ -194,15 +194,14 @@ pub(super) fn http_client(
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| {
-            let mut err = StoreError::new(
+            StoreError::new(
                 StoreErrorKind::ConfigInvalid,
                 "open",
                 location,
                 "",
                 format!("cannot build HTTP client: {e}"),
-            );
-            err.source = Some(Box::new(e));
-            err
+            )
+            .with_source(e)
         })
 }
 
@@ -298,15 +297,9 @@ pub(super) fn map_error(
             err.message().to_string(),
         ),
     };
-    StoreError {
-        kind,
-        temporary,
-        op,
-        key: key.to_string(),
-        location: location.to_string(),
-        message,
-        source: Some(Box::new(err)),
-    }
+    StoreError::new(kind, op, location, key, message)
+        .with_temporary(temporary)
+        .with_source(err)
 }
 
 /// A store error for a whole-request timeout enforced by Island itself.
@@ -316,15 +309,14 @@ pub(super) fn timeout_error(
     key: &str,
     budget: Duration,
 ) -> StoreError {
-    let mut e = StoreError::new(
+    StoreError::new(
         StoreErrorKind::Timeout,
         op,
         location,
         key,
         format!("no answer within {} s", budget.as_secs()),
-    );
-    e.temporary = true;
-    e
+    )
+    .with_temporary(true)
 }
 
 /// Refuses keys no Island store accepts ([`super::validate_key`]), before any request.
@@ -427,7 +419,7 @@ pub(super) async fn read_range(
         Ok(buf) => buf,
         Err(e) => {
             let err = map_error(e, "get_range", location, key);
-            if err.kind != StoreErrorKind::Unexpected || err.temporary {
+            if err.kind() != StoreErrorKind::Unexpected || err.is_temporary() {
                 return Err(err);
             }
             // A range overlapping the end gets a short body, which opendal reports as an
@@ -514,7 +506,7 @@ impl ObjectStore for S3Store {
                 Ok(_) => Ok(PutOutcome::Created),
                 Err(e) => {
                     let e = map_error(e, "put_if_absent", &self.location, key);
-                    if e.kind == StoreErrorKind::AlreadyExists {
+                    if e.kind() == StoreErrorKind::AlreadyExists {
                         Ok(PutOutcome::AlreadyExists)
                     } else {
                         // A 409 ConditionalRequestConflict (another conditional write in

@@ -228,13 +228,12 @@ impl SwiftStore {
         let mut left = relogins;
         loop {
             match f(s.clone()).await {
-                Err(e) if e.kind == StoreErrorKind::PermissionDenied && left > 0 => {
+                Err(e) if e.kind() == StoreErrorKind::PermissionDenied && left > 0 => {
                     left -= 1;
-                    s = self.relogin(s.generation).await.map_err(|mut le| {
-                        le.op = op;
-                        le.key = key.to_string();
-                        le
-                    })?;
+                    s = self
+                        .relogin(s.generation)
+                        .await
+                        .map_err(|le| le.with_operation(op, key))?;
                 }
                 r => return r,
             }
@@ -261,18 +260,16 @@ impl SwiftStore {
             s if s >= 500 => (StoreErrorKind::Unexpected, true, "server error"),
             _ => (StoreErrorKind::Unexpected, false, "unexpected answer"),
         };
-        let mut e = StoreError::new(kind, op, &self.location, key, format!("{what} ({status})"));
-        e.temporary = temporary;
-        e
+        StoreError::new(kind, op, &self.location, key, format!("{what} ({status})"))
+            .with_temporary(temporary)
     }
 
     fn transport_error(&self, op: &'static str, key: &str, e: reqwest::Error) -> StoreError {
         let (kind, msg) = super::s3::classify_transport(&e)
             .unwrap_or((StoreErrorKind::Unexpected, format!("request failed: {e}")));
-        let mut err = StoreError::new(kind, op, &self.location, key, msg);
-        err.temporary = true;
-        err.source = Some(Box::new(e));
-        err
+        StoreError::new(kind, op, &self.location, key, msg)
+            .with_temporary(true)
+            .with_source(e)
     }
 
     async fn head_container(&self, s: Arc<Session>) -> Result<(), StoreError> {
@@ -598,13 +595,13 @@ impl SwiftStore {
                     .take(5)
                     .map(|(n, st)| format!("{n}: {st}"))
                     .collect();
-                let mut e = fail(format!(
+                let temporary = list.iter().any(|(_, st)| st.starts_with('5'));
+                Err(fail(format!(
                     "bulk delete failed for {} names ({})",
                     list.len(),
                     shown.join(", ")
-                ));
-                e.temporary = list.iter().any(|(_, st)| st.starts_with('5'));
-                Err(e)
+                ))
+                .with_temporary(temporary))
             }
         }
     }

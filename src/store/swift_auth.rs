@@ -135,9 +135,7 @@ fn auth_error(
     location: &str,
     message: String,
 ) -> StoreError {
-    let mut e = StoreError::new(kind, "login", location, "", message);
-    e.temporary = temporary;
-    e
+    StoreError::new(kind, "login", location, "", message).with_temporary(temporary)
 }
 
 /// Maps a non-success login status to an error.
@@ -181,9 +179,7 @@ fn transport_error(e: reqwest::Error, location: &str, url: &str) -> StoreError {
         StoreErrorKind::Unexpected,
         format!("login request failed: {e}"),
     ));
-    let mut err = auth_error(kind, true, location, format!("{msg} (auth URL {url})"));
-    err.source = Some(Box::new(e));
-    err
+    auth_error(kind, true, location, format!("{msg} (auth URL {url})")).with_source(e)
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {

@@ -124,13 +124,13 @@ pub async fn basic_round_trip(store: &dyn ObjectStore) {
     );
 
     let missing = store.get("d/nope").await.expect_err("missing object");
-    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+    assert_eq!(missing.kind(), StoreErrorKind::NotFound, "{missing}");
     assert!(
         missing.to_string().contains("d/nope"),
         "message names the key: {missing}"
     );
     let missing = store.head("d/nope").await.expect_err("missing head");
-    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+    assert_eq!(missing.kind(), StoreErrorKind::NotFound, "{missing}");
 
     let keys = |v: Vec<island::store::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
     assert_eq!(
@@ -168,7 +168,7 @@ pub async fn basic_round_trip(store: &dyn ObjectStore) {
         .await
         .expect("deleting a missing object succeeds");
     assert_eq!(
-        store.get("d/b").await.expect_err("deleted").kind,
+        store.get("d/b").await.expect_err("deleted").kind(),
         StoreErrorKind::NotFound
     );
     store
