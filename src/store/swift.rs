@@ -25,10 +25,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opendal::Operator;
 
-use super::s3::{
-    check_key, head_operator, http_client, list_operator, map_error, read_range, timeout_error,
-    with_client, HttpTimeouts,
-};
+pub use super::http::HttpTimeouts;
+use super::http::{bounded, classify_transport, http_client, with_client};
+use super::opendal_errors::map_error;
+use super::operator::{check_key, head_operator, list_operator, read_range};
 pub use super::swift_auth::SwiftCredentials;
 use super::swift_auth::{login, SwiftToken};
 use super::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
@@ -265,7 +265,7 @@ impl SwiftStore {
     }
 
     fn transport_error(&self, op: &'static str, key: &str, e: reqwest::Error) -> StoreError {
-        let (kind, msg) = super::s3::classify_transport(&e)
+        let (kind, msg) = classify_transport(&e)
             .unwrap_or((StoreErrorKind::Unexpected, format!("request failed: {e}")));
         StoreError::new(kind, op, &self.location, key, msg)
             .with_temporary(true)
@@ -341,9 +341,7 @@ impl ObjectStore for SwiftStore {
                     .map_err(|e| map_error(e, "put", &self.location, key))
             }
         });
-        tokio::time::timeout(budget, fut)
-            .await
-            .unwrap_or_else(|_| Err(timeout_error("put", &self.location, key, budget)))
+        bounded(budget, "put", &self.location, key, fut).await
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
@@ -352,9 +350,7 @@ impl ObjectStore for SwiftStore {
         let fut = self.run("put_if_absent", key, |s| {
             self.put_conditional(s, key, data.clone())
         });
-        tokio::time::timeout(budget, fut)
-            .await
-            .unwrap_or_else(|_| Err(timeout_error("put_if_absent", &self.location, key, budget)))
+        bounded(budget, "put_if_absent", &self.location, key, fut).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

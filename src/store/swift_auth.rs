@@ -175,7 +175,7 @@ fn status_error(status: reqwest::StatusCode, location: &str, url: &str) -> Store
 }
 
 fn transport_error(e: reqwest::Error, location: &str, url: &str) -> StoreError {
-    let (kind, msg) = super::s3::classify_transport(&e).unwrap_or((
+    let (kind, msg) = super::http::classify_transport(&e).unwrap_or((
         StoreErrorKind::Unexpected,
         format!("login request failed: {e}"),
     ));
