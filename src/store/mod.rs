@@ -18,7 +18,6 @@ mod operator;
 mod retry;
 pub mod s3;
 pub mod swift;
-mod swift_auth;
 mod throttle;
 mod timeout;
 

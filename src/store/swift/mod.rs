@@ -1,5 +1,5 @@
 //! OpenStack Swift driver: opendal's Swift service for reads, writes, listings and bulk
-//! deletes, with Island's own login (tempauth v1 / Keystone v3, `swift_auth.rs`) and its own
+//! deletes, with Island's own login (tempauth v1 / Keystone v3, `swift/auth.rs`) and its own
 //! HTTP request for create-if-absent, which opendal does not offer on Swift.
 //!
 //! Tokens expire during long jobs. Every operation runs against the current session
@@ -25,14 +25,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opendal::Operator;
 
-pub use super::http::HttpTimeouts;
-use super::http::{bounded, classify_transport, http_client, with_client};
-use super::opendal_errors::map_error;
-use super::operator::{check_key, head_operator, list_operator, read_range};
-pub use super::swift_auth::SwiftCredentials;
-use super::swift_auth::{login, SwiftToken};
-use super::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+pub use crate::store::http::HttpTimeouts;
+use crate::store::http::{bounded, classify_transport, http_client, with_client};
+use crate::store::opendal_errors::map_error;
+use crate::store::operator::{check_key, head_operator, list_operator, read_range};
+use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+pub use auth::SwiftCredentials;
+use auth::{login, SwiftToken};
 
+mod auth;
 mod range;
 
 /// Where and how to reach a Swift container.

@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opendal::Operator;
 
-pub use super::http::HttpTimeouts;
-use super::http::{bounded, http_client, with_client};
-use super::opendal_errors::map_error;
-use super::operator::{check_key, head_operator, list_operator, read_range};
-use super::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+pub use crate::store::http::HttpTimeouts;
+use crate::store::http::{bounded, http_client, with_client};
+use crate::store::opendal_errors::map_error;
+use crate::store::operator::{check_key, head_operator, list_operator, read_range};
+use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 
 /// Where and how to reach an S3 bucket. `None` fields fall back to the AWS environment
 /// variables named on each field.

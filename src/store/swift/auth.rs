@@ -4,11 +4,11 @@
 //!
 //! opendal's Swift service only takes a fixed token and storage URL. Tokens expire (tempauth
 //! default: a day; Keystone: often an hour) while a nightly job runs, so Island logs in
-//! itself and logs in again when the server answers 401 (see `swift.rs`).
+//! itself and logs in again when the server answers 401 (see `swift/mod.rs`).
 
 use serde_json::{json, Value};
 
-use super::{StoreError, StoreErrorKind};
+use crate::store::{StoreError, StoreErrorKind};
 
 /// How Island logs in to Swift.
 #[derive(Clone, PartialEq, Eq)]
@@ -175,7 +175,7 @@ fn status_error(status: reqwest::StatusCode, location: &str, url: &str) -> Store
 }
 
 fn transport_error(e: reqwest::Error, location: &str, url: &str) -> StoreError {
-    let (kind, msg) = super::http::classify_transport(&e).unwrap_or((
+    let (kind, msg) = crate::store::http::classify_transport(&e).unwrap_or((
         StoreErrorKind::Unexpected,
         format!("login request failed: {e}"),
     ));
