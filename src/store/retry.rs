@@ -13,9 +13,9 @@
 //! that bypass opendal (login, conditional create, ranged reads, bulk deletes). It decides
 //! by opendal's own `is_temporary`, not by Island's classification (`opendal_errors.rs`:
 //! conflicts and transport failures temporary; Island's own timeouts). And it cannot
-//! resolve the ambiguous create above: a retried
-//! `If-None-Match: *` PUT that already landed comes back as "condition not met", i.e. the
-//! writer would be told it lost to itself.
+//! resolve the ambiguous create above: a retried `If-None-Match: *` PUT that already
+//! landed comes back as "condition not met", i.e. the writer would be told it lost to
+//! itself.
 
 use super::{ObjectMeta, ObjectStore, PutOutcome, RetryOptions, StoreError};
 use async_trait::async_trait;
@@ -36,6 +36,7 @@ pub struct RetryStore {
 }
 
 impl RetryStore {
+    /// Retries temporary errors of `inner` as `opts` allow.
     pub fn new(inner: Arc<dyn ObjectStore>, opts: RetryOptions) -> RetryStore {
         RetryStore {
             inner,

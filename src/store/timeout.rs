@@ -27,6 +27,7 @@ pub struct TimeoutStore {
 }
 
 impl TimeoutStore {
+    /// Bounds each request to `inner` by `timeout` (plus one second per MiB of payload).
     pub fn new(inner: Arc<dyn ObjectStore>, timeout: Duration) -> TimeoutStore {
         TimeoutStore { inner, timeout }
     }

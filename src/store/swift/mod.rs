@@ -1,6 +1,9 @@
-//! OpenStack Swift driver: opendal's Swift service for reads, writes, listings and bulk
-//! deletes, with Island's own login (tempauth v1 / Keystone v3, `swift/auth.rs`) and its own
-//! HTTP request for create-if-absent, which opendal does not offer on Swift.
+//! OpenStack Swift driver: opendal's Swift service for whole reads, writes, listings, heads
+//! and single deletes, and Island's own requests where opendal's service lacks what the
+//! protocol needs: login (tempauth v1 / Keystone v3, `auth.rs`), create-if-absent (here),
+//! ranged reads decided by one answer (`range.rs`) and bulk deletes (`delete.rs`). The
+//! statuses of those requests are classified in `error.rs`, opendal's errors in
+//! `store/opendal_errors.rs`.
 //!
 //! Tokens expire during long jobs. Every operation runs against the current session
 //! (token + storage URL + operator built from them); when the server refuses it (401, which
