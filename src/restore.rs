@@ -220,7 +220,7 @@ async fn restore_qcow2(
         Err(e) => Err(e),
     };
     let keep = match &result {
-        Err(crate::Error::Store(e)) => e.temporary || e.kind == StoreErrorKind::Timeout,
+        Err(crate::Error::Store(e)) => e.is_temporary() || e.kind() == StoreErrorKind::Timeout,
         Err(crate::Error::Image(crate::image::ImageError::Locked { .. })) => true,
         _ => false,
     };

@@ -238,7 +238,7 @@ pub(crate) async fn claim(
         async move {
             match store.head(&key).await {
                 Ok(_) => Ok(false),
-                Err(e) if e.kind == StoreErrorKind::NotFound => Ok(true),
+                Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(true),
                 Err(e) => Err(e),
             }
         }
@@ -341,7 +341,7 @@ async fn read_tail(
                         TailPack::Chunks(entries)
                     }
                     Ok(_) => TailPack::Unusable,
-                    Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => {
+                    Err(crate::Error::Store(e)) if e.kind() == StoreErrorKind::NotFound => {
                         TailPack::Absent
                     }
                     Err(e) => {
@@ -494,7 +494,7 @@ pub(crate) async fn refuse_if_adopted(repo: &Repository, holder: &str) -> Result
             holder: holder.to_string(),
         }
         .into()),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -455,7 +455,7 @@ impl Repository {
     async fn tombstone_is_void(&self, key: &str) -> Result<bool> {
         let meta = match self.store().head(key).await {
             Ok(meta) => meta,
-            Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e.into()),
         };
         Ok(match self.get_opt(key).await? {

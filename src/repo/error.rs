@@ -99,7 +99,7 @@ pub(crate) fn is_damage(e: &crate::Error) -> bool {
             | RepoError::Unsupported { .. },
         ) => true,
         crate::Error::Store(s) => matches!(
-            s.kind,
+            s.kind(),
             StoreErrorKind::NotFound | StoreErrorKind::InvalidRange
         ),
         _ => false,

@@ -47,7 +47,7 @@ pub async fn create_exclusive(
         match store.get(key).await {
             Ok(stored) if stored == data => {}
             Ok(_) => return Ok(PutOutcome::AlreadyExists),
-            Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(PutOutcome::AlreadyExists),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(PutOutcome::AlreadyExists),
             Err(e) => return Err(e),
         }
     }
@@ -55,7 +55,7 @@ pub async fn create_exclusive(
     match store.get(key).await {
         Ok(stored) if stored == data => Ok(PutOutcome::Created),
         Ok(_) => Ok(PutOutcome::AlreadyExists),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Err(StoreError::new(
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Err(StoreError::new(
             StoreErrorKind::Timeout,
             "create_exclusive",
             &store.location(),
@@ -182,7 +182,7 @@ mod tests {
         let err = create_exclusive(&store, "k", Bytes::from_static(b"x"))
             .await
             .expect_err("create past half the settle time");
-        assert_eq!(err.kind, StoreErrorKind::Timeout);
+        assert_eq!(err.kind(), StoreErrorKind::Timeout);
         assert!(store.0.get("k").await.is_err(), "nothing was stored");
     }
 }

@@ -73,12 +73,12 @@ impl SegmentSet {
 fn lost_key(e: &crate::Error) -> Option<&str> {
     match e {
         crate::Error::Store(s)
-            if s.kind == StoreErrorKind::NotFound
+            if s.kind() == StoreErrorKind::NotFound
                 && ["index/", "refs/", "packs/"]
                     .iter()
-                    .any(|p| s.key.starts_with(p)) =>
+                    .any(|p| s.key().starts_with(p)) =>
         {
-            Some(&s.key)
+            Some(s.key())
         }
         _ => None,
     }

@@ -183,7 +183,7 @@ impl Lease {
             let claim = lease_key(&self.holder, super::checkpoint::ADOPT_GENERATION);
             match self.store.head(&claim).await {
                 Ok(_) => return self.fence(format!("a re-run adopted this holder ({claim})")),
-                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -212,7 +212,7 @@ impl Repository {
     pub async fn open(store: Arc<dyn ObjectStore>) -> Result<Repository> {
         let bytes = match store.get(CONFIG_KEY).await {
             Ok(b) => b,
-            Err(e) if e.kind == StoreErrorKind::NotFound => {
+            Err(e) if e.kind() == StoreErrorKind::NotFound => {
                 return Err(RepoError::NotInitialized {
                     location: store.location(),
                 }
@@ -370,7 +370,7 @@ impl Repository {
     pub(crate) async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
         match self.inner.store.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -459,7 +459,7 @@ impl Repository {
                 let h = match self.segment_head(&o.key).await {
                     Ok(h) => h,
                     // Deleted by a concurrent gc after our listing: it was superseded.
-                    Err(crate::Error::Store(e)) if e.kind == StoreErrorKind::NotFound => continue,
+                    Err(crate::Error::Store(e)) if e.kind() == StoreErrorKind::NotFound => continue,
                     Err(e) if super::error::is_damage(&e) => {
                         set.unusable.push(Unusable::damaged(&o.key, e));
                         continue;
@@ -714,7 +714,7 @@ impl Repository {
         let key = root_key(volume, id);
         let bytes = match self.inner.store.get(&key).await {
             Ok(b) => b,
-            Err(e) if e.kind == StoreErrorKind::NotFound => {
+            Err(e) if e.kind() == StoreErrorKind::NotFound => {
                 return Err(RepoError::SnapshotNotFound {
                     volume: volume.into(),
                     id: id.into(),
@@ -802,7 +802,7 @@ impl Repository {
         let key = root_key(volume, id);
         let meta = match self.inner.store.head(&key).await {
             Ok(m) => m,
-            Err(e) if e.kind == StoreErrorKind::NotFound => return Err(not_found()),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
         let root = self.read_root(volume, id).await?;
@@ -828,7 +828,7 @@ impl Repository {
         let verdict = super::verdict::verdict_key(&o.key, holder);
         match self.inner.store.head(&verdict).await {
             Ok(_) => Ok(false),
-            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(true),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(true),
             Err(e) => Err(e.into()),
         }
     }

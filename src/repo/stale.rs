@@ -144,7 +144,7 @@ impl PackProbe {
                         seen.insert(name);
                         misses = 0;
                     }
-                    Err(e) if e.kind == StoreErrorKind::NotFound => {
+                    Err(e) if e.kind() == StoreErrorKind::NotFound => {
                         misses += 1;
                         first_miss.get_or_insert(seq - 1);
                     }
@@ -286,7 +286,7 @@ pub(crate) async fn sweep_due(repo: &Repository, now: SystemTime) -> Result<bool
         Ok(m) => Ok(m
             .last_modified
             .is_none_or(|t| now.duration_since(t).unwrap_or_default() > ORPHAN_SWEEP_PERIOD)),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(true),
         Err(e) => Err(e.into()),
     }
 }
@@ -389,7 +389,7 @@ pub(crate) async fn lost_writers(repo: &Repository, set: &SegmentSet) -> Result<
     let mut lost = std::collections::BTreeMap::new();
     for (holder, commit) in out {
         match repo.store().head(&commit).await {
-            Err(e) if e.kind == StoreErrorKind::NotFound => {
+            Err(e) if e.kind() == StoreErrorKind::NotFound => {
                 lost.insert(holder, commit);
             }
             Ok(_) => {}

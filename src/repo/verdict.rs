@@ -151,7 +151,7 @@ impl Repository {
         }
         let config = match self.store().head(super::config::CONFIG_KEY).await {
             Ok(m) => m.last_modified,
-            Err(e) if e.kind == StoreErrorKind::NotFound => None,
+            Err(e) if e.kind() == StoreErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
         let Some(config_ms) = config.map(unix_ms) else {

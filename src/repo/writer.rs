@@ -482,7 +482,7 @@ async fn confirm_intent(store: &dyn ObjectStore, lease: &Lease, pack: &str) -> R
     let gone = loop {
         match store.head(&ikey).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind == StoreErrorKind::NotFound => break e,
+            Err(e) if e.kind() == StoreErrorKind::NotFound => break e,
             Err(e) if attempt >= CONFIRM_ATTEMPTS => return Err(e.into()),
             Err(_) => attempt += 1,
         }

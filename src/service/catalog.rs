@@ -127,7 +127,7 @@ pub(crate) async fn latest(
         }
         match read_generation(store, &m.key).await {
             Err(ServiceError::Engine(crate::Error::Store(e)))
-                if e.kind == crate::store::StoreErrorKind::NotFound =>
+                if e.kind() == crate::store::StoreErrorKind::NotFound =>
             {
                 vanished = Some(m.key.clone());
             }
@@ -242,7 +242,7 @@ pub(crate) async fn compact(
         if !dry_run {
             match store.delete(&old.key).await {
                 Ok(()) => {}
-                Err(e) if e.kind == crate::store::StoreErrorKind::NotFound => {}
+                Err(e) if e.kind() == crate::store::StoreErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }

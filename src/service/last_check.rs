@@ -32,7 +32,7 @@ pub(crate) async fn put(
 pub async fn get(store: &Arc<dyn ObjectStore>) -> Result<Option<CheckResult>, ServiceError> {
     match store.get(LAST_CHECK).await {
         Ok(bytes) => Ok(Some(envelope::open(MAGIC_CHECK, LAST_CHECK, &bytes)?)),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

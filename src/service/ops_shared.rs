@@ -114,7 +114,7 @@ pub(crate) async fn read(
     let key = operation_key(id);
     let bytes = match store.get(&key).await {
         Ok(b) => b,
-        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     decode(id, &bytes).map(Some)
@@ -156,7 +156,7 @@ pub(crate) async fn list_ids(store: &Arc<dyn ObjectStore>) -> Result<Vec<String>
 pub(crate) async fn delete(store: &Arc<dyn ObjectStore>, id: &str) -> Result<(), ServiceError> {
     match store.delete(&operation_key(id)).await {
         Ok(()) => Ok(()),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -12,12 +12,21 @@ use std::sync::Arc;
 /// A snapshot of the counters. Subtract two snapshots to get what one job did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RequestCounts {
+    /// `put` calls (overwrites), failed ones included; retries below this layer are not
+    /// counted again.
     pub puts: u64,
+    /// `put_if_absent` calls, counted apart from `puts`: they are the protocol's commit
+    /// points and the only conditional requests.
     pub conditional_puts: u64,
+    /// `get` calls (whole-object reads).
     pub gets: u64,
+    /// `get_range` calls (pack frames, segment records).
     pub range_gets: u64,
+    /// `head` calls.
     pub heads: u64,
+    /// `list` calls, one per page asked for.
     pub lists: u64,
+    /// `delete` calls (single objects).
     pub deletes: u64,
     /// Wire requests of `delete_batch`: ⌈keys / max_batch_delete⌉ per call.
     pub batch_deletes: u64,
@@ -88,6 +97,7 @@ pub struct CountingStore {
 }
 
 impl CountingStore {
+    /// Counts every request made through it to `inner`, from zero.
     pub fn new(inner: Arc<dyn ObjectStore>) -> CountingStore {
         CountingStore {
             inner,

@@ -21,13 +21,21 @@ use std::time::Duration;
 /// The operation kinds faults can be aimed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FaultOp {
+    /// [`ObjectStore::put`].
     Put,
+    /// [`ObjectStore::put_if_absent`].
     PutIfAbsent,
+    /// [`ObjectStore::get`].
     Get,
+    /// [`ObjectStore::get_range`].
     GetRange,
+    /// [`ObjectStore::head`].
     Head,
+    /// [`ObjectStore::list`].
     List,
+    /// [`ObjectStore::delete`].
     Delete,
+    /// [`ObjectStore::delete_batch`].
     DeleteBatch,
 }
 
@@ -108,6 +116,7 @@ struct Plan {
 }
 
 impl FaultStore {
+    /// Injects the faults `cfg` describes into requests to `inner`.
     pub fn new(inner: Arc<dyn ObjectStore>, cfg: FaultConfig) -> FaultStore {
         FaultStore {
             inner,

@@ -64,7 +64,7 @@ const UNSETTLED: SystemTime = UNIX_EPOCH;
 /// using it fails (its link or rename finds no source) and nothing else names it; the age
 /// only keeps a slow but live put from failing. One hour is far beyond any put (16 MiB packs,
 /// 5-minute request timeout) and far below the cost of keeping a killed writer's pack.
-pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);
+pub(crate) const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);
 
 /// How far a file's ctime may trail the host clock read just before the call that stamps
 /// it (the kernel stamps with a coarse clock; some filesystems keep whole seconds) before
@@ -75,7 +75,10 @@ const STAMP_SLACK: Duration = Duration::from_secs(2);
 /// Test hook run between writing the temporary file and linking/renaming it into place:
 /// the window in which a paused writer used to publish an object dated too early.
 #[derive(Clone, Default)]
-pub struct BeforeVisibleHook(pub Option<Arc<dyn Fn(&str) + Send + Sync>>);
+struct BeforeVisibleHook(Option<HookFn>);
+
+/// A hook called with the key being put.
+type HookFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for BeforeVisibleHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,7 +131,7 @@ impl FsStore {
     /// The same store with `hook` run (with the key) inside every put, after the temporary
     /// file is durable and before the key becomes visible. For tests that pause a writer
     /// there.
-    pub fn with_before_visible(mut self, hook: Arc<dyn Fn(&str) + Send + Sync>) -> FsStore {
+    pub fn with_before_visible(mut self, hook: HookFn) -> FsStore {
         self.before_visible = BeforeVisibleHook(Some(hook));
         self
     }
@@ -476,7 +479,7 @@ impl ListWalk<'_> {
                 match self.store.head_blocking(&full) {
                     Ok(meta) => out.push(meta),
                     // Deleted between readdir and stat: it is simply not listed.
-                    Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                    Err(e) if e.kind() == StoreErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }

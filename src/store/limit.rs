@@ -1,5 +1,11 @@
 //! Concurrency limit: at most N requests in flight through this store, so a parallel
 //! upload pipeline cannot open unbounded connections or trip a server's rate limit.
+//!
+//! Why not opendal's `ConcurrentLimitLayer`: it counts HTTP requests of one operator, while
+//! this layer counts logical operations of any store (fs included) and holds the slot
+//! across the retry layer's backoff beneath it, so retries never multiply the load. The
+//! Swift driver also builds a new operator at every re-login and sends some requests
+//! itself; a per-operator limit would reset and miss those.
 
 use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;

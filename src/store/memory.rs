@@ -10,7 +10,7 @@
 //! fine for tests.
 
 use super::fs::check_range;
-use super::opendal_errors::map_opendal_error;
+use super::opendal_errors::map_error;
 use super::{
     validate_key, validate_prefix, Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError,
     StoreErrorKind,
@@ -56,7 +56,7 @@ impl MemoryStore {
             Some(op) => op.clone(),
             None => {
                 let op = Operator::new(opendal::services::Memory::default())
-                    .map_err(|e| map_opendal_error(e, "open", &location, ""))?;
+                    .map_err(|e| map_error(e, "open", &location, ""))?;
                 reg.insert(name.to_string(), op.clone());
                 op
             }
@@ -78,7 +78,7 @@ impl MemoryStore {
     }
 
     fn err(&self, e: opendal::Error, op: &'static str, key: &str) -> StoreError {
-        map_opendal_error(e, op, &self.location(), key)
+        map_error(e, op, &self.location(), key)
     }
 
     fn stamped(data: &[u8]) -> Bytes {
@@ -162,7 +162,7 @@ impl ObjectStore for MemoryStore {
             Ok(_) => Ok(PutOutcome::Created),
             Err(e) => {
                 let e = self.err(e, op, key);
-                if e.kind == StoreErrorKind::AlreadyExists {
+                if e.kind() == StoreErrorKind::AlreadyExists {
                     Ok(PutOutcome::AlreadyExists)
                 } else {
                     Err(e)
@@ -246,7 +246,7 @@ impl ObjectStore for MemoryStore {
             }
             match self.meta(op, &k).await {
                 Ok(m) => out.push(m),
-                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }

@@ -168,6 +168,8 @@ pub async fn open_store(
 /// included, so backoff never multiplies the load) → throttle (bandwidth is charged once
 /// per logical transfer, before it takes a concurrency slot) → counting (outermost:
 /// counts what the repository asked for, one per logical request, and the bytes).
+/// These are Island's own layers, not opendal's, because they must wrap every driver the
+/// same way; each layer's module says what the opendal layer would change.
 pub fn wrap_store(driver: Arc<dyn ObjectStore>, opts: &StoreOptions) -> Arc<dyn ObjectStore> {
     let s: Arc<dyn ObjectStore> = Arc::new(TimeoutStore::new(driver, opts.request_timeout));
     let s: Arc<dyn ObjectStore> = Arc::new(RetryStore::new(s, opts.retry.clone()));

@@ -7,6 +7,15 @@
 //! object. After such an ambiguous failure, an `AlreadyExists` is resolved by reading the
 //! object back: identical bytes ⇒ `Created`. Callers make create-if-absent payloads unique
 //! to the writer (holder id, snapshot id, nonce), so identical bytes mean our write.
+//!
+//! Why not opendal's `RetryLayer`: it wraps one opendal operator, while this layer must
+//! cover every store — the fs driver (Island's own `std::fs` code), and Swift's requests
+//! that bypass opendal (login, conditional create, ranged reads, bulk deletes). It decides
+//! by opendal's own `is_temporary`, not by Island's classification (`opendal_errors.rs`:
+//! conflicts and transport failures temporary; Island's own timeouts). And it cannot
+//! resolve the ambiguous create above: a retried `If-None-Match: *` PUT that already
+//! landed comes back as "condition not met", i.e. the writer would be told it lost to
+//! itself.
 
 use super::{ObjectMeta, ObjectStore, PutOutcome, RetryOptions, StoreError};
 use async_trait::async_trait;
@@ -27,6 +36,7 @@ pub struct RetryStore {
 }
 
 impl RetryStore {
+    /// Retries temporary errors of `inner` as `opts` allow.
     pub fn new(inner: Arc<dyn ObjectStore>, opts: RetryOptions) -> RetryStore {
         RetryStore {
             inner,
@@ -68,7 +78,7 @@ impl RetryStore {
             match attempt(failed_before).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    if !e.temporary || tries >= self.opts.max_attempts.max(1) {
+                    if !e.is_temporary() || tries >= self.opts.max_attempts.max(1) {
                         return Err(e);
                     }
                     let wait = self.backoff(tries - 1);

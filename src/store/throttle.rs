@@ -1,5 +1,11 @@
 //! Bandwidth limits (`--limit-upload`, `--limit-download`) so a nightly job does not starve
 //! production traffic: a token bucket per direction, charged with each request's payload.
+//!
+//! Why not opendal's `ThrottleLayer`: its GCRA limiter must be given a burst larger than
+//! any single transfer or it refuses the transfer, so a 16 MiB pack would need a 16 MiB
+//! burst and pass at full speed; the bucket here runs into debt instead, so the rate holds
+//! for objects larger than one second's worth. It also applies to one opendal operator
+//! only, not to the fs driver or Swift's own ranged reads.
 
 use super::{ObjectStore, PutOutcome, StoreError};
 use async_trait::async_trait;

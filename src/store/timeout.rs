@@ -2,6 +2,13 @@
 //! `Timeout`, which the retry layer above may retry. The timed-out future is dropped;
 //! drivers keep a dropped write atomic (all or nothing), so a late completion is harmless
 //! and a retried `put_if_absent` sees it (see the retry layer).
+//!
+//! Why not opendal's `TimeoutLayer`: its two fixed budgets (one per non-I/O call, one per
+//! body read/write call) give a large upload no more time than a small one, where this
+//! layer allows one more second per MiB; and it bounds only an opendal operator's calls,
+//! while this layer bounds each attempt on every store (a hung NFS mount under the fs
+//! driver, Swift's own requests) and must sit under the retry layer to make each attempt,
+//! not the whole retried operation, fail in time.
 
 use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
@@ -20,6 +27,7 @@ pub struct TimeoutStore {
 }
 
 impl TimeoutStore {
+    /// Bounds each request to `inner` by `timeout` (plus one second per MiB of payload).
     pub fn new(inner: Arc<dyn ObjectStore>, timeout: Duration) -> TimeoutStore {
         TimeoutStore { inner, timeout }
     }

@@ -12,7 +12,7 @@ use island::store::{ObjectStore, PutOutcome, StoreErrorKind};
 
 /// The value of `name`, or `None` after printing why the test is skipped. Under
 /// `with-servers.sh` (which sets `ISLAND_TEST_REQUIRE_SERVERS=1`) a missing setting fails.
-pub fn setting(test: &str, name: &str) -> Option<String> {
+pub(crate) fn setting(test: &str, name: &str) -> Option<String> {
     if name.starts_with("ISLAND_TEST_S3") || name.starts_with("AWS_") {
         hold_s3(false);
     }
@@ -52,7 +52,7 @@ thread_local! {
 }
 
 /// Take the S3 server lock for the rest of this test thread (no-op if already held).
-pub fn hold_s3(exclusive: bool) {
+pub(crate) fn hold_s3(exclusive: bool) {
     S3_HELD.with(|held| {
         if held.borrow().is_some() {
             return;
@@ -71,12 +71,12 @@ pub fn hold_s3(exclusive: bool) {
 }
 
 /// A prefix no other test run uses, so tests share one bucket/container safely.
-pub fn unique_prefix(test: &str) -> String {
+pub(crate) fn unique_prefix(test: &str) -> String {
     format!("it-{test}-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Deterministic, key-specific test data.
-pub fn payload(seed: u64, len: usize) -> Bytes {
+pub(crate) fn payload(seed: u64, len: usize) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
@@ -90,7 +90,7 @@ pub fn payload(seed: u64, len: usize) -> Bytes {
 }
 
 /// put/get/ranged get/head/list/delete/delete_batch round trip with exact assertions.
-pub async fn basic_round_trip(store: &dyn ObjectStore) {
+pub(crate) async fn basic_round_trip(store: &dyn ObjectStore) {
     let a = payload(1, 300_000);
     store.put("d/a", a.clone()).await.expect("put d/a");
     store.put("d/b", payload(2, 10)).await.expect("put d/b");
@@ -124,13 +124,13 @@ pub async fn basic_round_trip(store: &dyn ObjectStore) {
     );
 
     let missing = store.get("d/nope").await.expect_err("missing object");
-    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+    assert_eq!(missing.kind(), StoreErrorKind::NotFound, "{missing}");
     assert!(
         missing.to_string().contains("d/nope"),
         "message names the key: {missing}"
     );
     let missing = store.head("d/nope").await.expect_err("missing head");
-    assert_eq!(missing.kind, StoreErrorKind::NotFound, "{missing}");
+    assert_eq!(missing.kind(), StoreErrorKind::NotFound, "{missing}");
 
     let keys = |v: Vec<island::store::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
     assert_eq!(
@@ -168,7 +168,7 @@ pub async fn basic_round_trip(store: &dyn ObjectStore) {
         .await
         .expect("deleting a missing object succeeds");
     assert_eq!(
-        store.get("d/b").await.expect_err("deleted").kind,
+        store.get("d/b").await.expect_err("deleted").kind(),
         StoreErrorKind::NotFound
     );
     store
@@ -182,7 +182,11 @@ pub async fn basic_round_trip(store: &dyn ObjectStore) {
 /// how many reported `Created`. Checks what holds on every store: at least one winner,
 /// every other caller told `AlreadyExists`, the stored object is one winner's payload,
 /// and a later create is refused.
-pub async fn race_put_if_absent(store: Arc<dyn ObjectStore>, key: &str, writers: u64) -> usize {
+pub(crate) async fn race_put_if_absent(
+    store: Arc<dyn ObjectStore>,
+    key: &str,
+    writers: u64,
+) -> usize {
     let mut tasks = Vec::new();
     for w in 0..writers {
         let store = store.clone();
@@ -225,7 +229,7 @@ pub async fn race_put_if_absent(store: Arc<dyn ObjectStore>, key: &str, writers:
 }
 
 /// Writes `n` small objects under `prefix` (32 at a time), plus decoys outside it.
-pub async fn fill(store: Arc<dyn ObjectStore>, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) async fn fill(store: Arc<dyn ObjectStore>, prefix: &str, n: usize) -> Vec<String> {
     use futures::StreamExt;
     let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i:05}")).collect();
     let base = prefix.trim_end_matches('/');
@@ -246,7 +250,12 @@ pub async fn fill(store: Arc<dyn ObjectStore>, prefix: &str, n: usize) -> Vec<St
 }
 
 /// Pages through `prefix` `page` entries at a time and checks order and completeness.
-pub async fn check_paging(store: &dyn ObjectStore, prefix: &str, keys: &[String], page: usize) {
+pub(crate) async fn check_paging(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    keys: &[String],
+    page: usize,
+) {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     let mut requests = 0;

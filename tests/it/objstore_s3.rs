@@ -114,8 +114,8 @@ async fn s3_wrong_secret_is_permission_denied_fast() {
     cfg.secret_access_key = Some("not-the-secret".into());
     let t = Instant::now();
     let err = open_s3(&cfg).await.expect_err("wrong secret must fail");
-    assert_eq!(err.kind, StoreErrorKind::PermissionDenied, "{err}");
-    assert!(!err.temporary, "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+    assert!(!err.is_temporary(), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -128,7 +128,7 @@ async fn s3_wrong_secret_is_permission_denied_fast() {
     let err = open_s3(&cfg)
         .await
         .expect_err("unknown access key must fail");
-    assert_eq!(err.kind, StoreErrorKind::PermissionDenied, "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +138,7 @@ async fn s3_missing_bucket_is_config_invalid() {
     };
     cfg.bucket = format!("no-such-bucket-{}", uuid::Uuid::new_v4().simple());
     let err = open_s3(&cfg).await.expect_err("missing bucket must fail");
-    assert_eq!(err.kind, StoreErrorKind::ConfigInvalid, "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::ConfigInvalid, "{err}");
     assert!(
         err.to_string().contains(&cfg.bucket),
         "message names the bucket: {err}"
@@ -157,8 +157,8 @@ async fn s3_unreachable_endpoint_fails_within_timeouts() {
     cfg.endpoint = Some(format!("http://127.0.0.1:{port}"));
     let t = Instant::now();
     let err = open_s3(&cfg).await.expect_err("closed port");
-    assert!(err.temporary, "{err}");
-    assert!(err.message.contains("connect"), "{err}");
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.message().contains("connect"), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -180,8 +180,8 @@ async fn s3_unreachable_endpoint_fails_within_timeouts() {
     cfg.timeouts.request = Duration::from_secs(2);
     let t = Instant::now();
     let err = open_s3(&cfg).await.expect_err("silent server");
-    assert_eq!(err.kind, StoreErrorKind::Timeout, "{err}");
-    assert!(err.temporary, "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+    assert!(err.is_temporary(), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "took {:?}",

@@ -141,8 +141,8 @@ async fn swift_wrong_key_is_permission_denied_fast() {
     }
     let t = Instant::now();
     let err = open_swift(&cfg).await.expect_err("wrong key must fail");
-    assert_eq!(err.kind, StoreErrorKind::PermissionDenied, "{err}");
-    assert!(!err.temporary, "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+    assert!(!err.is_temporary(), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -159,7 +159,7 @@ async fn swift_missing_container_is_config_invalid() {
     let err = open_swift(&cfg)
         .await
         .expect_err("missing container must fail");
-    assert_eq!(err.kind, StoreErrorKind::ConfigInvalid, "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::ConfigInvalid, "{err}");
     assert!(
         err.to_string().contains(&cfg.container),
         "message names it: {err}"
@@ -181,8 +181,8 @@ async fn swift_unreachable_auth_fails_within_timeouts() {
     });
     let t = Instant::now();
     let err = open_swift(&cfg).await.expect_err("closed port");
-    assert!(err.temporary, "{err}");
-    assert!(err.message.contains("connect"), "{err}");
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.message().contains("connect"), "{err}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?}",

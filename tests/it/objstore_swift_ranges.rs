@@ -44,7 +44,7 @@ async fn swift_past_end_reads_stay_invalid_range_across_token_expiry() {
                     let start = 900 + (reads + t) % 100;
                     for r in [start..1100, 2000 + start..4000, 0..4096] {
                         match store.get_range("pack", r.clone()).await {
-                            Err(e) if e.kind == StoreErrorKind::InvalidRange => {}
+                            Err(e) if e.kind() == StoreErrorKind::InvalidRange => {}
                             other => panic!("read {r:?} past the end: {other:?}"),
                         }
                     }

@@ -57,7 +57,7 @@ async fn fs_refuses_a_root_that_is_a_file() {
     let file = dir.path().join("plain");
     std::fs::write(&file, b"not a dir").expect("write");
     let err = FsStore::new(&file).expect_err("file root");
-    assert_eq!(err.kind, StoreErrorKind::ConfigInvalid);
+    assert_eq!(err.kind(), StoreErrorKind::ConfigInvalid);
     assert!(
         err.to_string().contains("plain"),
         "message names the path: {err}"
@@ -87,7 +87,7 @@ async fn invalid_keys_are_refused_by_both_drivers() {
                 .await
                 .expect_err("invalid key accepted");
             assert_eq!(
-                err.kind,
+                err.kind(),
                 StoreErrorKind::InvalidKey,
                 "{key:?} on {}",
                 store.location()
@@ -96,7 +96,7 @@ async fn invalid_keys_are_refused_by_both_drivers() {
                 .get(key)
                 .await
                 .expect_err("invalid key accepted by get");
-            assert_eq!(err.kind, StoreErrorKind::InvalidKey);
+            assert_eq!(err.kind(), StoreErrorKind::InvalidKey);
         }
     }
     assert!(!dir.path().join("..").join("escape").exists());
@@ -122,7 +122,7 @@ async fn memory_name_is_shared_within_the_process() {
         .await
         .expect("open other");
     assert_eq!(
-        other.get("config").await.expect_err("isolated").kind,
+        other.get("config").await.expect_err("isolated").kind(),
         StoreErrorKind::NotFound
     );
 }
@@ -154,14 +154,14 @@ async fn bad_urls_give_clear_errors() {
     let err = open_store("ftp://host/x", &opts)
         .await
         .expect_err("unknown scheme");
-    assert_eq!(err.kind, StoreErrorKind::ConfigInvalid);
+    assert_eq!(err.kind(), StoreErrorKind::ConfigInvalid);
     assert!(err.to_string().contains("ftp"), "{err}");
     let err = open_store("", &opts).await.expect_err("empty");
-    assert_eq!(err.kind, StoreErrorKind::ConfigInvalid);
+    assert_eq!(err.kind(), StoreErrorKind::ConfigInvalid);
     let err = open_store("file://relative/path", &opts)
         .await
         .expect_err("non-local file URL");
-    assert_eq!(err.kind, StoreErrorKind::ConfigInvalid);
+    assert_eq!(err.kind(), StoreErrorKind::ConfigInvalid);
 }
 
 #[tokio::test]
@@ -203,7 +203,7 @@ async fn s3_and_swift_urls_reach_their_drivers_and_fail_fast_without_a_server() 
             .await
             .expect_err("nothing listens on port 9");
         assert_ne!(
-            err.kind,
+            err.kind(),
             StoreErrorKind::Unsupported,
             "{url} is wired to a driver: {err}"
         );

@@ -76,13 +76,13 @@ async fn retry_gives_up_at_once_on_permanent_errors() {
         .put("k", Bytes::from_static(b"x"))
         .await
         .expect_err("permanent");
-    assert!(!err.temporary);
+    assert!(!err.is_temporary());
     assert_eq!(faults.operations(), 1, "no retry of a permanent error");
     assert_eq!(retry.retries(), 0);
     // A NotFound from the real store is permanent too.
     let plain = RetryStore::new(memory(), fast_retry(10));
     assert_eq!(
-        plain.get("missing").await.expect_err("missing").kind,
+        plain.get("missing").await.expect_err("missing").kind(),
         StoreErrorKind::NotFound
     );
     assert_eq!(plain.retries(), 0);
@@ -100,7 +100,10 @@ async fn retry_attempts_are_bounded() {
     ));
     let retry = RetryStore::new(faults.clone(), fast_retry(5));
     let err = retry.get("k").await.expect_err("always failing");
-    assert!(err.temporary, "the last temporary error is returned: {err}");
+    assert!(
+        err.is_temporary(),
+        "the last temporary error is returned: {err}"
+    );
     assert_eq!(faults.operations(), 5);
     assert_eq!(retry.retries(), 4);
     let timed = RetryStore::new(
@@ -184,11 +187,11 @@ async fn timeout_turns_a_slow_request_into_a_temporary_error() {
         .put("k", Bytes::from_static(b"x"))
         .await
         .expect_err("too slow");
-    assert_eq!(err.kind, StoreErrorKind::Timeout);
-    assert!(err.temporary);
+    assert_eq!(err.kind(), StoreErrorKind::Timeout);
+    assert!(err.is_temporary());
     // The timed-out write was dropped during its latency: nothing reached the store.
     assert_eq!(
-        slow.inner().get("k").await.expect_err("dropped").kind,
+        slow.inner().get("k").await.expect_err("dropped").kind(),
         StoreErrorKind::NotFound
     );
 }
@@ -506,7 +509,7 @@ async fn dropped_write_futures_write_nothing() {
             .get("dropped")
             .await
             .expect_err("nothing written")
-            .kind,
+            .kind(),
         StoreErrorKind::NotFound
     );
 }

@@ -104,7 +104,7 @@ pub(super) async fn rebuild_index(
     for o in candidates {
         let bytes = match repo.store().get(&o.key).await {
             Ok(b) => b,
-            Err(e) if e.kind == StoreErrorKind::NotFound => continue,
+            Err(e) if e.kind() == StoreErrorKind::NotFound => continue,
             Err(e) => return Err(e.into()),
         };
         let name = o.key.rsplit('/').next().unwrap_or_default().to_string();

@@ -114,7 +114,7 @@ fn named(set: &SegmentSet) -> HashSet<&str> {
 async fn quarantine(repo: &Repository, key: &str) -> Result<Option<u64>> {
     let bytes = match repo.store().get(key).await {
         Ok(b) => b,
-        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let size = bytes.len() as u64;
@@ -272,7 +272,7 @@ async fn pack_is_redundant(
 ) -> Result<bool> {
     let bytes = match repo.store().get(&o.key).await {
         Ok(b) => b,
-        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e.into()),
     };
     // Frames scanned past a damaged footer may stop before the end: what follows is

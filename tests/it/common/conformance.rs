@@ -61,7 +61,7 @@ fn keys(v: &[ObjectMeta]) -> Vec<String> {
 fn expect_kind<T: std::fmt::Debug>(r: Result<T, StoreError>, kind: StoreErrorKind, what: &str) {
     match r {
         Ok(v) => panic!("{what}: expected {kind:?} error, got Ok({v:?})"),
-        Err(e) => assert_eq!(e.kind, kind, "{what}: wrong error kind: {e}"),
+        Err(e) => assert_eq!(e.kind(), kind, "{what}: wrong error kind: {e}"),
     }
 }
 

@@ -1,6 +1,9 @@
-//! OpenStack Swift driver: opendal's Swift service for reads, writes, listings and bulk
-//! deletes, with Island's own login (tempauth v1 / Keystone v3, `swift_auth.rs`) and its own
-//! HTTP request for create-if-absent, which opendal does not offer on Swift.
+//! OpenStack Swift driver: opendal's Swift service for whole reads, writes, listings, heads
+//! and single deletes, and Island's own requests where opendal's service lacks what the
+//! protocol needs: login (tempauth v1 / Keystone v3, `auth.rs`), create-if-absent (here),
+//! ranged reads decided by one answer (`range.rs`) and bulk deletes (`delete.rs`). The
+//! statuses of those requests are classified in `error.rs`, opendal's errors in
+//! `store/opendal_errors.rs`.
 //!
 //! Tokens expire during long jobs. Every operation runs against the current session
 //! (token + storage URL + operator built from them); when the server refuses it (401, which
@@ -25,36 +28,21 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opendal::Operator;
 
-use super::s3::{
-    check_key, head_operator, http_client, list_operator, map_error, read_range, timeout_error,
-    with_client, HttpTimeouts,
-};
-pub use super::swift_auth::SwiftCredentials;
-use super::swift_auth::{login, SwiftToken};
-use super::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+pub use crate::store::http::HttpTimeouts;
+use crate::store::http::{bounded, http_client, with_client};
+use crate::store::opendal_errors::map_error;
+use crate::store::operator::{check_key, head_operator, list_operator, read_range};
+use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+pub use auth::SwiftCredentials;
+use auth::{login, SwiftToken};
 
+mod auth;
+mod config;
+mod delete;
+mod error;
 mod range;
 
-/// Where and how to reach a Swift container.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SwiftConfig {
-    /// Container name (the host part of `swift://CONTAINER/PREFIX`).
-    pub container: String,
-    /// Object name prefix inside the container, without leading or trailing `/`.
-    pub prefix: String,
-    /// Login; `None` reads `ST_AUTH`/`ST_USER`/`ST_KEY` or the `OS_*` variables.
-    pub credentials: Option<SwiftCredentials>,
-    /// Network timeouts.
-    pub timeouts: HttpTimeouts,
-    /// Settle time of a create-if-absent, reported as `Capabilities::create_settle`
-    /// (Swift's `If-None-Match` is not atomic; see [`DEFAULT_CREATE_SETTLE`]).
-    pub create_settle: Duration,
-}
-
-/// Default [`SwiftConfig::create_settle`]: far longer than a small object's PUT takes on
-/// any healthy link (milliseconds), so every racing create has landed before the winner is
-/// read back, yet short next to a backup job.
-pub const DEFAULT_CREATE_SETTLE: Duration = Duration::from_secs(10);
+pub use config::{SwiftConfig, DEFAULT_CREATE_SETTLE};
 
 /// Names per `?bulk-delete` request. Swift accepts 10 000 by default, but the proxy deletes
 /// them one by one and checks the token for each; 1000 keeps one request short enough to
@@ -228,13 +216,12 @@ impl SwiftStore {
         let mut left = relogins;
         loop {
             match f(s.clone()).await {
-                Err(e) if e.kind == StoreErrorKind::PermissionDenied && left > 0 => {
+                Err(e) if e.kind() == StoreErrorKind::PermissionDenied && left > 0 => {
                     left -= 1;
-                    s = self.relogin(s.generation).await.map_err(|mut le| {
-                        le.op = op;
-                        le.key = key.to_string();
-                        le
-                    })?;
+                    s = self
+                        .relogin(s.generation)
+                        .await
+                        .map_err(|le| le.with_operation(op, key))?;
                 }
                 r => return r,
             }
@@ -248,31 +235,6 @@ impl SwiftStore {
             encode_path(&self.target.container),
             encode_path(&format!("{}{}", self.target.prefix, key))
         )
-    }
-
-    /// Error for a status Island's own Swift requests did not expect.
-    fn status_error(&self, op: &'static str, key: &str, status: reqwest::StatusCode) -> StoreError {
-        let (kind, temporary, what) = match status.as_u16() {
-            401 => (StoreErrorKind::PermissionDenied, false, "token refused"),
-            403 => (StoreErrorKind::PermissionDenied, false, "access denied"),
-            404 => (StoreErrorKind::ConfigInvalid, false, "container missing"),
-            408 => (StoreErrorKind::Timeout, true, "server timed out"),
-            429 | 498 => (StoreErrorKind::RateLimited, true, "rate limited"),
-            s if s >= 500 => (StoreErrorKind::Unexpected, true, "server error"),
-            _ => (StoreErrorKind::Unexpected, false, "unexpected answer"),
-        };
-        let mut e = StoreError::new(kind, op, &self.location, key, format!("{what} ({status})"));
-        e.temporary = temporary;
-        e
-    }
-
-    fn transport_error(&self, op: &'static str, key: &str, e: reqwest::Error) -> StoreError {
-        let (kind, msg) = super::s3::classify_transport(&e)
-            .unwrap_or((StoreErrorKind::Unexpected, format!("request failed: {e}")));
-        let mut err = StoreError::new(kind, op, &self.location, key, msg);
-        err.temporary = true;
-        err.source = Some(Box::new(e));
-        err
     }
 
     async fn head_container(&self, s: Arc<Session>) -> Result<(), StoreError> {
@@ -344,9 +306,7 @@ impl ObjectStore for SwiftStore {
                     .map_err(|e| map_error(e, "put", &self.location, key))
             }
         });
-        tokio::time::timeout(budget, fut)
-            .await
-            .unwrap_or_else(|_| Err(timeout_error("put", &self.location, key, budget)))
+        bounded(budget, "put", &self.location, key, fut).await
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
@@ -355,9 +315,7 @@ impl ObjectStore for SwiftStore {
         let fut = self.run("put_if_absent", key, |s| {
             self.put_conditional(s, key, data.clone())
         });
-        tokio::time::timeout(budget, fut)
-            .await
-            .unwrap_or_else(|_| Err(timeout_error("put_if_absent", &self.location, key, budget)))
+        bounded(budget, "put_if_absent", &self.location, key, fut).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -430,215 +388,9 @@ impl ObjectStore for SwiftStore {
     }
 }
 
-/// Most logins one bulk delete may use: the token is checked for every name, so a slow
-/// server and short-lived tokens can need several, but each must make progress.
-const BULK_DELETE_MAX_LOGINS: u32 = 20;
-
-/// What one `?bulk-delete` answer says (Swift answers 200 and reports per-name results in
-/// a JSON body, including refusals of an expired token).
-#[derive(Debug, PartialEq, Eq)]
-enum BulkOutcome {
-    /// Every name was deleted or already absent.
-    Done,
-    /// The token was refused for these names (all of them when the list is empty); the
-    /// names before them were processed.
-    Unauthorized(Vec<String>),
-    /// Other per-name failures: `(name, status)` pairs.
-    Failed(Vec<(String, String)>),
-}
-
-/// Parses a `?bulk-delete` JSON answer without trusting its shape.
-fn parse_bulk_delete(body: &[u8]) -> Result<BulkOutcome, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("bulk-delete answer is not JSON: {e}"))?;
-    let status = v
-        .get("Response Status")
-        .and_then(serde_json::Value::as_str)
-        .ok_or("bulk-delete answer has no \"Response Status\"")?;
-    let mut refused = Vec::new();
-    let mut failed = Vec::new();
-    if let Some(errors) = v.get("Errors").and_then(serde_json::Value::as_array) {
-        for e in errors {
-            let pair = e.as_array().map(Vec::as_slice).unwrap_or_default();
-            let name = pair
-                .first()
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("?");
-            let st = pair
-                .get(1)
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("?");
-            if st.starts_with("401") {
-                refused.push(name.to_string());
-            } else {
-                failed.push((name.to_string(), st.to_string()));
-            }
-        }
-    }
-    if !failed.is_empty() {
-        return Ok(BulkOutcome::Failed(failed));
-    }
-    if !refused.is_empty() || status.starts_with("401") {
-        return Ok(BulkOutcome::Unauthorized(refused));
-    }
-    if status.starts_with('2') {
-        Ok(BulkOutcome::Done)
-    } else {
-        Ok(BulkOutcome::Failed(vec![(
-            String::new(),
-            status.to_string(),
-        )]))
-    }
-}
-
-impl SwiftStore {
-    /// The `?bulk-delete` line for `key`: `/container/object`, URL-encoded.
-    fn bulk_line(&self, key: &str) -> String {
-        format!(
-            "/{}/{}",
-            encode_path(&self.target.container),
-            encode_path(&format!("{}{}", self.target.prefix, key))
-        )
-    }
-
-    /// Deletes at most [`SWIFT_MAX_BATCH_DELETE`] keys, logging in again and resending
-    /// only the refused names while each attempt makes progress.
-    async fn bulk_delete_chunk(&self, chunk: &[String]) -> Result<(), StoreError> {
-        let mut pending: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let mut logins = 0;
-        while let Some(first) = pending.first().copied() {
-            let s = self.current();
-            let refused = self.bulk_delete(&s, &pending).await?;
-            if refused.is_empty() {
-                return Ok(());
-            }
-            let progress = refused.len() < pending.len();
-            if logins >= BULK_DELETE_MAX_LOGINS || (!progress && logins > 0) {
-                return Err(StoreError::new(
-                    StoreErrorKind::PermissionDenied,
-                    "delete_batch",
-                    &self.location,
-                    first,
-                    format!(
-                        "token refused for {} names after {logins} logins",
-                        refused.len()
-                    ),
-                ));
-            }
-            logins += 1;
-            self.relogin(s.generation).await?;
-            pending = refused;
-        }
-        Ok(())
-    }
-
-    /// One `POST ?bulk-delete`; returns the keys whose deletion the token did not cover.
-    async fn bulk_delete<'k>(
-        &self,
-        s: &Session,
-        keys: &[&'k str],
-    ) -> Result<Vec<&'k str>, StoreError> {
-        let first = keys.first().copied().unwrap_or("");
-        let lines: Vec<String> = keys.iter().map(|k| self.bulk_line(k)).collect();
-        let mut body = lines.join("\n");
-        body.push('\n');
-        let url = format!("{}?bulk-delete", s.token.storage_url.trim_end_matches('/'));
-        let resp = self
-            .client
-            .post(&url)
-            .header("X-Auth-Token", &s.token.token)
-            .header("Accept", "application/json")
-            .header("Content-Type", "text/plain")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error("delete_batch", first, e))?;
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Ok(keys.to_vec());
-        }
-        if !resp.status().is_success() {
-            return Err(self.status_error("delete_batch", first, resp.status()));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error("delete_batch", first, e))?;
-        let fail = |m: String| {
-            StoreError::new(
-                StoreErrorKind::Unexpected,
-                "delete_batch",
-                &self.location,
-                first,
-                m,
-            )
-        };
-        match parse_bulk_delete(&bytes).map_err(fail)? {
-            BulkOutcome::Done => Ok(Vec::new()),
-            BulkOutcome::Unauthorized(names) => {
-                // Swift echoes the names as sent or decoded; unknown names mean "all".
-                let refused: Vec<&str> = keys
-                    .iter()
-                    .zip(&lines)
-                    .filter(|(k, line)| {
-                        names
-                            .iter()
-                            .any(|n| n == *line || n.ends_with(&format!("/{}", k)))
-                    })
-                    .map(|(k, _)| *k)
-                    .collect();
-                Ok(if refused.is_empty() {
-                    keys.to_vec()
-                } else {
-                    refused
-                })
-            }
-            BulkOutcome::Failed(list) => {
-                let shown: Vec<String> = list
-                    .iter()
-                    .take(5)
-                    .map(|(n, st)| format!("{n}: {st}"))
-                    .collect();
-                let mut e = fail(format!(
-                    "bulk delete failed for {} names ({})",
-                    list.len(),
-                    shown.join(", ")
-                ));
-                e.temporary = list.iter().any(|(_, st)| st.starts_with('5'));
-                Err(e)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{encode_path, parse_bulk_delete, BulkOutcome};
-
-    /// Answers captured from Swift 2.30's bulk middleware.
-    #[test]
-    fn bulk_delete_answers() {
-        let ok = br#"{"Response Status": "200 OK", "Response Body": "", "Number Deleted": 1, "Number Not Found": 2, "Errors": []}"#;
-        assert_eq!(parse_bulk_delete(ok), Ok(BulkOutcome::Done));
-        let expired = br#"{"Response Status": "400 Bad Request", "Response Body": "", "Number Deleted": 0, "Number Not Found": 0, "Errors": [["/island-test/bd/1", "401 Unauthorized"]]}"#;
-        assert_eq!(
-            parse_bulk_delete(expired),
-            Ok(BulkOutcome::Unauthorized(vec!["/island-test/bd/1".into()]))
-        );
-        let conflict = br#"{"Response Status": "400 Bad Request", "Response Body": "", "Number Deleted": 0, "Number Not Found": 1, "Errors": [["/island-test", "409 Conflict"]]}"#;
-        assert_eq!(
-            parse_bulk_delete(conflict),
-            Ok(BulkOutcome::Failed(vec![(
-                "/island-test".into(),
-                "409 Conflict".into()
-            )]))
-        );
-        let bad = br#"{"Response Status": "502 Bad Gateway", "Errors": []}"#;
-        assert!(matches!(parse_bulk_delete(bad), Ok(BulkOutcome::Failed(_))));
-        assert!(parse_bulk_delete(b"<html>").is_err());
-        assert!(parse_bulk_delete(br#"{"Errors": [[1, 2], 3]}"#).is_err());
-        let odd = br#"{"Response Status": "400 Bad Request", "Errors": [[1, 2], 3]}"#;
-        assert!(matches!(parse_bulk_delete(odd), Ok(BulkOutcome::Failed(v)) if v.len() == 2));
-    }
+    use super::encode_path;
 
     #[test]
     fn encodes_everything_but_unreserved_and_slash() {

@@ -4,11 +4,11 @@
 //!
 //! opendal's Swift service only takes a fixed token and storage URL. Tokens expire (tempauth
 //! default: a day; Keystone: often an hour) while a nightly job runs, so Island logs in
-//! itself and logs in again when the server answers 401 (see `swift.rs`).
+//! itself and logs in again when the server answers 401 (see `swift/mod.rs`).
 
 use serde_json::{json, Value};
 
-use super::{StoreError, StoreErrorKind};
+use crate::store::{StoreError, StoreErrorKind};
 
 /// How Island logs in to Swift.
 #[derive(Clone, PartialEq, Eq)]
@@ -135,9 +135,7 @@ fn auth_error(
     location: &str,
     message: String,
 ) -> StoreError {
-    let mut e = StoreError::new(kind, "login", location, "", message);
-    e.temporary = temporary;
-    e
+    StoreError::new(kind, "login", location, "", message).with_temporary(temporary)
 }
 
 /// Maps a non-success login status to an error.
@@ -177,13 +175,11 @@ fn status_error(status: reqwest::StatusCode, location: &str, url: &str) -> Store
 }
 
 fn transport_error(e: reqwest::Error, location: &str, url: &str) -> StoreError {
-    let (kind, msg) = super::s3::classify_transport(&e).unwrap_or((
+    let (kind, msg) = crate::store::http::classify_transport(&e).unwrap_or((
         StoreErrorKind::Unexpected,
         format!("login request failed: {e}"),
     ));
-    let mut err = auth_error(kind, true, location, format!("{msg} (auth URL {url})"));
-    err.source = Some(Box::new(e));
-    err
+    auth_error(kind, true, location, format!("{msg} (auth URL {url})")).with_source(e)
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
