@@ -207,7 +207,7 @@ async fn a_writer_adopted_while_alive_does_not_commit() {
     let src = MemSource::new(volume(SIZE, 10));
     let id = crate::repo::ids::new_time_id();
     // A checkpointing writer whose adoption claim exists is refused at its commit.
-    let claim = lease::lease_key(&id, crate::repo::checkpoint::ADOPT_GENERATION);
+    let claim = lease::lease_key(&id, crate::repo::lease::ADOPT_GENERATION);
     repo.store()
         .put(&claim, bytes::Bytes::from_static(b"claimed"))
         .await

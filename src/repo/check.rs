@@ -8,9 +8,10 @@
 //! something is damaged does a second walk visit every snapshot to name all it damages.
 //! Memory ∝ the number of distinct blobs (counts are held in a map).
 
-use super::gc::{flag_contribution, segment_records};
-use super::repository::{segment_writer, SegmentSet};
+use super::repository::SegmentSet;
 use super::segment::{self, Location, FREED, REFS_RECORD};
+use super::segment::{flag_contribution, segment_records};
+use super::stale::lost_root_segments;
 use super::table::Geometry;
 use super::walk::{walk_tree, TreeVisitor};
 use super::{BlobId, Progress, Repository, SnapshotManifest};
@@ -85,7 +86,7 @@ pub(crate) async fn stored_counts(
 ) -> Result<HashMap<BlobId, StoredCount>> {
     let mut stored: HashMap<BlobId, StoredCount> = HashMap::new();
     for h in &set.refs {
-        let recs = segment_records(repo, h).await?;
+        let recs = segment_records(repo.store().as_ref(), h).await?;
         for r in recs.chunks_exact(REFS_RECORD) {
             let (id, d, flags) = segment::decode_refs_record(h, r)?;
             let e = stored.entry(id).or_default();
@@ -456,52 +457,6 @@ fn unusable_issues(set: &SegmentSet) -> Vec<CheckIssue> {
         .collect()
 }
 
-/// Segments that count for nothing because the root they name as their commit does not
-/// exist (or is void), of a writer that holds no lease and left no intent or checkpoint
-/// (a writer deletes its intent only after its commit; a dead one's intent outlives its
-/// segments, gc removes them first), or that has a valid verdict on that root (it was
-/// seen committed): a root lost after its commit looks exactly so, and
-/// the snapshots that reused its blobs then miss them. Returns (segment key, commit).
-/// Repair keeps these segments (putting the root back makes them count again).
-pub(crate) async fn lost_root_segments(
-    repo: &Repository,
-    set: &SegmentSet,
-) -> Result<Vec<(String, String)>> {
-    if set.uncounted.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut busy: HashSet<String> = (super::lease::list_leases(repo.store().as_ref()).await?)
-        .into_iter()
-        .map(|l| l.holder)
-        .collect();
-    for o in repo.list_all("intents/").await? {
-        busy.insert(o.key.trim_start_matches("intents/").to_string());
-    }
-    for o in repo.list_all("checkpoints/").await? {
-        busy.insert(o.key.split('/').nth(1).unwrap_or_default().to_string());
-    }
-    let mut out = Vec::new();
-    for o in &set.uncounted {
-        let writer = segment_writer(&o.key);
-        let h = match repo.segment_head(&o.key).await {
-            Ok(h) => h,
-            Err(e) if super::error::is_damage(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        let commit = &h.meta.commit;
-        // A valid verdict on the root names it seen committed, whatever the writer left.
-        let judged = (set.markers.judged).contains(&(commit.clone(), writer.to_string()));
-        if commit.starts_with("snapshots/")
-            && !set.markers.roots.contains_key(commit)
-            && !set.markers.damaged_commits.contains(commit)
-            && (judged || !busy.contains(writer))
-        {
-            out.push((o.key.clone(), commit.clone()));
-        }
-    }
-    Ok(out)
-}
-
 /// [`lost_root_segments`] as issues naming the lost snapshot.
 async fn missing_commit_issues(repo: &Repository, set: &SegmentSet) -> Result<Vec<CheckIssue>> {
     Ok((lost_root_segments(repo, set).await?)
@@ -526,7 +481,9 @@ async fn pack_footer_issues(repo: &Repository, set: &SegmentSet) -> Result<Vec<C
         .collect();
     let results: Vec<(String, Result<()>)> = stream::iter(packs)
         .map(|p| async move {
-            let r = super::gc::pack_entries(repo, &p).await.map(|_| ());
+            let r = super::pack::pack_entries(repo.store().as_ref(), &p)
+                .await
+                .map(|_| ());
             (p, r)
         })
         .buffer_unordered(VERIFY_CONCURRENCY)

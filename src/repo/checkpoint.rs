@@ -31,10 +31,9 @@
 //! uploaded again, and the old refs are not copied (they describe the old tree).
 
 use super::envelope::{self, MAGIC_CHECKPOINT, MAGIC_INTENT, MAGIC_LEASE};
-use super::gc::{pack_entries, segment_records};
-use super::lease::{self, lease_key, LeaseBody, RENEW_AFTER};
-use super::pack::PackEntry;
-use super::segment::{self, INDEX_RECORD, REFS_RECORD};
+use super::lease::{self, lease_key, LeaseBody, ADOPT_GENERATION, RENEW_AFTER};
+use super::pack::{pack_entries, PackEntry};
+use super::segment::{self, segment_records, INDEX_RECORD, REFS_RECORD};
 use super::tree::TreeState;
 use super::writer::{intent_key, pack_name, Intent, Writer};
 use super::{create_exclusive, BlobKind, Location, RepoError, Repository};
@@ -46,9 +45,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Generation number of the adoption claim in the adopted holder's lease chain: above any
-/// real generation, so the holder itself can never create it.
-pub(crate) const ADOPT_GENERATION: u64 = 9_999_999_999;
 /// A holder that neither renewed its lease for this long nor abandoned it is presumed dead
 /// and may be adopted (issue 20, finding 4: a concurrent backup of the same volume adopted
 /// a live writer, which was then fenced). A live writer renews at least every
@@ -336,7 +332,7 @@ async fn read_tail(
             let repo = repo.clone();
             let holder = holder.to_string();
             async move {
-                match pack_entries(&repo, &name).await {
+                match pack_entries(repo.store().as_ref(), &name).await {
                     Ok(entries) if entries.iter().any(|e| e.kind == BlobKind::Chunk) => {
                         TailPack::Chunks(entries)
                     }
@@ -392,7 +388,7 @@ pub(crate) async fn take_over(
     let mut refs = Vec::new();
     for key in &ck.segments {
         let h = repo.segment_head(key).await?;
-        let records = segment_records(repo, &h).await?;
+        let records = segment_records(repo.store().as_ref(), &h).await?;
         if key.starts_with("index/") {
             for r in records.chunks_exact(INDEX_RECORD) {
                 let (id, loc) = segment::decode_index_record(&h, r)?;

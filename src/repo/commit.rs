@@ -2,11 +2,17 @@
 //! segments, renew the lease (fence check), then create the root manifest with
 //! the repository's create-if-absent policy (`create_exclusive`). Sharing it keeps one write order for every path that creates roots
 //! (format-spec §5).
+//!
+//! The gc-kind runs (gc, and the corrections of `check --repair` and `heal`) commit the same
+//! way under a gc marker `gc/<seq>` ([`commit_gc_marker`]).
 
-use super::lease::Lease;
+use super::envelope::{self, MAGIC_GC};
+use super::lease::{ensure_not_fenced, Lease};
 use super::manifest::SnapshotManifest;
+use super::marker::GcMarker;
+use super::repository::SegmentSet;
 use super::writer::Writer;
-use super::{RepoError, Repository};
+use super::{create_exclusive, RepoError, Repository};
 use crate::store::{PutOutcome, RequestCounts};
 use crate::Result;
 use bytes::Bytes;
@@ -72,4 +78,56 @@ pub(crate) async fn commit_new_root(
             Err(RepoError::InvalidArgument(format!("{} already exists", manifest.key())).into())
         }
     }
+}
+
+/// The sequence number and key (`gc/<seq>`) of the next gc marker: one past the newest
+/// marker, counted or fenced. gc and `check --repair` both commit under such a marker.
+pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
+    let seq = set
+        .markers
+        .gcs
+        .values()
+        .map(|g| g.seq)
+        .max()
+        .max(set.markers.gc_seq_max)
+        .map_or(0, |s| s + 1);
+    (seq, format!("gc/{seq:010}"))
+}
+
+/// Commit a gc-kind run (gc, or repair's corrections when `freed`): flush its segments,
+/// renew the lease (fence check), then create its marker with create-if-absent. Another
+/// run that created the same marker first is a [`RepoError::GcConflict`].
+pub(crate) async fn commit_gc_marker(
+    repo: &Repository,
+    w: &mut Writer,
+    lease: &Lease,
+    seq: u64,
+    marker_key: &str,
+    freed: bool,
+) -> Result<()> {
+    w.flush().await?;
+    let lease_time_ms = lease.check_before_commit().await?;
+    let marker = GcMarker {
+        holder: lease.holder.clone(),
+        seq,
+        lease_time_ms,
+        freed,
+        stored: None,
+    };
+    let sealed = Bytes::from(envelope::seal(MAGIC_GC, &marker));
+    if create_exclusive(repo.store().as_ref(), marker_key, sealed).await?
+        == PutOutcome::AlreadyExists
+    {
+        return Err(RepoError::GcConflict {
+            other: marker_key.to_string(),
+        }
+        .into());
+    }
+    ensure_not_fenced(
+        repo.store().as_ref(),
+        marker_key,
+        &lease.holder,
+        lease_time_ms,
+    )
+    .await
 }

@@ -11,18 +11,19 @@
 //! dead packs; compacted refs) → gc marker `gc/<seq>` (create-if-absent, the commit point;
 //! also makes concurrent gcs exclusive) → deletes of dead packs and superseded segments.
 
-use super::envelope::{self, MAGIC_GC};
+use super::commit::{commit_gc_marker, next_gc_marker};
 use super::ids::new_time_id;
-use super::lease::{ensure_not_fenced, list_leases, Lease, SKEW};
-use super::pack::{pack_key, parse_footer, parse_trailer, TRAILER_SIZE};
-use super::repository::SegmentSet;
-use super::segment::{self, SegmentHead, FREED, INDEX_RECORD, REFS_RECORD, REVIVED, STORED};
+use super::lease::{list_leases, Lease, SKEW};
+use super::pack::{pack_entries, pack_key};
+use super::segment::{
+    bucket_records, decode_index_record, decode_refs_record, flag_contribution, SegmentHead,
+    INDEX_RECORD, REFS_RECORD, STORED,
+};
 use super::writer::Writer;
-use super::{create_exclusive, BlobId, BlobKind, Frame, Location, Progress, RepoError, Repository};
-use crate::store::PutOutcome;
+use super::{BlobId, BlobKind, Frame, Location, Progress, RepoError, Repository};
 use crate::Result;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
@@ -34,80 +35,6 @@ pub const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
 /// Records (index and refs, over all input segments) compaction holds at once; tiny under
 /// test so the schedule runner exercises groups and compactions written as several segments.
 pub const COMPACT_GROUP_RECORDS: u64 = if cfg!(test) { 24 } else { 128 * 1024 };
-
-/// Commit marker of a gc run (`gc/<seq>`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GcMarker {
-    pub holder: String,
-    pub seq: u64,
-    pub lease_time_ms: u64,
-    /// Written by `check --repair`: this run's refs segments carry FREED flags for blobs it
-    /// found unreferenced; gc collects them like a delete's once the marker is older than
-    /// its cutoff. Absent (false) in markers of older builds.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub freed: bool,
-    /// Store time of the marker object (filled in when markers are listed).
-    #[serde(skip)]
-    pub stored: Option<SystemTime>,
-}
-
-/// The sequence number and key (`gc/<seq>`) of the next gc marker: one past the newest
-/// marker, counted or fenced. gc and `check --repair` both commit under such a marker.
-pub(crate) fn next_gc_marker(set: &SegmentSet) -> (u64, String) {
-    let seq = set
-        .markers
-        .gcs
-        .values()
-        .map(|g| g.seq)
-        .max()
-        .max(set.markers.gc_seq_max)
-        .map_or(0, |s| s + 1);
-    (seq, format!("gc/{seq:010}"))
-}
-
-/// Commit a gc-kind run (gc, or repair's corrections when `freed`): flush its segments,
-/// renew the lease (fence check), then create its marker with create-if-absent. Another
-/// run that created the same marker first is a [`RepoError::GcConflict`].
-pub(crate) async fn commit_gc_marker(
-    repo: &Repository,
-    w: &mut Writer,
-    lease: &Lease,
-    seq: u64,
-    marker_key: &str,
-    freed: bool,
-) -> Result<()> {
-    w.flush().await?;
-    let lease_time_ms = lease.check_before_commit().await?;
-    let marker = GcMarker {
-        holder: lease.holder.clone(),
-        seq,
-        lease_time_ms,
-        freed,
-        stored: None,
-    };
-    let sealed = Bytes::from(envelope::seal(MAGIC_GC, &marker));
-    if create_exclusive(repo.store().as_ref(), marker_key, sealed).await?
-        == PutOutcome::AlreadyExists
-    {
-        return Err(RepoError::GcConflict {
-            other: marker_key.to_string(),
-        }
-        .into());
-    }
-    ensure_not_fenced(
-        repo.store().as_ref(),
-        marker_key,
-        &lease.holder,
-        lease_time_ms,
-    )
-    .await
-}
-
-impl GcMarker {
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<GcMarker, RepoError> {
-        envelope::open(MAGIC_GC, key, bytes)
-    }
-}
 
 /// How gc runs.
 #[derive(Clone, Debug, Default)]
@@ -173,34 +100,6 @@ fn records_bytes(h: &SegmentHead) -> u64 {
     u64::from(h.fanout[256]) * h.record_size as u64
 }
 
-/// All records of a segment (one GET of its record area).
-pub(crate) async fn segment_records(repo: &Repository, h: &SegmentHead) -> Result<Vec<u8>> {
-    bucket_records(repo, h, 0, 255).await
-}
-
-/// The records of buckets `lo..=hi` of a segment, in one ranged GET, each bucket checked
-/// against its crc.
-pub(crate) async fn bucket_records(
-    repo: &Repository,
-    h: &SegmentHead,
-    lo: u8,
-    hi: u8,
-) -> Result<Vec<u8>> {
-    let (start, end) = (h.bucket_range(lo).start, h.bucket_range(hi).end);
-    if end <= start {
-        return Ok(Vec::new());
-    }
-    let bytes = repo.store().get_range(&h.key, start..end).await?;
-    for b in lo..=hi {
-        let r = h.bucket_range(b);
-        let piece = bytes
-            .get((r.start - start) as usize..(r.end - start) as usize)
-            .ok_or_else(|| RepoError::corrupt(&h.key, "records truncated"))?;
-        h.check_bucket(b, piece)?;
-    }
-    Ok(bytes.to_vec())
-}
-
 /// Contiguous bucket ranges whose records, summed over `segs`, stay within
 /// [`COMPACT_GROUP_RECORDS`] (a bucket larger than that is a group of its own): compaction
 /// holds one group at a time, so its memory is bounded whatever the repository's size.
@@ -220,31 +119,6 @@ fn bucket_groups<'a>(segs: impl Iterator<Item = &'a SegmentHead> + Clone) -> Vec
     }
     groups.push((lo, 255));
     groups
-}
-
-/// A pack's footer entries.
-pub(crate) async fn pack_entries(
-    repo: &Repository,
-    name: &str,
-) -> Result<Vec<super::pack::PackEntry>> {
-    let key = pack_key(name);
-    let size = repo.store().head(&key).await?.size;
-    if size < TRAILER_SIZE as u64 {
-        return Err(RepoError::corrupt(&key, "pack shorter than its trailer").into());
-    }
-    let t = repo
-        .store()
-        .get_range(&key, size - TRAILER_SIZE as u64..size)
-        .await?;
-    let (count, off, crc) = parse_trailer(&key, &t)?;
-    if off as u64 > size - TRAILER_SIZE as u64 {
-        return Err(RepoError::corrupt(&key, "footer offset past the end").into());
-    }
-    let footer = repo
-        .store()
-        .get_range(&key, off as u64..size - TRAILER_SIZE as u64)
-        .await?;
-    Ok(parse_footer(&key, &footer, count, off, crc)?)
 }
 
 /// `entries` (the footer read at pack `name`'s key) when they list every location the
@@ -427,7 +301,7 @@ impl Repository {
             // A missing or corrupt pack holds no space to reclaim; its live frames are
             // damage that `check` reports with the snapshots it hurts (and a service mend
             // heals). gc skips it — deleting nothing — instead of failing on every run.
-            let read = pack_entries(self, name).await;
+            let read = pack_entries(self.store().as_ref(), name).await;
             let entries = match read.and_then(|e| footer_agrees(name, e, garbage)) {
                 Ok(entries) => entries,
                 Err(e) if super::error::is_damage(&e) => {
@@ -539,9 +413,9 @@ impl Repository {
                 let mut seen: HashSet<BlobId> = HashSet::new();
                 let mut tables: HashSet<BlobId> = HashSet::new();
                 for h in &set.index {
-                    let recs = bucket_records(self, h, lo, hi).await?;
+                    let recs = bucket_records(self.store().as_ref(), h, lo, hi).await?;
                     for r in recs.chunks_exact(INDEX_RECORD) {
-                        let (id, loc) = segment::decode_index_record(h, r)?;
+                        let (id, loc) = decode_index_record(h, r)?;
                         if !dead.contains(&loc.pack) && seen.insert(id) {
                             if loc.kind == BlobKind::Table {
                                 tables.insert(id);
@@ -560,9 +434,9 @@ impl Repository {
                 }
                 let mut contribution: HashMap<BlobId, i64> = HashMap::new();
                 for h in processed_refs {
-                    let recs = bucket_records(self, h, lo, hi).await?;
+                    let recs = bucket_records(self.store().as_ref(), h, lo, hi).await?;
                     for r in recs.chunks_exact(REFS_RECORD) {
-                        let (id, delta, flags) = segment::decode_refs_record(h, r)?;
+                        let (id, delta, flags) = decode_refs_record(h, r)?;
                         w.add_ref(id, delta as i64, 0);
                         *contribution.entry(id).or_default() += flag_contribution(flags);
                     }
@@ -737,13 +611,6 @@ impl Repository {
         report.requests = self.counts().since(&before).total();
         Ok(report)
     }
-}
-
-/// A record's children contribution: +1 for STORED or REVIVED, −1 for FREED, plus the
-/// signed adjustment in bits 16..31 (`segment::ADJUST_SHIFT`).
-pub(crate) fn flag_contribution(flags: u32) -> i64 {
-    i64::from(flags & STORED != 0) + i64::from(flags & REVIVED != 0) - i64::from(flags & FREED != 0)
-        + segment::flags_adjustment(flags)
 }
 
 #[cfg(test)]

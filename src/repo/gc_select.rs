@@ -21,8 +21,8 @@
 //! so the children are protected now and become candidates of a later run once this
 //! run's marker (written with `freed: true`) is older than that run's cutoff.
 
-use super::gc::segment_records;
 use super::repository::SegmentSet;
+use super::segment::segment_records;
 use super::segment::{self, SegmentHead, FREED, REFS_RECORD, REVIVED};
 use super::writer::Writer;
 use super::{pack_key_of, BlobId, BlobKind, Repository};
@@ -96,7 +96,7 @@ pub(crate) async fn select(
         if processable {
             s.processed_refs.push(h.clone());
         }
-        let recs = segment_records(repo, h).await?;
+        let recs = segment_records(repo.store().as_ref(), h).await?;
         for r in recs.chunks_exact(REFS_RECORD) {
             let (id, delta, flags) = segment::decode_refs_record(h, r)?;
             if delta < 0 || flags & FREED != 0 {

@@ -25,6 +25,9 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
 /// The op of a generation by which a failing holder says it stopped for good
 /// ([`Lease::abandon`]).
 pub const ABANDONED: &str = "abandoned";
+/// Generation number of the adoption claim in the adopted holder's lease chain: above any
+/// real generation, so the holder itself can never create it.
+pub(crate) const ADOPT_GENERATION: u64 = 9_999_999_999;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeaseBody {
@@ -43,7 +46,7 @@ struct LeaseState {
     /// Why this holder may no longer write, once a renewal found it fenced (permanent).
     fenced: Option<String>,
     /// The holder wrote a checkpoint, so a re-run may adopt it: renewals also look for the
-    /// adoption claim (`checkpoint::ADOPT_GENERATION`).
+    /// adoption claim ([`ADOPT_GENERATION`]).
     adoptable: bool,
     /// The lease was released (or abandoned): the holder creates no generation any more.
     released: bool,
@@ -180,7 +183,7 @@ impl Lease {
             ));
         }
         if adoptable {
-            let claim = lease_key(&self.holder, super::checkpoint::ADOPT_GENERATION);
+            let claim = lease_key(&self.holder, ADOPT_GENERATION);
             match self.store.head(&claim).await {
                 Ok(_) => return self.fence(format!("a re-run adopted this holder ({claim})")),
                 Err(e) if e.kind == StoreErrorKind::NotFound => {}

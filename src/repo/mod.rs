@@ -31,6 +31,7 @@ mod gc_select;
 pub(crate) mod ids;
 pub(crate) mod lease;
 pub(crate) mod manifest;
+mod marker;
 mod pack;
 mod repair;
 pub(crate) mod repository;

@@ -11,6 +11,8 @@
 //! rebuild locations from the packs alone.
 
 use super::{BlobId, BlobKind, Frame, RepoError};
+use crate::store::ObjectStore;
+use crate::Result;
 
 const PACK_MAGIC: &[u8; 4] = b"ISPK";
 const PACK_VERSION: u16 = 1;
@@ -170,6 +172,27 @@ pub fn parse_footer(
 pub fn pack_key(name: &str) -> String {
     let h = blake3::hash(name.as_bytes());
     format!("packs/{:02x}/{name}", h.as_bytes()[0])
+}
+
+/// The footer entries of pack `name` (HEAD, then the trailer and the footer: 3 requests),
+/// the pack's own index that a rebuild and `check --read-data` rely on.
+pub(crate) async fn pack_entries(store: &dyn ObjectStore, name: &str) -> Result<Vec<PackEntry>> {
+    let key = pack_key(name);
+    let size = store.head(&key).await?.size;
+    if size < TRAILER_SIZE as u64 {
+        return Err(RepoError::corrupt(&key, "pack shorter than its trailer").into());
+    }
+    let t = store
+        .get_range(&key, size - TRAILER_SIZE as u64..size)
+        .await?;
+    let (count, off, crc) = parse_trailer(&key, &t)?;
+    if off as u64 > size - TRAILER_SIZE as u64 {
+        return Err(RepoError::corrupt(&key, "footer offset past the end").into());
+    }
+    let footer = store
+        .get_range(&key, off as u64..size - TRAILER_SIZE as u64)
+        .await?;
+    Ok(parse_footer(&key, &footer, count, off, crc)?)
 }
 
 #[cfg(test)]

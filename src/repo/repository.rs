@@ -4,10 +4,10 @@
 use super::cache::Lru;
 use super::chunk::decode_frame;
 use super::config::{check_chunk_size, Config, CONFIG_KEY, FORMAT_VERSION};
-use super::gc::GcMarker;
 use super::ids::{is_time_id, new_time_id, now_rfc3339, valid_volume};
 use super::lease::fenced;
 use super::manifest::{parse_tombstone_key, root_key, tombstone_key, SnapshotManifest, Tombstone};
+use super::marker::GcMarker;
 use super::segment::{
     self, SegmentHead, HEAD_SIZE, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
@@ -620,7 +620,7 @@ impl Repository {
     /// and freed (−1) flags over counted segments (1 = counted, 0 = not), following gc
     /// (`follow.rs`).
     pub(crate) async fn children_contribution(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
-        self.sum_refs(set, id, |_, flags| super::gc::flag_contribution(flags))
+        self.sum_refs(set, id, |_, flags| super::segment::flag_contribution(flags))
             .await
     }
 
@@ -753,7 +753,7 @@ impl Repository {
         let mut out = Vec::new();
         for m in self.live_roots(&set.markers, volume) {
             // A damaged tree has no exclusive size worth reporting; the listing goes on.
-            let exclusive = match super::delete::walk_delete(self, &set, &m, None).await {
+            let exclusive = match super::walk::walk_delete(self, &set, &m, None).await {
                 Ok(w) => w.freed_bytes,
                 Err(e) if super::error::is_damage(&e) => 0,
                 Err(e) => return Err(e),

@@ -16,6 +16,8 @@
 //! ```
 
 use super::{BlobId, BlobKind, RepoError};
+use crate::store::ObjectStore;
+use crate::Result;
 use serde::{Deserialize, Serialize};
 
 pub(crate) const INDEX_MAGIC: &[u8; 4] = b"ISIX";
@@ -303,6 +305,13 @@ pub fn flags_with_contribution(flags: u32, contribution: i64) -> Option<u32> {
     Some(bits | (u32::from(adjust as u16) << ADJUST_SHIFT))
 }
 
+/// A record's children contribution: +1 for STORED or REVIVED, −1 for FREED, plus the
+/// signed adjustment in bits 16..31 (`segment::ADJUST_SHIFT`).
+pub(crate) fn flag_contribution(flags: u32) -> i64 {
+    i64::from(flags & STORED != 0) + i64::from(flags & REVIVED != 0) - i64::from(flags & FREED != 0)
+        + flags_adjustment(flags)
+}
+
 /// Encode a refcount-delta record.
 pub fn refs_record(id: &BlobId, delta: i32, flags: u32) -> Vec<u8> {
     let mut r = Vec::with_capacity(REFS_RECORD);
@@ -350,6 +359,34 @@ pub fn find_in_bucket<'a>(
     (lo..n).map(rec).take_while(move |r| r[..32] == id.0[..])
 }
 
+/// All records of segment `h` (one GET of its record area).
+pub(crate) async fn segment_records(store: &dyn ObjectStore, h: &SegmentHead) -> Result<Vec<u8>> {
+    bucket_records(store, h, 0, 255).await
+}
+
+/// The records of buckets `lo..=hi` of segment `h`, in one ranged GET, each bucket checked
+/// against its crc.
+pub(crate) async fn bucket_records(
+    store: &dyn ObjectStore,
+    h: &SegmentHead,
+    lo: u8,
+    hi: u8,
+) -> Result<Vec<u8>> {
+    let (start, end) = (h.bucket_range(lo).start, h.bucket_range(hi).end);
+    if end <= start {
+        return Ok(Vec::new());
+    }
+    let bytes = store.get_range(&h.key, start..end).await?;
+    for b in lo..=hi {
+        let r = h.bucket_range(b);
+        let piece = bytes
+            .get((r.start - start) as usize..(r.end - start) as usize)
+            .ok_or_else(|| RepoError::corrupt(&h.key, "records truncated"))?;
+        h.check_bucket(b, piece)?;
+    }
+    Ok(bytes.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,7 +419,7 @@ mod tests {
         };
         let (_, delta, flags) = decode_refs_record(&h, &r).unwrap();
         assert_eq!((delta, flags_adjustment(flags)), (-1, -1));
-        assert_eq!(crate::repo::gc::flag_contribution(flags), -2);
+        assert_eq!(flag_contribution(flags), -2);
         // Bits 3..15 are reserved.
         let reserved = refs_record(&id, 0, STORED | 0x100);
         assert!(decode_refs_record(&h, &reserved).is_err());

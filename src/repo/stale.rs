@@ -364,7 +364,7 @@ pub(crate) async fn find_orphan_packs(
 }
 
 /// Writers whose root was committed and is now missing (format-spec §11.1, "Lost roots"):
-/// the segments [`super::check::lost_root_segments`] finds whose root has a valid verdict
+/// the segments [`lost_root_segments`] finds whose root has a valid verdict
 /// and whose root key no longer
 /// exists (a HEAD says so: a void root still exists and its writer is a zombie). Such a
 /// writer is damage, not a dead writer: its
@@ -372,7 +372,7 @@ pub(crate) async fn find_orphan_packs(
 /// snapshots reach, so gc keeps both and reports the root.
 pub(crate) async fn lost_writers(repo: &Repository, set: &SegmentSet) -> Result<Lost> {
     let mut out = std::collections::BTreeMap::new();
-    for (key, commit) in super::check::lost_root_segments(repo, set).await? {
+    for (key, commit) in lost_root_segments(repo, set).await? {
         // Only a root seen committed (its valid verdict, recorded by its writer right
         // after the commit's HEAD check or by the first gc, repair or delete) is lost: a
         // zombie's segment also names a root that does not exist and that no lease, intent
@@ -417,4 +417,49 @@ pub(crate) struct Lost {
     pub roots: std::collections::BTreeMap<String, String>,
     /// Packs their index segments name (never orphans while the root may come back).
     pub packs: HashSet<String>,
+}
+/// Segments that count for nothing because the root they name as their commit does not
+/// exist (or is void), of a writer that holds no lease and left no intent or checkpoint
+/// (a writer deletes its intent only after its commit; a dead one's intent outlives its
+/// segments, gc removes them first), or that has a valid verdict on that root (it was
+/// seen committed): a root lost after its commit looks exactly so, and
+/// the snapshots that reused its blobs then miss them. Returns (segment key, commit).
+/// Repair keeps these segments (putting the root back makes them count again).
+pub(crate) async fn lost_root_segments(
+    repo: &Repository,
+    set: &SegmentSet,
+) -> Result<Vec<(String, String)>> {
+    if set.uncounted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut busy: HashSet<String> = (super::lease::list_leases(repo.store().as_ref()).await?)
+        .into_iter()
+        .map(|l| l.holder)
+        .collect();
+    for o in repo.list_all("intents/").await? {
+        busy.insert(o.key.trim_start_matches("intents/").to_string());
+    }
+    for o in repo.list_all("checkpoints/").await? {
+        busy.insert(o.key.split('/').nth(1).unwrap_or_default().to_string());
+    }
+    let mut out = Vec::new();
+    for o in &set.uncounted {
+        let writer = segment_writer(&o.key);
+        let h = match repo.segment_head(&o.key).await {
+            Ok(h) => h,
+            Err(e) if super::error::is_damage(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let commit = &h.meta.commit;
+        // A valid verdict on the root names it seen committed, whatever the writer left.
+        let judged = (set.markers.judged).contains(&(commit.clone(), writer.to_string()));
+        if commit.starts_with("snapshots/")
+            && !set.markers.roots.contains_key(commit)
+            && !set.markers.damaged_commits.contains(commit)
+            && (judged || !busy.contains(writer))
+        {
+            out.push((o.key.clone(), commit.clone()));
+        }
+    }
+    Ok(out)
 }

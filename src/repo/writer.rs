@@ -251,7 +251,7 @@ impl Writer {
     /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags; the children
     /// contribution changes by what the flags say (+1 STORED/REVIVED, −1 FREED).
     pub fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
-        self.add_ref_with_contribution(id, delta, flags, super::gc::flag_contribution(flags));
+        self.add_ref_with_contribution(id, delta, flags, super::segment::flag_contribution(flags));
     }
 
     /// Record a refcount delta with meaning `flags` and an exact children contribution

@@ -21,8 +21,8 @@
 //! peer and uploaded.
 
 use super::fetch;
+use crate::repo::commit::{commit_gc_marker, next_gc_marker};
 use crate::repo::error::is_damage;
-use crate::repo::gc::{commit_gc_marker, next_gc_marker};
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::Lease;
 use crate::repo::manifest::root_key;

@@ -7,7 +7,8 @@ mod policy;
 
 pub use policy::ForgetPolicy;
 
-use super::delete::{walk_bytes, walk_delete_with, AttemptProgress, DeleteOptions};
+use super::delete::{AttemptProgress, DeleteOptions};
+use super::walk::{walk_bytes, walk_delete_with};
 use super::{Progress, RepoError, Repository};
 use crate::Result;
 use serde::Serialize;

@@ -29,7 +29,7 @@ mod rebuild;
 mod sweep;
 
 use super::check::{child_weight, StoredCount};
-use super::gc::{commit_gc_marker, next_gc_marker};
+use super::commit::{commit_gc_marker, next_gc_marker};
 use super::ids::new_time_id;
 use super::lease::Lease;
 use super::repository::SegmentSet;

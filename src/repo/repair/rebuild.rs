@@ -18,8 +18,8 @@
 
 use super::RepairReport;
 use crate::repo::chunk::decode_frame;
+use crate::repo::commit::{commit_gc_marker, next_gc_marker};
 use crate::repo::error::is_damage;
-use crate::repo::gc::{commit_gc_marker, next_gc_marker};
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::Lease;
 use crate::repo::pack::{pack_key, parse_footer, parse_trailer, PackEntry, TRAILER_SIZE};

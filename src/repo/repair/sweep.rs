@@ -14,9 +14,9 @@
 
 use super::rebuild::{footer_entries, pack_entries_of};
 use super::RepairReport;
-use crate::repo::check::lost_root_segments;
 use crate::repo::lease::{list_leases, LEASE_TTL, SKEW};
 use crate::repo::repository::{segment_writer, SegmentSet};
+use crate::repo::stale::lost_root_segments;
 use crate::repo::writer::Intent;
 use crate::repo::Repository;
 use crate::store::{ObjectMeta, StoreErrorKind};

@@ -6,9 +6,9 @@
 
 use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
 use crate::repo::envelope::{self, MAGIC_GC};
-use crate::repo::gc::GcMarker;
 use crate::repo::ids::new_time_id;
 use crate::repo::lease::{Lease, LEASE_TTL, SKEW};
+use crate::repo::marker::GcMarker;
 use crate::repo::testing::{back_up_bytes, mem_repo, random_bytes as random, MemStore};
 use crate::repo::writer::Writer;
 use crate::repo::{copy, BlobId, CheckOptions, CopyOptions, Repository};

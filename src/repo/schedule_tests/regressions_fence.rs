@@ -5,9 +5,9 @@
 use super::actors::VersionSource;
 use super::fixtures::{assert_nothing_to_repair, back_up, keys_of, opts, random, setup};
 use crate::backup::{backup, BackupReport};
-use crate::repo::checkpoint::ADOPT_GENERATION;
 use crate::repo::envelope::{self, MAGIC_LEASE};
 use crate::repo::ids::new_time_id;
+use crate::repo::lease::ADOPT_GENERATION;
 use crate::repo::lease::{lease_key, Lease, LeaseBody, Renewal, LEASE_TTL, SKEW};
 use crate::repo::manifest::{tombstone_key, tombstone_key_gen};
 use crate::repo::stale::ORPHAN_SWEEP_PERIOD;
