@@ -10,9 +10,9 @@
 //! its decrements with it; without a writer it is the dry run that gives a listing's
 //! `exclusive_bytes` and forget's estimates.
 
+use super::format::segment::FREED;
+use super::format::table::{span, Geometry, FANOUT};
 use super::repository::SegmentSet;
-use super::segment::FREED;
-use super::table::{span, Geometry, FANOUT};
 use super::writer::Writer;
 use super::{BlobId, Progress, Repository, SnapshotManifest};
 use crate::Result;
