@@ -20,8 +20,8 @@ mod stale;
 mod state;
 
 use crate::image::{CreateOptions, Image, OpenMode};
+use crate::repo::format::table::Geometry;
 use crate::repo::repository::SegmentSet;
-use crate::repo::table::Geometry;
 use crate::repo::tree::PairWalk;
 use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
 use crate::store::StoreErrorKind;

@@ -17,9 +17,9 @@ pub use qcow2::{
 };
 pub use source::{check_source_kind, BaseIdentity, BlockSource, RawSource, SourceRange};
 
-use crate::repo::checkpoint::Counters;
-use crate::repo::ids::{new_time_id, now_rfc3339};
-use crate::repo::table::Geometry;
+use crate::repo::format::ids::{new_time_id, now_rfc3339};
+use crate::repo::format::table::Geometry;
+use crate::repo::protocol::checkpoint::Counters;
 use crate::repo::tree::{reusable, TreeWriter};
 use crate::repo::writer::Writer;
 use crate::repo::{
@@ -161,7 +161,7 @@ pub async fn backup(
     // The lease is taken before the segment view is loaded: every delete this backup does
     // not see committed after its lease began, which is what gc's cutoff relies on.
     let id = match &opts.id {
-        Some(id) if crate::repo::ids::is_time_id(id) => id.clone(),
+        Some(id) if crate::repo::format::ids::is_time_id(id) => id.clone(),
         Some(id) => {
             return Err(RepoError::InvalidArgument(format!(
                 "snapshot id {id:?} does not have the shape of a generated id"
@@ -232,7 +232,7 @@ async fn backup_leased(
         p.stage("backup", to_read);
     }
 
-    let root_key = crate::repo::manifest::root_key(&opts.volume, &id);
+    let root_key = crate::repo::format::manifest::root_key(&opts.volume, &id);
     let mut w = Writer::new(repo, lease.clone(), root_key, "backup");
     let job = resume::job_identity(source.as_ref(), parent.as_ref(), size, cs);
     let resumed = resume::resume(repo, &mut w, &opts.volume, &job).await?;
@@ -411,7 +411,7 @@ async fn backup_leased(
         .await
         .map_err(|e| RepoError::Task(format!("verify source: {e}")))??;
     let mut manifest = SnapshotManifest {
-        format: crate::repo::manifest::MANIFEST_VERSION,
+        format: crate::repo::format::manifest::MANIFEST_VERSION,
         volume: opts.volume.clone(),
         id: id.clone(),
         parent: parent.as_ref().map(|p| p.id.clone()),
@@ -430,7 +430,7 @@ async fn backup_leased(
         writer: id.clone(),
         lease_time_ms: 0,
     };
-    crate::repo::commit::commit_new_root(repo, w, lease, &mut manifest, before).await?;
+    crate::repo::protocol::commit::commit_new_root(repo, w, lease, &mut manifest, before).await?;
     let used = repo.counts().since(before);
     let bytes_changed = c.chunks_changed * cs;
     Ok(BackupReport {

@@ -198,7 +198,7 @@ pub async fn backup_image(
     opts: &BackupOptions,
 ) -> Result<BackupReport> {
     let image = Arc::new(Image::open(path, OpenMode::ReadWrite)?);
-    let id = crate::repo::ids::new_time_id();
+    let id = crate::repo::format::ids::new_time_id();
     let name = format!("{SNAPSHOT_PREFIX}{id}");
     let owned = Owned::load(repo, &opts.volume).await?;
     let (snap, created) = match resumable_snapshot(&owned, &image)? {
@@ -248,7 +248,7 @@ impl Owned {
             .iter()
             .filter_map(|m| m.base.clone())
             .collect();
-        let tokens = crate::repo::checkpoint::find(repo, volume, "")
+        let tokens = crate::repo::protocol::checkpoint::find(repo, volume, "")
             .await?
             .into_iter()
             .filter_map(|c| c.job.source)

@@ -2,7 +2,7 @@
 //! glue between the pipeline in `mod.rs` and the protocol in `repo::checkpoint`.
 
 use super::{BlockSource, SnapshotManifest};
-use crate::repo::checkpoint::{self, Checkpoint, Counters, JobIdentity};
+use crate::repo::protocol::checkpoint::{self, Checkpoint, Counters, JobIdentity};
 use crate::repo::tree::{TreeState, TreeWriter};
 use crate::repo::writer::Writer;
 use crate::repo::Repository;

@@ -6,7 +6,7 @@
 
 use super::tests::{new_repo, restored, volume, MemSource};
 use super::*;
-use crate::repo::lease;
+use crate::repo::protocol::lease;
 use crate::repo::testing::MemStore;
 use crate::repo::CheckOptions;
 use rand::SeedableRng;
@@ -205,9 +205,9 @@ async fn an_expired_lease_is_not_adopted() {
 async fn a_writer_adopted_while_alive_does_not_commit() {
     let (_store, repo) = new_repo(65536).await;
     let src = MemSource::new(volume(SIZE, 10));
-    let id = crate::repo::ids::new_time_id();
+    let id = crate::repo::format::ids::new_time_id();
     // A checkpointing writer whose adoption claim exists is refused at its commit.
-    let claim = lease::lease_key(&id, crate::repo::checkpoint::ADOPT_GENERATION);
+    let claim = lease::lease_key(&id, crate::repo::protocol::lease::ADOPT_GENERATION);
     repo.store()
         .put(&claim, bytes::Bytes::from_static(b"claimed"))
         .await
@@ -373,8 +373,8 @@ fn checkpointed_holder(store: &MemStore) -> String {
 /// adopted and committed). The claim now needs an unbroken chain of generations.
 #[tokio::test]
 async fn a_zombies_fenced_renewal_does_not_make_its_holder_adoptable() {
-    use crate::repo::envelope::{self, MAGIC_LEASE};
-    use crate::repo::lease::{lease_key, LeaseBody};
+    use crate::repo::format::envelope::{self, MAGIC_LEASE};
+    use crate::repo::protocol::lease::{lease_key, LeaseBody};
     let (store, repo) = new_repo(65536).await;
     let data = volume(SIZE, 12);
     let src = MemSource::new(data.clone());
@@ -401,7 +401,7 @@ async fn a_zombies_fenced_renewal_does_not_make_its_holder_adoptable() {
         .await
         .unwrap();
     // A re-run once the zombie looks gone again, within LEASE_TTL of that generation.
-    store.advance(crate::repo::checkpoint::ADOPT_AFTER + Duration::from_secs(60));
+    store.advance(crate::repo::protocol::checkpoint::ADOPT_AFTER + Duration::from_secs(60));
     let r = backup(&repo, dying(&src, u64::MAX, "t"), &every_pack("vm"))
         .await
         .unwrap();

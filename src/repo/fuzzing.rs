@@ -7,16 +7,16 @@
 //! the same bytes, or, where the format allows several spellings of one value, the
 //! canonical form documented at each function, which must decode to the same value.
 
-use super::checkpoint::Checkpoint;
-use super::chunk::{decode_frame, Frame};
-use super::config::{check_chunk_size, Config};
-use super::envelope::{self, MAGIC_GC, MAGIC_INTENT, MAGIC_LEASE};
-use super::gc::GcMarker;
-use super::lease::LeaseBody;
-use super::manifest::{root_key, tombstone_key, SnapshotManifest, Tombstone};
-use super::pack::{parse_footer, parse_trailer, PackWriter, TRAILER_SIZE};
-use super::segment::{self, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD};
-use super::table::{self, Geometry};
+use super::format::chunk::{decode_frame, Frame};
+use super::format::config::{check_chunk_size, Config};
+use super::format::envelope::{self, MAGIC_GC, MAGIC_INTENT, MAGIC_LEASE};
+use super::format::manifest::{root_key, tombstone_key, SnapshotManifest, Tombstone};
+use super::format::marker::GcMarker;
+use super::format::pack::{parse_footer, parse_trailer, PackWriter, TRAILER_SIZE};
+use super::format::segment::{self, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD};
+use super::format::table::{self, Geometry};
+use super::protocol::checkpoint::Checkpoint;
+use super::protocol::lease::LeaseBody;
 use super::tree::TreeWriter;
 use super::writer::Intent;
 use super::RepoError;

@@ -5,68 +5,59 @@
 //! (one per snapshot, the commit point of a backup), tombstones (the commit point of a
 //! delete), gc markers and leases. Nothing is ever overwritten, so the only conditional
 //! operation needed is create-if-absent.
+//!
+//! Layout, bottom up:
+//! - [`format`]: the on-disk objects (format-spec §2–§3): encoding, parsing and the readers
+//!   of segments and packs. Imports nothing else of the repository but [`RepoError`].
+//! - this folder: the [`Repository`] handle and its view (`repository.rs`, `unusable.rs`),
+//!   the shared write side (`writer.rs`), tree editing and walks (`tree.rs`, `walk.rs`).
+//! - [`protocol`]: leases, the create-if-absent policy, commit points, checkpoints,
+//!   verdicts, readers racing gc and the cleaning of dead writers (format-spec §5–§6, §12).
+//!   The handle and the protocol use each other: the view judges commit markers by the
+//!   lease and verdict rules, and the protocol acts through the handle.
+//! - [`ops`]: one file or folder per operation (delete, gc, check, copy/heal, forget,
+//!   repair, revert, diff), built on the above; nothing below imports an operation.
 
 mod cache;
-mod check;
-pub(crate) mod checkpoint;
-mod chunk;
-pub(crate) mod commit;
-mod config;
-mod copy;
-mod delete;
-mod diff;
-pub(crate) mod envelope;
 mod error;
-mod exclusive;
 #[cfg(test)]
 mod fetch_tests;
-mod follow;
 #[cfg(test)]
 mod follow_tests;
-mod forget;
+pub(crate) mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-mod gc;
-mod gc_select;
-pub(crate) mod ids;
-pub(crate) mod lease;
-pub(crate) mod manifest;
-mod pack;
-mod repair;
+pub(crate) mod ops;
+pub(crate) mod protocol;
 pub(crate) mod repository;
-mod revert;
 #[cfg(test)]
 mod schedule_tests;
-mod segment;
-mod stale;
-pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod tree;
 mod unusable;
-pub(crate) mod verdict;
 mod walk;
 pub(crate) mod writer;
 
-pub use check::{CheckIssue, CheckOptions, CheckReport};
-pub use config::InitOptions;
-pub use copy::{copy, CopyOptions, CopyReport};
-pub use copy::{heal, HealReport};
-pub use delete::{DeleteOptions, DeleteReport};
-pub use diff::DiffRange;
 pub use error::RepoError;
-pub use exclusive::{create_exclusive, create_own};
-pub use forget::{ForgetEntry, ForgetOptions, ForgetPolicy, ForgetReport};
-pub use gc::{GcOptions, GcReport};
-pub use ids::BlobId;
-pub use manifest::{BaseIdentity, SnapshotManifest, SnapshotStats};
-pub use repair::RepairReport;
+pub use format::config::InitOptions;
+pub use format::ids::BlobId;
+pub use format::manifest::{BaseIdentity, SnapshotManifest, SnapshotStats};
+pub use ops::check::{CheckIssue, CheckOptions, CheckReport};
+pub use ops::copy::{copy, CopyOptions, CopyReport};
+pub use ops::copy::{heal, HealReport};
+pub use ops::delete::{DeleteOptions, DeleteReport};
+pub use ops::diff::DiffRange;
+pub use ops::forget::{ForgetEntry, ForgetOptions, ForgetPolicy, ForgetReport};
+pub use ops::gc::{GcOptions, GcReport};
+pub use ops::repair::RepairReport;
+pub use protocol::exclusive::{create_exclusive, create_own};
 pub use repository::{Repository, SnapshotSummary};
 
-pub(crate) use chunk::{BlobKind, Frame};
-pub(crate) use lease::Lease;
-pub(crate) use pack::pack_key as pack_key_of;
-pub(crate) use segment::Location;
+pub(crate) use format::chunk::{BlobKind, Frame};
+pub(crate) use format::pack::pack_key as pack_key_of;
+pub(crate) use format::segment::Location;
+pub(crate) use protocol::lease::Lease;
 
 /// Decode a frame and verify it is blob `id`.
 pub(crate) fn decode_blob(
@@ -74,7 +65,7 @@ pub(crate) fn decode_blob(
     frame: &[u8],
     id: BlobId,
 ) -> Result<(BlobId, BlobKind, Vec<u8>), RepoError> {
-    chunk::decode_frame(key, frame, Some(id))
+    format::chunk::decode_frame(key, frame, Some(id))
 }
 pub use crate::store::RequestCounts;
 
@@ -89,5 +80,5 @@ pub trait Progress: Send + Sync {
 /// Skew allowance, for tests that move the store clock past it.
 #[cfg(test)]
 pub(crate) fn lease_skew() -> std::time::Duration {
-    lease::SKEW
+    protocol::lease::SKEW
 }

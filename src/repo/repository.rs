@@ -2,18 +2,21 @@
 //! lookup and reads, snapshot listing.
 
 use super::cache::Lru;
-use super::chunk::decode_frame;
-use super::config::{check_chunk_size, Config, CONFIG_KEY, FORMAT_VERSION};
-use super::gc::GcMarker;
-use super::ids::{is_time_id, new_time_id, now_rfc3339, valid_volume};
-use super::lease::fenced;
-use super::manifest::{parse_tombstone_key, root_key, tombstone_key, SnapshotManifest, Tombstone};
-use super::segment::{
+use super::format::chunk::decode_frame;
+use super::format::config::{check_chunk_size, Config, CONFIG_KEY, FORMAT_VERSION};
+use super::format::ids::{is_time_id, new_time_id, now_rfc3339, valid_volume};
+use super::format::manifest::{
+    parse_tombstone_key, root_key, tombstone_key, SnapshotManifest, Tombstone,
+};
+use super::format::marker::GcMarker;
+use super::format::pack;
+use super::format::segment::{
     self, SegmentHead, HEAD_SIZE, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
-use super::table;
+use super::format::table;
+use super::protocol::lease::fenced;
 pub(crate) use super::unusable::{valid_root_key, valid_segment_key, Unusable};
-use super::{create_exclusive, pack, BlobId, InitOptions, Location, RepoError};
+use super::{create_exclusive, BlobId, InitOptions, Location, RepoError};
 use crate::store::{
     CountingStore, ObjectMeta, ObjectStore, PutOutcome, RequestCounts, StoreErrorKind,
 };
@@ -98,7 +101,7 @@ pub(crate) struct Markers {
     pub judged_void: HashSet<(String, String)>,
     /// Markers without a verdict, valid or void by their store time: destructive
     /// operations record the valid ones' verdicts before acting (`judge_markers`).
-    pub unjudged: Vec<super::verdict::Unjudged>,
+    pub unjudged: Vec<super::protocol::verdict::Unjudged>,
     /// Root and gc marker keys whose body cannot be read: the commit exists, so the
     /// segments naming it count (unknown is never "not committed": not counting them
     /// would lower counts other snapshots rely on).
@@ -118,7 +121,7 @@ impl Markers {
         if self.judged_void.contains(&id) {
             return true;
         }
-        let u = super::verdict::Unjudged {
+        let u = super::protocol::verdict::Unjudged {
             key: o.key.clone(),
             holder: holder.to_string(),
             lease_time_ms,
@@ -169,7 +172,7 @@ pub(crate) struct SegmentSet {
     /// sweep of unleased holders starts from them (`stale.rs`).
     pub uncounted: Vec<ObjectMeta>,
     /// The newer view reads follow after losing a race with gc (`follow.rs`).
-    pub successor: super::follow::Successor,
+    pub successor: super::protocol::follow::Successor,
     /// `meta.commit` of every listed segment, counted, superseded or not: a gc marker no
     /// listed segment names commits nothing any more (format-spec §7 item 6).
     pub named_commits: HashSet<String>,
@@ -281,8 +284,8 @@ impl Repository {
     /// count (counts stay high: a leak, never a loss).
     pub(crate) async fn load_markers(&self) -> Result<Markers> {
         let mut m = Markers::default();
-        for o in self.list_all(super::verdict::VERDICTS).await? {
-            match super::verdict::parse_verdict_key(&o.key) {
+        for o in self.list_all(super::protocol::verdict::VERDICTS).await? {
+            match super::protocol::verdict::parse_verdict_key(&o.key) {
                 Some((marker, holder, false)) => m.judged.insert((marker, holder)),
                 Some((marker, holder, true)) => m.judged_void.insert((marker, holder)),
                 None => false,
@@ -620,8 +623,10 @@ impl Repository {
     /// and freed (−1) flags over counted segments (1 = counted, 0 = not), following gc
     /// (`follow.rs`).
     pub(crate) async fn children_contribution(&self, set: &SegmentSet, id: &BlobId) -> Result<i64> {
-        self.sum_refs(set, id, |_, flags| super::gc::flag_contribution(flags))
-            .await
+        self.sum_refs(set, id, |_, flags| {
+            super::format::segment::flag_contribution(flags)
+        })
+        .await
     }
 
     /// Whether a counted refs segment holds a record of `id`: the repository counted it
@@ -753,7 +758,7 @@ impl Repository {
         let mut out = Vec::new();
         for m in self.live_roots(&set.markers, volume) {
             // A damaged tree has no exclusive size worth reporting; the listing goes on.
-            let exclusive = match super::delete::walk_delete(self, &set, &m, None).await {
+            let exclusive = match super::walk::walk_delete(self, &set, &m, None).await {
                 Ok(w) => w.freed_bytes,
                 Err(e) if super::error::is_damage(&e) => 0,
                 Err(e) => return Err(e),
@@ -825,7 +830,7 @@ impl Repository {
         if !fenced(o.last_modified, lease_time_ms) {
             return Ok(false);
         }
-        let verdict = super::verdict::verdict_key(&o.key, holder);
+        let verdict = super::protocol::verdict::verdict_key(&o.key, holder);
         match self.inner.store.head(&verdict).await {
             Ok(_) => Ok(false),
             Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(true),

@@ -8,8 +8,8 @@
 //! [`PairWalk`] walks two trees of the same geometry together, skipping subtrees whose ids
 //! are equal; walking against the all-zero tree enumerates a snapshot's non-zero leaves.
 
+use super::format::table::{self, span, Geometry, FANOUT};
 use super::repository::SegmentSet;
-use super::table::{self, span, Geometry, FANOUT};
 use super::writer::Writer;
 use super::{BlobId, BlobKind, Frame, RepoError, Repository};
 use crate::Result;
@@ -282,7 +282,7 @@ async fn store_table(
     for e in entries.iter().filter(|e| !e.is_zero()) {
         w.add_ref(*e, 1, 0);
     }
-    w.add_ref(id, 0, super::segment::STORED);
+    w.add_ref(id, 0, super::format::segment::STORED);
     Ok(id)
 }
 

@@ -2,7 +2,7 @@
 //! does not define, and markers or segment heads that fail their checks. One bad object
 //! must not block the repository, and what it makes unknown must not be taken for absent.
 
-use super::ids::is_time_id;
+use super::format::ids::is_time_id;
 use super::repository::{check_names, SegmentSet};
 use super::RepoError;
 

@@ -7,9 +7,9 @@
 //! A crash at any point leaves only uncommitted objects, which readers ignore and gc
 //! reclaims once the writer's lease has expired (found via `intents/<holder>`).
 
-use super::envelope::{self, MAGIC_INTENT};
-use super::pack::{pack_key, PackWriter};
-use super::segment::{
+use super::format::envelope::{self, MAGIC_INTENT};
+use super::format::pack::{pack_key, PackWriter};
+use super::format::segment::{
     self, SegmentHead, SegmentMeta, INDEX_MAGIC, INDEX_RECORD, REFS_MAGIC, REFS_RECORD,
 };
 use super::{BlobId, BlobKind, Frame, Lease, Location, RepoError, Repository};
@@ -251,7 +251,12 @@ impl Writer {
     /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags; the children
     /// contribution changes by what the flags say (+1 STORED/REVIVED, −1 FREED).
     pub fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
-        self.add_ref_with_contribution(id, delta, flags, super::gc::flag_contribution(flags));
+        self.add_ref_with_contribution(
+            id,
+            delta,
+            flags,
+            super::format::segment::flag_contribution(flags),
+        );
     }
 
     /// Record a refcount delta with meaning `flags` and an exact children contribution

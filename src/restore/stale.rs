@@ -28,7 +28,7 @@ pub(super) fn remove_other_temps(out: &Path, id: &str) -> Result<u64> {
         else {
             continue;
         };
-        if other == id || !crate::repo::ids::is_time_id(other) {
+        if other == id || !crate::repo::format::ids::is_time_id(other) {
             continue;
         }
         let path = e.path();

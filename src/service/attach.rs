@@ -13,7 +13,7 @@ use super::model::{valid_device, valid_name};
 use super::{catalog, AccessMode, Attachment, OpHandle, Service, ServiceError, Volume};
 use crate::backup::{backup_image, BackupOptions, BackupReport};
 use crate::image::{CreateOptions, Image};
-use crate::repo::ids::now_rfc3339;
+use crate::repo::format::ids::now_rfc3339;
 use crate::restore::{restore, RestoreTarget};
 use std::path::PathBuf;
 use std::sync::Arc;

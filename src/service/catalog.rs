@@ -12,7 +12,7 @@
 
 use super::error::ServiceError;
 use super::model::Volume;
-use crate::repo::envelope;
+use crate::repo::format::envelope;
 use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
 use bytes::Bytes;
 use std::sync::Arc;

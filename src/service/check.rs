@@ -20,7 +20,7 @@
 //! older one is, `optimized` otherwise (also before any check).
 
 use super::{catalog, last_check, OpHandle, Service, ServiceError};
-use crate::repo::ids::now_rfc3339;
+use crate::repo::format::ids::now_rfc3339;
 use crate::repo::{CheckOptions, CheckReport};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

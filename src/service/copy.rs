@@ -66,7 +66,10 @@ impl Service {
     pub fn copy_target(&self, req: &CopyRequest) -> Result<Repository, ServiceError> {
         let mut problems = Vec::new();
         for (field, id) in [("snapshot", &req.snapshot), ("base", &req.base)] {
-            if let Some(id) = id.as_deref().filter(|id| !crate::repo::ids::is_time_id(id)) {
+            if let Some(id) = id
+                .as_deref()
+                .filter(|id| !crate::repo::format::ids::is_time_id(id))
+            {
                 problems.push(format!("{field} {id:?} is not a snapshot id"));
             }
         }

@@ -5,7 +5,7 @@ use super::catalog::{self, MAGIC_VOLUME};
 use super::last_check::{LAST_CHECK, MAGIC_CHECK};
 use super::ops_shared::{self, MAGIC_OPERATION};
 use super::CheckResult;
-use crate::repo::envelope;
+use crate::repo::format::envelope;
 use crate::repo::fuzzing::envelope_round_trip;
 
 /// The JSON string field `field` of an envelope's body, if any (the key a keyed decoder

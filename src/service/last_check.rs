@@ -9,7 +9,7 @@
 
 use super::check::CheckResult;
 use super::error::ServiceError;
-use crate::repo::envelope;
+use crate::repo::format::envelope;
 use crate::store::{ObjectStore, StoreErrorKind};
 use bytes::Bytes;
 use std::sync::Arc;

@@ -59,7 +59,7 @@ pub use ops::{OpHandle, OpSpec, OpState, Operation, Operations};
 pub use ops_shared::{OpTiming, PruneReport};
 pub use peer::CreatedFromPeer;
 
-use crate::repo::ids::now_rfc3339;
+use crate::repo::format::ids::now_rfc3339;
 use crate::repo::{Repository, SnapshotSummary};
 use crate::store::ObjectStore;
 use std::collections::HashMap;
@@ -280,7 +280,7 @@ impl Service {
     /// Size of snapshot `src`, which must belong to a volume `user` can see.
     async fn source_size(&self, user: &str, src: &SnapshotRef) -> Result<u64, ServiceError> {
         let v = self.get_volume(user, &src.volume).await?;
-        if !crate::repo::ids::is_time_id(&src.snapshot) {
+        if !crate::repo::format::ids::is_time_id(&src.snapshot) {
             return Err(ServiceError::Invalid(vec![format!(
                 "snapshot id {:?} is malformed",
                 src.snapshot
@@ -358,7 +358,7 @@ impl Service {
     ) -> Result<crate::repo::DeleteReport, ServiceError> {
         let v = self.get_volume(user, uuid).await?;
         self.check_may_change(&v, user, "deletes its snapshots")?;
-        if !crate::repo::ids::is_time_id(id) {
+        if !crate::repo::format::ids::is_time_id(id) {
             return Err(ServiceError::NotFound(format!("snapshot {uuid}/{id}")));
         }
         match self.repo.delete_snapshot(uuid, id).await {

@@ -18,7 +18,7 @@
 
 use super::error::{io_err, ServiceError};
 use super::ops_shared::{self, OpTiming, PruneReport};
-use crate::repo::ids::now_rfc3339;
+use crate::repo::format::ids::now_rfc3339;
 use crate::repo::Progress;
 use crate::store::ObjectStore;
 use serde::{Deserialize, Serialize};

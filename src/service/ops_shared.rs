@@ -14,7 +14,7 @@
 
 use super::error::ServiceError;
 use super::ops::{OpState, Operation};
-use crate::repo::envelope;
+use crate::repo::format::envelope;
 use crate::store::{ObjectStore, StoreErrorKind};
 use bytes::Bytes;
 use std::sync::Arc;

@@ -78,7 +78,7 @@ impl Service {
             Some(v) if v.visible_to(user) => {}
             _ => return Err(not_found()),
         }
-        if !crate::repo::ids::is_time_id(&src.snapshot) {
+        if !crate::repo::format::ids::is_time_id(&src.snapshot) {
             return Err(ServiceError::Invalid(vec![format!(
                 "snapshot id {:?} is malformed",
                 src.snapshot

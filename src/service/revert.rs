@@ -14,7 +14,7 @@
 
 use super::model::Revert;
 use super::{catalog, Service, ServiceError, Volume};
-use crate::repo::ids::now_rfc3339;
+use crate::repo::format::ids::now_rfc3339;
 use crate::repo::RepoError;
 
 impl Service {
@@ -34,7 +34,7 @@ impl Service {
         let before = self.get_volume(user, uuid).await?;
         self.check_may_change(&before, user, "reverts it")?;
         refuse_writer(&before)?;
-        if !crate::repo::ids::is_time_id(to) {
+        if !crate::repo::format::ids::is_time_id(to) {
             return Err(ServiceError::Invalid(vec![format!(
                 "snapshot id {to:?} is malformed"
             )]));

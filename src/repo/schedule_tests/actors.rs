@@ -3,7 +3,7 @@
 //! restore bit-exact, whatever else ran.
 
 use crate::backup::{backup, BackupOptions, BlockSource, SourceRange};
-use crate::repo::lease::{LEASE_TTL, SKEW};
+use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
 use crate::repo::testing::MemStore;
 use crate::repo::{BaseIdentity, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};

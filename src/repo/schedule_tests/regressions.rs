@@ -6,7 +6,7 @@ use super::fixtures::{
     backup_paused_before_root, opts, packs_of, random, restored, setup,
 };
 use crate::backup::backup;
-use crate::repo::lease::{LEASE_TTL, SKEW};
+use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
 use crate::repo::testing::MemStore;
 use crate::repo::{CheckOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};

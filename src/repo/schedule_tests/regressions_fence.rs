@@ -5,12 +5,12 @@
 use super::actors::VersionSource;
 use super::fixtures::{assert_nothing_to_repair, back_up, keys_of, opts, random, setup};
 use crate::backup::{backup, BackupReport};
-use crate::repo::checkpoint::ADOPT_GENERATION;
-use crate::repo::envelope::{self, MAGIC_LEASE};
-use crate::repo::ids::new_time_id;
-use crate::repo::lease::{lease_key, Lease, LeaseBody, Renewal, LEASE_TTL, SKEW};
-use crate::repo::manifest::{tombstone_key, tombstone_key_gen};
-use crate::repo::stale::ORPHAN_SWEEP_PERIOD;
+use crate::repo::format::envelope::{self, MAGIC_LEASE};
+use crate::repo::format::ids::new_time_id;
+use crate::repo::format::manifest::{tombstone_key, tombstone_key_gen};
+use crate::repo::protocol::lease::ADOPT_GENERATION;
+use crate::repo::protocol::lease::{lease_key, Lease, LeaseBody, Renewal, LEASE_TTL, SKEW};
+use crate::repo::protocol::stale::ORPHAN_SWEEP_PERIOD;
 use crate::repo::testing::MemStore;
 use crate::repo::{RepoError, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};

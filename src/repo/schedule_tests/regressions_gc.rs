@@ -5,7 +5,7 @@
 use super::actors::{VersionSource, CS};
 use super::fixtures::{assert_clean_and_nothing_to_repair, back_up, cat, random, restored, setup};
 use crate::backup::{backup, BlockSource};
-use crate::repo::lease::SKEW;
+use crate::repo::protocol::lease::SKEW;
 use crate::repo::testing::{CreateHook, MemStore};
 use crate::repo::{BlobId, Repository};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -211,10 +211,13 @@ async fn gc_markers_stay_bounded_over_many_runs() {
         most = most.max(mem.keys("gc/").len());
         most_verdicts = most_verdicts.max(mem.keys("verdicts/gc/").len());
     }
-    assert!(most <= crate::repo::gc::COMPACT_AT + 3, "{most} markers");
+    assert!(
+        most <= crate::repo::ops::gc::COMPACT_AT + 3,
+        "{most} markers"
+    );
     // A retired marker's verdict goes with it (or the verdicts/ listing grows per run).
     assert!(
-        most_verdicts <= crate::repo::gc::COMPACT_AT + 3,
+        most_verdicts <= crate::repo::ops::gc::COMPACT_AT + 3,
         "{most_verdicts} gc marker verdicts"
     );
     for (v, id, data) in &live {

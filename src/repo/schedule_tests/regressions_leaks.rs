@@ -5,11 +5,11 @@
 use super::actors::{VersionSource, CS};
 use super::fixtures::{packs_of, random, setup};
 use crate::backup::{backup, BackupOptions, BlockSource};
-use crate::repo::envelope::{self, MAGIC_INTENT};
-use crate::repo::ids::new_time_id;
-use crate::repo::lease::{Lease, LEASE_TTL, SKEW};
-use crate::repo::pack::pack_key;
-use crate::repo::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
+use crate::repo::format::envelope::{self, MAGIC_INTENT};
+use crate::repo::format::ids::new_time_id;
+use crate::repo::format::pack::pack_key;
+use crate::repo::protocol::lease::{Lease, LEASE_TTL, SKEW};
+use crate::repo::protocol::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
 use crate::repo::testing::MemStore;
 use crate::repo::writer::{intent_key, pack_name, Intent};
 use crate::repo::BaseIdentity;
@@ -258,7 +258,7 @@ async fn garbage_kept_below_the_repack_threshold_is_not_collected_again() {
 /// unchanged); one with releases round-trips.
 #[test]
 fn released_is_an_optional_segment_meta_field() {
-    use crate::repo::segment::{self, SegmentMeta, INDEX_MAGIC, INDEX_RECORD};
+    use crate::repo::format::segment::{self, SegmentMeta, INDEX_MAGIC, INDEX_RECORD};
     let plain = SegmentMeta {
         commit: "snapshots/v/x".into(),
         packs: vec!["p".into()],

@@ -5,8 +5,8 @@ use super::fixtures::{
     assert_clean_and_nothing_to_repair, back_up, backup_paused_before_root, cat, random, restored,
     setup,
 };
-use crate::repo::lease::{LEASE_TTL, SKEW};
-use crate::repo::stale::ORPHAN_SWEEP_PERIOD;
+use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
+use crate::repo::protocol::stale::ORPHAN_SWEEP_PERIOD;
 use crate::repo::{pack_key_of, Repository};
 
 /// Runner seed 2871 (repairer, pack damage): backup S2 keeps its parent S1's table T

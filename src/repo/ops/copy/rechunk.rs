@@ -1,0 +1,148 @@
+//! Copy between repositories of different chunk sizes: the source snapshot is read in
+//! order through its tables (non-zero leaves only, as restore walks them), cut into the
+//! target's chunk size, and written through the backup's tree writer and reuse rule, so
+//! chunks the target already has are referenced instead of uploaded.
+
+use super::{fetch, CopyReport, BATCH_BYTES};
+use crate::repo::format::manifest::SnapshotManifest;
+use crate::repo::format::table::Geometry;
+use crate::repo::repository::SegmentSet;
+use crate::repo::tree::{reusable, PairWalk, TreeWriter};
+use crate::repo::writer::Writer;
+use crate::repo::{BlobId, BlobKind, Frame, RepoError, Repository};
+use crate::Result;
+use std::collections::{HashMap, HashSet};
+
+/// The target chunk being filled: its index and bytes (zero where the source is zero).
+struct Open {
+    index: u64,
+    buf: Vec<u8>,
+}
+
+struct Cutter<'a> {
+    to: &'a Repository,
+    set: &'a SegmentSet,
+    size: u64,
+    cs: u64,
+    tree: TreeWriter,
+    open: Option<Open>,
+}
+
+impl Cutter<'_> {
+    /// Copy source bytes `data` found at volume offset `start` into target chunks.
+    async fn place(
+        &mut self,
+        w: &mut Writer,
+        data: &[u8],
+        start: u64,
+        report: &mut CopyReport,
+    ) -> Result<()> {
+        let end = start + data.len() as u64;
+        let mut off = start;
+        while off < end {
+            let d = off / self.cs;
+            if self.open.as_ref().is_none_or(|o| o.index != d) {
+                self.close(w, report).await?;
+                let len = self.cs.min(self.size - d * self.cs) as usize;
+                self.open = Some(Open {
+                    index: d,
+                    buf: vec![0; len],
+                });
+            }
+            let Some(o) = self.open.as_mut() else {
+                return Err(RepoError::Task("re-chunking lost its open chunk".into()).into());
+            };
+            let dstart = d * self.cs;
+            let n = end.min(dstart + o.buf.len() as u64) - off;
+            let (b, s) = ((off - dstart) as usize, (off - start) as usize);
+            o.buf[b..b + n as usize].copy_from_slice(&data[s..s + n as usize]);
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Store the open chunk (unless all zero) and set it in the target tree.
+    async fn close(&mut self, w: &mut Writer, report: &mut CopyReport) -> Result<()> {
+        let Some(o) = self.open.take() else {
+            return Ok(());
+        };
+        if o.buf.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let id = BlobId::of(&o.buf);
+        if reusable(self.to, self.set, w, &id).await? {
+            w.use_adoptable(&id);
+            report.chunks_reused += 1;
+        } else {
+            w.add(&Frame::encode_with_id(BlobKind::Chunk, &o.buf, id))
+                .await?;
+            report.chunks_new += 1;
+        }
+        self.tree.set(self.to, self.set, w, o.index, id).await
+    }
+}
+
+/// Write `m` re-chunked into `w`; returns the new tree's top-level ids.
+pub(super) async fn rechunk(
+    from: &Repository,
+    src_set: &SegmentSet,
+    to: &Repository,
+    set: &SegmentSet,
+    w: &mut Writer,
+    m: &SnapshotManifest,
+    report: &mut CopyReport,
+) -> Result<Vec<BlobId>> {
+    let scs = m.chunk_size as u64;
+    let mut cut = Cutter {
+        to,
+        set,
+        size: m.size,
+        cs: to.chunk_size() as u64,
+        tree: TreeWriter::new(Geometry::new(m.size, to.chunk_size()), None),
+        open: None,
+    };
+    let mut walk = PairWalk::single(Geometry::new(m.size, m.chunk_size), &m.top_ids()?);
+    let per_batch = (BATCH_BYTES / scs).max(1) as usize;
+    while let Some(leaf) = walk.next(from, src_set).await? {
+        let chunks: Vec<(u64, BlobId)> = leaf
+            .b
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !id.is_zero())
+            .map(|(j, id)| (leaf.first_chunk + j as u64, *id))
+            .collect();
+        for batch in chunks.chunks(per_batch) {
+            let mut wanted = Vec::new();
+            let mut seen = HashSet::new();
+            for (_, id) in batch {
+                if !seen.insert(*id) {
+                    continue;
+                }
+                let loc =
+                    from.locate(src_set, id)
+                        .await?
+                        .ok_or_else(|| RepoError::MissingBlob {
+                            id: id.to_hex(),
+                            context: format!("snapshot {}/{} in the copy source", m.volume, m.id),
+                        })?;
+                wanted.push((*id, loc));
+            }
+            let plain: HashMap<BlobId, Vec<u8>> = fetch::fetch(from, src_set, wanted)
+                .await?
+                .into_iter()
+                .map(|f| (f.frame.id, f.plain))
+                .collect();
+            for (idx, id) in batch {
+                let data = plain.get(id).ok_or_else(|| RepoError::MissingBlob {
+                    id: id.to_hex(),
+                    context: format!("fetch of snapshot {}/{}", m.volume, m.id),
+                })?;
+                cut.place(w, data, idx * scs, report).await?;
+            }
+        }
+    }
+    cut.close(w, report).await?;
+    let top = cut.tree.finish(to, set, w).await?;
+    report.tables_new += cut.tree.tables_new;
+    Ok(top)
+}
