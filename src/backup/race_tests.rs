@@ -6,7 +6,7 @@
 
 use super::tests::MemSource;
 use super::*;
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::{CheckOptions, InitOptions};
 use crate::restore::{restore, RestoreTarget};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,7 +7,7 @@
 use super::tests::{new_repo, restored, volume, MemSource};
 use super::*;
 use crate::repo::protocol::lease;
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::CheckOptions;
 use rand::SeedableRng;
 use std::time::Duration;

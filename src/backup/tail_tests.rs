@@ -7,7 +7,7 @@ use super::resume_tests::{dying, SIZE};
 use super::tests::{new_repo, restored, MemSource};
 use super::*;
 use crate::repo::protocol::lease;
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::CheckOptions;
 use rand::{RngCore, SeedableRng};
 use std::time::Duration;

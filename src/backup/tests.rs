@@ -3,7 +3,7 @@
 //! PUT-count bounds of issue 3.
 
 use super::*;
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::{CheckOptions, InitOptions};
 use crate::restore::{restore, RestoreTarget};
 use rand::{Rng, RngCore, SeedableRng};

@@ -20,10 +20,6 @@
 
 mod cache;
 mod error;
-#[cfg(test)]
-mod fetch_tests;
-#[cfg(test)]
-mod follow_tests;
 pub(crate) mod format;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -31,9 +27,7 @@ pub(crate) mod ops;
 pub(crate) mod protocol;
 pub(crate) mod repository;
 #[cfg(test)]
-mod schedule_tests;
-#[cfg(test)]
-pub(crate) mod testing;
+pub(crate) mod tests;
 pub(crate) mod tree;
 mod unusable;
 mod walk;

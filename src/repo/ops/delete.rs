@@ -327,7 +327,3 @@ impl Repository {
         })
     }
 }
-
-#[cfg(test)]
-#[path = "delete_tests.rs"]
-mod tests;

@@ -77,7 +77,7 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
-    use crate::repo::testing::MemStore;
+    use crate::repo::tests::testing::MemStore;
     use crate::repo::{InitOptions, Repository};
     use crate::restore::{restore, RestoreTarget};
     use std::sync::Arc;

@@ -197,10 +197,6 @@ impl Repository {
 }
 
 #[cfg(test)]
-#[path = "verdict_tests.rs"]
-mod verdict_tests;
-
-#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -17,8 +17,6 @@
 
 mod fetch;
 mod heal;
-#[cfg(test)]
-mod heal_tests;
 mod rechunk;
 
 pub use heal::{heal, HealReport};

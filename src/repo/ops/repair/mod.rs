@@ -25,7 +25,7 @@
 //! 4. Strays ([`sweep`]): old enough (`LEASE_TTL + SKEW`), of holders without a lease,
 //!    and for a pack only when every frame it holds is located elsewhere.
 
-mod rebuild;
+pub(crate) mod rebuild;
 mod sweep;
 
 use super::check::{child_weight, StoredCount};
@@ -312,8 +312,3 @@ impl Repository {
         Ok((changes, only_refs_unknown))
     }
 }
-
-#[cfg(test)]
-mod damage_tests;
-#[cfg(test)]
-mod tests;

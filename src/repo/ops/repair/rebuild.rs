@@ -37,7 +37,7 @@ const FRAME_OVERHEAD: usize = 52;
 /// The entries of a pack from its bytes: its footer when the trailer and footer check
 /// out, else the frames scanned from offset 0 (each verified; the scan stops at the first
 /// bytes that are not a valid frame).
-pub(super) fn pack_entries_of(key: &str, bytes: &[u8]) -> Result<Vec<PackEntry>, RepoError> {
+pub(crate) fn pack_entries_of(key: &str, bytes: &[u8]) -> Result<Vec<PackEntry>, RepoError> {
     match footer_entries(key, bytes) {
         Ok(e) => Ok(e),
         Err(footer_error) => {

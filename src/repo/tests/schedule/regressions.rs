@@ -7,7 +7,7 @@ use super::fixtures::{
 };
 use crate::backup::backup;
 use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::{CheckOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
 use crate::store::{ObjectStore, PutOutcome, StoreError};

@@ -4,7 +4,7 @@
 
 use crate::backup::{backup, BackupOptions, BlockSource, SourceRange};
 use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::{BaseIdentity, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
 use rand::rngs::StdRng;

@@ -10,7 +10,7 @@
 //! "repair never reduces what can be restored".
 
 use super::actors::{log, SharedLog};
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::Repository;
 use crate::store::faults::FaultStore;
 use crate::store::ObjectStore;

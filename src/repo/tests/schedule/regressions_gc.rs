@@ -6,7 +6,7 @@ use super::actors::{VersionSource, CS};
 use super::fixtures::{assert_clean_and_nothing_to_repair, back_up, cat, random, restored, setup};
 use crate::backup::{backup, BlockSource};
 use crate::repo::protocol::lease::SKEW;
-use crate::repo::testing::{CreateHook, MemStore};
+use crate::repo::tests::testing::{CreateHook, MemStore};
 use crate::repo::{BlobId, Repository};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier, Mutex};

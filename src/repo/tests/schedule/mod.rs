@@ -34,10 +34,10 @@ mod regressions_leaks;
 mod regressions_repair;
 mod repairer;
 
-use super::protocol::lease::{LEASE_TTL, SKEW};
-use super::protocol::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
 use super::testing::MemStore;
-use super::{CheckOptions, InitOptions, Repository};
+use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
+use crate::repo::protocol::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
+use crate::repo::{CheckOptions, InitOptions, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::ObjectStore;
 use actors::{log, Log, SharedLog, CS};
@@ -261,7 +261,7 @@ async fn verify(mem: &Arc<MemStore>, l: &Log, dir: &Path, totals: &mut Totals) -
             "backup {}/{} reported success but is not listed (root object {:?}, tombstone {:?})",
             s.volume,
             s.id,
-            mem.keys(&super::format::manifest::root_key(&s.volume, &s.id)),
+            mem.keys(&crate::repo::format::manifest::root_key(&s.volume, &s.id)),
             mem.keys(&format!("tombstones/{}/{}", s.volume, s.id)),
         );
         let got = restored(&repo, &s.volume, &s.id, &out).await?;

@@ -3,10 +3,10 @@
 //! reader located a blob in or compacting away the segments its view counts. Every reader
 //! finishes as if gc had not run; a genuinely missing object is still an error.
 
-use super::protocol::lease::SKEW;
 use super::testing::{mem_repo, pattern, MemStore, ReadHook};
-use super::{CheckOptions, CopyOptions, GcReport, Repository};
 use crate::backup::{backup, BackupOptions, RawSource};
+use crate::repo::protocol::lease::SKEW;
+use crate::repo::{CheckOptions, CopyOptions, GcReport, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::ObjectStore;
 use std::ops::Range;
@@ -26,7 +26,7 @@ fn pack_read(key: &str, _: Option<&Range<u64>>) -> bool {
 /// warm after its view reads nothing else of a segment).
 fn records_read(key: &str, range: Option<&Range<u64>>) -> bool {
     (key.starts_with("index/") || key.starts_with("refs/"))
-        && range.is_some_and(|r| r.start > super::format::segment::HEAD_SIZE as u64)
+        && range.is_some_and(|r| r.start > crate::repo::format::segment::HEAD_SIZE as u64)
 }
 
 /// Before the first read `when` picks, run a whole gc on `mem` (from another handle and

@@ -3,11 +3,11 @@
 //! the bound, fail with a temporary error naming the snapshot; their progress, and
 //! forget's, counts each snapshot once.
 
-use super::DeleteOptions;
+use super::testing::{back_up_pattern, mem_repo, CreateHook, MemStore};
 use crate::repo::format::ids::now_rfc3339;
 use crate::repo::format::manifest::{tombstone_key_gen, Tombstone};
+use crate::repo::ops::delete::DeleteOptions;
 use crate::repo::protocol::lease::unix_ms;
-use crate::repo::testing::{back_up_pattern, mem_repo, CreateHook, MemStore};
 use crate::repo::{CheckOptions, ForgetOptions, ForgetPolicy, Progress, RepoError};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,11 +2,11 @@
 //! with the clock moved past `LEASE_TTL + SKEW` so the age limit cannot hide a wrong
 //! decision. Three snapshots share most chunks (each changes one chunk of the last).
 
-use super::rebuild::pack_entries_of;
-use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::{
+use super::testing::{
     back_up_bytes as back_up, mem_repo, random_bytes as random, read_data_check, MemStore,
 };
+use crate::repo::ops::repair::rebuild::pack_entries_of;
+use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
 use crate::repo::{BlobKind, CheckOptions, RepoError, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::ObjectStore;

@@ -2,8 +2,8 @@
 //! `store`; this one only has to honour the trait's contract, including create-if-absent
 //! and Last-Modified, which lease tests can move forward).
 
-use super::{InitOptions, Repository};
 use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource, RawSource};
+use crate::repo::{InitOptions, Repository};
 use crate::store::{Capabilities, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,8 +1,8 @@
 //! Concurrent lookups that miss the cache on the same small segment share one GET.
 
 use super::testing::MemStore;
-use super::{InitOptions, Repository};
 use crate::backup::{backup, BackupOptions, RawSource};
+use crate::repo::{InitOptions, Repository};
 use crate::store::faults::{FaultConfig, FaultStore};
 use crate::store::ObjectStore;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use super::actors::{VersionSource, CS};
 use crate::backup::{backup, BackupOptions, BackupReport};
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::{InitOptions, Repository};
 use crate::restore::{restore, RestoreTarget};
 use crate::store::{ObjectStore, PutOutcome, StoreError};
@@ -97,7 +97,7 @@ pub(super) async fn assert_nothing_to_repair(repo: &Repository) {
 
 /// `check --read-data` is clean, then [`assert_nothing_to_repair`].
 pub(super) async fn assert_clean_and_nothing_to_repair(repo: &Repository) {
-    let c = crate::repo::testing::read_data_check(repo).await;
+    let c = crate::repo::tests::testing::read_data_check(repo).await;
     assert!(c.is_clean(), "{:?}", c.issues);
     assert_nothing_to_repair(repo).await;
 }

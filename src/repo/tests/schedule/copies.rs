@@ -15,7 +15,7 @@
 use super::actors::{log, Log, SharedLog};
 use super::{restored, Outcome};
 use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::{CreateHook, MemStore};
+use crate::repo::tests::testing::{CreateHook, MemStore};
 use crate::repo::{RepoError, Repository};
 use rand::rngs::StdRng;
 use rand::Rng;

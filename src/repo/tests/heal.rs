@@ -4,9 +4,9 @@
 //! snapshot writes nothing; a re-chunked copy is refused; a snapshot whose tables are gone
 //! is deleted anyway, leaving a leak that repair reclaims.
 
-use super::{copy, heal, CopyOptions};
+use super::testing::{back_up_pattern, mem_repo, pattern, read_data_check, MemStore};
 use crate::repo::error::is_damage;
-use crate::repo::testing::{back_up_pattern, mem_repo, pattern, read_data_check, MemStore};
+use crate::repo::ops::copy::{copy, heal, CopyOptions};
 use crate::repo::{CheckOptions, RepoError};
 use crate::store::ObjectStore;
 use std::sync::Arc;

@@ -4,13 +4,13 @@
 //! collects it. Also: a copy killed after uploading is cleaned by gc once its lease
 //! expires, even though a re-run committed the same root.
 
+use super::testing::{back_up_bytes, mem_repo, random_bytes as random, MemStore};
 use crate::backup::{backup, BackupOptions, BaseIdentity, BlockSource};
 use crate::repo::copy;
 use crate::repo::format::envelope::{self, MAGIC_GC};
 use crate::repo::format::ids::new_time_id;
 use crate::repo::format::marker::GcMarker;
 use crate::repo::protocol::lease::{Lease, LEASE_TTL, SKEW};
-use crate::repo::testing::{back_up_bytes, mem_repo, random_bytes as random, MemStore};
 use crate::repo::writer::Writer;
 use crate::repo::{BlobId, CheckOptions, CopyOptions, Repository};
 use crate::restore::{restore, RestoreTarget};

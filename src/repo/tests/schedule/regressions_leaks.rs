@@ -10,7 +10,7 @@ use crate::repo::format::ids::new_time_id;
 use crate::repo::format::pack::pack_key;
 use crate::repo::protocol::lease::{Lease, LEASE_TTL, SKEW};
 use crate::repo::protocol::stale::{ORPHAN_SWEEP_PERIOD, SWEEP_KEY};
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::writer::{intent_key, pack_name, Intent};
 use crate::repo::BaseIdentity;
 use crate::store::ObjectStore;

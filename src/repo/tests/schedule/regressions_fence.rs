@@ -11,7 +11,7 @@ use crate::repo::format::manifest::{tombstone_key, tombstone_key_gen};
 use crate::repo::protocol::lease::ADOPT_GENERATION;
 use crate::repo::protocol::lease::{lease_key, Lease, LeaseBody, Renewal, LEASE_TTL, SKEW};
 use crate::repo::protocol::stale::ORPHAN_SWEEP_PERIOD;
-use crate::repo::testing::MemStore;
+use crate::repo::tests::testing::MemStore;
 use crate::repo::{RepoError, Repository};
 use crate::store::faults::{FaultConfig, FaultOp, FaultStore};
 use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};

@@ -4,9 +4,9 @@
 //! operations until `adopt_copy`; stray keys under marker prefixes are ignored; a void
 //! root is not readable by id.
 
+use super::testing::{back_up_pattern, mem_repo, pattern, CreateHook, MemStore};
 use crate::repo::format::manifest::{tombstone_key_gen, Tombstone};
 use crate::repo::protocol::lease::{LEASE_TTL, SKEW};
-use crate::repo::testing::{back_up_pattern, mem_repo, pattern, CreateHook, MemStore};
 use crate::repo::{CheckOptions, RepoError, Repository};
 use crate::restore::{restore, RestoreTarget};
 use bytes::Bytes;
