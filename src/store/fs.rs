@@ -122,7 +122,7 @@ impl FsStore {
     }
 
     /// The same store removing temporary files older than `age` instead of
-    /// [`STALE_TEMP_AGE`] (tests cannot backdate a ctime).
+    /// the default hour, `STALE_TEMP_AGE` (tests cannot backdate a ctime).
     pub fn with_stale_temp_age(mut self, age: Duration) -> FsStore {
         self.stale_temp_age = age;
         self
