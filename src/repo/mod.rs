@@ -38,6 +38,7 @@ mod revert;
 #[cfg(test)]
 mod schedule_tests;
 mod segment;
+pub(crate) mod snapshot_writer;
 mod stale;
 pub(crate) mod table;
 #[cfg(test)]
