@@ -16,19 +16,20 @@
 //! every non-zero chunk back, keeps those whose BLAKE3 equals the table's id and downloads
 //! only the rest (reading local data is far cheaper than fetching it).
 
+mod open;
 mod stale;
 mod state;
 
-use crate::image::{CreateOptions, Image, OpenMode};
-use crate::repo::format::table::Geometry;
+use crate::image::Image;
 use crate::repo::repository::SegmentSet;
-use crate::repo::tree::PairWalk;
-use crate::repo::{BlobId, Location, Progress, RepoError, Repository};
+use crate::repo::tree::{LeafPair, PairWalk};
+use crate::repo::{BlobId, Location, Progress, RepoError, Repository, SnapshotManifest};
 use crate::store::StoreErrorKind;
 use crate::Result;
 use futures::StreamExt;
+use open::open_target;
 use serde::Serialize;
-use state::{RestoreMarker, Resume, Target};
+use state::Resume;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -65,9 +66,19 @@ pub enum RestoreTarget {
     /// A new raw file (created or truncated), sparse.
     Raw(PathBuf),
     /// An existing raw file that holds snapshot `base` of the same volume.
-    Into { path: PathBuf, base: String },
+    Into {
+        /// The file (or block device) to bring from `base` to the snapshot.
+        path: PathBuf,
+        /// Snapshot id OUT holds now; only chunks that differ from it are written.
+        base: String,
+    },
     /// A new qcow2 image (refused if `path` exists, so an image is never overwritten).
-    Qcow2 { path: PathBuf, cluster_size: u32 },
+    Qcow2 {
+        /// Where the image appears once complete.
+        path: PathBuf,
+        /// Cluster size of the new image, in bytes.
+        cluster_size: u32,
+    },
 }
 
 /// Where restored bytes go: a raw file, or a qcow2 image through the engine.
@@ -118,15 +129,22 @@ impl Sink {
 /// What a restore did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RestoreReport {
+    /// Bytes of chunks written to OUT by this run.
     pub bytes_written: u64,
+    /// Bytes fetched from the store (frames and metadata).
     pub bytes_downloaded: u64,
+    /// Store requests of every kind.
     pub requests: u64,
+    /// Chunks fetched whose BLAKE3 matched their id before being written.
     pub chunks_verified: u64,
+    /// Chunks that are zero in the snapshot where OUT may hold data: punched out or
+    /// written as zeros.
     pub chunks_zeroed: u64,
     /// True when this run continued a killed restore into the same target.
     pub resumed: bool,
     /// Chunks a resumed run found already restored (checked by hash, not downloaded).
     pub chunks_kept: u64,
+    /// Bytes of those chunks.
     pub bytes_kept: u64,
     /// Bytes below the killed run's recorded progress: neither read back nor downloaded.
     pub bytes_done_before: u64,
@@ -137,6 +155,7 @@ pub struct RestoreReport {
 /// How to restore, beyond what and where.
 #[derive(Clone, Default)]
 pub struct RestoreOptions {
+    /// Receives stage `restore`, counted in bytes of the snapshot walked and written.
     pub progress: Option<Arc<dyn Progress>>,
     /// Directory for the resume marker of a raw or `--into` restore (format-spec §12.3).
     /// Default: next to a regular OUT; a block device has no marker (and is not
@@ -296,6 +315,8 @@ fn publish(tmp: &Path, path: &Path) -> Result<()> {
 }
 
 /// Restore into `target`; a `Qcow2` target here is an empty file the caller created.
+/// Stages: open the target (resuming a killed run), then stage "restore" walks the tree
+/// and fetches in windows, then the target is made durable.
 async fn restore_to(
     repo: &Repository,
     volume: &str,
@@ -303,234 +324,182 @@ async fn restore_to(
     target: &RestoreTarget,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let progress = opts.progress.clone();
     let before = repo.counts();
     let m = repo.snapshot(volume, id).await?;
     let set = repo.load_view().await?;
-    let geo = Geometry::new(m.size, m.chunk_size);
-    let top = m.top_ids()?;
-    let want = |from: Option<String>, identity| RestoreMarker {
-        volume: volume.into(),
-        id: id.into(),
-        size: m.size,
-        from,
-        target: identity,
-        done_below: 0,
-    };
-    let state_dir = opts.state_dir.as_deref();
-    let mut resume: Option<Resume> = None;
-    let mut resumed = false;
-    // `zero_unknown`: OUT's old contents are unknown where the snapshot is zero (a device),
-    // so zero chunks are written too.
-    let (path, sink, mut walk, zero_unknown) = match target {
-        RestoreTarget::Raw(path) => {
-            let t = Target::inspect(path)?;
-            t.check_capacity(m.size)?;
-            let mut r = Resume::begin(&t, state_dir, want(None, t.identity), false)?;
-            let f = if r.resumed || t.device {
-                t.open()?
-            } else {
-                let f = create_zeroed(path, m.size)?;
-                r.set_identity(Target::inspect(path)?.identity);
-                f
-            };
-            if !r.resumed {
-                r.start()?;
-            }
-            if !r.tracked() {
-                tracing::warn!(
-                    "{}: a block device restore without --state-dir is not resumable",
-                    path.display()
-                );
-            }
-            resumed = r.resumed;
-            resume = Some(r);
-            let walk = PairWalk::single(geo, &top);
-            (path.clone(), Sink::File(f), walk, t.device)
-        }
-        RestoreTarget::Into { path, base } => {
-            let b = repo.snapshot(volume, base).await?;
-            let t = Target::inspect(path)?;
-            t.check_capacity(m.size)?;
-            if t.device && state_dir.is_none() {
-                return Err(RepoError::InvalidArgument(format!(
-                    "{}: restore --into a block device needs --state-dir (where a killed \
-                     run is recorded, so OUT is never mistaken for {base} afterwards)",
-                    path.display()
-                ))
-                .into());
-            }
-            let mut r = Resume::begin(&t, state_dir, want(Some(base.clone()), t.identity), true)?;
-            let f = t.open()?;
-            if !r.resumed {
-                r.start()?;
-            }
-            let same = b.size == m.size && b.chunk_size == m.chunk_size;
-            let walk = if same {
-                PairWalk::new(geo, &b.top_ids()?, &top)
-            } else {
-                if !t.device && !r.resumed {
-                    f.set_len(0).map_err(io_err(path, "set_len", 0))?;
-                    f.set_len(m.size).map_err(io_err(path, "set_len", m.size))?;
-                }
-                PairWalk::single(geo, &top)
-            };
-            resumed = r.resumed;
-            resume = Some(r);
-            (path.clone(), Sink::File(f), walk, t.device && !same)
-        }
-        RestoreTarget::Qcow2 { path, cluster_size } => {
-            if m.size % 512 != 0 {
-                return Err(RepoError::InvalidArgument(format!(
-                    "{volume}/{id} is {} bytes, not a multiple of 512: qcow2 cannot hold it \
-                     exactly; restore it as raw",
-                    m.size
-                ))
-                .into());
-            }
-            let opts = CreateOptions {
-                size: m.size,
-                cluster_size: *cluster_size,
-            };
-            // Our own temporary image (named after the snapshot id) left by a killed run:
-            // continue it. One that does not open (killed while being created) is redone.
-            let img = match path
-                .exists()
-                .then(|| Image::open(path, OpenMode::ReadWrite))
-            {
-                Some(Ok(img))
-                    if img.info().size == m.size && img.info().cluster_size == *cluster_size =>
-                {
-                    resumed = true;
-                    img
-                }
-                Some(Err(e @ crate::image::ImageError::Locked { .. })) => return Err(e.into()),
-                Some(Ok(img)) => {
-                    img.close()?;
-                    Image::create(path, &opts)?
-                }
-                _ => Image::create(path, &opts)?,
-            };
-            let walk = PairWalk::single(geo, &top);
-            (path.clone(), Sink::Image(Box::new(img)), walk, false)
-        }
-    };
-    let sink = Arc::new(sink);
-    if let Some(p) = &progress {
+    let opened = open_target(repo, &m, target, opts.state_dir.as_deref()).await?;
+    let sink = Arc::new(opened.sink);
+    if let Some(p) = &opts.progress {
         p.stage("restore", m.size);
     }
-    let cs = m.chunk_size as u64;
-    let done_below = resume.as_ref().map_or(0, Resume::done_below);
     let mut report = RestoreReport {
-        resumed,
+        resumed: opened.resumed,
         ..Default::default()
     };
-    let mut window = Window {
-        wanted: Vec::new(),
-        bytes: 0,
-        walked: 0,
-        target: MIN_WINDOW_BYTES,
-        opened: Instant::now(),
-        size: m.size,
-        progress,
-        resume,
+    let mut walker = Walker {
+        repo,
+        set: &set,
+        m: &m,
+        sink,
+        path: opened.path,
+        zero_unknown: opened.zero_unknown,
+        resumed: opened.resumed,
+        done_below: opened.resume.as_ref().map_or(0, Resume::done_below),
+        window: Window {
+            wanted: Vec::new(),
+            bytes: 0,
+            walked: 0,
+            target: MIN_WINDOW_BYTES,
+            opened: Instant::now(),
+            size: m.size,
+            progress: opts.progress.clone(),
+            resume: opened.resume,
+        },
     };
-    loop {
-        let leaf = walk.next(repo, &set).await?;
-        let Some(leaf) = leaf else {
-            window
-                .flush(repo, &set, &sink, &path, &mut report, m.size)
-                .await?;
-            break;
-        };
-        // A leaf is taken in slices so the window can close (and the resume point be
-        // recorded) inside a leaf that covers more than one window's worth.
-        for start in (0..leaf.b.len()).step_by(SLICE_CHUNKS) {
-            if window.full() {
-                let done = (leaf.first_chunk + start as u64) * cs;
-                window
-                    .flush(repo, &set, &sink, &path, &mut report, done)
-                    .await?;
-            }
-            let end = (start + SLICE_CHUNKS).min(leaf.b.len());
-            window.walked += (end - start) as u64 * cs;
-            let mut local: Vec<(u64, u64, BlobId)> = Vec::new();
-            let mut zeros: Vec<(u64, u64)> = Vec::new();
-            for j in start..end {
-                let (old, new) = (&leaf.a[j], &leaf.b[j]);
-                if old == new && !(zero_unknown && new.is_zero()) {
-                    continue;
-                }
-                let idx = leaf.first_chunk + j as u64;
-                let off = idx * cs;
-                let len = cs.min(m.size - off);
-                if off + len <= done_below {
-                    report.bytes_done_before += len;
-                    continue;
-                }
-                if new.is_zero() {
-                    match zeros.last_mut() {
-                        Some(z) if z.0 + z.1 == off => z.1 += len,
-                        _ => zeros.push((off, len)),
-                    }
-                    report.chunks_zeroed += 1;
-                    continue;
-                }
-                local.push((off, len, *new));
-            }
-            if !zeros.is_empty() {
-                let (sk, p) = (sink.clone(), path.clone());
-                tokio::task::spawn_blocking(move || {
-                    zeros
-                        .into_iter()
-                        .try_for_each(|(off, len)| sk.punch(&p, off, len))
-                })
-                .await
-                .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
-            }
-            if resumed && !local.is_empty() {
-                let (sk, p, chunks) = (sink.clone(), path.clone(), local);
-                let (there, chunks) = tokio::task::spawn_blocking(move || {
-                    already_there(&sk, &p, &chunks).map(|t| (t, chunks))
-                })
-                .await
-                .map_err(|e| RepoError::Task(format!("verify: {e}")))??;
-                local = Vec::with_capacity(chunks.len());
-                for (c, kept) in chunks.into_iter().zip(there) {
-                    if kept {
-                        report.chunks_kept += 1;
-                        report.bytes_kept += c.1;
-                    } else {
-                        local.push(c);
-                    }
-                }
-            }
-            for (off, _, new) in local {
-                let loc = repo
-                    .locate(&set, &new)
-                    .await?
-                    .ok_or_else(|| RepoError::MissingBlob {
-                        id: new.to_hex(),
-                        context: format!("{volume}/{id} chunk {}", off / cs),
-                    })?;
-                window.push(off, new, loc);
-            }
-        }
-    }
-    let (sk, p) = (sink.clone(), path.clone());
-    tokio::task::spawn_blocking(move || sk.sync(&p))
-        .await
-        .map_err(|e| RepoError::Task(format!("sync: {e}")))??;
-    if let Ok(Sink::Image(img)) = Arc::try_unwrap(sink) {
-        img.close()?;
-    }
-    if let Some(r) = &window.resume {
-        r.finish()?;
-    }
+    walker.run(opened.walk, &mut report).await?;
+    walker.finish().await?;
     let used = repo.counts().since(&before);
     report.bytes_downloaded = used.bytes_downloaded;
     report.requests = used.total();
     Ok(report)
+}
+
+/// Stage "restore": the tree walk feeding the fetch window.
+struct Walker<'a> {
+    repo: &'a Repository,
+    set: &'a SegmentSet,
+    m: &'a SnapshotManifest,
+    sink: Arc<Sink>,
+    path: PathBuf,
+    zero_unknown: bool,
+    resumed: bool,
+    /// Every byte below this was written by a killed run (its recorded resume point).
+    done_below: u64,
+    window: Window,
+}
+
+impl Walker<'_> {
+    /// Walk every leaf; a leaf is taken in slices so the window can close (and the resume
+    /// point be recorded) inside a leaf that covers more than one window's worth.
+    async fn run(&mut self, mut walk: PairWalk, report: &mut RestoreReport) -> Result<()> {
+        let cs = self.m.chunk_size as u64;
+        while let Some(leaf) = walk.next(self.repo, self.set).await? {
+            for start in (0..leaf.b.len()).step_by(SLICE_CHUNKS) {
+                if self.window.full() {
+                    let done = (leaf.first_chunk + start as u64) * cs;
+                    self.flush(report, done).await?;
+                }
+                let end = (start + SLICE_CHUNKS).min(leaf.b.len());
+                self.window.walked += (end - start) as u64 * cs;
+                self.slice(&leaf, start..end, report).await?;
+            }
+        }
+        self.flush(report, self.m.size).await
+    }
+
+    async fn flush(&mut self, report: &mut RestoreReport, done: u64) -> Result<()> {
+        self.window
+            .flush(self.repo, self.set, &self.sink, &self.path, report, done)
+            .await
+    }
+
+    /// Entries `range` of `leaf`: punch what became zero, keep what a killed run already
+    /// wrote, locate the rest into the window.
+    async fn slice(
+        &mut self,
+        leaf: &LeafPair,
+        range: std::ops::Range<usize>,
+        report: &mut RestoreReport,
+    ) -> Result<()> {
+        let (cs, size) = (self.m.chunk_size as u64, self.m.size);
+        let mut local: Vec<(u64, u64, BlobId)> = Vec::new();
+        let mut zeros: Vec<(u64, u64)> = Vec::new();
+        for j in range {
+            let (old, new) = (&leaf.a[j], &leaf.b[j]);
+            if old == new && !(self.zero_unknown && new.is_zero()) {
+                continue;
+            }
+            let off = (leaf.first_chunk + j as u64) * cs;
+            let len = cs.min(size - off);
+            if off + len <= self.done_below {
+                report.bytes_done_before += len;
+                continue;
+            }
+            if new.is_zero() {
+                match zeros.last_mut() {
+                    Some(z) if z.0 + z.1 == off => z.1 += len,
+                    _ => zeros.push((off, len)),
+                }
+                report.chunks_zeroed += 1;
+                continue;
+            }
+            local.push((off, len, *new));
+        }
+        if !zeros.is_empty() {
+            let (sk, p) = (self.sink.clone(), self.path.clone());
+            tokio::task::spawn_blocking(move || {
+                zeros
+                    .into_iter()
+                    .try_for_each(|(off, len)| sk.punch(&p, off, len))
+            })
+            .await
+            .map_err(|e| RepoError::Task(format!("punch: {e}")))??;
+        }
+        if self.resumed && !local.is_empty() {
+            local = self.not_there(local, report).await?;
+        }
+        for (off, _, new) in local {
+            let loc =
+                self.repo
+                    .locate(self.set, &new)
+                    .await?
+                    .ok_or_else(|| RepoError::MissingBlob {
+                        id: new.to_hex(),
+                        context: format!("{}/{} chunk {}", self.m.volume, self.m.id, off / cs),
+                    })?;
+            self.window.push(off, new, loc);
+        }
+        Ok(())
+    }
+
+    /// Of `chunks`, those OUT does not already hold (a resumed run reads them back).
+    async fn not_there(
+        &self,
+        chunks: Vec<(u64, u64, BlobId)>,
+        report: &mut RestoreReport,
+    ) -> Result<Vec<(u64, u64, BlobId)>> {
+        let (sk, p) = (self.sink.clone(), self.path.clone());
+        let (there, chunks) = tokio::task::spawn_blocking(move || {
+            already_there(&sk, &p, &chunks).map(|t| (t, chunks))
+        })
+        .await
+        .map_err(|e| RepoError::Task(format!("verify: {e}")))??;
+        let mut local = Vec::with_capacity(chunks.len());
+        for (c, kept) in chunks.into_iter().zip(there) {
+            if kept {
+                report.chunks_kept += 1;
+                report.bytes_kept += c.1;
+            } else {
+                local.push(c);
+            }
+        }
+        Ok(local)
+    }
+
+    /// Stage "finish": make OUT durable, close an image, then drop the resume record.
+    async fn finish(self) -> Result<()> {
+        let (sk, p) = (self.sink.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || sk.sync(&p))
+            .await
+            .map_err(|e| RepoError::Task(format!("sync: {e}")))??;
+        if let Ok(Sink::Image(img)) = Arc::try_unwrap(self.sink) {
+            img.close()?;
+        }
+        if let Some(r) = &self.window.resume {
+            r.finish()?;
+        }
+        Ok(())
+    }
 }
 
 /// Chunks located and waiting for their GETs. Closing it fetches and writes them, then

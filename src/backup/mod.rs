@@ -17,14 +17,10 @@ pub use qcow2::{
 };
 pub use source::{check_source_kind, BaseIdentity, BlockSource, RawSource, SourceRange};
 
-use crate::repo::format::ids::{new_time_id, now_rfc3339};
-use crate::repo::format::table::Geometry;
-use crate::repo::protocol::checkpoint::Counters;
-use crate::repo::tree::{reusable, TreeWriter};
-use crate::repo::writer::Writer;
-use crate::repo::{
-    BlobId, BlobKind, Frame, Lease, RepoError, Repository, SnapshotManifest, SnapshotStats,
-};
+use crate::repo::format::ids::new_time_id;
+use crate::repo::repository::SegmentSet;
+use crate::repo::snapshot_writer::{BackupJob, Counters, NewSnapshot, SnapshotWriter};
+use crate::repo::{BlobId, BlobKind, Frame, Lease, RepoError, Repository, SnapshotManifest};
 use crate::Result;
 use futures::StreamExt;
 use serde::Serialize;
@@ -38,10 +34,13 @@ const WORKERS: usize = 3;
 /// What to back up and how to label it.
 #[derive(Clone, Default)]
 pub struct BackupOptions {
+    /// Volume the snapshot belongs to; its latest snapshot is the default parent.
     pub volume: String,
     /// Parent snapshot id; `None` = the volume's latest snapshot.
     pub parent: Option<String>,
+    /// Caller's label, stored verbatim in the root manifest.
     pub user_data: serde_json::Value,
+    /// Receives stage `backup`, counted in source bytes visited.
     pub progress: Option<Arc<dyn Progress>>,
     /// Snapshot id to use (from [`new_time_id`]); `None` = a fresh one. Lets a caller name
     /// something else after the snapshot before the backup starts (the qcow2 path names
@@ -60,17 +59,28 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration
 /// What a backup did. Field names are a stable JSON interface.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct BackupReport {
+    /// Id of the committed snapshot.
     pub id: String,
+    /// Volume it belongs to.
     pub volume: String,
+    /// Snapshot recorded as its parent (the one it was planned against).
     pub parent: Option<String>,
     /// True when only ranges the source reported as changed were read.
     pub incremental: bool,
+    /// Source bytes read by this run (not counting what a resumed run skipped).
     pub bytes_read: u64,
+    /// Bytes sent to the store, metadata included.
     pub bytes_uploaded: u64,
+    /// Store requests of every kind.
     pub requests: u64,
+    /// Store writes, conditional ones included.
     pub puts: u64,
+    /// Chunks stored because the repository could not reuse them.
     pub chunks_new: u64,
+    /// Chunks referenced without upload: equal to the parent's, or already in the
+    /// repository.
     pub chunks_reused: u64,
+    /// Chunks that read as zero (never stored).
     pub chunks_zero: u64,
     /// Bytes of chunks whose content differs from the parent snapshot.
     pub bytes_changed: u64,
@@ -179,7 +189,8 @@ pub async fn backup(
     r
 }
 
-/// [`backup`] once its lease is held.
+/// [`backup`] once its lease is held: plan, open the snapshot writer (resuming a killed
+/// run), run the pipeline, commit.
 async fn backup_leased(
     repo: &Repository,
     source: Arc<dyn BlockSource>,
@@ -189,255 +200,43 @@ async fn backup_leased(
     before: &crate::store::RequestCounts,
 ) -> Result<BackupReport> {
     let set = repo.load_segments().await?;
-    let parent: Option<SnapshotManifest> = match &opts.parent {
-        Some(id) => Some(repo.snapshot(&opts.volume, id).await?),
-        None => repo
-            .live_roots(&set.markers, Some(&opts.volume))
-            .last()
-            .map(|m| (**m).clone()),
-    };
-    let size = source.size();
-    let cs = repo.chunk_size() as u64;
-    let geo = Geometry::new(size, repo.chunk_size());
-    let same_shape = parent
-        .as_ref()
-        .filter(|p| p.size == size && p.chunk_size as u64 == cs);
-    let changed = same_shape
-        .and_then(|p| p.base.as_ref())
-        .and_then(|b| source.changed_since(b));
-    let incremental = changed.is_some();
-    let parent_top = same_shape.map(|p| p.top_ids()).transpose()?;
-    let has_parent_tree = parent_top.is_some();
-    let mut runs = match changed {
-        Some(ch) => plan(size, cs, &ch, false),
-        None => match source.allocated() {
-            Some(alloc) => plan(size, cs, &alloc, true),
-            None => plan(
-                size,
-                cs,
-                &[SourceRange {
-                    offset: 0,
-                    length: size,
-                    zero: false,
-                }],
-                true,
-            ),
-        },
-    };
-    // Known-zero runs are sent through the pipeline (and advance the progress) when a
-    // parent tree may hold data there to clear; the total counts what will advance.
-    let skip_zero = !has_parent_tree;
-    let to_read = resume::bytes_to_read(&runs, cs, size, skip_zero);
+    let mut plan = Plan::new(repo, &set, source.as_ref(), opts).await?;
     if let Some(p) = &opts.progress {
-        p.stage("backup", to_read);
+        p.stage("backup", plan.to_read);
     }
-
-    let root_key = crate::repo::format::manifest::root_key(&opts.volume, &id);
-    let mut w = Writer::new(repo, lease.clone(), root_key, "backup");
-    let job = resume::job_identity(source.as_ref(), parent.as_ref(), size, cs);
-    let resumed = resume::resume(repo, &mut w, &opts.volume, &job).await?;
-    let (mut tree, mut c, start) = match resumed.as_ref().and_then(|r| r.position.as_ref()) {
-        Some(p) => (
-            TreeWriter::resume(geo, &p.tree)?,
-            p.counters.clone(),
-            p.next_chunk,
-        ),
-        None => (TreeWriter::new(geo, parent_top), Counters::default(), 0),
+    let job = BackupJob {
+        volume: &opts.volume,
+        id: &id,
+        size: plan.size,
+        parent: plan.parent.as_ref(),
+        parent_top: plan.parent_top.take(),
+        resume_token: source.resume_token(),
+        checkpoint_interval: opts
+            .checkpoint_interval
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL),
     };
-    w.new_chunk_bytes = c.new_chunk_bytes;
-    runs = resume::runs_from(runs, start);
-    let bytes_skipped = to_read.saturating_sub(resume::bytes_to_read(&runs, cs, size, skip_zero));
+    let (mut sw, resumed) = SnapshotWriter::backup(repo, &set, lease, job).await?;
+    let start = resumed.as_ref().map_or(0, |r| r.next_chunk);
+    plan.runs = resume::runs_from(std::mem::take(&mut plan.runs), start);
+    let bytes_skipped = plan.to_read.saturating_sub(resume::bytes_to_read(
+        &plan.runs,
+        plan.cs,
+        plan.size,
+        plan.skip_zero(),
+    ));
     if let Some(p) = &opts.progress {
         p.advance(bytes_skipped);
     }
-    let mut checkpointer = resume::Checkpointer::new(
-        opts.checkpoint_interval
-            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL),
-        job,
-        opts.volume.clone(),
-        w.checkpoint_keys.len() as u64,
-    );
-    // Compress speculatively in the parallel stage when most chunks are likely new.
-    let speculative = incremental || !has_parent_tree;
-
-    // Reader thread → bounded channel.
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<std::result::Result<(u64, Option<Vec<u8>>), RepoError>>(QUEUE);
-    let reader_src = source.clone();
-    let reader_runs = runs.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        for (a, b, zero) in reader_runs {
-            if zero && skip_zero {
-                continue;
-            }
-            for idx in a..b {
-                let msg = if zero {
-                    Ok((idx, None))
-                } else {
-                    let off = idx * cs;
-                    let len = cs.min(size - off) as usize;
-                    let mut buf = vec![0u8; len];
-                    reader_src
-                        .read_at(&mut buf, off)
-                        .map(|_| (idx, Some(buf)))
-                        .map_err(|e| RepoError::Io {
-                            path: "backup source".into(),
-                            op: "read",
-                            offset: off,
-                            source: e,
-                        })
-                };
-                if tx.blocking_send(msg).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let mut items = tokio_stream_from(rx)
-        .map(|msg| {
-            tokio::task::spawn_blocking(move || -> std::result::Result<Item, RepoError> {
-                let (idx, buf) = msg?;
-                let Some(buf) = buf else {
-                    return Ok(Item::Zero(idx));
-                };
-                if buf.iter().all(|b| *b == 0) {
-                    return Ok(Item::Zero(idx));
-                }
-                let id = BlobId::of(&buf);
-                if speculative {
-                    Ok(Item::Data {
-                        idx,
-                        id,
-                        frame: Some(Frame::encode_with_id(BlobKind::Chunk, &buf, id)),
-                        plain: None,
-                    })
-                } else {
-                    Ok(Item::Data {
-                        idx,
-                        id,
-                        frame: None,
-                        plain: Some(buf),
-                    })
-                }
-            })
-        })
-        .buffered(WORKERS);
-
-    let mut bytes_read = 0u64;
-    let result: Result<()> = async {
-        while let Some(joined) = items.next().await {
-            let item = joined.map_err(|e| RepoError::Task(format!("hash task: {e}")))??;
-            let done = match item {
-                Item::Zero(idx) => {
-                    c.chunks_zero += 1;
-                    if has_parent_tree {
-                        let prev = tree.get(repo, &set, &mut w, idx).await?;
-                        if !prev.is_zero() {
-                            c.chunks_changed += 1;
-                            c.logical_delta -= chunk_len(size, cs, idx) as i64;
-                            tree.set(repo, &set, &mut w, idx, BlobId::ZERO).await?;
-                        }
-                    }
-                    if let Some(p) = &opts.progress {
-                        p.advance(chunk_len(size, cs, idx));
-                    }
-                    idx
-                }
-                Item::Data {
-                    idx,
-                    id,
-                    frame,
-                    plain,
-                } => {
-                    let len = chunk_len(size, cs, idx);
-                    bytes_read += len;
-                    let prev = tree.get(repo, &set, &mut w, idx).await?;
-                    if prev == id {
-                        c.chunks_reused += 1;
-                    } else {
-                        c.chunks_changed += 1;
-                        if prev.is_zero() {
-                            c.logical_delta += len as i64;
-                        }
-                        if reusable(repo, &set, &w, &id).await? {
-                            w.use_adoptable(&id);
-                            c.chunks_reused += 1;
-                        } else {
-                            let frame = match (frame, plain) {
-                                (Some(f), _) => f,
-                                (None, Some(p)) => Frame::encode_with_id(BlobKind::Chunk, &p, id),
-                                (None, None) => {
-                                    return Err(RepoError::Task("chunk without data".into()).into())
-                                }
-                            };
-                            w.add(&frame).await?;
-                            c.chunks_new += 1;
-                        }
-                        tree.set(repo, &set, &mut w, idx, id).await?;
-                    }
-                    if let Some(p) = &opts.progress {
-                        p.advance(len);
-                    }
-                    idx
-                }
-            };
-            if checkpointer.due(&w) {
-                c.new_chunk_bytes = w.new_chunk_bytes;
-                checkpointer
-                    .write(repo, &mut w, &tree, done + 1, &c)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-    .await;
-    drop(items);
-    reader
-        .await
-        .map_err(|e| RepoError::Task(format!("reader: {e}")))?;
-    result?;
-
-    let top = tree.finish(repo, &set, &mut w).await?;
-    for t in top.iter().filter(|t| !t.is_zero()) {
-        w.add_ref(*t, 1, 0);
-    }
-    let new_bytes = w.new_chunk_bytes;
-    let logical_bytes = match same_shape {
-        Some(p) => (p.stats.logical_bytes as i64 + c.logical_delta).max(0) as u64,
-        None => (c.logical_delta.max(0)) as u64,
-    };
-    let verify_src = source.clone();
-    tokio::task::spawn_blocking(move || verify_src.verify_unchanged())
-        .await
-        .map_err(|e| RepoError::Task(format!("verify source: {e}")))??;
-    let mut manifest = SnapshotManifest {
-        format: crate::repo::format::manifest::MANIFEST_VERSION,
-        volume: opts.volume.clone(),
-        id: id.clone(),
-        parent: parent.as_ref().map(|p| p.id.clone()),
-        created: now_rfc3339(),
-        size,
-        chunk_size: cs as u32,
-        depth: geo.depth,
-        top: top.iter().map(BlobId::to_hex).collect(),
-        stats: SnapshotStats {
-            logical_bytes,
-            new_bytes,
-            uploaded_bytes: 0,
-        },
-        base: source.identity(),
-        user_data: opts.user_data.clone(),
-        writer: id.clone(),
-        lease_time_ms: 0,
-    };
-    crate::repo::protocol::commit::commit_new_root(repo, w, lease, &mut manifest, before).await?;
+    let bytes_read = run_pipeline(&mut sw, &plan, source.clone(), opts).await?;
+    let manifest = commit(sw, &plan, source, opts, &id, before).await?;
+    let c = &manifest.1;
     let used = repo.counts().since(before);
-    let bytes_changed = c.chunks_changed * cs;
+    let bytes_changed = c.chunks_changed * plan.cs;
     Ok(BackupReport {
         id,
         volume: opts.volume.clone(),
-        parent: manifest.parent.clone(),
-        incremental,
+        parent: manifest.0.parent.clone(),
+        incremental: plan.incremental,
         bytes_read,
         bytes_uploaded: used.bytes_uploaded,
         requests: used.total(),
@@ -456,6 +255,287 @@ async fn backup_leased(
         bytes_skipped,
         tail_packs_adopted: resumed.as_ref().map_or(0, |r| r.tail_packs),
     })
+}
+
+/// Stage "plan": what the backup reads, against which parent.
+struct Plan {
+    /// The snapshot the job is planned against (named as the new snapshot's parent).
+    parent: Option<SnapshotManifest>,
+    /// The parent's logical bytes when its shape matches (the new count starts there).
+    parent_logical: Option<u64>,
+    /// The parent's top-level ids when its shape matches, until the writer takes them.
+    parent_top: Option<Vec<BlobId>>,
+    /// Whether a parent tree is edited (zero chunks must then clear its data).
+    has_parent_tree: bool,
+    /// Only the source's changed ranges are read.
+    incremental: bool,
+    size: u64,
+    cs: u64,
+    /// (first chunk, end chunk, known zero) runs to visit, in order.
+    runs: Vec<(u64, u64, bool)>,
+    /// Bytes the pipeline advances the progress by over the whole job.
+    to_read: u64,
+}
+
+impl Plan {
+    async fn new(
+        repo: &Repository,
+        set: &SegmentSet,
+        source: &dyn BlockSource,
+        opts: &BackupOptions,
+    ) -> Result<Plan> {
+        let parent: Option<SnapshotManifest> = match &opts.parent {
+            Some(id) => Some(repo.snapshot(&opts.volume, id).await?),
+            None => repo
+                .live_roots(&set.markers, Some(&opts.volume))
+                .last()
+                .map(|m| (**m).clone()),
+        };
+        let size = source.size();
+        let cs = repo.chunk_size() as u64;
+        let same_shape = parent
+            .as_ref()
+            .filter(|p| p.size == size && p.chunk_size as u64 == cs);
+        let changed = same_shape
+            .and_then(|p| p.base.as_ref())
+            .and_then(|b| source.changed_since(b));
+        let incremental = changed.is_some();
+        let parent_top = same_shape.map(|p| p.top_ids()).transpose()?;
+        let parent_logical = same_shape.map(|p| p.stats.logical_bytes);
+        let runs = match changed {
+            Some(ch) => plan(size, cs, &ch, false),
+            None => match source.allocated() {
+                Some(alloc) => plan(size, cs, &alloc, true),
+                None => plan(
+                    size,
+                    cs,
+                    &[SourceRange {
+                        offset: 0,
+                        length: size,
+                        zero: false,
+                    }],
+                    true,
+                ),
+            },
+        };
+        let mut p = Plan {
+            parent,
+            parent_logical,
+            has_parent_tree: parent_top.is_some(),
+            parent_top,
+            incremental,
+            size,
+            cs,
+            runs,
+            to_read: 0,
+        };
+        p.to_read = resume::bytes_to_read(&p.runs, cs, size, p.skip_zero());
+        Ok(p)
+    }
+
+    /// Known-zero runs are sent through the pipeline (and advance the progress) only when
+    /// a parent tree may hold data there to clear.
+    fn skip_zero(&self) -> bool {
+        !self.has_parent_tree
+    }
+
+    /// Compress speculatively in the parallel stage when most chunks are likely new.
+    fn speculative(&self) -> bool {
+        self.incremental || !self.has_parent_tree
+    }
+}
+
+/// Stage "backup": read → zero-detect → hash (→ compress) in parallel, then store each
+/// chunk in order through the writer, checkpointing when due. Returns the bytes read.
+async fn run_pipeline(
+    sw: &mut SnapshotWriter<'_>,
+    plan: &Plan,
+    source: Arc<dyn BlockSource>,
+    opts: &BackupOptions,
+) -> Result<u64> {
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<std::result::Result<(u64, Option<Vec<u8>>), RepoError>>(QUEUE);
+    let reader = spawn_reader(source, plan, tx);
+    let speculative = plan.speculative();
+    let mut items = tokio_stream_from(rx)
+        .map(|msg| tokio::task::spawn_blocking(move || hash(msg, speculative)))
+        .buffered(WORKERS);
+    let mut bytes_read = 0u64;
+    let result: Result<()> = async {
+        while let Some(joined) = items.next().await {
+            let item = joined.map_err(|e| RepoError::Task(format!("hash task: {e}")))??;
+            let done = store_item(sw, plan, item, &mut bytes_read).await?;
+            if let Some(p) = &opts.progress {
+                p.advance(chunk_len(plan.size, plan.cs, done));
+            }
+            sw.checkpoint_if_due(done + 1).await?;
+        }
+        Ok(())
+    }
+    .await;
+    drop(items);
+    reader
+        .await
+        .map_err(|e| RepoError::Task(format!("reader: {e}")))?;
+    result?;
+    Ok(bytes_read)
+}
+
+/// The reader thread: the plan's chunks in order into a bounded channel (known-zero ones
+/// without data).
+fn spawn_reader(
+    source: Arc<dyn BlockSource>,
+    plan: &Plan,
+    tx: tokio::sync::mpsc::Sender<std::result::Result<(u64, Option<Vec<u8>>), RepoError>>,
+) -> tokio::task::JoinHandle<()> {
+    let (runs, cs, size, skip_zero) = (plan.runs.clone(), plan.cs, plan.size, plan.skip_zero());
+    tokio::task::spawn_blocking(move || {
+        for (a, b, zero) in runs {
+            if zero && skip_zero {
+                continue;
+            }
+            for idx in a..b {
+                let msg = if zero {
+                    Ok((idx, None))
+                } else {
+                    let off = idx * cs;
+                    let len = cs.min(size - off) as usize;
+                    let mut buf = vec![0u8; len];
+                    source
+                        .read_at(&mut buf, off)
+                        .map(|_| (idx, Some(buf)))
+                        .map_err(|e| RepoError::Io {
+                            path: "backup source".into(),
+                            op: "read",
+                            offset: off,
+                            source: e,
+                        })
+                };
+                if tx.blocking_send(msg).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// The parallel stage for one chunk: zero detection, hash, and the frame when compressing
+/// speculatively.
+fn hash(
+    msg: std::result::Result<(u64, Option<Vec<u8>>), RepoError>,
+    speculative: bool,
+) -> std::result::Result<Item, RepoError> {
+    let (idx, buf) = msg?;
+    let Some(buf) = buf else {
+        return Ok(Item::Zero(idx));
+    };
+    if buf.iter().all(|b| *b == 0) {
+        return Ok(Item::Zero(idx));
+    }
+    let id = BlobId::of(&buf);
+    if speculative {
+        Ok(Item::Data {
+            idx,
+            id,
+            frame: Some(Frame::encode_with_id(BlobKind::Chunk, &buf, id)),
+            plain: None,
+        })
+    } else {
+        Ok(Item::Data {
+            idx,
+            id,
+            frame: None,
+            plain: Some(buf),
+        })
+    }
+}
+
+/// The ordered stage for one chunk: compare with the tree, store it unless reusable, set
+/// it in the tree, count. Returns the chunk's index.
+async fn store_item(
+    sw: &mut SnapshotWriter<'_>,
+    plan: &Plan,
+    item: Item,
+    bytes_read: &mut u64,
+) -> Result<u64> {
+    match item {
+        Item::Zero(idx) => {
+            sw.counters().chunks_zero += 1;
+            if plan.has_parent_tree {
+                let prev = sw.chunk(idx).await?;
+                if !prev.is_zero() {
+                    let c = sw.counters();
+                    c.chunks_changed += 1;
+                    c.logical_delta -= chunk_len(plan.size, plan.cs, idx) as i64;
+                    sw.set_chunk(idx, BlobId::ZERO).await?;
+                }
+            }
+            Ok(idx)
+        }
+        Item::Data {
+            idx,
+            id,
+            frame,
+            plain,
+        } => {
+            let len = chunk_len(plan.size, plan.cs, idx);
+            *bytes_read += len;
+            let prev = sw.chunk(idx).await?;
+            if prev == id {
+                sw.counters().chunks_reused += 1;
+                return Ok(idx);
+            }
+            sw.counters().chunks_changed += 1;
+            if prev.is_zero() {
+                sw.counters().logical_delta += len as i64;
+            }
+            let stored = sw
+                .store_chunk(&id, || match (frame, plain) {
+                    (Some(f), _) => Ok(f),
+                    (None, Some(p)) => Ok(Frame::encode_with_id(BlobKind::Chunk, &p, id)),
+                    (None, None) => Err(RepoError::Task("chunk without data".into())),
+                })
+                .await?;
+            if stored {
+                sw.counters().chunks_new += 1;
+            } else {
+                sw.counters().chunks_reused += 1;
+            }
+            sw.set_chunk(idx, id).await?;
+            Ok(idx)
+        }
+    }
+}
+
+/// Stage "commit": store the tree, check the source did not change under the backup,
+/// then commit the root. Returns the root and the job's counters.
+async fn commit(
+    mut sw: SnapshotWriter<'_>,
+    plan: &Plan,
+    source: Arc<dyn BlockSource>,
+    opts: &BackupOptions,
+    id: &str,
+    before: &crate::store::RequestCounts,
+) -> Result<(SnapshotManifest, Counters)> {
+    sw.finish_tree().await?;
+    let delta = sw.counters().logical_delta;
+    let logical_bytes = match plan.parent_logical {
+        Some(l) => (l as i64 + delta).max(0) as u64,
+        None => (delta.max(0)) as u64,
+    };
+    let verify_src = source.clone();
+    tokio::task::spawn_blocking(move || verify_src.verify_unchanged())
+        .await
+        .map_err(|e| RepoError::Task(format!("verify source: {e}")))??;
+    let counters = sw.counters().clone();
+    let snap = NewSnapshot {
+        parent: plan.parent.as_ref().map(|p| p.id.clone()),
+        logical_bytes,
+        base: source.identity(),
+        user_data: opts.user_data.clone(),
+    };
+    let manifest = sw.commit_backup(id, snap, before).await?;
+    Ok((manifest, counters))
 }
 
 fn chunk_len(size: u64, cs: u64, idx: u64) -> u64 {

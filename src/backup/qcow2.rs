@@ -248,11 +248,7 @@ impl Owned {
             .iter()
             .filter_map(|m| m.base.clone())
             .collect();
-        let tokens = crate::repo::protocol::checkpoint::find(repo, volume, "")
-            .await?
-            .into_iter()
-            .filter_map(|c| c.job.source)
-            .collect();
+        let tokens = crate::repo::snapshot_writer::resume_tokens(repo, volume).await?;
         Ok(Owned { bases, tokens })
     }
 

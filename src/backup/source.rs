@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 /// zero cluster) so the backup need not read it.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct SourceRange {
+    /// Start, in bytes from the source's beginning.
     pub offset: u64,
+    /// Length in bytes (clipped at the source's size).
     pub length: u64,
+    /// The range reads as zeros.
     pub zero: bool,
 }
 

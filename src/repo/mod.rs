@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub(crate) mod ops;
 pub(crate) mod protocol;
 pub(crate) mod repository;
+pub(crate) mod snapshot_writer;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod tree;

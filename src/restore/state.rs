@@ -22,18 +22,18 @@ use std::path::{Path, PathBuf};
 /// Contents of a restore marker.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(super) struct RestoreMarker {
-    pub volume: String,
-    pub id: String,
-    pub size: u64,
+    pub(super) volume: String,
+    pub(super) id: String,
+    pub(super) size: u64,
     /// Snapshot the target held when an `--into` restore began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
+    pub(super) from: Option<String>,
     /// `[device, inode]` of a regular file, `[rdev, 0]` of a block device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<[u64; 2]>,
+    pub(super) target: Option<[u64; 2]>,
     /// Every chunk below this byte offset is restored and durable.
     #[serde(default)]
-    pub done_below: u64,
+    pub(super) done_below: u64,
 }
 
 impl RestoreMarker {
@@ -49,19 +49,19 @@ impl RestoreMarker {
 
 /// What OUT is.
 pub(super) struct Target {
-    pub path: PathBuf,
+    pub(super) path: PathBuf,
     /// A block device: never truncated or resized; its bytes beyond the snapshot are left
     /// alone, and every zero chunk is written (its old contents are unknown).
-    pub device: bool,
-    pub identity: Option<[u64; 2]>,
+    pub(super) device: bool,
+    pub(super) identity: Option<[u64; 2]>,
     /// Current length (a device's capacity), 0 if OUT does not exist.
-    pub len: u64,
+    pub(super) len: u64,
 }
 
 impl Target {
     /// Inspect OUT (following symlinks, so `/dev/disk/by-id/...` names work). A device's
     /// capacity is its seek-to-end length (what BLKGETSIZE64 reports).
-    pub fn inspect(path: &Path) -> Result<Target> {
+    pub(super) fn inspect(path: &Path) -> Result<Target> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -102,7 +102,7 @@ impl Target {
     }
 
     /// Refuse a device smaller than the snapshot.
-    pub fn check_capacity(&self, size: u64) -> Result<()> {
+    pub(super) fn check_capacity(&self, size: u64) -> Result<()> {
         if self.device && self.len < size {
             return Err(RepoError::InvalidArgument(format!(
                 "{}: device holds {} bytes, the snapshot is {size} bytes",
@@ -115,7 +115,7 @@ impl Target {
     }
 
     /// Open OUT for reading and writing, never truncating.
-    pub fn open(&self) -> Result<File> {
+    pub(super) fn open(&self) -> Result<File> {
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -191,7 +191,7 @@ pub(super) struct Resume {
     marker_path: Option<PathBuf>,
     marker: RestoreMarker,
     /// This run continues a killed one.
-    pub resumed: bool,
+    pub(super) resumed: bool,
 }
 
 impl Resume {
@@ -199,7 +199,7 @@ impl Resume {
     /// whether this is an `--into` restore, which refuses any other unfinished restore in
     /// OUT (OUT would not hold `want.from`). Returns the state and the marker found (so
     /// the caller knows where a resumed job got to).
-    pub fn begin(
+    pub(super) fn begin(
         target: &Target,
         state_dir: Option<&Path>,
         want: RestoreMarker,
@@ -257,17 +257,17 @@ impl Resume {
     }
 
     /// OUT was (re)created: record its new identity.
-    pub fn set_identity(&mut self, identity: Option<[u64; 2]>) {
+    pub(super) fn set_identity(&mut self, identity: Option<[u64; 2]>) {
         self.marker.target = identity;
     }
 
     /// Resumable at all (a device restore without `--state-dir` is not).
-    pub fn tracked(&self) -> bool {
+    pub(super) fn tracked(&self) -> bool {
         self.marker_path.is_some()
     }
 
     /// Byte offset below which a resumed restore has nothing left to do.
-    pub fn done_below(&self) -> u64 {
+    pub(super) fn done_below(&self) -> u64 {
         if self.resumed {
             self.marker.done_below
         } else {
@@ -276,7 +276,7 @@ impl Resume {
     }
 
     /// Record that the job is under way (before the first write to OUT).
-    pub fn start(&mut self) -> Result<()> {
+    pub(super) fn start(&mut self) -> Result<()> {
         match &self.marker_path {
             Some(p) => write_marker(p, &self.marker),
             None => Ok(()),
@@ -284,7 +284,7 @@ impl Resume {
     }
 
     /// Everything below `done` is written: make it durable, then record it.
-    pub fn progress(&mut self, file: &File, path: &Path, done: u64) -> Result<()> {
+    pub(super) fn progress(&mut self, file: &File, path: &Path, done: u64) -> Result<()> {
         let Some(p) = &self.marker_path else {
             return Ok(());
         };
@@ -297,7 +297,7 @@ impl Resume {
     }
 
     /// The restore is complete and OUT fsynced: drop the marker.
-    pub fn finish(&self) -> Result<()> {
+    pub(super) fn finish(&self) -> Result<()> {
         match &self.marker_path {
             Some(p) => remove_marker(p),
             None => Ok(()),

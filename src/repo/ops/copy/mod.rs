@@ -11,7 +11,8 @@
 //! into the target's size ([`rechunk`]); the report says so.
 //!
 //! Either way the target is written by the backup writer with the backup's commit step
-//! ([`crate::repo::protocol::commit`]): lease → packs → index and refs segments → lease renewal → root
+//! ([`crate::repo::snapshot_writer`], which commits through
+//! [`crate::repo::protocol::commit`]): lease → packs → index and refs segments → lease renewal → root
 //! (create-if-absent). Each snapshot is one commit, and snapshots the target already has
 //! are skipped, so a copy that dies resumes at the first snapshot it had not committed.
 
@@ -25,18 +26,15 @@ use crate::repo::format::ids::new_time_id;
 use crate::repo::format::manifest::SnapshotManifest;
 use crate::repo::format::segment::STORED;
 use crate::repo::format::table::{self, Geometry, FANOUT};
-use crate::repo::protocol::checkpoint;
-use crate::repo::protocol::commit::{commit_root, Committed};
 use crate::repo::protocol::lease::Lease;
 use crate::repo::repository::{check_names, check_volume, SegmentSet};
-use crate::repo::tree::reusable;
-use crate::repo::writer::Writer;
+use crate::repo::snapshot_writer::SnapshotWriter;
 use crate::repo::{BlobId, BlobKind, Frame, Location, Progress, RepoError, Repository};
 use crate::Result;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Source frames gathered before they are fetched and added (bounds memory per batch).
 const BATCH_BYTES: u64 = 32 << 20;
@@ -171,29 +169,26 @@ async fn copy_one(
     let lease = Lease::acquire(to.store().clone(), &holder, "copy", Some(&m.volume)).await?;
     let r: Result<bool> = async {
         let set = to.load_segments().await?;
-        let mut w = Writer::new(to, lease.clone(), m.key(), "copy");
-        if let Some((holder, n)) = checkpoint::adopt_chunks(to, &mut w, &m.volume).await? {
+        let (mut sw, adopted) =
+            SnapshotWriter::copy(to, &set, &lease, m.key(), &m.volume, m.size, interval).await?;
+        if let Some((holder, n)) = adopted {
             report.resumed_from.push(holder);
             report.blobs_adopted += n;
         }
-        let mut ck = Checkpoints::new(interval);
         let mut root = m.clone();
         if m.chunk_size != to.chunk_size() {
-            let top = rechunk::rechunk(from, src_set, to, &set, &mut w, m, report).await?;
-            let geo = Geometry::new(m.size, to.chunk_size());
+            let top = rechunk::rechunk(from, src_set, &mut sw, m, report).await?;
             root.chunk_size = to.chunk_size();
-            root.depth = geo.depth;
+            root.depth = sw.depth();
             root.top = top.iter().map(BlobId::to_hex).collect();
-            add_top_refs(&mut w, &top);
         } else {
             let top = m.top_ids()?;
-            copy_tree(from, src_set, to, &set, &mut w, m, report, &mut ck).await?;
-            add_top_refs(&mut w, &top);
+            copy_tree(from, src_set, &mut sw, m, report).await?;
+            sw.add_top_refs(&top);
         }
         root.writer = holder;
-        root.stats.new_bytes = w.new_chunk_bytes;
-        let outcome = commit_root(to, w, &lease, &mut root, &before).await?;
-        Ok(outcome == Committed::Created)
+        root.stats.new_bytes = sw.new_chunk_bytes();
+        sw.commit_root(&mut root, &before).await
     }
     .await;
     if r.is_err() {
@@ -201,12 +196,6 @@ async fn copy_one(
         lease.abandon().await;
     }
     r
-}
-
-fn add_top_refs(w: &mut Writer, top: &[BlobId]) {
-    for t in top.iter().filter(|t| !t.is_zero()) {
-        w.add_ref(*t, 1, 0);
-    }
 }
 
 /// Chunks waiting to be fetched from the source in one batch.
@@ -217,47 +206,13 @@ struct Pending {
     bytes: u64,
 }
 
-/// When a copy checkpoints: after the interval, and only once a new data pack is durable.
-struct Checkpoints {
-    interval: Duration,
-    last: Instant,
-    packs_at_last: u64,
-}
-
-impl Checkpoints {
-    fn new(interval: Duration) -> Checkpoints {
-        Checkpoints {
-            interval,
-            last: Instant::now(),
-            packs_at_last: 0,
-        }
-    }
-
-    async fn maybe(&mut self, to: &Repository, w: &mut Writer, volume: &str) -> Result<()> {
-        // The first data pack always checkpoints: it makes a killed copy adoptable, and
-        // what it seals later is adopted from the pack footers (format-spec §12.2).
-        if w.data_packs_sealed > self.packs_at_last
-            && (self.packs_at_last == 0 || self.last.elapsed() >= self.interval)
-        {
-            checkpoint::write_chunks_only(to, w, volume).await?;
-            self.last = Instant::now();
-            self.packs_at_last = w.data_packs_sealed;
-        }
-        Ok(())
-    }
-}
-
 /// Walk `m`'s tree top-down, storing in `w` every table and chunk the target cannot reuse.
-#[allow(clippy::too_many_arguments)]
 async fn copy_tree(
     from: &Repository,
     src_set: &SegmentSet,
-    to: &Repository,
-    set: &SegmentSet,
-    w: &mut Writer,
+    w: &mut SnapshotWriter<'_>,
     m: &SnapshotManifest,
     report: &mut CopyReport,
-    ck: &mut Checkpoints,
 ) -> Result<()> {
     let geo = Geometry::new(m.size, m.chunk_size);
     let mut stack: Vec<(BlobId, u8, u64)> = m
@@ -269,7 +224,7 @@ async fn copy_tree(
         .collect();
     let mut pending = Pending::default();
     while let Some((id, level, index)) = stack.pop() {
-        if reusable(to, set, w, &id).await? {
+        if w.reusable(&id).await? {
             report.subtrees_skipped += 1;
             continue;
         }
@@ -292,7 +247,7 @@ async fn copy_tree(
                 stack.push((c, level - 1, index * FANOUT + j as u64));
                 continue;
             }
-            if pending.ids.contains(&c) || reusable(to, set, w, &c).await? {
+            if pending.ids.contains(&c) || w.reusable(&c).await? {
                 w.use_adoptable(&c);
                 report.chunks_reused += 1;
                 continue;
@@ -309,7 +264,7 @@ async fn copy_tree(
             pending.blobs.push((c, loc));
             if pending.bytes >= BATCH_BYTES {
                 add_fetched(from, src_set, w, std::mem::take(&mut pending), report).await?;
-                ck.maybe(to, w, &m.volume).await?;
+                w.checkpoint_if_due(0).await?;
             }
         }
     }
@@ -320,7 +275,7 @@ async fn copy_tree(
 async fn add_fetched(
     from: &Repository,
     src_set: &SegmentSet,
-    w: &mut Writer,
+    w: &mut SnapshotWriter<'_>,
     pending: Pending,
     report: &mut CopyReport,
 ) -> Result<()> {

@@ -7,8 +7,8 @@ use super::{fetch, CopyReport, BATCH_BYTES};
 use crate::repo::format::manifest::SnapshotManifest;
 use crate::repo::format::table::Geometry;
 use crate::repo::repository::SegmentSet;
-use crate::repo::tree::{reusable, PairWalk, TreeWriter};
-use crate::repo::writer::Writer;
+use crate::repo::snapshot_writer::SnapshotWriter;
+use crate::repo::tree::PairWalk;
 use crate::repo::{BlobId, BlobKind, Frame, RepoError, Repository};
 use crate::Result;
 use std::collections::{HashMap, HashSet};
@@ -19,20 +19,17 @@ struct Open {
     buf: Vec<u8>,
 }
 
-struct Cutter<'a> {
-    to: &'a Repository,
-    set: &'a SegmentSet,
+struct Cutter {
     size: u64,
     cs: u64,
-    tree: TreeWriter,
     open: Option<Open>,
 }
 
-impl Cutter<'_> {
+impl Cutter {
     /// Copy source bytes `data` found at volume offset `start` into target chunks.
     async fn place(
         &mut self,
-        w: &mut Writer,
+        w: &mut SnapshotWriter<'_>,
         data: &[u8],
         start: u64,
         report: &mut CopyReport,
@@ -62,7 +59,7 @@ impl Cutter<'_> {
     }
 
     /// Store the open chunk (unless all zero) and set it in the target tree.
-    async fn close(&mut self, w: &mut Writer, report: &mut CopyReport) -> Result<()> {
+    async fn close(&mut self, w: &mut SnapshotWriter<'_>, report: &mut CopyReport) -> Result<()> {
         let Some(o) = self.open.take() else {
             return Ok(());
         };
@@ -70,35 +67,31 @@ impl Cutter<'_> {
             return Ok(());
         }
         let id = BlobId::of(&o.buf);
-        if reusable(self.to, self.set, w, &id).await? {
-            w.use_adoptable(&id);
-            report.chunks_reused += 1;
-        } else {
-            w.add(&Frame::encode_with_id(BlobKind::Chunk, &o.buf, id))
-                .await?;
+        if w.store_chunk(&id, || {
+            Ok(Frame::encode_with_id(BlobKind::Chunk, &o.buf, id))
+        })
+        .await?
+        {
             report.chunks_new += 1;
+        } else {
+            report.chunks_reused += 1;
         }
-        self.tree.set(self.to, self.set, w, o.index, id).await
+        w.set_chunk(o.index, id).await
     }
 }
 
-/// Write `m` re-chunked into `w`; returns the new tree's top-level ids.
+/// Write `m` re-chunked into `w`; returns the new tree's top-level ids (referenced).
 pub(super) async fn rechunk(
     from: &Repository,
     src_set: &SegmentSet,
-    to: &Repository,
-    set: &SegmentSet,
-    w: &mut Writer,
+    w: &mut SnapshotWriter<'_>,
     m: &SnapshotManifest,
     report: &mut CopyReport,
 ) -> Result<Vec<BlobId>> {
     let scs = m.chunk_size as u64;
     let mut cut = Cutter {
-        to,
-        set,
         size: m.size,
-        cs: to.chunk_size() as u64,
-        tree: TreeWriter::new(Geometry::new(m.size, to.chunk_size()), None),
+        cs: w.chunk_size() as u64,
         open: None,
     };
     let mut walk = PairWalk::single(Geometry::new(m.size, m.chunk_size), &m.top_ids()?);
@@ -142,7 +135,7 @@ pub(super) async fn rechunk(
         }
     }
     cut.close(w, report).await?;
-    let top = cut.tree.finish(to, set, w).await?;
-    report.tables_new += cut.tree.tables_new;
+    let top = w.finish_tree().await?;
+    report.tables_new += w.tables_new();
     Ok(top)
 }
