@@ -29,16 +29,7 @@ pub mod api;
 // Removed once backup is documented and its doc links fixed (issue 14).
 #[allow(missing_docs, unreachable_pub, rustdoc::private_intra_doc_links)]
 pub mod backup;
-// Removed once error is documented (issue 14).
-#[allow(missing_docs, unreachable_pub)]
 pub mod error;
-// Removed once image is documented, its clippy finding and doc links fixed (issue 14).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    clippy::precedence,
-    rustdoc::private_intra_doc_links
-)]
 pub mod image;
 // Removed once repo is documented and its doc links fixed (issue 14).
 #[allow(
@@ -52,13 +43,6 @@ pub mod repo;
 #[allow(missing_docs, unreachable_pub)]
 pub mod restore;
 pub mod service;
-// Removed once store is documented, its clippy finding and doc links fixed (issue 14).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    clippy::type_complexity,
-    rustdoc::private_intra_doc_links
-)]
 pub mod store;
 
 pub use backup::{backup, BackupOptions, BackupReport, BlockSource, RawSource};

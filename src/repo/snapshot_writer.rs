@@ -8,14 +8,14 @@
 //! (create-if-absent). A crash before the root leaves only uncommitted objects that a
 //! re-run adopts or gc reclaims.
 
+use super::format::ids::now_rfc3339;
+use super::format::manifest::{root_key, MANIFEST_VERSION};
+use super::format::table::Geometry;
 pub(crate) use super::protocol::checkpoint::Counters;
 use super::protocol::checkpoint::{self, Checkpoint, JobIdentity};
 use super::protocol::commit::{commit_new_root, commit_root, Committed};
-use super::format::ids::now_rfc3339;
 use super::protocol::lease::Lease;
-use super::format::manifest::{root_key, MANIFEST_VERSION};
 use super::repository::SegmentSet;
-use super::format::table::Geometry;
 use super::tree::{reusable, TreeWriter};
 use super::writer::Writer;
 use super::{BaseIdentity, BlobId, Frame, RepoError, Repository, SnapshotManifest, SnapshotStats};

@@ -10,7 +10,8 @@
 
 use crate::repo::format::ids::{new_time_id, now_rfc3339};
 use crate::repo::format::manifest::{tombstone_key_gen, SnapshotManifest, Tombstone};
-use crate::repo::protocol::lease::{ensure_not_fenced, Lease};
+use crate::repo::protocol::lease::Lease;
+use crate::repo::protocol::verdict::ensure_not_fenced;
 use crate::repo::repository::{check_names, SegmentSet};
 use crate::repo::walk::{delete_walk, walk_bytes, DeleteWalk};
 use crate::repo::writer::Writer;

@@ -6,7 +6,8 @@
 //! The gc-kind runs (gc, and the corrections of `check --repair` and `heal`) commit the same
 //! way under a gc marker `gc/<seq>` ([`commit_gc_marker`]).
 
-use super::lease::{ensure_not_fenced, Lease};
+use super::lease::Lease;
+use super::verdict::ensure_not_fenced;
 use crate::repo::format::envelope::{self, MAGIC_GC};
 use crate::repo::format::manifest::SnapshotManifest;
 use crate::repo::format::marker::GcMarker;
@@ -50,7 +51,7 @@ pub(crate) async fn commit_root(
         .await?
     {
         PutOutcome::Created => {
-            super::lease::ensure_not_fenced(
+            ensure_not_fenced(
                 repo.store().as_ref(),
                 &key,
                 &lease.holder,

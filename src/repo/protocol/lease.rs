@@ -374,35 +374,6 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Right after creating commit marker `key`: fail with `LeaseExpired` if the marker is
-/// fenced. A writer that stalled for longer than `LEASE_TTL` between its last renewal and
-/// the marker's creation must not report success (or, for gc, go on deleting what its
-/// void marker was to replace): every reader ignores that marker.
-pub async fn ensure_not_fenced(
-    store: &dyn ObjectStore,
-    key: &str,
-    holder: &str,
-    lease_time_ms: u64,
-) -> Result<()> {
-    let stored = store.head(key).await?.last_modified;
-    // Record the judgment while the time is still the store's own (format-spec §6
-    // "Verdicts"): a copy of the repository re-stamps the marker but keeps this object.
-    let marker = super::verdict::Unjudged {
-        key: key.to_string(),
-        holder: holder.to_string(),
-        lease_time_ms,
-        stored,
-    };
-    if fenced(stored, lease_time_ms) {
-        super::verdict::record_void(store, &marker).await;
-        return Err(RepoError::LeaseExpired {
-            holder: holder.into(),
-        }
-        .into());
-    }
-    super::verdict::record_valid(store, &marker, holder).await
-}
-
 /// Was a commit marker stored (`stored`, store time) more than `LEASE_TTL` after the
 /// lease check it records? Then its writer may have been judged dead: the marker is void.
 pub fn fenced(stored: Option<SystemTime>, lease_time_ms: u64) -> bool {

@@ -196,6 +196,35 @@ impl Repository {
     }
 }
 
+/// Right after creating commit marker `key`: fail with `LeaseExpired` if the marker is
+/// fenced. A writer that stalled for longer than `LEASE_TTL` between its last renewal and
+/// the marker's creation must not report success (or, for gc, go on deleting what its
+/// void marker was to replace): every reader ignores that marker.
+pub async fn ensure_not_fenced(
+    store: &dyn ObjectStore,
+    key: &str,
+    holder: &str,
+    lease_time_ms: u64,
+) -> Result<()> {
+    let stored = store.head(key).await?.last_modified;
+    // Record the judgment while the time is still the store's own (format-spec §6
+    // "Verdicts"): a copy of the repository re-stamps the marker but keeps this object.
+    let marker = Unjudged {
+        key: key.to_string(),
+        holder: holder.to_string(),
+        lease_time_ms,
+        stored,
+    };
+    if fenced(stored, lease_time_ms) {
+        record_void(store, &marker).await;
+        return Err(RepoError::LeaseExpired {
+            holder: holder.into(),
+        }
+        .into());
+    }
+    record_valid(store, &marker, holder).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
