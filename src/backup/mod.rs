@@ -353,8 +353,7 @@ async fn run_pipeline(
     source: Arc<dyn BlockSource>,
     opts: &BackupOptions,
 ) -> Result<u64> {
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<std::result::Result<(u64, Option<Vec<u8>>), RepoError>>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<ReadMsg>(QUEUE);
     let reader = spawn_reader(source, plan, tx);
     let speculative = plan.speculative();
     let mut items = tokio_stream_from(rx)
@@ -381,12 +380,16 @@ async fn run_pipeline(
     Ok(bytes_read)
 }
 
+/// One chunk from the reader thread: its index and its bytes (`None`: a known-zero run
+/// the plan sends through to clear the parent tree), or why the source could not be read.
+type ReadMsg = std::result::Result<(u64, Option<Vec<u8>>), RepoError>;
+
 /// The reader thread: the plan's chunks in order into a bounded channel (known-zero ones
 /// without data).
 fn spawn_reader(
     source: Arc<dyn BlockSource>,
     plan: &Plan,
-    tx: tokio::sync::mpsc::Sender<std::result::Result<(u64, Option<Vec<u8>>), RepoError>>,
+    tx: tokio::sync::mpsc::Sender<ReadMsg>,
 ) -> tokio::task::JoinHandle<()> {
     let (runs, cs, size, skip_zero) = (plan.runs.clone(), plan.cs, plan.size, plan.skip_zero());
     tokio::task::spawn_blocking(move || {
@@ -421,10 +424,7 @@ fn spawn_reader(
 
 /// The parallel stage for one chunk: zero detection, hash, and the frame when compressing
 /// speculatively.
-fn hash(
-    msg: std::result::Result<(u64, Option<Vec<u8>>), RepoError>,
-    speculative: bool,
-) -> std::result::Result<Item, RepoError> {
+fn hash(msg: ReadMsg, speculative: bool) -> std::result::Result<Item, RepoError> {
     let (idx, buf) = msg?;
     let Some(buf) = buf else {
         return Ok(Item::Zero(idx));
