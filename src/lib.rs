@@ -26,8 +26,6 @@
 
 #[cfg(feature = "server")]
 pub mod api;
-// Removed once backup is documented and its doc links fixed (issue 14).
-#[allow(missing_docs, unreachable_pub, rustdoc::private_intra_doc_links)]
 pub mod backup;
 pub mod error;
 pub mod image;
@@ -39,8 +37,6 @@ pub mod image;
     rustdoc::broken_intra_doc_links
 )]
 pub mod repo;
-// Removed once restore is documented (issue 14).
-#[allow(missing_docs, unreachable_pub)]
 pub mod restore;
 pub mod service;
 pub mod store;

@@ -42,7 +42,7 @@ pub struct BackupOptions {
     pub user_data: serde_json::Value,
     /// Receives stage `backup`, counted in source bytes visited.
     pub progress: Option<Arc<dyn Progress>>,
-    /// Snapshot id to use (from [`new_time_id`]); `None` = a fresh one. Lets a caller name
+    /// Snapshot id to use (a time id, format-spec/repository.md §2); `None` = a fresh one. Lets a caller name
     /// something else after the snapshot before the backup starts (the qcow2 path names
     /// its internal snapshot `island-<id>`).
     pub id: Option<String>,

@@ -19,7 +19,7 @@ pub(crate) struct MemSource {
 }
 
 impl MemSource {
-    pub fn new(data: Vec<u8>) -> Arc<MemSource> {
+    pub(crate) fn new(data: Vec<u8>) -> Arc<MemSource> {
         Arc::new(MemSource {
             data: Mutex::new(data),
             dirty: Mutex::new(vec![]),
@@ -27,7 +27,7 @@ impl MemSource {
             tracked_since: Mutex::new(None),
         })
     }
-    pub fn write(&self, off: usize, bytes: &[u8]) {
+    pub(crate) fn write(&self, off: usize, bytes: &[u8]) {
         self.data.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
         self.dirty.lock().unwrap().push(SourceRange {
             offset: off as u64,
@@ -36,7 +36,7 @@ impl MemSource {
         });
     }
     /// Called after a successful backup: start tracking changes from here.
-    pub fn mark(&self) {
+    pub(crate) fn mark(&self) {
         let mut g = self.generation.lock().unwrap();
         *g += 1;
         *self.tracked_since.lock().unwrap() = Some(*g);
