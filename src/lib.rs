@@ -29,13 +29,6 @@ pub mod api;
 pub mod backup;
 pub mod error;
 pub mod image;
-// Removed once repo is documented and its doc links fixed (issue 14).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    rustdoc::private_intra_doc_links,
-    rustdoc::broken_intra_doc_links
-)]
 pub mod repo;
 pub mod restore;
 pub mod service;

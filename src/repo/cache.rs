@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-pub struct Lru<K, V> {
+pub(super) struct Lru<K, V> {
     map: HashMap<K, (Arc<V>, usize, u64)>,
     tick: u64,
     used: usize,
@@ -13,7 +13,7 @@ pub struct Lru<K, V> {
 }
 
 impl<K: Eq + Hash + Clone, V> Lru<K, V> {
-    pub fn new(budget: usize) -> Self {
+    pub(super) fn new(budget: usize) -> Self {
         Lru {
             map: HashMap::new(),
             tick: 0,
@@ -22,7 +22,7 @@ impl<K: Eq + Hash + Clone, V> Lru<K, V> {
         }
     }
 
-    pub fn get(&mut self, k: &K) -> Option<Arc<V>> {
+    pub(super) fn get(&mut self, k: &K) -> Option<Arc<V>> {
         self.tick += 1;
         let t = self.tick;
         self.map.get_mut(k).map(|e| {
@@ -31,7 +31,7 @@ impl<K: Eq + Hash + Clone, V> Lru<K, V> {
         })
     }
 
-    pub fn insert(&mut self, k: K, v: Arc<V>, size: usize) {
+    pub(super) fn insert(&mut self, k: K, v: Arc<V>, size: usize) {
         self.tick += 1;
         if let Some(old) = self.map.insert(k, (v, size, self.tick)) {
             self.used -= old.1;

@@ -1,21 +1,21 @@
 //! Repository format and protocol (see `format-spec/repository.md`).
 //!
-//! A repository is a set of immutable objects in an [`ObjectStore`]: packs of blob frames
+//! A repository is a set of immutable objects in an [`ObjectStore`](crate::store::ObjectStore): packs of blob frames
 //! (chunks and Merkle tables), sorted index and refcount-delta segments, root manifests
 //! (one per snapshot, the commit point of a backup), tombstones (the commit point of a
 //! delete), gc markers and leases. Nothing is ever overwritten, so the only conditional
 //! operation needed is create-if-absent.
 //!
 //! Layout, bottom up:
-//! - [`format`]: the on-disk objects (format-spec §2–§3): encoding, parsing and the readers
+//! - `format/`: the on-disk objects (format-spec §2–§3): encoding, parsing and the readers
 //!   of segments and packs. Imports nothing else of the repository but [`RepoError`].
 //! - this folder: the [`Repository`] handle and its view (`repository.rs`, `unusable.rs`),
 //!   the shared write side (`writer.rs`), tree editing and walks (`tree.rs`, `walk.rs`).
-//! - [`protocol`]: leases, the create-if-absent policy, commit points, checkpoints,
+//! - `protocol/`: leases, the create-if-absent policy, commit points, checkpoints,
 //!   verdicts, readers racing gc and the cleaning of dead writers (format-spec §5–§6, §12).
 //!   The handle and the protocol use each other: the view judges commit markers by the
 //!   lease and verdict rules, and the protocol acts through the handle.
-//! - [`ops`]: one file or folder per operation (delete, gc, check, copy/heal, forget,
+//! - `ops/`: one file or folder per operation (delete, gc, check, copy/heal, forget,
 //!   repair, revert, diff), built on the above; nothing below imports an operation.
 
 mod cache;

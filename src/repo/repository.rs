@@ -35,11 +35,16 @@ const WHOLE_SEGMENT_FETCH: u64 = 2 << 20;
 /// One snapshot in a listing.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct SnapshotSummary {
+    /// Snapshot id.
     pub id: String,
+    /// Volume name.
     pub volume: String,
+    /// Id of the snapshot this one was taken incrementally from; `None` for the volume's
+    /// first snapshot.
     pub parent: Option<String>,
     /// RFC 3339.
     pub created: String,
+    /// Logical volume size, in bytes.
     pub size: u64,
     /// Plain bytes of chunks this snapshot added to the repository.
     pub new_bytes: u64,

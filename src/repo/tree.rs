@@ -32,7 +32,7 @@ pub(crate) struct TreeWriter {
 
 impl TreeWriter {
     /// Start from `parent_top` (same geometry) or from the all-zero tree.
-    pub fn new(geo: Geometry, parent_top: Option<Vec<BlobId>>) -> TreeWriter {
+    pub(crate) fn new(geo: Geometry, parent_top: Option<Vec<BlobId>>) -> TreeWriter {
         let top = parent_top.unwrap_or_else(|| vec![BlobId::ZERO; geo.top_len()]);
         TreeWriter {
             geo,
@@ -86,7 +86,7 @@ impl TreeWriter {
     }
 
     /// Current id of chunk `idx`.
-    pub async fn get(
+    pub(crate) async fn get(
         &mut self,
         repo: &Repository,
         set: &SegmentSet,
@@ -100,7 +100,7 @@ impl TreeWriter {
     }
 
     /// Set chunk `idx` (indices must not go backwards across leaves).
-    pub async fn set(
+    pub(crate) async fn set(
         &mut self,
         repo: &Repository,
         set: &SegmentSet,
@@ -150,7 +150,7 @@ impl TreeWriter {
 
     /// The editor's state between two chunks, for a backup checkpoint: the top list and
     /// the resident path (entries not yet stored as tables, with their dirty flags).
-    pub fn state(&self) -> TreeState {
+    pub(crate) fn state(&self) -> TreeState {
         TreeState {
             top: self.top.iter().map(BlobId::to_hex).collect(),
             path: self
@@ -170,7 +170,7 @@ impl TreeWriter {
     }
 
     /// An editor continuing from a checkpoint's [`TreeState`] (checked against `geo`).
-    pub fn resume(geo: Geometry, state: &TreeState) -> Result<TreeWriter, RepoError> {
+    pub(crate) fn resume(geo: Geometry, state: &TreeState) -> Result<TreeWriter, RepoError> {
         let bad = |why: String| RepoError::InvalidArgument(format!("checkpoint tree: {why}"));
         let top = parse_ids(&state.top).map_err(bad)?;
         if top.len() != geo.top_len() {
@@ -208,7 +208,7 @@ impl TreeWriter {
     }
 
     /// Store every dirty table and return the root's top-level list.
-    pub async fn finish(
+    pub(crate) async fn finish(
         &mut self,
         repo: &Repository,
         set: &SegmentSet,
@@ -300,7 +300,7 @@ pub(crate) struct PairWalk {
 }
 
 impl PairWalk {
-    pub fn new(geo: Geometry, a_top: &[BlobId], b_top: &[BlobId]) -> PairWalk {
+    pub(crate) fn new(geo: Geometry, a_top: &[BlobId], b_top: &[BlobId]) -> PairWalk {
         let level = geo.depth.saturating_sub(1);
         let stack = (0..geo.top_len())
             .rev()
@@ -310,7 +310,7 @@ impl PairWalk {
     }
 
     /// Walk one tree against the all-zero tree.
-    pub fn single(geo: Geometry, top: &[BlobId]) -> PairWalk {
+    pub(crate) fn single(geo: Geometry, top: &[BlobId]) -> PairWalk {
         Self::new(geo, &vec![BlobId::ZERO; top.len()], top)
     }
 
@@ -328,7 +328,11 @@ impl PairWalk {
         }
     }
 
-    pub async fn next(&mut self, repo: &Repository, set: &SegmentSet) -> Result<Option<LeafPair>> {
+    pub(crate) async fn next(
+        &mut self,
+        repo: &Repository,
+        set: &SegmentSet,
+    ) -> Result<Option<LeafPair>> {
         while let Some((level, index, a, b)) = self.stack.pop() {
             if a == b {
                 continue;

@@ -102,7 +102,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(repo: &Repository, lease: Lease, commit: String, op: &str) -> Writer {
+    pub(crate) fn new(repo: &Repository, lease: Lease, commit: String, op: &str) -> Writer {
         Writer {
             repo: repo.clone(),
             lease,
@@ -133,19 +133,19 @@ impl Writer {
 
     /// Take over a blob stored in an adopted pack: it goes into this writer's index and
     /// counts as its own (reusable without upload).
-    pub fn adopt_location(&mut self, id: BlobId, loc: Location) {
+    pub(crate) fn adopt_location(&mut self, id: BlobId, loc: Location) {
         self.pending.insert(id);
         self.index.push((id, loc));
     }
 
     /// Offer a chunk of an adopted pack for reuse without indexing it yet
     /// ([`Writer::use_adoptable`] indexes it when the backup meets it).
-    pub fn offer_adoptable(&mut self, id: BlobId, loc: Location) {
+    pub(crate) fn offer_adoptable(&mut self, id: BlobId, loc: Location) {
         self.adoptable.insert(id, loc);
     }
 
     /// If `id` is an offered adopted chunk, index it as this writer's own.
-    pub fn use_adoptable(&mut self, id: &BlobId) {
+    pub(crate) fn use_adoptable(&mut self, id: &BlobId) {
         if let Some(loc) = self.adoptable.remove(id) {
             self.new_chunk_bytes += u64::from(loc.plain_len);
             self.adopt_location(*id, loc);
@@ -158,7 +158,7 @@ impl Writer {
     /// this a re-run of a changed source left the killed run's unused packs to nobody:
     /// the killed holder's intent no longer covers them and this writer's index does not
     /// name them (found by the schedule runner at seed 4242273).
-    pub fn release_unused_adopted(&mut self) {
+    pub(crate) fn release_unused_adopted(&mut self) {
         let named: HashSet<&str> = self
             .own
             .iter()
@@ -175,7 +175,7 @@ impl Writer {
     }
 
     /// Keys of the index and refs segments this writer has written so far.
-    pub fn segment_keys(&self) -> Vec<String> {
+    pub(crate) fn segment_keys(&self) -> Vec<String> {
         self.own
             .iter()
             .chain(self.own_refs.iter())
@@ -186,7 +186,7 @@ impl Writer {
     /// Write `intents/<holder>` now (done lazily before the first pack otherwise). A
     /// resumed backup writes it before it releases the adopted holder's intent, so the
     /// adopted packs always have an intent that gc would clean them through.
-    pub async fn write_intent(&mut self) -> Result<()> {
+    pub(crate) async fn write_intent(&mut self) -> Result<()> {
         self.lease.ensure_usable()?;
         let intent = Intent {
             holder: self.holder().into(),
@@ -205,12 +205,12 @@ impl Writer {
         Ok(())
     }
 
-    pub fn holder(&self) -> &str {
+    pub(crate) fn holder(&self) -> &str {
         &self.lease.holder
     }
 
     /// Did this writer already add `id` (uncommitted blobs are visible only to it)?
-    pub async fn has_own(&self, id: &BlobId) -> Result<bool> {
+    pub(crate) async fn has_own(&self, id: &BlobId) -> Result<bool> {
         if self.pending.contains(id) || self.adoptable.contains_key(id) {
             return Ok(true);
         }
@@ -222,7 +222,7 @@ impl Writer {
     }
 
     /// Add a blob frame to the current pack of its kind; seals and uploads full packs.
-    pub async fn add(&mut self, frame: &Frame) -> Result<()> {
+    pub(crate) async fn add(&mut self, frame: &Frame) -> Result<()> {
         self.pending.insert(frame.id);
         if frame.kind == BlobKind::Chunk {
             self.new_chunk_bytes += frame.plain_len as u64;
@@ -239,18 +239,18 @@ impl Writer {
     }
 
     /// Carry an existing location into this writer's index segment (gc compaction).
-    pub fn add_location(&mut self, id: BlobId, loc: Location) {
+    pub(crate) fn add_location(&mut self, id: BlobId, loc: Location) {
         self.index.push((id, loc));
     }
 
     /// Index and refs records buffered for the next segment (the larger of the two).
-    pub fn buffered_records(&self) -> usize {
+    pub(crate) fn buffered_records(&self) -> usize {
         self.index.len().max(self.refs.len())
     }
 
     /// Record a refcount delta with `segment::{FREED, STORED, REVIVED}` flags; the children
     /// contribution changes by what the flags say (+1 STORED/REVIVED, −1 FREED).
-    pub fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
+    pub(crate) fn add_ref(&mut self, id: BlobId, delta: i64, flags: u32) {
         self.add_ref_with_contribution(
             id,
             delta,
@@ -262,7 +262,7 @@ impl Writer {
     /// Record a refcount delta with meaning `flags` and an exact children contribution
     /// (a table released or revived more than once, a compacted sum): the segment record
     /// carries the difference as its adjustment bits.
-    pub fn add_ref_with_contribution(
+    pub(crate) fn add_ref_with_contribution(
         &mut self,
         id: BlobId,
         delta: i64,
@@ -276,7 +276,7 @@ impl Writer {
     }
 
     /// Delta recorded so far for `id` by this writer (buffered and flushed).
-    pub async fn own_delta(&self, id: &BlobId) -> Result<i64> {
+    pub(crate) async fn own_delta(&self, id: &BlobId) -> Result<i64> {
         let mut d = self.refs.get(id).map_or(0, |e| e.0);
         for h in &self.own_refs {
             let bucket = self.repo.bucket(h, id.0[0]).await?;
@@ -357,7 +357,7 @@ impl Writer {
     }
 
     /// Seal open packs, wait for every upload, then write index and refs segments.
-    pub async fn flush(&mut self) -> Result<()> {
+    pub(crate) async fn flush(&mut self) -> Result<()> {
         if !self.data_pack.is_empty() {
             Box::pin(self.seal(BlobKind::Chunk)).await?;
         }
@@ -458,7 +458,7 @@ impl Writer {
     /// the committed root counts; gc's sweep of unleased holders (`stale::sweep_unleased`,
     /// which lists `checkpoints/`) deletes them once they are older than `LEASE_TTL +
     /// SKEW`, and nothing reads them meanwhile except a re-run, whose claim then fails.
-    pub async fn finish(self) {
+    pub(crate) async fn finish(self) {
         if self.intent_written {
             if let Err(e) = self.repo.store().delete(&intent_key(self.holder())).await {
                 tracing::warn!("removing intent of {}: {e}", self.holder());
@@ -514,7 +514,7 @@ async fn confirm_intent(store: &dyn ObjectStore, lease: &Lease, pack: &str) -> R
 const CONFIRM_ATTEMPTS: u32 = 3;
 
 impl Intent {
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<Intent, RepoError> {
+    pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Intent, RepoError> {
         envelope::open(MAGIC_INTENT, key, bytes)
     }
 }

@@ -31,7 +31,7 @@ const CODEC_LZ4: u8 = 1;
 
 /// What a blob holds; kept in frames and pack footers so table packs can be told apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BlobKind {
+pub(crate) enum BlobKind {
     /// Guest data.
     Chunk,
     /// A Merkle table node.
@@ -56,7 +56,7 @@ impl BlobKind {
 
 /// One encoded blob frame ready to be appended to a pack.
 #[derive(Clone, Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub id: BlobId,
     pub kind: BlobKind,
     pub plain_len: u32,
@@ -66,13 +66,13 @@ pub struct Frame {
 impl Frame {
     /// Hash, compress (lz4 only when strictly smaller) and frame `plain`.
     #[cfg(test)]
-    pub fn encode(kind: BlobKind, plain: &[u8]) -> Frame {
+    pub(crate) fn encode(kind: BlobKind, plain: &[u8]) -> Frame {
         let id = BlobId::of(plain);
         Self::encode_with_id(kind, plain, id)
     }
 
     /// Frame `plain` whose id the caller already computed.
-    pub fn encode_with_id(kind: BlobKind, plain: &[u8], id: BlobId) -> Frame {
+    pub(crate) fn encode_with_id(kind: BlobKind, plain: &[u8], id: BlobId) -> Frame {
         let compressed = lz4_flex::block::compress(plain);
         let (codec, payload): (u8, &[u8]) = if compressed.len() < plain.len() {
             (CODEC_LZ4, &compressed)
@@ -102,7 +102,7 @@ impl Frame {
 
 /// Decode and fully verify one frame (magic, version, codec, lengths, crc, BLAKE3).
 /// `key` names the containing object for messages; `expect` is the id the caller looked up.
-pub fn decode_frame(
+pub(crate) fn decode_frame(
     key: &str,
     bytes: &[u8],
     expect: Option<BlobId>,

@@ -5,8 +5,8 @@ use super::envelope::{self, MAGIC_CONFIG};
 use crate::repo::RepoError;
 use serde::{Deserialize, Serialize};
 
-pub const CONFIG_KEY: &str = "config";
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const CONFIG_KEY: &str = "config";
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// Incompatible feature bits this build understands (none defined yet).
 const KNOWN_INCOMPATIBLE: u64 = 0;
 
@@ -25,7 +25,7 @@ impl Default for InitOptions {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     pub format: u32,
     pub repo_id: String,
     pub chunk_size: u32,
@@ -37,11 +37,11 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         envelope::seal(MAGIC_CONFIG, self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Config, RepoError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Config, RepoError> {
         let c: Config = envelope::open(MAGIC_CONFIG, CONFIG_KEY, bytes)?;
         let unsupported = |reason: String| RepoError::Unsupported {
             key: CONFIG_KEY.into(),
@@ -65,7 +65,7 @@ impl Config {
     }
 }
 
-pub fn check_chunk_size(cs: u32) -> Result<(), RepoError> {
+pub(crate) fn check_chunk_size(cs: u32) -> Result<(), RepoError> {
     if !cs.is_power_of_two() || !(4096..=(4 << 20)).contains(&cs) {
         return Err(RepoError::InvalidArgument(format!(
             "chunk size {cs} must be a power of two between 4096 and 4194304"

@@ -72,7 +72,7 @@ impl fmt::Display for BlobId {
 }
 
 /// A new time-sortable unique id: `yyyymmddThhmmss.ffffffZ-<16 hex random>`.
-pub fn new_time_id() -> String {
+pub(crate) fn new_time_id() -> String {
     let now = OffsetDateTime::now_utc();
     let r: u64 = rand::rng().random();
     format!(
@@ -90,7 +90,7 @@ pub fn new_time_id() -> String {
 
 /// True when `s` has the shape of [`new_time_id`] (ids from keys are validated before
 /// they are used to build other keys).
-pub fn is_time_id(s: &str) -> bool {
+pub(crate) fn is_time_id(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 40
         && b[8] == b'T'
@@ -106,7 +106,7 @@ pub fn is_time_id(s: &str) -> bool {
 }
 
 /// Volume names become key components: refuse anything that could escape its prefix.
-pub fn valid_volume(name: &str) -> bool {
+pub(crate) fn valid_volume(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -119,7 +119,7 @@ pub fn valid_volume(name: &str) -> bool {
 /// Current UTC time as RFC 3339 (manifests are human-facing), always with nine
 /// fractional digits: a fixed width keeps the size of every object that records a
 /// time independent of the clock, so byte counts and golden files are reproducible.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
     );

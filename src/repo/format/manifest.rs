@@ -7,17 +7,23 @@ use crate::repo::{BlobId, RepoError};
 use serde::{Deserialize, Serialize};
 
 /// Manifest format version (inside the envelope) written by this build.
-pub const MANIFEST_VERSION: u32 = 1;
+pub(crate) const MANIFEST_VERSION: u32 = 1;
 
 /// Identity of the source state a snapshot was taken from, so the next backup can tell
 /// whether "changed since base" information is trustworthy (qcow2: internal snapshot name,
 /// id, date, VM clock, L1 digest; raw sources record nothing).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BaseIdentity {
+    /// The qcow2 internal snapshot's name (`island-<snapshot id>` for Island's own).
     pub name: String,
+    /// The qcow2 internal snapshot's unique id string (its snapshot table entry).
     pub id: String,
+    /// The internal snapshot's creation time, RFC 3339 (or `sec.nsec` if out of range).
     pub date: String,
+    /// The guest's VM clock when the internal snapshot was taken, in nanoseconds.
     pub vm_clock_ns: u64,
+    /// Digest of the internal snapshot's L1 table: a snapshot re-created under the same
+    /// name and id has a different one, so stale change information is not trusted.
     pub l1_digest: String,
 }
 
@@ -35,20 +41,33 @@ pub struct SnapshotStats {
 /// The root of one snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotManifest {
+    /// Manifest format version; only `MANIFEST_VERSION` (1) is read (format-spec/repository.md §3.5, root).
     pub format: u32,
+    /// The volume this snapshot belongs to; with `id` it must match the object's key.
     pub volume: String,
+    /// The snapshot id (a time id, §2); the key is `snapshots/<volume>/<id>`.
     pub id: String,
+    /// The snapshot this one was taken incrementally against, if any (history only: every
+    /// root names its whole tree, so a restore never needs the parent).
     pub parent: Option<String>,
     /// RFC 3339 UTC.
     pub created: String,
+    /// Volume size in bytes.
     pub size: u64,
+    /// Chunk size in bytes the tree was built with (a power of two, 4 KiB..4 MiB); with
+    /// `size` it fixes `depth` and the length of `top` (format-spec/repository.md §3.5, root).
     pub chunk_size: u32,
     /// Table levels below the root.
     pub depth: u8,
     /// Hex ids of the top-level tables (zero id = zero subtree).
     pub top: Vec<String>,
+    /// Sizes recorded at backup time, for listings.
     pub stats: SnapshotStats,
+    /// The source state this snapshot was taken from (qcow2 internal snapshot), so the next
+    /// backup can trust changed-block information; `None` for raw sources.
     pub base: Option<BaseIdentity>,
+    /// The backup caller's free-form JSON (`BackupOptions::user_data`; a revert records
+    /// `{"reverted_to": <id>}`), stored and returned as given.
     pub user_data: serde_json::Value,
     /// Lease holder that wrote this root (equals `id`).
     pub writer: String,
@@ -57,6 +76,7 @@ pub struct SnapshotManifest {
 }
 
 impl SnapshotManifest {
+    /// The store key of this root: `snapshots/<volume>/<id>` (§2).
     pub fn key(&self) -> String {
         root_key(&self.volume, &self.id)
     }
@@ -72,10 +92,13 @@ impl SnapshotManifest {
             .collect()
     }
 
+    /// The root object's bytes: the JSON in an envelope with magic `ISRT` (§3.5).
     pub fn encode(&self) -> Vec<u8> {
         envelope::seal(MAGIC_ROOT, self)
     }
 
+    /// Parses root object `key`, refusing an unknown format, a body that names another
+    /// key, an invalid chunk size, or a depth/top list that does not match the geometry.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<SnapshotManifest, RepoError> {
         let m: SnapshotManifest = envelope::open(MAGIC_ROOT, key, bytes)?;
         if m.format != MANIFEST_VERSION {
@@ -110,7 +133,7 @@ impl SnapshotManifest {
 
 /// The commit point of a delete.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Tombstone {
+pub(crate) struct Tombstone {
     pub volume: String,
     pub id: String,
     pub deleted: String,
@@ -122,12 +145,12 @@ pub struct Tombstone {
 }
 
 impl Tombstone {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         envelope::seal(MAGIC_TOMBSTONE, self)
     }
     /// Decode the tombstone stored at `key`, which must be one of the generation keys of
     /// the snapshot the body names.
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<Tombstone, RepoError> {
+    pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Tombstone, RepoError> {
         let t: Tombstone = envelope::open(MAGIC_TOMBSTONE, key, bytes)?;
         match parse_tombstone_key(key) {
             Some((v, id, _)) if v == t.volume && id == t.id => Ok(t),
@@ -139,12 +162,12 @@ impl Tombstone {
     }
 }
 
-pub fn root_key(volume: &str, id: &str) -> String {
+pub(crate) fn root_key(volume: &str, id: &str) -> String {
     format!("snapshots/{volume}/{id}")
 }
 
 /// Key of the first tombstone generation of `volume/id` (the only key older builds write).
-pub fn tombstone_key(volume: &str, id: &str) -> String {
+pub(crate) fn tombstone_key(volume: &str, id: &str) -> String {
     tombstone_key_gen(volume, id, 0)
 }
 
@@ -152,7 +175,7 @@ pub fn tombstone_key(volume: &str, id: &str) -> String {
 /// `tombstones/<volume>/<id>.<gen>` (decimal, no leading zeros) after it. A delete whose
 /// tombstone turned out void (fenced) leaves that key occupied for ever, so the next
 /// delete of the snapshot creates the next generation instead (format-spec §6).
-pub fn tombstone_key_gen(volume: &str, id: &str, gen: u64) -> String {
+pub(crate) fn tombstone_key_gen(volume: &str, id: &str, gen: u64) -> String {
     if gen == 0 {
         format!("tombstones/{volume}/{id}")
     } else {
@@ -161,7 +184,7 @@ pub fn tombstone_key_gen(volume: &str, id: &str, gen: u64) -> String {
 }
 
 /// `(volume, id, generation)` of a tombstone key, `None` if `key` is not one.
-pub fn parse_tombstone_key(key: &str) -> Option<(&str, &str, u64)> {
+pub(crate) fn parse_tombstone_key(key: &str) -> Option<(&str, &str, u64)> {
     let (volume, name) = key.strip_prefix("tombstones/")?.split_once('/')?;
     let id = name.get(..ID_LEN)?;
     if !valid_volume(volume) || !is_time_id(id) {

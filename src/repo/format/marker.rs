@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 /// Commit marker of a gc run (`gc/<seq>`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GcMarker {
+pub(crate) struct GcMarker {
     pub holder: String,
     pub seq: u64,
     pub lease_time_ms: u64,
@@ -24,7 +24,7 @@ pub struct GcMarker {
 }
 
 impl GcMarker {
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<GcMarker, RepoError> {
+    pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<GcMarker, RepoError> {
         envelope::open(MAGIC_GC, key, bytes)
     }
 }

@@ -21,7 +21,7 @@ pub(crate) const TRAILER_SIZE: usize = 24;
 
 /// Where a blob sits inside a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PackEntry {
+pub(crate) struct PackEntry {
     pub id: BlobId,
     pub kind: BlobKind,
     pub offset: u32,
@@ -31,27 +31,27 @@ pub struct PackEntry {
 
 /// Accumulates frames for one pack.
 #[derive(Default)]
-pub struct PackWriter {
+pub(crate) struct PackWriter {
     data: Vec<u8>,
     entries: Vec<PackEntry>,
 }
 
 impl PackWriter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Bytes of frames so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.data.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Append one frame.
-    pub fn push(&mut self, frame: &Frame) {
+    pub(crate) fn push(&mut self, frame: &Frame) {
         self.entries.push(PackEntry {
             id: frame.id,
             kind: frame.kind,
@@ -63,7 +63,7 @@ impl PackWriter {
     }
 
     /// Seal the pack: returns the object bytes and the entries (for the index).
-    pub fn finish(mut self) -> (Vec<u8>, Vec<PackEntry>) {
+    pub(crate) fn finish(mut self) -> (Vec<u8>, Vec<PackEntry>) {
         let footer_offset = self.data.len() as u32;
         let mut footer = Vec::with_capacity(self.entries.len() * ENTRY_SIZE);
         for e in &self.entries {
@@ -91,7 +91,7 @@ impl PackWriter {
 }
 
 /// Parse a pack's trailer: returns (entry count, footer offset, footer crc).
-pub fn parse_trailer(key: &str, t: &[u8]) -> Result<(u32, u32, u32), RepoError> {
+pub(crate) fn parse_trailer(key: &str, t: &[u8]) -> Result<(u32, u32, u32), RepoError> {
     let bad = |r: &str| RepoError::corrupt(key, r.to_string());
     if t.len() != TRAILER_SIZE {
         return Err(bad("pack trailer has wrong size"));
@@ -118,7 +118,7 @@ pub fn parse_trailer(key: &str, t: &[u8]) -> Result<(u32, u32, u32), RepoError> 
 }
 
 /// Parse and check a footer (entries must lie within the frames area, in order).
-pub fn parse_footer(
+pub(crate) fn parse_footer(
     key: &str,
     footer: &[u8],
     count: u32,
@@ -169,7 +169,7 @@ pub fn parse_footer(
 
 /// Key of a pack: `packs/<first 2 hex of BLAKE3(name)>/<name>` (spreads keys over 256
 /// prefixes for stores that partition by prefix).
-pub fn pack_key(name: &str) -> String {
+pub(crate) fn pack_key(name: &str) -> String {
     let h = blake3::hash(name.as_bytes());
     format!("packs/{:02x}/{name}", h.as_bytes()[0])
 }

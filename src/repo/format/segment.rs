@@ -30,7 +30,7 @@ const MAX_META: u32 = 64 << 20;
 
 /// Segment metadata kept in JSON (small, human-inspectable).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SegmentMeta {
+pub(crate) struct SegmentMeta {
     /// Key whose existence commits this segment (a root, a tombstone or a gc marker).
     pub commit: String,
     /// Segments this one replaces (compaction); readers ignore them once this commits.
@@ -52,7 +52,7 @@ pub struct SegmentMeta {
 
 /// Where a blob is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Location {
+pub(crate) struct Location {
     pub pack: String,
     pub offset: u32,
     pub frame_len: u32,
@@ -62,7 +62,7 @@ pub struct Location {
 
 /// Parsed head of a segment: enough to fetch and check any bucket.
 #[derive(Clone, Debug)]
-pub struct SegmentHead {
+pub(crate) struct SegmentHead {
     pub key: String,
     pub record_size: usize,
     /// Cumulative record counts: bucket `b` holds records `fanout[b]..fanout[b + 1]`
@@ -75,7 +75,7 @@ pub struct SegmentHead {
 
 impl SegmentHead {
     /// Byte range of bucket `b` within the object.
-    pub fn bucket_range(&self, b: u8) -> std::ops::Range<u64> {
+    pub(crate) fn bucket_range(&self, b: u8) -> std::ops::Range<u64> {
         let lo = self.fanout[b as usize] as u64 * self.record_size as u64;
         let hi = self.fanout[b as usize + 1] as u64 * self.record_size as u64;
         self.records_at + lo..self.records_at + hi
@@ -84,7 +84,7 @@ impl SegmentHead {
     /// Check a fetched bucket against its crc, and that its records belong to it (id's
     /// first byte is `b`) in id order: lookups binary-search the bucket, so a misplaced
     /// record would be silently missed, and a missed refs record is a wrong count.
-    pub fn check_bucket(&self, b: u8, bytes: &[u8]) -> Result<(), RepoError> {
+    pub(crate) fn check_bucket(&self, b: u8, bytes: &[u8]) -> Result<(), RepoError> {
         if crc32c::crc32c(bytes) != self.bucket_crc[b as usize] {
             return Err(RepoError::corrupt(
                 &self.key,
@@ -106,7 +106,7 @@ impl SegmentHead {
 }
 
 /// Encode a segment from records (each `record_size` bytes, starting with the id).
-pub fn encode(
+pub(crate) fn encode(
     magic: &[u8; 4],
     record_size: usize,
     mut records: Vec<Vec<u8>>,
@@ -155,7 +155,7 @@ pub fn encode(
 
 /// Parse the fixed head (first [`HEAD_SIZE`] bytes); returns the head without meta and the
 /// meta length still to be read.
-pub fn parse_head(
+pub(crate) fn parse_head(
     magic: &[u8; 4],
     key: &str,
     head: &[u8],
@@ -214,7 +214,7 @@ pub fn parse_head(
 }
 
 /// Finish parsing with the meta bytes; checks the head crc.
-pub fn finish_head(
+pub(crate) fn finish_head(
     mut h: SegmentHead,
     head: &[u8],
     meta: &[u8],
@@ -233,7 +233,7 @@ pub fn finish_head(
 }
 
 /// Encode an index record; `pack_idx` indexes `SegmentMeta::packs`.
-pub fn index_record(id: &BlobId, pack_idx: u32, loc: &Location) -> Vec<u8> {
+pub(crate) fn index_record(id: &BlobId, pack_idx: u32, loc: &Location) -> Vec<u8> {
     let mut r = Vec::with_capacity(INDEX_RECORD);
     r.extend_from_slice(&id.0);
     r.extend_from_slice(&pack_idx.to_le_bytes());
@@ -246,7 +246,10 @@ pub fn index_record(id: &BlobId, pack_idx: u32, loc: &Location) -> Vec<u8> {
 }
 
 /// Decode an index record of segment `head`.
-pub fn decode_index_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, Location), RepoError> {
+pub(crate) fn decode_index_record(
+    head: &SegmentHead,
+    r: &[u8],
+) -> Result<(BlobId, Location), RepoError> {
     let bad = |s: &str| RepoError::corrupt(&head.key, s.to_string());
     if r.len() != INDEX_RECORD {
         return Err(bad("index record size"));
@@ -275,29 +278,29 @@ pub fn decode_index_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, Loca
 }
 
 /// Refs flag: a delete brought the blob to zero (and decremented a table's children).
-pub const FREED: u32 = 1;
+pub(crate) const FREED: u32 = 1;
 /// Refs flag: the writer stored this table and incremented its children.
-pub const STORED: u32 = 2;
+pub(crate) const STORED: u32 = 2;
 /// Refs flag: gc re-incremented the children of a freed table that a concurrent backup
 /// had reused (see format-spec "Revival").
-pub const REVIVED: u32 = 4;
+pub(crate) const REVIVED: u32 = 4;
 
 /// Refs flags bits 16..31: a signed 16-bit adjustment added to the record's children
 /// contribution, so a record can carry any contribution exactly (a table stored by two
 /// writers at once has 2, and its delete must take away 2; compaction sums several).
 /// Bits 3..15 are reserved (refused).
-pub const ADJUST_SHIFT: u32 = 16;
+pub(crate) const ADJUST_SHIFT: u32 = 16;
 /// The flag bits with a meaning of their own.
-pub const FLAG_BITS: u32 = FREED | STORED | REVIVED;
+pub(crate) const FLAG_BITS: u32 = FREED | STORED | REVIVED;
 
 /// The signed adjustment of a refs record's flags (bits 16..31).
-pub fn flags_adjustment(flags: u32) -> i64 {
+pub(crate) fn flags_adjustment(flags: u32) -> i64 {
     i64::from((flags >> ADJUST_SHIFT) as u16 as i16)
 }
 
 /// Flags with the meaning bits of `flags` whose children contribution is exactly
 /// `contribution`; `None` when the adjustment does not fit in 16 bits.
-pub fn flags_with_contribution(flags: u32, contribution: i64) -> Option<u32> {
+pub(crate) fn flags_with_contribution(flags: u32, contribution: i64) -> Option<u32> {
     let bits = flags & FLAG_BITS;
     let plain = i64::from(bits & STORED != 0) + i64::from(bits & REVIVED != 0)
         - i64::from(bits & FREED != 0);
@@ -313,7 +316,7 @@ pub(crate) fn flag_contribution(flags: u32) -> i64 {
 }
 
 /// Encode a refcount-delta record.
-pub fn refs_record(id: &BlobId, delta: i32, flags: u32) -> Vec<u8> {
+pub(crate) fn refs_record(id: &BlobId, delta: i32, flags: u32) -> Vec<u8> {
     let mut r = Vec::with_capacity(REFS_RECORD);
     r.extend_from_slice(&id.0);
     r.extend_from_slice(&delta.to_le_bytes());
@@ -322,7 +325,10 @@ pub fn refs_record(id: &BlobId, delta: i32, flags: u32) -> Vec<u8> {
 }
 
 /// Decode a refs record: (id, delta, flags).
-pub fn decode_refs_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, i32, u32), RepoError> {
+pub(crate) fn decode_refs_record(
+    head: &SegmentHead,
+    r: &[u8],
+) -> Result<(BlobId, i32, u32), RepoError> {
     if r.len() != REFS_RECORD {
         return Err(RepoError::corrupt(&head.key, "refs record size"));
     }
@@ -339,7 +345,7 @@ pub fn decode_refs_record(head: &SegmentHead, r: &[u8]) -> Result<(BlobId, i32, 
 }
 
 /// Records of one bucket whose id equals `id` (binary search over fixed-size records).
-pub fn find_in_bucket<'a>(
+pub(crate) fn find_in_bucket<'a>(
     bucket: &'a [u8],
     record_size: usize,
     id: &BlobId,

@@ -12,10 +12,10 @@ use crate::repo::{BlobId, RepoError};
 const TABLE_MAGIC: &[u8; 4] = b"ISTT";
 const TABLE_VERSION: u16 = 1;
 /// Entries per table: 1024 × 32 B = 32 KiB tables; a leaf covers 64 MiB at 64 KiB chunks.
-pub const FANOUT: u64 = 1024;
+pub(crate) const FANOUT: u64 = 1024;
 
 /// Encode a table of `level`.
-pub fn encode(level: u8, ids: &[BlobId]) -> Vec<u8> {
+pub(crate) fn encode(level: u8, ids: &[BlobId]) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + ids.len() * 32);
     out.extend_from_slice(TABLE_MAGIC);
     out.extend_from_slice(&TABLE_VERSION.to_le_bytes());
@@ -29,7 +29,12 @@ pub fn encode(level: u8, ids: &[BlobId]) -> Vec<u8> {
 }
 
 /// Decode and check a table; `level` and `count` are what the tree geometry expects here.
-pub fn decode(key: &str, plain: &[u8], level: u8, count: usize) -> Result<Vec<BlobId>, RepoError> {
+pub(crate) fn decode(
+    key: &str,
+    plain: &[u8],
+    level: u8,
+    count: usize,
+) -> Result<Vec<BlobId>, RepoError> {
     let bad = |r: String| RepoError::corrupt(key, r);
     if plain.len() < 12 || &plain[0..4] != TABLE_MAGIC {
         return Err(bad("table magic is not ISTT".into()));
@@ -61,7 +66,7 @@ pub fn decode(key: &str, plain: &[u8], level: u8, count: usize) -> Result<Vec<Bl
 
 /// Decode a table whose position is not known (gc revival): checks everything but the
 /// geometry.
-pub fn decode_any(key: &str, plain: &[u8]) -> Result<Vec<BlobId>, RepoError> {
+pub(crate) fn decode_any(key: &str, plain: &[u8]) -> Result<Vec<BlobId>, RepoError> {
     if plain.len() < 12 {
         return Err(RepoError::corrupt(key, "table shorter than its header"));
     }
@@ -78,14 +83,14 @@ pub fn decode_any(key: &str, plain: &[u8]) -> Result<Vec<BlobId>, RepoError> {
 
 /// Shape of a snapshot's tree, derived from size and chunk size only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
+pub(crate) struct Geometry {
     pub chunks: u64,
     /// Number of table levels (≥ 1 when there is any chunk); the root lists level depth-1.
     pub depth: u8,
 }
 
 impl Geometry {
-    pub fn new(size: u64, chunk_size: u32) -> Geometry {
+    pub(crate) fn new(size: u64, chunk_size: u32) -> Geometry {
         let chunks = size.div_ceil(chunk_size as u64);
         let mut depth = 1u8;
         while chunks.div_ceil(span(depth)) > FANOUT {
@@ -95,12 +100,12 @@ impl Geometry {
     }
 
     /// Length of the root's top-level list.
-    pub fn top_len(&self) -> usize {
+    pub(crate) fn top_len(&self) -> usize {
         self.chunks.div_ceil(span(self.depth)) as usize
     }
 
     /// Entry count of table `index` at `level` (tables at the end are shorter).
-    pub fn table_len(&self, level: u8, index: u64) -> usize {
+    pub(crate) fn table_len(&self, level: u8, index: u64) -> usize {
         let covered = span(level + 1);
         let first = index * covered;
         let child = span(level);
@@ -110,7 +115,7 @@ impl Geometry {
 }
 
 /// Chunks covered by one entry of a table at `level` (level 0 entries are chunks).
-pub fn span(level: u8) -> u64 {
+pub(crate) fn span(level: u8) -> u64 {
     FANOUT.saturating_pow(level as u32)
 }
 

@@ -44,6 +44,7 @@ pub struct CheckOptions {
 pub struct CheckIssue {
     /// Object key or blob id concerned.
     pub object: String,
+    /// What is wrong with it (e.g. missing from the index, corrupt frame, refcount off).
     pub problem: String,
     /// `volume/id` of the snapshots that cannot be restored because of it.
     pub snapshots: Vec<String>,
@@ -52,11 +53,20 @@ pub struct CheckIssue {
 /// Result of `check`.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct CheckReport {
+    /// Live snapshots walked (all volumes).
     pub snapshots_checked: u64,
+    /// Distinct tables read and decoded (a table shared by several snapshots counts once).
     pub tables_checked: u64,
+    /// Distinct chunks the live snapshots reference (all-zero chunks are not stored, so not
+    /// counted); each is located in the index and its pack checked.
     pub chunks_referenced: u64,
+    /// Chunks re-read and re-hashed (`read_data`; a sample of `chunks_referenced` with
+    /// `sample_pct`); 0 without `read_data`.
     pub chunks_read: u64,
+    /// Blobs whose stored reference count differs from the count the live snapshots imply
+    /// (`check --repair` corrects them); each is also listed in `issues`.
     pub refcount_mismatches: u64,
+    /// Every problem found, with the snapshots it damages; empty when the repository is clean.
     pub issues: Vec<CheckIssue>,
 }
 

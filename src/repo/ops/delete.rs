@@ -28,13 +28,17 @@ use std::time::Duration;
 /// What a delete did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct DeleteReport {
+    /// Volume of the deleted snapshot.
     pub volume: String,
+    /// Id of the deleted snapshot.
     pub id: String,
     /// Blobs (chunks and tables) whose count reached zero; gc reclaims their space.
     pub freed_blobs: u64,
     /// Plain bytes of freed chunks.
     pub freed_bytes: u64,
+    /// Store requests of every kind this delete made (retries of the attempt included).
     pub requests: u64,
+    /// Bytes uploaded to the store (refs segment, tombstone, lease).
     pub bytes_uploaded: u64,
     /// Freed tables that could not be read ([`Repository::delete_damaged_snapshot`]):
     /// their subtrees stay counted, a leak for `check --repair`.

@@ -11,8 +11,11 @@ use serde::Serialize;
 /// A byte range that differs; `zero` when it reads as zeros in the `to` snapshot.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct DiffRange {
+    /// Start of the range: byte offset in the volume.
     pub offset: u64,
+    /// Length of the range, in bytes.
     pub length: u64,
+    /// The range reads as zeros in the `to` snapshot (it was discarded or zeroed).
     pub zero: bool,
 }
 

@@ -28,13 +28,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 /// A pack is repacked when at least this fraction of its bytes is dead.
-pub const REPACK_DEAD_FRACTION: f64 = 0.5;
+pub(crate) const REPACK_DEAD_FRACTION: f64 = 0.5;
 /// Segments of one kind above which gc merges them into one (small under test so the
 /// model test exercises compaction).
-pub const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
+pub(crate) const COMPACT_AT: usize = if cfg!(test) { 4 } else { 32 };
 /// Records (index and refs, over all input segments) compaction holds at once; tiny under
 /// test so the schedule runner exercises groups and compactions written as several segments.
-pub const COMPACT_GROUP_RECORDS: u64 = if cfg!(test) { 24 } else { 128 * 1024 };
+pub(crate) const COMPACT_GROUP_RECORDS: u64 = if cfg!(test) { 24 } else { 128 * 1024 };
 
 /// How gc runs.
 #[derive(Clone, Debug, Default)]
@@ -56,9 +56,16 @@ pub struct GcReport {
     /// Garbage left in a pack below the repack threshold is counted in `blobs_dead_kept`
     /// instead, so a later run does not report the same blobs as collected again.
     pub blobs_collected: u64,
+    /// Packs deleted whole: every frame garbage, adopted packs a backup released, and packs
+    /// whose every frame compaction found shadowed (orphans: `orphan_packs_deleted`).
     pub packs_deleted: u64,
+    /// Packs whose dead share reached the repack threshold: live frames copied to a new pack,
+    /// the old pack deleted.
     pub packs_repacked: u64,
+    /// Store bytes freed: whole deleted packs, the dead frames of repacked packs, and orphan
+    /// packs.
     pub bytes_reclaimed: u64,
+    /// Bytes of live frames copied into new packs by repacking (upload cost of the run).
     pub bytes_rewritten: u64,
     /// Dead bytes left in packs below the repack threshold.
     pub dead_bytes_kept: u64,
@@ -70,7 +77,11 @@ pub struct GcReport {
     /// `bytes_reclaimed`. Adopted packs a committed backup released (§12.2) are counted in
     /// `packs_deleted`.
     pub orphan_packs_deleted: u64,
+    /// Index and refs segments merged into new ones and deleted by compaction (0 when this
+    /// run did not compact).
     pub segments_compacted: u64,
+    /// Writers whose lease expired (crashed or killed backups, deletes…) whose
+    /// uncommitted objects this run removed, zombies included (format-spec §5).
     pub dead_writers_cleaned: u64,
     /// Packs holding garbage that are missing or corrupt (damage `check` reports): skipped.
     pub packs_unreadable: u64,
@@ -92,6 +103,7 @@ pub struct GcReport {
     /// nothing is collected while any is listed (counts lack their increments). The CLI
     /// exits with 3 when this is not empty.
     pub roots_missing: Vec<String>,
+    /// Store requests of every kind this run made.
     pub requests: u64,
 }
 

@@ -80,7 +80,7 @@ pub(crate) struct JobIdentity {
 
 impl JobIdentity {
     /// May a re-run with identity `other` continue this job's tree and position?
-    pub fn resumable_by(&self, other: &JobIdentity) -> bool {
+    pub(crate) fn resumable_by(&self, other: &JobIdentity) -> bool {
         self.source.is_some() && self == other
     }
 }
@@ -121,12 +121,12 @@ pub(crate) fn checkpoint_key(holder: &str, seq: u64) -> String {
 }
 
 impl Checkpoint {
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint, RepoError> {
+    pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint, RepoError> {
         envelope::open(MAGIC_CHECKPOINT, key, bytes)
     }
 
     /// Store this checkpoint (the writer must have been flushed first).
-    pub async fn write(&self, repo: &Repository) -> Result<String> {
+    pub(crate) async fn write(&self, repo: &Repository) -> Result<String> {
         let key = checkpoint_key(&self.holder, self.seq);
         repo.store()
             .put(&key, Bytes::from(envelope::seal(MAGIC_CHECKPOINT, self)))
@@ -172,7 +172,7 @@ pub(crate) struct Claim {
 
 impl Claim {
     /// Packs sealed after the checkpoint that this claim takes over.
-    pub fn tail_packs(&self) -> u64 {
+    pub(crate) fn tail_packs(&self) -> u64 {
         self.tail.len() as u64
     }
 }

@@ -17,20 +17,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a lease generation is valid after its creation (store clock).
-pub const LEASE_TTL: Duration = Duration::from_secs(30 * 60);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30 * 60);
 /// Allowance for clock differences between store nodes and for request latency.
-pub const SKEW: Duration = Duration::from_secs(5 * 60);
+pub(crate) const SKEW: Duration = Duration::from_secs(5 * 60);
 /// Renew when the newest generation is older than this (host monotonic clock).
-pub const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
+pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
 /// The op of a generation by which a failing holder says it stopped for good
 /// ([`Lease::abandon`]).
-pub const ABANDONED: &str = "abandoned";
+pub(crate) const ABANDONED: &str = "abandoned";
 /// Generation number of the adoption claim in the adopted holder's lease chain: above any
 /// real generation, so the holder itself can never create it.
 pub(crate) const ADOPT_GENERATION: u64 = 9_999_999_999;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LeaseBody {
+pub(crate) struct LeaseBody {
     pub holder: String,
     pub op: String,
     pub volume: Option<String>,
@@ -54,7 +54,7 @@ struct LeaseState {
 
 /// What a renewal found (see [`Lease::try_renew`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Renewal {
+pub(crate) enum Renewal {
     /// The next generation is ours, created at this store time within `LEASE_TTL` of the
     /// previous one: the holder is live for gc until `LEASE_TTL + SKEW` after it.
     Renewed(SystemTime),
@@ -66,7 +66,7 @@ pub enum Renewal {
 
 /// A held lease.
 #[derive(Debug, Clone)]
-pub struct Lease {
+pub(crate) struct Lease {
     store: Arc<dyn ObjectStore>,
     pub holder: String,
     op: String,
@@ -76,7 +76,7 @@ pub struct Lease {
     state: Arc<Mutex<LeaseState>>,
 }
 
-pub fn lease_key(holder: &str, generation: u64) -> String {
+pub(crate) fn lease_key(holder: &str, generation: u64) -> String {
     format!("leases/{holder}/{generation:010}")
 }
 
@@ -89,7 +89,7 @@ async fn stamp(store: &dyn ObjectStore, key: &str) -> Result<SystemTime> {
 
 impl Lease {
     /// Take a new lease for `holder` (a fresh time id, so generation 0 cannot exist).
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         store: Arc<dyn ObjectStore>,
         holder: &str,
         op: &str,
@@ -139,7 +139,7 @@ impl Lease {
 
     /// Create the next generation; returns its store time, or `LeaseFenced` when the
     /// holder must stop (see [`Renewal::Fenced`]).
-    pub async fn renew(&self) -> Result<SystemTime> {
+    pub(crate) async fn renew(&self) -> Result<SystemTime> {
         match self.try_renew().await? {
             Renewal::Renewed(t) => Ok(t),
             Renewal::Fenced(reason) => Err(RepoError::LeaseFenced {
@@ -154,7 +154,7 @@ impl Lease {
     /// state unchanged, so a retry creates the same generation again: finding it with our
     /// own (deterministic) body means the earlier attempt landed and only its answer was
     /// lost. Any other outcome that is not a clean renewal fences the holder for good.
-    pub async fn try_renew(&self) -> Result<Renewal> {
+    pub(crate) async fn try_renew(&self) -> Result<Renewal> {
         let (gen, prev, adoptable) = {
             let s = self.state()?;
             if let Some(reason) = &s.fenced {
@@ -206,7 +206,7 @@ impl Lease {
 
     /// Fence the holder from outside the lease (the writer found its intent removed by a
     /// gc that judged it dead).
-    pub fn fence_now(&self, reason: String) {
+    pub(crate) fn fence_now(&self, reason: String) {
         if let Ok(mut s) = self.state.lock() {
             s.fenced.get_or_insert(reason);
         }
@@ -214,7 +214,7 @@ impl Lease {
 
     /// Fails with `LeaseFenced` once a renewal found the holder fenced: writers call it
     /// before every object they create, so a fenced holder stops writing at once.
-    pub fn ensure_usable(&self) -> Result<()> {
+    pub(crate) fn ensure_usable(&self) -> Result<()> {
         match &self.state()?.fenced {
             Some(reason) => Err(RepoError::LeaseFenced {
                 holder: self.holder.clone(),
@@ -228,14 +228,14 @@ impl Lease {
     /// The holder has written a checkpoint: from now on its renewals also check for an
     /// adoption claim (one HEAD), so an adopted holder stops writing at its next renewal
     /// instead of only right before its commit.
-    pub fn watch_adoption(&self) {
+    pub(crate) fn watch_adoption(&self) {
         if let Ok(mut s) = self.state.lock() {
             s.adoptable = true;
         }
     }
 
     /// Store time of the newest generation this holder created.
-    pub fn store_time(&self) -> Result<SystemTime> {
+    pub(crate) fn store_time(&self) -> Result<SystemTime> {
         Ok(self.state()?.store_time)
     }
 
@@ -244,7 +244,7 @@ impl Lease {
     /// once instead of waiting until the holder looks dead (`checkpoint::ADOPT_AFTER`).
     /// Best effort, and nothing once fenced or released: a missing abandonment only delays
     /// adoption. The holder is fenced from here on (it writes nothing more).
-    pub async fn abandon(&self) {
+    pub(crate) async fn abandon(&self) {
         let gen = match self.state() {
             Ok(mut s) if s.fenced.is_none() && !s.released => {
                 s.fenced = Some("abandoned".into());
@@ -267,7 +267,7 @@ impl Lease {
     }
 
     /// Renew if the newest generation is getting old (called from long pipelines).
-    pub async fn keep_alive(&self) -> Result<()> {
+    pub(crate) async fn keep_alive(&self) -> Result<()> {
         self.ensure_usable()?;
         let due = self.state()?.local.elapsed() > RENEW_AFTER;
         if due {
@@ -279,13 +279,13 @@ impl Lease {
     /// Fence check right before a commit: renew and require the chain to be unbroken.
     /// Returns the renewal's store time (ms since the epoch), which the commit marker
     /// records so readers can ignore a marker written more than `LEASE_TTL` later.
-    pub async fn check_before_commit(&self) -> Result<u64> {
+    pub(crate) async fn check_before_commit(&self) -> Result<u64> {
         let t = self.renew().await?;
         Ok(unix_ms(t))
     }
 
     /// Remove every generation (best effort; gc removes leftovers of dead holders).
-    pub async fn release(&self) {
+    pub(crate) async fn release(&self) {
         let gen = self
             .state
             .lock()
@@ -308,7 +308,7 @@ impl Lease {
 /// renewal came too late: the holder was fenced and a gc may have judged it dead since, and
 /// the late generation is only a zombie's fenced renewal. A missing generation means a gc
 /// deleted generations of a holder it judged dead (generation 0 is kept until release).
-pub fn chain_unbroken(generations: &[(u64, SystemTime)], until: SystemTime) -> bool {
+pub(crate) fn chain_unbroken(generations: &[(u64, SystemTime)], until: SystemTime) -> bool {
     let mut gens = generations.to_vec();
     gens.sort();
     let numbered = gens.iter().enumerate().all(|(i, g)| g.0 == i as u64);
@@ -322,7 +322,7 @@ pub fn chain_unbroken(generations: &[(u64, SystemTime)], until: SystemTime) -> b
 
 /// A lease seen by gc.
 #[derive(Debug, Clone)]
-pub struct LeaseView {
+pub(crate) struct LeaseView {
     pub holder: String,
     pub started: SystemTime,
     pub newest: SystemTime,
@@ -331,13 +331,13 @@ pub struct LeaseView {
 
 impl LeaseView {
     /// Live unless its newest generation is older than TTL + SKEW at store time `now`.
-    pub fn live_at(&self, now: SystemTime) -> bool {
+    pub(crate) fn live_at(&self, now: SystemTime) -> bool {
         now.duration_since(self.newest).unwrap_or_default() <= LEASE_TTL + SKEW
     }
 }
 
 /// List every lease holder (cost ∝ live writers + dead ones not yet cleaned).
-pub async fn list_leases(store: &dyn ObjectStore) -> Result<Vec<LeaseView>> {
+pub(crate) async fn list_leases(store: &dyn ObjectStore) -> Result<Vec<LeaseView>> {
     let mut out: Vec<LeaseView> = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -369,14 +369,14 @@ pub async fn list_leases(store: &dyn ObjectStore) -> Result<Vec<LeaseView>> {
 }
 
 /// Milliseconds since the epoch (0 for times before it).
-pub fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Was a commit marker stored (`stored`, store time) more than `LEASE_TTL` after the
 /// lease check it records? Then its writer may have been judged dead: the marker is void.
-pub fn fenced(stored: Option<SystemTime>, lease_time_ms: u64) -> bool {
+pub(crate) fn fenced(stored: Option<SystemTime>, lease_time_ms: u64) -> bool {
     match stored {
         Some(t) => unix_ms(t).saturating_sub(lease_time_ms) > LEASE_TTL.as_millis() as u64,
         None => false,

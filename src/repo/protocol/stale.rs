@@ -264,7 +264,7 @@ pub(crate) fn released_packs(
 
 /// How often gc lists `packs/` for orphans (format-spec §5, "Orphan packs"): a gc sweeps
 /// when `sweeps/orphans` is absent or older than this (store time).
-pub const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(24 * 3600);
 /// Key whose Last-Modified is the end of the last complete orphan sweep.
 pub(crate) const SWEEP_KEY: &str = "sweeps/orphans";
 /// Orphans one sweep collects at most (bounds its memory; the rest wait for the next run,

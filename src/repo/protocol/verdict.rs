@@ -175,7 +175,7 @@ impl Repository {
         Ok(())
     }
 
-    /// [`Repository::refuse_if_copied`] on a fresh marker listing (for `check`).
+    /// `Repository::refuse_if_copied` on a fresh marker listing (for `check`).
     pub async fn refuse_if_copied_now(&self) -> Result<()> {
         let markers = self.load_markers().await?;
         self.refuse_if_copied(&markers).await
@@ -200,7 +200,7 @@ impl Repository {
 /// fenced. A writer that stalled for longer than `LEASE_TTL` between its last renewal and
 /// the marker's creation must not report success (or, for gc, go on deleting what its
 /// void marker was to replace): every reader ignores that marker.
-pub async fn ensure_not_fenced(
+pub(crate) async fn ensure_not_fenced(
     store: &dyn ObjectStore,
     key: &str,
     holder: &str,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Default)]
-pub struct MemStore {
+pub(crate) struct MemStore {
     pub objects: Mutex<BTreeMap<String, (Bytes, SystemTime)>>,
     /// Added to the store clock (simulates time passing for lease expiry).
     pub clock_offset: Mutex<Duration>,
@@ -27,11 +27,11 @@ pub struct MemStore {
 }
 
 /// A test's action before a read of `key` (and range) on the store.
-pub type ReadFn = dyn Fn(&MemStore, &str, Option<&Range<u64>>) + Send + Sync;
+pub(crate) type ReadFn = dyn Fn(&MemStore, &str, Option<&Range<u64>>) + Send + Sync;
 
 /// See [`MemStore::before_read`].
 #[derive(Clone, Default)]
-pub struct ReadHook(pub Option<Arc<ReadFn>>);
+pub(crate) struct ReadHook(pub Option<Arc<ReadFn>>);
 
 impl std::fmt::Debug for ReadHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,11 +40,11 @@ impl std::fmt::Debug for ReadHook {
 }
 
 /// A test's action before a create-if-absent of `key` on the store.
-pub type CreateFn = dyn Fn(&MemStore, &str) + Send + Sync;
+pub(crate) type CreateFn = dyn Fn(&MemStore, &str) + Send + Sync;
 
 /// See [`MemStore::before_create`].
 #[derive(Clone, Default)]
-pub struct CreateHook(pub Option<Arc<CreateFn>>);
+pub(crate) struct CreateHook(pub Option<Arc<CreateFn>>);
 
 impl std::fmt::Debug for CreateHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +59,7 @@ impl MemStore {
     fn err(kind: StoreErrorKind, op: &'static str, key: &str) -> StoreError {
         StoreError::new(kind, op, "test-mem://", key, format!("{kind:?}"))
     }
-    pub fn keys(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, prefix: &str) -> Vec<String> {
         self.objects
             .lock()
             .unwrap()
@@ -68,7 +68,7 @@ impl MemStore {
             .cloned()
             .collect()
     }
-    pub fn advance(&self, d: Duration) {
+    pub(crate) fn advance(&self, d: Duration) {
         *self.clock_offset.lock().unwrap() += d;
     }
     fn read(&self, key: &str, range: Option<&Range<u64>>) -> Result<Bytes, StoreError> {
@@ -87,7 +87,7 @@ impl MemStore {
     /// A copy of this store as `cp -r`, `aws s3 sync` or replication makes it: the same
     /// keys and bytes, every object stamped with the copy's time (this store's clock now),
     /// and the same clock.
-    pub fn copy_with_reset_times(&self) -> MemStore {
+    pub(crate) fn copy_with_reset_times(&self) -> MemStore {
         let now = self.now();
         let objects = (self.objects.lock().unwrap().iter())
             .map(|(k, (b, _))| (k.clone(), (b.clone(), now)))
@@ -184,7 +184,7 @@ impl ObjectStore for MemStore {
 }
 
 /// A fresh repository of `chunk_size` on a new [`MemStore`].
-pub async fn mem_repo(chunk_size: u32) -> (Arc<MemStore>, Repository) {
+pub(crate) async fn mem_repo(chunk_size: u32) -> (Arc<MemStore>, Repository) {
     let mem = Arc::new(MemStore::default());
     let r = Repository::init(mem.clone(), &InitOptions { chunk_size })
         .await
@@ -193,7 +193,12 @@ pub async fn mem_repo(chunk_size: u32) -> (Arc<MemStore>, Repository) {
 }
 
 /// Back up `len` bytes of [`pattern`] `seed` as `volume`; the snapshot id.
-pub async fn back_up_pattern(repo: &Repository, volume: &str, seed: u32, len: usize) -> String {
+pub(crate) async fn back_up_pattern(
+    repo: &Repository,
+    volume: &str,
+    seed: u32,
+    len: usize,
+) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vol.raw");
     std::fs::write(&path, pattern(seed, len)).unwrap();
@@ -206,7 +211,7 @@ pub async fn back_up_pattern(repo: &Repository, volume: &str, seed: u32, len: us
 }
 
 /// A volume held in memory (no file, no base identity).
-pub struct VecSource(pub Vec<u8>);
+pub(crate) struct VecSource(pub Vec<u8>);
 
 impl BlockSource for VecSource {
     fn size(&self) -> u64 {
@@ -222,7 +227,7 @@ impl BlockSource for VecSource {
 }
 
 /// Back up `data` as `volume` from memory; the snapshot id.
-pub async fn back_up_bytes(repo: &Repository, volume: &str, data: &[u8]) -> String {
+pub(crate) async fn back_up_bytes(repo: &Repository, volume: &str, data: &[u8]) -> String {
     let opts = BackupOptions {
         volume: volume.into(),
         ..Default::default()
@@ -234,7 +239,7 @@ pub async fn back_up_bytes(repo: &Repository, volume: &str, data: &[u8]) -> Stri
 }
 
 /// `len` bytes of a seeded `StdRng` stream.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     use rand::{RngCore, SeedableRng};
     let mut v = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
@@ -242,7 +247,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// `len` bytes of an xorshift stream: no two chunks alike.
-pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(seed: u32, len: usize) -> Vec<u8> {
     let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {

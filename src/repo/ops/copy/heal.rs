@@ -47,13 +47,17 @@ const PROBLEMS_KEPT: usize = 16;
 /// What a heal did. Field names are a stable JSON interface.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct HealReport {
+    /// Volume of the healed snapshot.
     pub volume: String,
+    /// Id of the healed snapshot.
     pub id: String,
     /// Distinct tables and chunks of the snapshot read and verified.
     pub tables_checked: u64,
+    /// Distinct chunks of the snapshot read and verified (crc and BLAKE3).
     pub chunks_checked: u64,
     /// Blobs found damaged, fetched from the peer and stored again.
     pub tables_healed: u64,
+    /// Chunks found damaged, fetched from the peer and stored again.
     pub chunks_healed: u64,
     /// The first problems found (object and error).
     pub problems: Vec<String>,
@@ -61,7 +65,9 @@ pub struct HealReport {
     pub commit: Option<String>,
     /// Bytes downloaded from the peer, and uploaded to this repository.
     pub bytes_from_peer: u64,
+    /// Bytes uploaded to this repository (new packs, index segment, marker, lease).
     pub bytes_uploaded: u64,
+    /// Store requests of every kind, against both this repository and the peer.
     pub requests: u64,
 }
 

@@ -42,6 +42,7 @@ const BATCH_BYTES: u64 = 32 << 20;
 /// What to copy.
 #[derive(Clone, Default)]
 pub struct CopyOptions {
+    /// Volume whose snapshots are copied (same name in both repositories).
     pub volume: String,
     /// One snapshot; `None` = every live snapshot of the volume, oldest first.
     pub snapshot: Option<String>,
@@ -55,16 +56,21 @@ pub struct CopyOptions {
 /// What a copy did. Field names match `BackupReport`'s where they mean the same.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct CopyReport {
+    /// Volume copied.
     pub volume: String,
     /// Snapshot ids committed in the target by this run, oldest first.
     pub copied: Vec<String>,
     /// Snapshot ids the target already had.
     pub skipped: Vec<String>,
+    /// Number of snapshots committed in the target (length of `copied`).
     pub snapshots_copied: u64,
+    /// Number of snapshots the target already had (length of `skipped`).
     pub snapshots_skipped: u64,
     /// True when the chunk sizes differ and the data was re-chunked.
     pub rechunked: bool,
+    /// Chunk size of the source repository, in bytes.
     pub source_chunk_size: u32,
+    /// Chunk size of the target repository, in bytes.
     pub target_chunk_size: u32,
     /// Bytes downloaded from the source repository.
     pub bytes_read: u64,

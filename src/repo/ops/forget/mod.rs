@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 pub struct ForgetOptions {
     /// One volume; `None` = every volume (the policy applies per volume).
     pub volume: Option<String>,
+    /// Retention rules: which snapshots to keep per volume; the rest are deleted.
     pub policy: ForgetPolicy,
     /// Decide and report only; delete nothing.
     pub dry_run: bool,
@@ -29,8 +30,11 @@ pub struct ForgetOptions {
 /// One snapshot's fate.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ForgetEntry {
+    /// Volume of the snapshot.
     pub volume: String,
+    /// Snapshot id.
     pub id: String,
+    /// When the snapshot was taken (RFC 3339, UTC).
     pub created: String,
     /// Rules that keep it (`last`, `daily`, `weekly`, `monthly`); empty when removed.
     pub reasons: Vec<String>,
@@ -42,6 +46,7 @@ pub struct ForgetEntry {
 /// Result of `forget`. Field names are a stable JSON interface.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ForgetReport {
+    /// A dry run: nothing was deleted; `removed` lists what forget would delete.
     pub dry_run: bool,
     /// Newest first per volume.
     pub kept: Vec<ForgetEntry>,
@@ -49,7 +54,9 @@ pub struct ForgetReport {
     pub removed: Vec<ForgetEntry>,
     /// Plain bytes of chunks freed (exclusive to the removed snapshots); gc reclaims them.
     pub bytes_freed: u64,
+    /// Store requests of every kind this run made.
     pub requests: u64,
+    /// Bytes uploaded to the store (refs segments, tombstones, leases); 0 in a dry run.
     pub bytes_uploaded: u64,
 }
 

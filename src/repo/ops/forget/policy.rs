@@ -9,9 +9,16 @@ use time::OffsetDateTime;
 /// How many snapshots each rule keeps (0 = the rule is off).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForgetPolicy {
+    /// Keep the N newest snapshots (`--keep-last`).
     pub keep_last: u32,
+    /// Keep the newest snapshot of each of the N most recent UTC days that have one
+    /// (`--keep-daily`).
     pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the N most recent ISO weeks that have one
+    /// (`--keep-weekly`).
     pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the N most recent calendar months (UTC) that
+    /// have one (`--keep-monthly`).
     pub keep_monthly: u32,
 }
 
@@ -40,7 +47,10 @@ fn periods(t: OffsetDateTime) -> [(i32, u16); 3] {
 /// Decide for each snapshot (`id`, created time) whether to keep it; returns, in input
 /// order, the reasons it is kept (empty = remove). Ties in time are broken by id, so the
 /// decision does not depend on input order.
-pub fn decide(policy: &ForgetPolicy, snaps: &[(String, OffsetDateTime)]) -> Vec<Vec<String>> {
+pub(super) fn decide(
+    policy: &ForgetPolicy,
+    snaps: &[(String, OffsetDateTime)],
+) -> Vec<Vec<String>> {
     let mut order: Vec<usize> = (0..snaps.len()).collect();
     order.sort_by(|&a, &b| (snaps[b].1, &snaps[b].0).cmp(&(snaps[a].1, &snaps[a].0)));
     let mut out = vec![Vec::new(); snaps.len()];

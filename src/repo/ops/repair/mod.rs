@@ -72,6 +72,7 @@ pub struct RepairReport {
     /// Problems that damage snapshots (missing or corrupt objects): repair cannot restore
     /// data, it reports which snapshots are affected.
     pub damaged: Vec<CheckIssue>,
+    /// Store requests of every kind this repair made.
     pub requests: u64,
     /// Packs no counted index segment named whose frames were indexed again.
     pub packs_reindexed: u64,
