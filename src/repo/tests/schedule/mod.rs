@@ -420,7 +420,7 @@ fn randomized_schedules_keep_every_committed_snapshot() {
         if let Err(e) = outcome {
             let msg = format!(
                 "schedule seed {seed} failed: {e}\nreplay: ISLAND_SCHEDULE_SEED={seed} \
-                 ISLAND_SCHEDULE_COUNT=1 cargo test --lib repo::schedule_tests \
+                 ISLAND_SCHEDULE_COUNT=1 cargo test --lib repo::tests::schedule \
                  (add ISLAND_SCHEDULE_REPEAT=1 ISLAND_SCHEDULE_COUNT=1000: the hash threads \
                  make a replay differ)"
             );
