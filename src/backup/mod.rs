@@ -228,14 +228,13 @@ async fn backup_leased(
         p.advance(bytes_skipped);
     }
     let bytes_read = run_pipeline(&mut sw, &plan, source.clone(), opts).await?;
-    let manifest = commit(sw, &plan, source, opts, &id, before).await?;
-    let c = &manifest.1;
+    let (manifest, c) = commit(sw, &plan, source, opts, &id, before).await?;
     let used = repo.counts().since(before);
     let bytes_changed = c.chunks_changed * plan.cs;
     Ok(BackupReport {
         id,
         volume: opts.volume.clone(),
-        parent: manifest.0.parent.clone(),
+        parent: manifest.parent,
         incremental: plan.incremental,
         bytes_read,
         bytes_uploaded: used.bytes_uploaded,
